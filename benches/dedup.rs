@@ -1,0 +1,2 @@
+//! criterion bench for dedup (to be written)
+fn main() {}

@@ -1,0 +1,2 @@
+//! criterion bench for derange (to be written)
+fn main() {}

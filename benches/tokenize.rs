@@ -1,0 +1,2 @@
+//! criterion bench for tokenize (to be written)
+fn main() {}
