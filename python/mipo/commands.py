@@ -1,7 +1,6 @@
-"""Stage commands of the CLI (build-pairs, synth, train, eval, run).
+"""Stage commands of the CLI, collected so that ``cli.py`` stays thin.
 
-Each command module exposes a click command; this module collects them so ``cli.py`` stays thin.
-Only click is imported at module level.
+Each ``cli_*`` module defines click commands and imports only click at module level.
 """
 
 from __future__ import annotations
@@ -10,6 +9,9 @@ import click
 
 
 def register(group: click.Group) -> None:
-    """Add every available stage command to ``group``."""
-    # Filled in as the stages land; each import is cheap (click only).
-    return None
+    """Add every stage command to ``group``."""
+    from mipo import cli_pairs, cli_synth, cli_train
+
+    for module in (cli_synth, cli_pairs, cli_train):
+        for command in module.COMMANDS:
+            group.add_command(command)

@@ -11,7 +11,10 @@ use arrow_schema::DataType;
 use crate::error::EngineError;
 
 /// Borrow every value of a string array as `Option<&str>` (None for null).
-pub fn str_values<'a>(array: &'a dyn Array, what: &str) -> Result<Vec<Option<&'a str>>, EngineError> {
+pub fn str_values<'a>(
+    array: &'a dyn Array,
+    what: &str,
+) -> Result<Vec<Option<&'a str>>, EngineError> {
     let out: Vec<Option<&str>> = match array.data_type() {
         DataType::Utf8 => array.as_string::<i32>().iter().collect(),
         DataType::LargeUtf8 => array.as_string::<i64>().iter().collect(),
@@ -39,16 +42,17 @@ pub fn chunked_str_values<'a>(
 }
 
 /// Strings with nulls rejected (for columns where a null has no meaning).
-pub fn require_non_null<'a>(values: Vec<Option<&'a str>>, what: &str) -> Result<Vec<&'a str>, EngineError> {
+pub fn require_non_null<'a>(
+    values: Vec<Option<&'a str>>,
+    what: &str,
+) -> Result<Vec<&'a str>, EngineError> {
     let mut out = Vec::with_capacity(values.len());
     for (i, v) in values.into_iter().enumerate() {
         match v {
             Some(s) => out.push(s),
-            None => {
-                return Err(EngineError::InvalidInput(format!(
-                    "{what} has a null at row {i}; drop or fill nulls first (e.g. df.drop_nulls(...))"
-                )))
-            }
+            None => return Err(EngineError::InvalidInput(format!(
+                "{what} has a null at row {i}; drop or fill nulls first (e.g. df.drop_nulls(...))"
+            ))),
         }
     }
     Ok(out)

@@ -10,10 +10,7 @@ pub fn to_pyerr(err: EngineError) -> PyErr {
     Python::attach(|py| {
         let kind = err.kind();
         let message = err.to_string();
-        match py
-            .import("mipo.errors")
-            .and_then(|m| m.getattr(kind))
-        {
+        match py.import("mipo.errors").and_then(|m| m.getattr(kind)) {
             Ok(cls) => PyErr::from_value(
                 cls.call1((message,))
                     .unwrap_or_else(|e| e.into_value(py).into_bound(py).into_any()),

@@ -18,7 +18,13 @@ fn engine_info(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
     d.set_item("threads", rayon::current_num_threads())?;
     d.set_item(
         "features",
-        vec!["dedup", "minhash-lsh", "chat-template", "tokenize", "derange"],
+        vec![
+            "dedup",
+            "minhash-lsh",
+            "chat-template",
+            "tokenize",
+            "derange",
+        ],
     )?;
     d.set_item("tokenizers_crate", "0.22")?;
     d.set_item("minijinja_crate", "3")?;
