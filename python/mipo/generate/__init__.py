@@ -1,0 +1,279 @@
+"""Response generation: one small backend protocol, two real backends, a resumable runner.
+
+- ``hf``: transformers ``generate`` on CPU or GPU (:mod:`mipo.generate.hf`);
+- ``vllm``: ``vllm.LLM`` fed token ids directly (:mod:`mipo.generate.vllm`);
+- :func:`run_generation` splits requests into fixed-size chunks, writes each atomically, and skips
+  finished chunks on rerun (:mod:`mipo.generate.runner`).
+
+Example:
+    >>> import polars as pl
+    >>> from mipo.generate import GenerationConfig, run_generation
+    >>> from mipo.models import resolve_model
+    >>> requests = pl.DataFrame(
+    ...     {"request_id": [0], "input_ids": [[1, 2, 3]], "seed": [7]},
+    ...     schema={"request_id": pl.UInt64, "input_ids": pl.List(pl.UInt32), "seed": pl.UInt64},
+    ... )
+    >>> config = GenerationConfig(backend="hf", max_new_tokens=8)
+    >>> run_generation(requests, "out/gen", model=resolve_model(None), config=config)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from mipo.errors import ConfigError, DependencyError
+
+BackendName = Literal["auto", "hf", "vllm"]
+FinishReason = Literal["stop", "length"]
+
+BACKENDS = ("auto", "hf", "vllm")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_MAX_SEED = 2**64 - 1
+
+# Fields that cannot change generated text; left out of the run hash so changing them does not
+# invalidate finished chunks.
+_NOT_OUTPUT_AFFECTING = frozenset({"trust_remote_code", "gpu_memory_utilization"})
+
+
+@dataclass
+class GenerationConfig:
+    """How responses are sampled and batched.
+
+    Attributes:
+        backend: ``"hf"`` (transformers), ``"vllm"``, or ``"auto"`` (vLLM when it is installed
+            and a CUDA GPU is present, else hf).
+        max_new_tokens: most tokens generated per response; a response that reaches it without
+            an end-of-turn token is recorded with finish reason ``"length"``.
+        temperature: sampling temperature; 0 means greedy decoding (seeds then do nothing).
+        top_p: nucleus sampling mass in (0, 1]; 1 disables it.
+        seed: run-level seed. Per-row seeds come from the ``seed`` column of the requests (see
+            :func:`request_seeds` to derive them from this value); vLLM also seeds its engine
+            with it.
+        batch_size: rows per ``generate`` call of the hf backend (rows are sorted by prompt
+            length within a chunk first, so a batch holds prompts of similar length).
+        chunk_size: rows per output chunk file; the unit of resume and of sharding.
+        dtype: ``"auto"`` (bfloat16 on GPU, float32 on CPU), ``"float32"``, ``"bfloat16"`` or
+            ``"float16"``.
+        device: hf backend device: ``"auto"`` (first CUDA GPU if present, else CPU), ``"cpu"``,
+            ``"cuda"`` or ``"cuda:N"``.
+        tensor_parallel_size: GPUs one vLLM engine spans (tensor parallelism). For data
+            parallelism run one process per GPU on different shards instead.
+        gpu_memory_utilization: share of GPU memory vLLM may take for weights and KV cache.
+        trust_remote_code: allow the model's own Python code (only for models that need it).
+    """
+
+    backend: BackendName = "auto"
+    max_new_tokens: int = 512
+    temperature: float = 0.1
+    top_p: float = 0.9
+    seed: int = 0
+    batch_size: int = 32
+    chunk_size: int = 256
+    dtype: str = "auto"
+    device: str = "auto"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            _bad("backend", self.backend, f"one of {', '.join(BACKENDS)}")
+        for name in ("max_new_tokens", "batch_size", "chunk_size", "tensor_parallel_size"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                _bad(name, value, "an integer >= 1")
+        if not _is_int(self.seed) or not 0 <= self.seed <= _MAX_SEED:
+            _bad("seed", self.seed, "an integer in [0, 2**64 - 1]")
+        if not _is_real(self.temperature) or self.temperature < 0:
+            _bad("temperature", self.temperature, "a finite number >= 0 (0 = greedy)")
+        if not _is_real(self.top_p) or not 0 < self.top_p <= 1:
+            _bad("top_p", self.top_p, "a number in (0, 1]")
+        if self.dtype not in DTYPES:
+            _bad("dtype", self.dtype, f"one of {', '.join(DTYPES)}")
+        if not isinstance(self.device, str) or not _DEVICE.match(self.device):
+            _bad("device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+        if not _is_real(self.gpu_memory_utilization) or not 0 < self.gpu_memory_utilization <= 1:
+            _bad("gpu_memory_utilization", self.gpu_memory_utilization, "a number in (0, 1]")
+        if not isinstance(self.trust_remote_code, bool):
+            _bad("trust_remote_code", self.trust_remote_code, "True or False")
+
+    def output_fields(self) -> dict[str, Any]:
+        """The settings that can change generated text, with ``auto`` values resolved.
+
+        Used for the run hash in the output manifest: resuming on a machine where ``auto``
+        resolves differently (another backend, CPU instead of GPU) is a different run.
+        """
+        values = {k: v for k, v in asdict(self).items() if k not in _NOT_OUTPUT_AFFECTING}
+        values["backend"] = resolve_backend_name(self.backend)
+        values["device"] = resolve_device(self.device) if values["backend"] == "hf" else "cuda"
+        values["dtype"] = resolve_dtype(self.dtype, values["device"])
+        return values
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One generated response.
+
+    Attributes:
+        text: the response, decoded without special tokens (the end-of-turn token excluded).
+        num_response_tokens: tokens generated, counting the end-of-turn token when there is one
+            (as vLLM counts them).
+        finish_reason: ``"stop"`` (an end-of-turn token ended it) or ``"length"`` (it reached
+            ``max_new_tokens``).
+        token_ids: the generated token ids, the end-of-turn token included (not stored in the
+            output files; for callers that score or inspect responses).
+    """
+
+    text: str
+    num_response_tokens: int
+    finish_reason: FinishReason
+    token_ids: tuple[int, ...] = ()
+
+
+BatchCallback = Callable[[int, int], None]
+"""Called after each finished batch with (rows done, new tokens generated) for progress bars."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the runner needs from a generation backend.
+
+    ``generate`` returns one result per input row, in input order. Results depend only on the
+    rows passed in one call (their token ids and seeds), so a chunk regenerated after a crash
+    comes out the same.
+    """
+
+    name: str
+
+    def generate(
+        self,
+        input_ids: Sequence[Sequence[int]],
+        seeds: Sequence[int],
+        *,
+        on_batch: BatchCallback | None = None,
+    ) -> list[GenerationResult]: ...
+
+
+def vllm_available() -> bool:
+    """Whether the ``vllm`` package can be imported (checked without importing it)."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA GPU (False when torch is missing)."""
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def resolve_backend_name(backend: str) -> Literal["hf", "vllm"]:
+    """``auto`` -> ``vllm`` when vLLM is installed and CUDA is present, else ``hf``.
+
+    >>> resolve_backend_name("hf")
+    'hf'
+    """
+    if backend == "hf":
+        return "hf"
+    if backend == "vllm":
+        if not vllm_available():
+            raise DependencyError(
+                "the vllm backend needs vLLM, which is not installed: pip install 'mipo[vllm]' "
+                "(in its own environment if its torch pin clashes), or use --backend hf"
+            )
+        return "vllm"
+    if backend != "auto":
+        _bad("backend", backend, f"one of {', '.join(BACKENDS)}")
+    return "vllm" if vllm_available() and cuda_available() else "hf"
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``; other values pass through."""
+    if device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto`` -> ``bfloat16`` on GPU, ``float32`` on CPU; other values pass through.
+
+    >>> resolve_dtype("auto", "cpu")
+    'float32'
+    """
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def create_backend(model: Any, config: GenerationConfig) -> Backend:
+    """Build the backend ``config.backend`` names for a :class:`~mipo.models.ResolvedModel`."""
+    name = resolve_backend_name(config.backend)
+    if name == "vllm":
+        from mipo.generate.vllm import VLLMBackend
+
+        return VLLMBackend(model, config)
+    from mipo.generate.hf import HFBackend
+
+    return HFBackend(model, config)
+
+
+def request_seeds(request_ids: Sequence[int], seed: int) -> list[int]:
+    """Per-row seeds derived from a run seed and stable row ids (SplitMix64), in ``[0, 2**63)``.
+
+    A row keeps its seed whatever else is in the corpus, so adding rows does not change
+    the responses of the others.
+
+    >>> request_seeds([0, 1], 0) == request_seeds([0, 1], 0)
+    True
+    """
+    mask = _MAX_SEED
+    out = []
+    for request_id in request_ids:
+        z = (seed * 0x9E3779B97F4A7C15 + int(request_id) + 0x632BE59BD9B4E019) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out.append((z ^ (z >> 31)) >> 1)  # 63 bits: safe for every torch/vLLM seed API
+    return out
+
+
+def _bad(name: str, value: object, expected: str) -> None:
+    raise ConfigError(f"GenerationConfig.{name} must be {expected}, got {value!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# The runner imports the names above, so it is imported last.
+from mipo.generate.runner import load_results, run_generation  # noqa: E402
+
+__all__ = [
+    "BACKENDS",
+    "DTYPES",
+    "Backend",
+    "BackendName",
+    "BatchCallback",
+    "FinishReason",
+    "GenerationConfig",
+    "GenerationResult",
+    "create_backend",
+    "cuda_available",
+    "load_results",
+    "request_seeds",
+    "resolve_backend_name",
+    "resolve_device",
+    "resolve_dtype",
+    "run_generation",
+    "vllm_available",
+]

@@ -1,0 +1,514 @@
+"""The resumable, shardable generation runner.
+
+Layout of an output folder::
+
+    out_dir/
+      manifest.json            run hash (config + model fingerprint + requests), chunk count
+      chunk-000000.parquet     results of requests 0 .. chunk_size-1 (in request_id order)
+      chunk-000001.parquet     ...
+      .lock-shard-0-of-1       present while a run of that shard is writing (holds host:pid)
+
+Guarantees:
+    - a chunk file exists only complete: written to a temporary file, fsynced, then renamed;
+    - rerunning the same command skips finished chunks, so a crash (even SIGKILL) loses at most
+      the chunk in progress, and the final results equal an uninterrupted run's;
+    - a run with different settings, model or requests is refused unless ``overwrite``;
+    - shard ``(i, N)`` takes chunks ``k`` with ``k % N == i``; shards may run at once into the
+      same folder (each holds its own lock) or on different machines, then be merged;
+    - a second run of the same shard is refused while the first is alive; a lock left by a dead
+      process is taken over.
+
+Example:
+    >>> results = run_generation(requests, "out/gen", model=model, config=config)  # doctest: +SKIP
+    >>> results.columns  # doctest: +SKIP
+    ['request_id', 'response', 'num_prompt_tokens', 'num_response_tokens', 'finish_reason', 'seed']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from mipo.errors import ConfigError, GenerationError, OutputError
+from mipo.generate import Backend, GenerationConfig, create_backend
+
+if TYPE_CHECKING:
+    from mipo.models import ResolvedModel
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+REQUEST_SCHEMA = {"request_id": pl.UInt64, "input_ids": pl.List(pl.UInt32), "seed": pl.UInt64}
+RESULT_SCHEMA = {
+    "request_id": pl.UInt64,
+    "response": pl.String,
+    "num_prompt_tokens": pl.UInt32,
+    "num_response_tokens": pl.UInt32,
+    "finish_reason": pl.String,
+    "seed": pl.UInt64,
+}
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def chunk_path(out_dir: str | os.PathLike[str], index: int) -> Path:
+    """Path of chunk ``index`` in an output folder.
+
+    >>> chunk_path("out", 3).name
+    'chunk-000003.parquet'
+    """
+    return Path(out_dir) / f"chunk-{index:06d}.parquet"
+
+
+def run_generation(
+    requests: pl.DataFrame,
+    out_dir: str | os.PathLike[str],
+    *,
+    model: ResolvedModel,
+    config: GenerationConfig,
+    shard: tuple[int, int] = (0, 1),
+    overwrite: bool = False,
+    progress: bool = True,
+    backend: Backend | None = None,
+) -> pl.DataFrame:
+    """Generate one response per request into ``out_dir``, resuming finished chunks.
+
+    ``requests`` has columns ``request_id`` (unique), ``input_ids`` (token ids of the rendered
+    prompt) and ``seed``. Returns this shard's results sorted by ``request_id``, with columns
+    ``request_id, response, num_prompt_tokens, num_response_tokens, finish_reason, seed``.
+    ``backend`` reuses an already loaded backend (it is built lazily otherwise, and only when
+    some chunk is left to generate).
+
+    Raises OutputError when ``out_dir`` holds another run (pass ``overwrite=True``), is locked by
+    a live run, or cannot be written (disk full: finished chunks are kept; rerun to resume).
+    KeyboardInterrupt abandons the chunk in progress cleanly and propagates.
+    """
+    shard_index, num_shards = _check_shard(shard)
+    table = _check_requests(requests)
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder '{out}': {exc.strerror}") from exc
+    if not out.is_dir():
+        raise OutputError(f"output path '{out}' exists and is not a folder")
+
+    num_chunks = -(-table.height // config.chunk_size)
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "run_hash": "",
+        "config_hash": _hash_json(config.output_fields()),
+        "model_fingerprint": model.fingerprint,
+        "requests_hash": _hash_requests(table),
+        "num_requests": table.height,
+        "chunk_size": config.chunk_size,
+        "num_chunks": num_chunks,
+        "model": model.name,
+        "config": config.output_fields(),
+    }
+    manifest["run_hash"] = _hash_json(
+        [manifest["config_hash"], manifest["model_fingerprint"], manifest["requests_hash"]]
+    )
+    mine = [k for k in range(num_chunks) if k % num_shards == shard_index]
+
+    with _run_lock(out / f".lock-shard-{shard_index}-of-{num_shards}"):
+        _prepare_folder(out, manifest, overwrite=overwrite)
+        _remove_temp_files(out, mine)
+        done = {k: df for k in mine if (df := _read_chunk(out, k, table, config)) is not None}
+        todo = [k for k in mine if k not in done]
+        if todo:
+            if backend is None:
+                backend = create_backend(model, config)
+            with _Progress(
+                enabled=progress,
+                total_rows=sum(_chunk_rows(table, k, config).height for k in mine),
+                done_rows=sum(df.height for df in done.values()),
+            ) as bar:
+                for k in todo:
+                    rows = _chunk_rows(table, k, config)
+                    results = _generate_chunk(backend, rows, bar.advance)
+                    _write_chunk_atomically(out, k, results, finished=len(done))
+                    done[k] = results
+    if not done:
+        return pl.DataFrame(schema=RESULT_SCHEMA)
+    return pl.concat([done[k] for k in sorted(done)]).sort("request_id")
+
+
+def load_results(out_dir: str | os.PathLike[str], *, require_complete: bool = True) -> pl.DataFrame:
+    """Read every finished chunk of an output folder (all shards), sorted by ``request_id``.
+
+    With ``require_complete`` an OutputError names the missing chunks (a shard still running or
+    never run) instead of returning partial results.
+    """
+    out = Path(out_dir)
+    manifest = _read_manifest(out)
+    if manifest is None:
+        raise OutputError(f"'{out}' holds no generation run ({MANIFEST} missing)")
+    num_chunks = int(manifest["num_chunks"])
+    present = [k for k in range(num_chunks) if chunk_path(out, k).is_file()]
+    missing = sorted(set(range(num_chunks)) - set(present))
+    if missing and require_complete:
+        shown = ", ".join(str(k) for k in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise OutputError(
+            f"generation in '{out}' is incomplete: {len(missing)} of {num_chunks} chunks missing "
+            f"({shown}); rerun the same command (every shard) to finish it"
+        )
+    if not present:
+        return pl.DataFrame(schema=RESULT_SCHEMA)
+    frames = [pl.read_parquet(chunk_path(out, k)) for k in present]
+    return pl.concat(frames).cast(RESULT_SCHEMA).sort("request_id")
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in shard)
+    except (TypeError, ValueError):
+        raise ConfigError(f"shard must be a pair (index, count), got {shard!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(
+            f"shard {index}/{count} is invalid: the count must be >= 1 and the index in "
+            f"0..count-1 (e.g. --shard 0/{max(count, 2)})"
+        )
+    return index, count
+
+
+def _check_requests(requests: pl.DataFrame) -> pl.DataFrame:
+    missing = [c for c in REQUEST_SCHEMA if c not in requests.columns]
+    if missing:
+        raise GenerationError(
+            f"generation requests lack column(s) {', '.join(missing)}; they have: "
+            f"{', '.join(requests.columns) or '(none)'}"
+        )
+    try:
+        table = requests.select(list(REQUEST_SCHEMA)).cast(REQUEST_SCHEMA, strict=True)
+    except pl.exceptions.PolarsError as exc:
+        raise GenerationError(
+            f"generation requests have wrong column types ({exc.__class__.__name__}); expected "
+            "request_id: UInt64, input_ids: List(UInt32), seed: UInt64"
+        ) from exc
+    nulls = [c for c in REQUEST_SCHEMA if table[c].null_count()]
+    if nulls:
+        raise GenerationError(f"generation requests have nulls in {', '.join(nulls)}")
+    if table["request_id"].is_duplicated().any():
+        raise GenerationError("generation requests repeat a request_id; ids must be unique")
+    if table.height and table["input_ids"].list.len().min() == 0:
+        raise GenerationError("a generation request has no input ids; every prompt needs tokens")
+    return table.sort("request_id")
+
+
+# --- manifest and hashing ----------------------------------------------------------------------
+
+
+def _hash_json(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _hash_requests(table: pl.DataFrame) -> str:
+    """A hash of ids, token ids and seeds from their little-endian bytes (stable across versions
+    of polars, unlike its row hashes)."""
+    digest = hashlib.sha256()
+    digest.update(table["request_id"].to_numpy().astype("<u8").tobytes())
+    digest.update(table["seed"].to_numpy().astype("<u8").tobytes())
+    ids = table["input_ids"]
+    digest.update(ids.list.len().to_numpy().astype("<u4").tobytes())
+    if table.height:
+        digest.update(ids.explode().to_numpy().astype("<u4").tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _read_manifest(out: Path) -> dict[str, Any] | None:
+    path = out / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise OutputError(
+            f"'{path}' is unreadable ({exc}); rerun with --overwrite to start over"
+        ) from exc
+    if not isinstance(data, dict):
+        raise OutputError(f"'{path}' is not a mipo manifest; rerun with --overwrite")
+    return data
+
+
+def _prepare_folder(out: Path, manifest: dict[str, Any], *, overwrite: bool) -> None:
+    existing = _read_manifest(out)
+    chunks = sorted(out.glob("chunk-*.parquet"))
+    if existing is not None and existing.get("run_hash") == manifest["run_hash"]:
+        return
+    if existing is None and not chunks:
+        _write_json_atomically(out / MANIFEST, manifest)
+        return
+    if not overwrite:
+        if existing is None:
+            what = "chunk files without a manifest"
+        else:
+            changed = [
+                label
+                for key, label in (
+                    ("config_hash", "generation settings"),
+                    ("model_fingerprint", "model"),
+                    ("requests_hash", "prompts or seeds"),
+                )
+                if existing.get(key) != manifest[key]
+            ]
+            what = "a run with different " + (" and ".join(changed) or "settings")
+        raise OutputError(
+            f"'{out}' holds {what}; pass --overwrite to discard it, or choose another output folder"
+        )
+    for chunk in chunks:
+        chunk.unlink(missing_ok=True)
+    _write_json_atomically(out / MANIFEST, manifest)
+
+
+def _write_json_atomically(path: Path, value: Any) -> None:
+    data = (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+    _write_bytes_atomically(path, data)
+
+
+# --- chunks ------------------------------------------------------------------------------------
+
+
+def _chunk_rows(table: pl.DataFrame, index: int, config: GenerationConfig) -> pl.DataFrame:
+    return table.slice(index * config.chunk_size, config.chunk_size)
+
+
+def _read_chunk(
+    out: Path, index: int, table: pl.DataFrame, config: GenerationConfig
+) -> pl.DataFrame | None:
+    """A finished chunk, or None when it is missing or does not match its rows (then redone)."""
+    path = chunk_path(out, index)
+    if not path.is_file():
+        return None
+    try:
+        df = pl.read_parquet(path).cast(RESULT_SCHEMA)
+    except Exception:  # unreadable: regenerate rather than trust it
+        return None
+    expected = _chunk_rows(table, index, config)["request_id"]
+    if df.height != expected.len() or not df["request_id"].equals(expected):
+        return None
+    return df
+
+
+def _generate_chunk(backend: Backend, rows: pl.DataFrame, on_batch: Any) -> pl.DataFrame:
+    input_ids = rows["input_ids"].to_list()
+    seeds = rows["seed"].to_list()
+    results = backend.generate(input_ids, seeds, on_batch=on_batch)
+    if len(results) != rows.height:
+        raise GenerationError(
+            f"the {backend.name} backend returned {len(results)} results for {rows.height} rows"
+        )
+    return pl.DataFrame(
+        {
+            "request_id": rows["request_id"],
+            "response": [r.text for r in results],
+            "num_prompt_tokens": rows["input_ids"].list.len(),
+            "num_response_tokens": [r.num_response_tokens for r in results],
+            "finish_reason": [r.finish_reason for r in results],
+            "seed": rows["seed"],
+        }
+    ).cast(RESULT_SCHEMA)
+
+
+def _write_chunk_atomically(out: Path, index: int, df: pl.DataFrame, *, finished: int) -> None:
+    # Serialize in memory first (a chunk is small) so every write error is our own OSError.
+    buffer = io.BytesIO()
+    df.write_parquet(buffer)
+    path = chunk_path(out, index)
+    try:
+        _write_bytes_atomically(path, buffer.getvalue())
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise OutputError(
+                f"disk full while writing {path.name} in '{out}': free some space and rerun the "
+                f"same command to resume ({finished} finished chunk(s) are kept)"
+            ) from exc
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _write_bytes_atomically(path: Path, data: bytes) -> None:
+    """Temp file + fsync + rename + directory fsync; the temp file never outlives a failure."""
+    temp = _temp_name(path)
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:  # includes KeyboardInterrupt: never leave a temp file behind
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove_temp_files(out: Path, chunks: list[int]) -> None:
+    """Temp files of this shard's chunks left by a killed run (we hold the shard's lock)."""
+    for k in chunks:
+        for temp in out.glob(f".{chunk_path(out, k).name}.tmp-*"):
+            with contextlib.suppress(OSError):
+                temp.unlink()
+
+
+# --- lock --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _run_lock(lock_path: Path) -> Iterator[None]:
+    """Hold ``lock_path`` (content ``host:pid``) for the run; take over locks of dead pids."""
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    for _attempt in range(3):
+        try:
+            fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(lock_path)
+            if owner is None:  # the holder just released it, or it was stale and removed
+                continue
+            host, pid = owner
+            if host == socket.gethostname() and pid is not None and not _pid_alive(pid):
+                # Rename first: of two processes taking over at once, only one succeeds.
+                stale = lock_path.with_name(f"{lock_path.name}.stale-{os.getpid()}")
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(lock_path, stale)
+                    stale.unlink()
+                continue
+            holder = f"pid {pid}" if host == socket.gethostname() else f"pid {pid} on {host}"
+            raise OutputError(
+                f"another mipo run ({holder}) is writing to '{lock_path.parent}'; wait for it to "
+                f"finish or stop it (if no such run exists, delete {lock_path})"
+            ) from None
+        except OSError as exc:
+            raise OutputError(f"cannot create lock file {lock_path}: {exc.strerror}") from exc
+        with os.fdopen(fd, "w") as handle:
+            handle.write(me)
+        break
+    else:
+        raise OutputError(f"could not take the lock {lock_path}; delete it if no run is active")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if lock_path.read_text() == me:
+                lock_path.unlink()
+
+
+def _lock_owner(lock_path: Path) -> tuple[str, int | None] | None:
+    try:
+        text = lock_path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ("?", None)
+    host, _, pid = text.strip().rpartition(":")
+    return (host, int(pid) if pid.isdigit() else None)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+# --- progress ----------------------------------------------------------------------------------
+
+
+class _Progress:
+    """A rich progress bar with rows/s and new tokens/s (rates count only this run's work)."""
+
+    def __init__(self, *, enabled: bool, total_rows: int, done_rows: int) -> None:
+        self.enabled = enabled
+        self.total_rows = total_rows
+        self.done_rows = done_rows
+        self.new_rows = 0
+        self.new_tokens = 0
+        self.start = time.monotonic()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("generating"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rows_s]} rows/s, {task.fields[tok_s]} new tok/s"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task(
+                "generate",
+                total=self.total_rows,
+                completed=self.done_rows,
+                rows_s="-",
+                tok_s="-",
+            )
+        return self
+
+    def advance(self, rows: int, new_tokens: int) -> None:
+        self.new_rows += rows
+        self.new_tokens += new_tokens
+        if self._bar is not None:
+            elapsed = max(time.monotonic() - self.start, 1e-9)
+            self._bar.update(
+                self._task,
+                advance=rows,
+                rows_s=f"{self.new_rows / elapsed:.2f}",
+                tok_s=f"{self.new_tokens / elapsed:.1f}",
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+__all__ = [
+    "MANIFEST",
+    "REQUEST_SCHEMA",
+    "RESULT_SCHEMA",
+    "chunk_path",
+    "load_results",
+    "run_generation",
+]
