@@ -10,8 +10,8 @@ import click
 
 def register(group: click.Group) -> None:
     """Add every stage command to ``group``."""
-    from mipo import cli_pairs, cli_synth, cli_train
+    from mipo import cli_pairs, cli_run, cli_synth, cli_train
 
-    for module in (cli_synth, cli_pairs, cli_train):
+    for module in (cli_synth, cli_pairs, cli_train, cli_run):
         for command in module.COMMANDS:
             group.add_command(command)
