@@ -40,7 +40,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -152,10 +152,14 @@ def run_generation_ray(
                     total_rows=sum(_chunk_rows(table, k, config).height for k in mine),
                     done_rows=sum(df.height for df in done.values()),
                 ) as bar,
+                # closing(): a failed write stops the actors now, not when the traceback goes.
+                contextlib.closing(
+                    _run_chunks_on_actors(
+                        ray, table, todo, model, pinned, manifest["config"], num_workers
+                    )
+                ) as finished_chunks,
             ):
-                for k, results in _run_chunks_on_actors(
-                    ray, table, todo, model, pinned, manifest["config"], num_workers
-                ):
+                for k, results in finished_chunks:
                     _write_chunk_atomically(out, k, results, finished=len(done))
                     done[k] = results
                     bar.advance(results.height, int(results["num_response_tokens"].sum()))
@@ -342,7 +346,7 @@ def _run_chunks_on_actors(
     config: GenerationConfig,
     expected: dict[str, Any],
     num_workers: int | None,
-) -> Iterator[tuple[int, pl.DataFrame]]:
+) -> Generator[tuple[int, pl.DataFrame], None, None]:
     """Yield ``(chunk index, results)`` as actors finish them; one chunk in flight per actor.
 
     One in flight per actor bounds what a crash loses to one chunk per worker and lets a fast
