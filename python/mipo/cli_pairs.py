@@ -1,7 +1,158 @@
-"""(commands to be written)"""
+"""``mipo build-pairs`` and ``mipo merge``: click commands only (the work is in
+:mod:`mipo.build_pairs`; heavy imports happen inside the commands)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+
+def _print_result(result: Any) -> None:
+    from rich.console import Console
+
+    from mipo.build_pairs import summary_table
+
+    console = Console(soft_wrap=True)
+    console.print(summary_table(result.stats))
+    if result.message:
+        console.print(result.message, markup=False, highlight=False)
+
+
+@click.command("build-pairs")
+@click.argument("input", metavar="INPUT")
+@click.option("-o", "--out", "out_dir", required=True, help="Output folder (a rerun continues).")
+@click.option(
+    "--model",
+    default=None,
+    help="Hub id, local model folder or .gguf file [default: the built-in smollm2-135m].",
+)
+@click.option("--plan-only", is_flag=True, help="Stop after writing plan.parquet.")
+@click.option(
+    "--negatives",
+    type=click.Choice(["random", "context-drop", "both"]),
+    default="random",
+    show_default=True,
+    help="random: a response to another prompt; context-drop: a response to the prompt without "
+    "its context; both: one pair of each.",
+)
+@click.option(
+    "--independent-negatives",
+    is_flag=True,
+    help="Sample a separate response to σ(i) instead of reusing σ(i)'s own (2x generation).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "vllm", "hf"]),
+    default="auto",
+    show_default=True,
+    help="auto: vLLM when installed and a GPU is present, else transformers.",
+)
+@click.option("--max-new-tokens", type=int, default=None, help="[default: 512]")
+@click.option("--temperature", type=float, default=None, help="[default: 0.1]")
+@click.option("--top-p", type=float, default=None, help="[default: 0.9]")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=None, help="Generation batch size [default: 32].")
+@click.option(
+    "--chunk-size", type=int, default=None, help="Rows per generation chunk [default: 256]."
+)
+@click.option("--dtype", default=None, help="auto, float32, bfloat16 or float16 [default: auto].")
+@click.option("--tensor-parallel-size", type=int, default=None, help="vLLM tensor parallelism.")
+@click.option(
+    "--shard",
+    default="0/1",
+    show_default=True,
+    help="I/N: generate only every N-th chunk, starting at chunk I.",
+)
+@click.option(
+    "--max-prompt-tokens",
+    type=int,
+    default=None,
+    help="Drop longer prompts [default: model context minus --max-new-tokens].",
+)
+@click.option("--no-dedup", is_flag=True, help="Keep duplicates (never paired with each other).")
+@click.option("--near-dup-threshold", type=float, default=0.8, show_default=True)
+@click.option(
+    "--no-user-constraint",
+    is_flag=True,
+    help="Allow a random negative from the same user.",
+)
+@click.option("--keep-truncated", is_flag=True, help="Keep pairs with a truncated response.")
+@click.option(
+    "--score",
+    is_flag=True,
+    help="Score log π(y+|x) − log π(y−|x) under the reference model; drop pairs below "
+    "--min-margin.",
+)
+@click.option("--min-margin", type=float, default=0.0, show_default=True)
+@click.option(
+    "--overwrite", is_flag=True, help="Redo a run with other options (from the changed stage on)."
+)
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle-based (.bin) weights.")
+@click.option("--prompt-col", default=None, help="Plain-text prompt column.")
+@click.option("--messages-col", default=None, help="Chat messages column.")
+@click.option("--context-col", default=None, help="User context column (a system message).")
+@click.option("--user-col", default=None, help="User id column.")
+@click.option("--id-col", default=None, help="Row id column.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def build_pairs_cmd(**options: Any) -> None:
+    """Build DPO preference pairs from a prompt corpus.
+
+    INPUT is a Parquet, JSONL or CSV file, a folder, or a glob of shards. Stages (each resumable):
+    plan (dedup, tokenize, negatives -> plan.parquet), generate (generations/), pairs
+    (pairs.parquet + stats.json).
+
+    \b
+    Example:
+      mipo build-pairs python/mipo/data/sample_corpus.jsonl -o out --max-new-tokens 64
+    """
+    from mipo.build_pairs import BuildPairsConfig, build_pairs, parse_shard
+    from mipo.corpus import ColumnOptions
+
+    columns = ColumnOptions(
+        prompt=options.pop("prompt_col"),
+        messages=options.pop("messages_col"),
+        context=options.pop("context_col"),
+        user=options.pop("user_col"),
+        id=options.pop("id_col"),
+    )
+    config = BuildPairsConfig(
+        input=options.pop("input"),
+        out_dir=options.pop("out_dir"),
+        columns=columns,
+        shard=parse_shard(options.pop("shard")),
+        dedup=not options.pop("no_dedup"),
+        user_constraint=not options.pop("no_user_constraint"),
+        progress=not options.pop("no_progress"),
+        **options,
+    )
+    _print_result(build_pairs(config))
+
+
+@click.command("merge")
+@click.argument("out_dir", metavar="OUTDIR")
+@click.argument("shard_dirs", nargs=-1, metavar="[SHARD_DIR]...")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle-based (.bin) weights.")
+def merge_cmd(
+    out_dir: str, shard_dirs: tuple[str, ...], trust_remote_code: bool, allow_pickle: bool
+) -> None:
+    """Join the shards of a `build-pairs --shard I/N` run and build its pairs.
+
+    OUTDIR is the output folder of one shard (or the folder all shards shared); SHARD_DIRs are
+    the other shards' folders when they ran elsewhere. Missing chunks are listed.
+    """
+    from mipo.build_pairs import merge_shards
+
+    _print_result(
+        merge_shards(
+            out_dir,
+            list(shard_dirs),
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+        )
+    )
+
+
+COMMANDS: list[click.Command] = [build_pairs_cmd, merge_cmd]

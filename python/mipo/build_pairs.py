@@ -1,0 +1,846 @@
+"""``mipo build-pairs``: plan -> generate -> pairs, each stage resumable from its Parquet output.
+
+Layout of an output folder::
+
+    OUTDIR/
+      run.json            options of each stage (hashed), model name + fingerprint, seed
+      plan.parquet        the plan (one row per prompt: messages, token ids, negatives)
+      generations/        chunk files + manifest of the generation runner (resumable, sharded)
+      pairs.parquet       TRL DPO-ready pairs
+      stats.json          counts, time and peak RSS per stage
+
+A rerun with the same options skips finished stages (and finished generation chunks). With
+changed options the run is refused unless ``overwrite``; then the outputs of the first changed
+stage and of every later one are discarded (so changing only ``--min-margin`` keeps the
+generations). A plan that fails leaves nothing behind in a new output folder.
+
+>>> from mipo.build_pairs import BuildPairsConfig, build_pairs  # doctest: +SKIP
+>>> result = build_pairs(BuildPairsConfig("corpus.jsonl", "out", model="smollm2-135m"))  # doctest: +SKIP
+>>> result.stats["pairs"]["pairs_written"]  # doctest: +SKIP
+298
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import resource
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mipo import __version__
+from mipo.corpus import ColumnOptions, open_corpus, write_json_atomic, write_parquet_atomic
+from mipo.errors import ConfigError, ModelError, OutputError, TemplateError
+from mipo.negatives import NegativeStrategy, parse_strategy
+from mipo.pairs import PairFilterConfig, PairStats, assemble_pairs, build_requests, filter_pairs
+from mipo.plan import PlanConfig, build_plan, read_plan
+
+__all__ = [
+    "STAGES",
+    "BuildPairsConfig",
+    "BuildPairsResult",
+    "build_pairs",
+    "merge_shards",
+    "parse_shard",
+    "summary_table",
+]
+
+STAGES = ("plan", "generate", "pairs")
+RUN_FILE = "run.json"
+PLAN_FILE = "plan.parquet"
+GENERATIONS_DIR = "generations"
+PAIRS_FILE = "pairs.parquet"
+STATS_FILE = "stats.json"
+# Everything mipo writes into OUTDIR; --overwrite removes these and nothing else.
+_STAGE_OUTPUTS = {
+    "plan": (PLAN_FILE,),
+    "generate": (GENERATIONS_DIR,),
+    "pairs": (PAIRS_FILE,),
+}
+_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``.
+
+    >>> parse_shard("1/4")
+    (1, 4)
+    """
+    if text is None:
+        return (0, 1)
+    if isinstance(text, tuple):
+        index, count = text
+    else:
+        match = _SHARD.match(text)
+        if not match:
+            raise ConfigError(f"--shard must look like I/N (e.g. 0/4), got {text!r}")
+        index, count = int(match.group(1)), int(match.group(2))
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(
+            f"--shard {index}/{count} is invalid: N must be >= 1 and I in 0..N-1 (e.g. 0/{max(count, 2)})"
+        )
+    return index, count
+
+
+@dataclass(frozen=True)
+class BuildPairsConfig:
+    """Every option of ``mipo build-pairs`` (see ``mipo build-pairs --help``)."""
+
+    input: str
+    """Parquet, JSONL or CSV file, a folder of them, or a glob of shards."""
+    out_dir: str | Path
+    """Output folder (created; a rerun into it continues)."""
+    model: str | None = None
+    """Model spec for :func:`mipo.models.resolve_model`; None: the built-in default."""
+    plan_only: bool = False
+    """Stop after writing ``plan.parquet``."""
+    negatives: NegativeStrategy = "random"
+    """``random``, ``context-drop`` or ``both``."""
+    independent_negatives: bool = False
+    """Sample a separate response to σ(i) for each prompt instead of reusing σ(i)'s own."""
+    columns: ColumnOptions = field(default_factory=ColumnOptions)
+    """Input column names; None fields are detected."""
+    seed: int = 0
+    """Seed of the negatives and of every per-request sampling seed."""
+    max_prompt_tokens: int | None = None
+    """Drop longer prompts; None: the model's context length minus ``max_new_tokens``."""
+    dedup: bool = True
+    """Remove exact and near-duplicate prompts (False keeps them, still never paired together)."""
+    near_dup_threshold: float = 0.8
+    """Jaccard similarity at or above which two prompts are near duplicates."""
+    user_constraint: bool = True
+    """With a user column, take each random negative from another user."""
+    backend: str = "auto"
+    """Generation backend: ``auto``, ``vllm`` or ``hf``."""
+    max_new_tokens: int | None = None
+    """Generation option; None: the :class:`~mipo.generate.GenerationConfig` default."""
+    temperature: float | None = None
+    """Generation option; None: the default."""
+    top_p: float | None = None
+    """Generation option; None: the default."""
+    batch_size: int | None = None
+    """Generation option; None: the default."""
+    chunk_size: int | None = None
+    """Rows per generation chunk (the unit of resume and sharding); None: the default."""
+    dtype: str | None = None
+    """Generation option; None: the default."""
+    tensor_parallel_size: int | None = None
+    """vLLM tensor parallelism; None: the default."""
+    shard: tuple[int, int] = (0, 1)
+    """Generate only chunks ``k`` with ``k % N == I``."""
+    keep_truncated: bool = False
+    """Keep pairs whose responses hit ``max_new_tokens``."""
+    score: bool = False
+    """Score margins under the reference model and drop pairs below ``min_margin``."""
+    min_margin: float = 0.0
+    """Least log π(y+|x) − log π(y−|x) with ``score``."""
+    overwrite: bool = False
+    """Discard outputs of a run with other options (from the first changed stage on)."""
+    trust_remote_code: bool = False
+    """Allow the model's own Python code."""
+    allow_pickle: bool = False
+    """Allow pickle-based weights."""
+    progress: bool = True
+    """Show progress bars (stderr)."""
+    plan_batch_rows: int = 65_536
+    """Rows per streamed batch of the plan stage (bounds its memory)."""
+
+    def __post_init__(self) -> None:
+        parse_strategy(self.negatives)
+        parse_shard(self.shard)
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if self.independent_negatives and self.negatives == "context-drop":
+            raise ConfigError(
+                "--independent-negatives applies to random negatives; it does nothing with "
+                "--negatives context-drop: drop it or use --negatives random/both"
+            )
+        if self.min_margin != 0.0 and not self.score:
+            raise ConfigError("--min-margin needs --score (margins are computed only when scoring)")
+        PairFilterConfig(self.keep_truncated, self.score, self.min_margin)
+
+
+@dataclass
+class BuildPairsResult:
+    """What a run did: the output folder, the stage it finished at, and ``stats.json``."""
+
+    out_dir: Path
+    completed: str
+    stats: dict[str, Any]
+    message: str = ""
+
+
+# --- bookkeeping ---------------------------------------------------------------------------------
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux and bytes on macOS; it is the peak of the whole process so far.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def _hash(value: Any) -> str:
+    data = json.dumps(value, sort_keys=True, default=str).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """An exclusive ``host:pid`` lock file; one left by a dead process on this host is taken over."""
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                host, _, pid = path.read_text().partition(":")
+            except FileNotFoundError:
+                continue
+            alive = True
+            if host == socket.gethostname() and pid.isdigit():
+                try:
+                    os.kill(int(pid), 0)
+                except ProcessLookupError:
+                    alive = False
+                except PermissionError:
+                    pass
+            if alive:
+                raise OutputError(
+                    f"another mipo run ({host}:{pid}) is writing to '{path.parent}'; wait for it "
+                    f"to finish (if no such run exists, delete {path})"
+                ) from None
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(me)
+        break
+    else:
+        raise OutputError(f"could not take the lock {path}; delete it if no run is active")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            if path.read_text() == me:
+                path.unlink()
+
+
+class _Stages:
+    """Times each stage and records its seconds and the process's peak RSS in ``stats.json``."""
+
+    def __init__(self, out: Path, stats: dict[str, Any]) -> None:
+        self.out = out
+        self.stats = stats
+        self.stats.setdefault("stages", {})
+
+    @contextlib.contextmanager
+    def run(self, name: str) -> Iterator[dict[str, Any]]:
+        start = time.perf_counter()
+        record: dict[str, Any] = {}
+        yield record
+        seconds = time.perf_counter() - start
+        # A resumed stage adds to the time its earlier, interrupted runs took.
+        before = self.stats["stages"].get(name, {}).get("seconds_total", 0.0)
+        record.update(
+            seconds=round(seconds, 3),
+            seconds_total=round(before + seconds, 3),
+            peak_rss_mb=_peak_rss_mb(),
+        )
+        self.stats["stages"][name] = record
+        self.save()
+
+    def save(self) -> None:
+        write_json_atomic(self.stats, self.out / STATS_FILE)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise OutputError(
+            f"'{path}' is unreadable ({exc}); pass --overwrite to start over"
+        ) from exc
+    if not isinstance(data, dict):
+        raise OutputError(f"'{path}' is not a mipo file; pass --overwrite to start over")
+    return data
+
+
+def _remove(out: Path, names: tuple[str, ...]) -> None:
+    for name in names:
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+
+
+# --- option records ------------------------------------------------------------------------------
+
+
+def _context_length(model_path: Path) -> int | None:
+    try:
+        config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = config.get(key) if isinstance(config, dict) else None
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _generation_config(config: BuildPairsConfig) -> Any:
+    from mipo.generate import GenerationConfig
+
+    overrides = {
+        name: getattr(config, name)
+        for name in (
+            "max_new_tokens",
+            "temperature",
+            "top_p",
+            "batch_size",
+            "chunk_size",
+            "dtype",
+            "tensor_parallel_size",
+        )
+        if getattr(config, name) is not None
+    }
+    return GenerationConfig(
+        backend=config.backend,  # type: ignore[arg-type]
+        seed=config.seed,
+        trust_remote_code=config.trust_remote_code,
+        **overrides,
+    )
+
+
+def _effective_max_prompt_tokens(
+    config: BuildPairsConfig, model_path: Path, gen: Any
+) -> int | None:
+    if config.max_prompt_tokens is not None:
+        return config.max_prompt_tokens
+    context = _context_length(model_path)
+    if context is None:
+        return None
+    room = context - gen.max_new_tokens
+    if room < 1:
+        raise ConfigError(
+            f"--max-new-tokens {gen.max_new_tokens} leaves no room for a prompt in the model's "
+            f"context of {context} tokens: lower --max-new-tokens"
+        )
+    return room
+
+
+def _stage_options(
+    config: BuildPairsConfig, corpus: Any, model: Any, plan: PlanConfig, gen: Any
+) -> dict[str, dict[str, Any]]:
+    """The options each stage's output depends on (``shard`` and progress do not count)."""
+    files = [{"name": p.name, "size": p.stat().st_size} for p in corpus.files]
+    plan_options = {
+        "input_files": files,
+        "columns": corpus.columns.as_dict(),
+        "model_fingerprint": model.fingerprint,
+        **{k: v for k, v in asdict(plan).items() if k not in ("batch_rows", "row_group_rows")},
+    }
+    gen_options = {
+        "independent_negatives": config.independent_negatives,
+        **{k: v for k, v in asdict(gen).items() if k != "trust_remote_code"},
+    }
+    pairs_options = {
+        "keep_truncated": config.keep_truncated,
+        "score": config.score,
+        "min_margin": config.min_margin,
+    }
+    return {"plan": plan_options, "generate": gen_options, "pairs": pairs_options}
+
+
+def _run_record(
+    config: BuildPairsConfig, model: Any, options: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    chained = ""
+    stages = {}
+    for name in STAGES:
+        chained = _hash([chained, options[name]])
+        stages[name] = {"hash": chained, "options": options[name]}
+    return {
+        "mipo_version": __version__,
+        "command": "build-pairs",
+        "input": str(config.input),
+        "model": {"name": model.name, "source": model.source, "fingerprint": model.fingerprint},
+        "seed": config.seed,
+        "negatives": config.negatives,
+        "stages": stages,
+    }
+
+
+def _first_changed_stage(
+    old: dict[str, Any] | None, new: dict[str, Any]
+) -> tuple[str | None, list[str]]:
+    if old is None:
+        return None, []
+    old_stages = old.get("stages", {})
+    for name in STAGES:
+        before = old_stages.get(name, {})
+        if before.get("hash") != new["stages"][name]["hash"]:
+            return name, _diff(before.get("options", {}), new["stages"][name]["options"])
+    return None, []
+
+
+# --- progress ------------------------------------------------------------------------------------
+
+
+class _PlanProgress:
+    """Rich bars for the plan's passes (rows/s), on stderr."""
+
+    def __init__(self, enabled: bool, total_rows: int | None) -> None:
+        self.enabled = enabled
+        self.total_rows = total_rows
+        self._bar: Any = None
+        self._tasks: dict[str, Any] = {}
+        # Steps run one after another: a step's clock starts when the previous one last moved.
+        self._last = time.monotonic()
+
+    def __enter__(self) -> _PlanProgress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("plan: {task.description:<9}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rate]} rows/s"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+            )
+            self._bar.__enter__()
+        return self
+
+    def __call__(self, step: str, rows: int) -> None:
+        if self._bar is None:
+            return
+        if step not in self._tasks:
+            total = self.total_rows if step in ("read", "tokenize") else rows
+            self._tasks[step] = (self._bar.add_task(step, total=total, rate="-"), self._last, [0])
+        task, start, done = self._tasks[step]
+        done[0] += rows
+        self._last = time.monotonic()
+        rate = done[0] / max(self._last - start, 1e-9)
+        self._bar.update(task, advance=rows, rate=f"{rate:,.0f}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            for task, _, done in self._tasks.values():
+                self._bar.update(task, total=done[0], completed=done[0])
+            self._bar.__exit__(*exc)
+
+
+def _count_rows(corpus: Any) -> int | None:
+    """Row count when it is free (Parquet footers); None for JSONL/CSV."""
+    if corpus.format != "parquet":
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        return sum(pq.read_metadata(p).num_rows for p in corpus.files)
+    except Exception:
+        return None
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def _load_tokenizer(model_path: Path) -> Any:
+    from mipo import engine
+
+    try:
+        tokenizer = engine.ChatTokenizer.from_pretrained(model_path)
+    except TemplateError as exc:
+        raise TemplateError(
+            f"the tokenizer of '{model_path}' has no usable chat template ({exc}); "
+            "use an instruct/chat model"
+        ) from exc
+    if not tokenizer.chat_template:
+        raise TemplateError(
+            f"the tokenizer of '{model_path}' has no chat template, so prompts cannot be rendered "
+            "as a conversation: use an instruct/chat model (or add chat_template.jinja)"
+        )
+    return tokenizer
+
+
+def build_pairs(config: BuildPairsConfig) -> BuildPairsResult:
+    """Run (or continue) the stages into ``config.out_dir``; see the module docstring."""
+    from mipo.models import resolve_model
+
+    out = Path(config.out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output path '{out}' exists and is not a folder: choose another -o")
+
+    # Everything that can reject the input runs before the output folder is touched; the corpus
+    # first, since reading its schema is instant and loading a model is not.
+    corpus = open_corpus(config.input, config.columns)
+    model = resolve_model(
+        config.model,
+        trust_remote_code=config.trust_remote_code,
+        allow_pickle=config.allow_pickle,
+    )
+    tokenizer = _load_tokenizer(model.path)
+    gen = _generation_config(config)
+    plan_config = PlanConfig(
+        seed=config.seed,
+        negatives=config.negatives,
+        max_prompt_tokens=_effective_max_prompt_tokens(config, model.path, gen),
+        dedup=config.dedup,
+        near_dup_threshold=config.near_dup_threshold,
+        user_constraint=config.user_constraint,
+        batch_rows=config.plan_batch_rows,
+    )
+    record = _run_record(config, model, _stage_options(config, corpus, model, plan_config, gen))
+
+    fresh = not out.exists() or not any(out.iterdir())
+    old = None if fresh else _read_json(out / RUN_FILE)
+    if not fresh and old is None:
+        leftovers = [p.name for p in out.iterdir() if not p.name.startswith(".")]
+        if leftovers and not config.overwrite:
+            raise OutputError(
+                f"output folder '{out}' is not empty and holds no mipo run ({', '.join(sorted(leftovers)[:5])}"
+                f"{', ...' if len(leftovers) > 5 else ''}): choose an empty or new folder, or pass "
+                "--overwrite"
+            )
+    changed, differences = _first_changed_stage(old, record)
+    if changed is not None and not config.overwrite:
+        shown = "; ".join(differences[:4]) + ("; ..." if len(differences) > 4 else "")
+        raise OutputError(
+            f"'{out}' holds a run with different {changed} options ({shown or 'changed'}): "
+            "rerun with the same options to continue it, pass --overwrite to redo it from the "
+            f"{changed} stage, or choose another -o"
+        )
+
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    shard_index, num_shards = config.shard
+    locked = False
+    try:
+        with _lock(out / f".mipo-build-shard-{shard_index}-of-{num_shards}.lock"):
+            locked = True
+            if old is None or changed is not None:
+                start = "plan" if old is None else changed
+                for name in STAGES[STAGES.index(start) :]:  # type: ignore[arg-type]
+                    _remove(out, _STAGE_OUTPUTS[name])
+                if start == "plan":
+                    _remove(out, (STATS_FILE, RUN_FILE))
+            return _run_stages(config, out, model, tokenizer, corpus, gen, plan_config, record)
+    except BaseException:
+        if locked and (created or fresh) and not (out / PLAN_FILE).exists():
+            # Nothing usable was made (the plan failed before plan.parquet existed): leave the
+            # folder as it was.
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                for child in out.iterdir():
+                    _remove(out, (child.name,))
+        raise
+
+
+def _run_stages(
+    config: BuildPairsConfig,
+    out: Path,
+    model: Any,
+    tokenizer: Any,
+    corpus: Any,
+    gen: Any,
+    plan_config: PlanConfig,
+    record: dict[str, Any],
+) -> BuildPairsResult:
+    from mipo.generate import load_results, run_generation
+
+    stats = _read_json(out / STATS_FILE) or {}
+    stats.setdefault(
+        "run", {"input": str(config.input), "model": record["model"], "seed": config.seed}
+    )
+    stages = _Stages(out, stats)
+
+    # 1. plan
+    if not (out / PLAN_FILE).is_file():
+        stats.pop("plan", None)
+        with stages.run("plan") as rec:
+            with _PlanProgress(config.progress, _count_rows(corpus)) as bar:
+                plan_stats = build_plan(
+                    corpus, tokenizer, out / PLAN_FILE, plan_config, progress=bar
+                )
+            write_json_atomic(record, out / RUN_FILE)
+            rec["step_seconds"] = {k: round(v, 3) for k, v in plan_stats.step_seconds.items()}
+            stats["plan"] = plan_stats.as_dict()
+    elif not (out / RUN_FILE).is_file():
+        write_json_atomic(record, out / RUN_FILE)
+    if config.plan_only:
+        return BuildPairsResult(out, "plan", stats, f"plan written to {out / PLAN_FILE}")
+
+    # 2. generate
+    plan = read_plan(out / PLAN_FILE)
+    requests = build_requests(
+        plan,
+        strategy=config.negatives,
+        independent_negatives=config.independent_negatives,
+        seed=config.seed,
+    )
+    gen_dir = out / GENERATIONS_DIR
+    with stages.run("generate") as rec:
+        mine = run_generation(
+            requests,
+            gen_dir,
+            model=model,
+            config=gen,
+            shard=config.shard,
+            overwrite=config.overwrite,
+            progress=config.progress,
+        )
+        rec["requests"] = requests.height
+        rec["shard"] = f"{config.shard[0]}/{config.shard[1]}"
+        rec["responses_this_shard"] = mine.height
+    stats["generate"] = _generation_stats(mine, requests.height, stats["stages"]["generate"])
+    stages.save()
+    del mine
+
+    # 3. pairs (every shard tries; the last one to finish finds all chunks)
+    try:
+        responses = load_results(gen_dir, require_complete=True)
+    except OutputError as exc:
+        if config.shard[1] > 1:
+            message = (
+                f"shard {config.shard[0]}/{config.shard[1]} finished its chunks; {exc}. When every "
+                f"shard is done, run `mipo merge {out}` (adding the other shards' folders if they "
+                "ran elsewhere)"
+            )
+            return BuildPairsResult(out, "generate", stats, message)
+        raise
+    return _pairs_stage(config, out, model, plan, responses, stats, stages)
+
+
+def _generation_stats(results: Any, num_requests: int, stage: dict[str, Any]) -> dict[str, Any]:
+    tokens = int(results["num_response_tokens"].sum()) if results.height else 0
+    reasons = (
+        {str(k): int(v) for k, v in results["finish_reason"].value_counts(sort=True).iter_rows()}
+        if results.height
+        else {}
+    )
+    seconds = stage.get("seconds") or 0.0
+    return {
+        "requests": num_requests,
+        "responses": results.height,
+        "new_tokens": tokens,
+        "finish_reasons": reasons,
+        "mean_response_tokens": round(tokens / results.height, 1) if results.height else None,
+        "new_tokens_per_s_incl_resumed": round(tokens / seconds, 1) if seconds else None,
+        "empty_responses": int((results["response"].str.strip_chars() == "").sum())
+        if results.height
+        else 0,
+    }
+
+
+def _pairs_stage(
+    config: BuildPairsConfig,
+    out: Path,
+    model: Any,
+    plan: Any,
+    responses: Any,
+    stats: dict[str, Any],
+    stages: _Stages,
+) -> BuildPairsResult:
+    if (out / PAIRS_FILE).is_file() and "pairs" in stats:
+        return BuildPairsResult(out, "pairs", stats, f"pairs already built: {out / PAIRS_FILE}")
+    filters = PairFilterConfig(
+        keep_truncated=config.keep_truncated, score=config.score, min_margin=config.min_margin
+    )
+    pair_stats = PairStats()
+    with stages.run("pairs") as rec:
+        pairs = assemble_pairs(
+            plan,
+            responses,
+            strategy=config.negatives,
+            independent_negatives=config.independent_negatives,
+            seed=config.seed,
+            stats=pair_stats,
+        )
+        pairs = filter_pairs(pairs, filters, model_path=model.path, stats=pair_stats)
+        write_parquet_atomic(pairs.drop("plan_index"), out / PAIRS_FILE)
+        rec["pairs_written"] = pairs.height
+    pair_stats.seconds = stats["stages"]["pairs"]["seconds"]
+    stats["pairs"] = pair_stats.as_dict()
+    stages.save()
+    return BuildPairsResult(
+        out, "pairs", stats, f"{pairs.height} pairs written to {out / PAIRS_FILE}"
+    )
+
+
+# --- merge ---------------------------------------------------------------------------------------
+
+
+def merge_shards(
+    out_dir: str | Path,
+    shard_dirs: list[str | Path] | None = None,
+    *,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> BuildPairsResult:
+    """Join the generation chunks of shards run in other folders into ``out_dir`` and build the
+    pairs there.
+
+    ``out_dir`` is a build-pairs output folder (e.g. shard 0's); each of ``shard_dirs`` must hold
+    a run with the same options (plan, model, generation settings). Chunk files ``out_dir``
+    lacks are copied in (temporary file + rename); when chunks are still missing the error lists
+    them.
+    """
+    from mipo.generate import load_results
+    from mipo.models import resolve_model
+
+    out = Path(out_dir)
+    record = _read_json(out / RUN_FILE)
+    if record is None or not (out / PLAN_FILE).is_file():
+        raise OutputError(
+            f"'{out}' holds no build-pairs run (run.json and plan.parquet): pass the output "
+            "folder of one of the shards first"
+        )
+    gen_dir = out / GENERATIONS_DIR
+    manifest = _read_json(gen_dir / "manifest.json")
+    for other in shard_dirs or []:
+        other = Path(other)
+        if other.resolve() == out.resolve():
+            continue
+        theirs = _read_json(other / RUN_FILE)
+        if theirs is None:
+            raise OutputError(f"'{other}' holds no build-pairs run (run.json missing)")
+        if [theirs["stages"][s]["hash"] for s in ("plan", "generate")] != [
+            record["stages"][s]["hash"] for s in ("plan", "generate")
+        ]:
+            raise OutputError(
+                f"'{other}' was built with other options than '{out}' (plan or generation "
+                "settings differ): only shards of one run can be merged"
+            )
+        their_manifest = _read_json(other / GENERATIONS_DIR / "manifest.json")
+        if their_manifest is None:
+            continue  # that shard never started generating; its chunks are reported missing
+        if manifest is None:
+            gen_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(their_manifest, gen_dir / "manifest.json")
+            manifest = their_manifest
+        elif their_manifest.get("run_hash") != manifest.get("run_hash"):
+            raise OutputError(f"the generations in '{other}' belong to another run than '{out}'")
+        for chunk in sorted((other / GENERATIONS_DIR).glob("chunk-*.parquet")):
+            target = gen_dir / chunk.name
+            if not target.exists():
+                tmp = gen_dir / f".{chunk.name}.merge-{os.getpid()}"
+                shutil.copyfile(chunk, tmp)
+                os.replace(tmp, target)
+    if manifest is None:
+        raise OutputError(
+            f"no generations found in '{out}' or the given shard folders: run the shards first"
+        )
+    responses = load_results(gen_dir, require_complete=True)
+
+    options = record["stages"]
+    gen_options = options["generate"]["options"]
+    pair_options = options["pairs"]["options"]
+    model = resolve_model(
+        record["model"]["name"], trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    )
+    if model.fingerprint != record["model"]["fingerprint"]:
+        raise ModelError(
+            f"model '{model.name}' now has fingerprint {model.fingerprint}, but the run was built "
+            f"with {record['model']['fingerprint']}: merge on a machine with the same model"
+        )
+    config = BuildPairsConfig(
+        input=record["input"],
+        out_dir=out,
+        model=record["model"]["name"],
+        negatives=record["negatives"],
+        independent_negatives=gen_options["independent_negatives"],
+        seed=record["seed"],
+        keep_truncated=pair_options["keep_truncated"],
+        score=pair_options["score"],
+        min_margin=pair_options["min_margin"],
+        progress=False,
+    )
+    stats = _read_json(out / STATS_FILE) or {}
+    stats.pop("pairs", None)
+    stages = _Stages(out, stats)
+    with _lock(out / ".mipo-merge.lock"):
+        if (out / PAIRS_FILE).exists():
+            (out / PAIRS_FILE).unlink()
+        plan = read_plan(out / PLAN_FILE)
+        return _pairs_stage(config, out, model, plan, responses, stats, stages)
+
+
+# --- summary -------------------------------------------------------------------------------------
+
+
+def summary_table(stats: dict[str, Any]) -> Any:
+    """A rich table of what the run did (rows in, duplicates, drops, pairs, time per stage)."""
+    from rich.table import Table
+
+    table = Table(title="mipo build-pairs", show_header=True, header_style="bold")
+    table.add_column("step")
+    table.add_column("count", justify="right")
+    plan = stats.get("plan", {})
+    gen = stats.get("generate", {})
+    pairs = stats.get("pairs", {})
+    stages = stats.get("stages", {})
+
+    def row(label: str, value: Any) -> None:
+        if value is not None:
+            table.add_row(label, f"{value:,}" if isinstance(value, int) else str(value))
+
+    if plan:
+        row("rows in", plan.get("rows_in"))
+        row("null/empty prompts dropped", plan.get("empty_dropped"))
+        row("exact duplicates removed", plan.get("exact_duplicates"))
+        row("near duplicates removed", plan.get("near_duplicates"))
+        limit = plan.get("max_prompt_tokens")
+        row(
+            f"over {limit} prompt tokens dropped" if limit else "over-length dropped",
+            plan.get("over_length"),
+        )
+        row("prompts planned", plan.get("prompts_planned"))
+        if plan.get("users") is not None:
+            row("users", plan.get("users"))
+    if gen:
+        row("generation requests", gen.get("requests"))
+        row("responses (this run's shard)", gen.get("responses"))
+        row("new tokens", gen.get("new_tokens"))
+    if pairs:
+        for kind, count in pairs.get("pairs_built", {}).items():
+            row(f"pairs built ({kind})", count)
+        if pairs.get("no_context_skipped"):
+            row("prompts without context (no context-drop pair)", pairs["no_context_skipped"])
+        for name, count in pairs.get("filtered", {}).items():
+            row(f"dropped: {name.replace('_', ' ')}", count)
+        row("pairs written", pairs.get("pairs_written"))
+    for name in STAGES:
+        if name in stages:
+            info = stages[name]
+            seconds = info.get("seconds_total", info["seconds"])
+            row(f"time {name}", f"{seconds:.1f} s (peak RSS {info['peak_rss_mb']:.0f} MB)")
+    return table

@@ -1,0 +1,539 @@
+"""Read, validate and map an input corpus to chat messages (Polars, lazy); write outputs atomically.
+
+A corpus is a Parquet, JSONL or CSV file, a folder of them, or a glob of shards. Its columns are
+detected from common names (or named explicitly) and mapped, with Polars expressions only (no
+per-row Python), onto one standard shape:
+
+- ``row`` (UInt64): the row's position in the input, counted across files;
+- ``id`` (String): the id column, or the row number when there is none;
+- ``user_id`` (String, only with a user column);
+- ``prompt``: the chat messages ``List(Struct{role, content})`` — the context as a system message,
+  then the question as a user message (or the messages column as given);
+- ``prompt_nocontext``: the same without the context (system messages dropped);
+- ``has_context`` (Boolean): whether there was a context to drop;
+- ``dedup_text`` (String): context and question joined, the text deduplication compares;
+- ``is_empty`` (Boolean): no usable prompt (null or blank); such rows are dropped and counted.
+
+>>> from mipo.corpus import open_corpus
+>>> corpus = open_corpus("python/mipo/data/sample_corpus.jsonl")  # doctest: +SKIP
+>>> corpus.columns.prompt, corpus.columns.context, corpus.columns.user  # doctest: +SKIP
+('question', 'context', 'user_id')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from mipo.errors import ConfigError, CorpusError
+
+__all__ = [
+    "CONTEXT_NAMES",
+    "ID_NAMES",
+    "MESSAGES_NAMES",
+    "MESSAGE_DTYPE",
+    "PROMPT_NAMES",
+    "USER_NAMES",
+    "ColumnMap",
+    "ColumnOptions",
+    "Corpus",
+    "atomic_path",
+    "open_corpus",
+    "resolve_input_files",
+    "write_json_atomic",
+    "write_parquet_atomic",
+]
+
+PROMPT_NAMES = ("prompt", "question", "instruction", "query", "text")
+MESSAGES_NAMES = ("messages", "conversation", "chat")
+CONTEXT_NAMES = ("context", "persona", "profile", "system", "user_context")
+USER_NAMES = ("user_id", "user", "author")
+ID_NAMES = ("id", "prompt_id", "uid")
+
+MESSAGE_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+"""A conversation as TRL takes it: a list of ``{role, content}`` messages."""
+
+_FORMATS = {".parquet": "parquet", ".jsonl": "ndjson", ".ndjson": "ndjson", ".csv": "csv"}
+_TEXT_CASTABLE = (pl.Categorical, pl.Enum, pl.Null)
+
+
+# --- columns -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColumnOptions:
+    """Column names given on the command line; ``None`` means "detect from common names"."""
+
+    prompt: str | None = None
+    """Plain-text question column (``--prompt-col``)."""
+    messages: str | None = None
+    """Chat messages column, ``[{role, content}, ...]`` (``--messages-col``)."""
+    context: str | None = None
+    """The user's context, rendered as a system message (``--context-col``)."""
+    user: str | None = None
+    """User id, used to keep negatives from the same user (``--user-col``)."""
+    id: str | None = None
+    """Row id carried into the plan and the pairs (``--id-col``)."""
+
+    def __post_init__(self) -> None:
+        if self.prompt is not None and self.messages is not None:
+            raise ConfigError(
+                f"--prompt-col ({self.prompt!r}) and --messages-col ({self.messages!r}) both given: "
+                "pass only one of them"
+            )
+        for field in ("prompt", "messages", "context", "user", "id"):
+            value = getattr(self, field)
+            if value is not None and not value.strip():
+                raise ConfigError(f"--{field}-col must name a column, got an empty string")
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """The input columns each role was mapped to (exactly one of prompt / messages is set)."""
+
+    prompt: str | None
+    messages: str | None
+    context: str | None
+    user: str | None
+    id: str | None
+
+    def as_dict(self) -> dict[str, str | None]:
+        """Role -> column name, for ``run.json`` and messages."""
+        return {
+            "prompt": self.prompt,
+            "messages": self.messages,
+            "context": self.context,
+            "user": self.user,
+            "id": self.id,
+        }
+
+
+def _columns_hint(names: list[str]) -> str:
+    shown = ", ".join(names[:40]) + (f", ... ({len(names)} in all)" if len(names) > 40 else "")
+    return f"the input has columns: {shown or '(none)'}"
+
+
+def _find(names: list[str], candidates: tuple[str, ...], taken: set[str]) -> str | None:
+    """First candidate present in ``names`` (exact, then case-insensitive), not already used."""
+    for candidate in candidates:
+        if candidate in names and candidate not in taken:
+            return candidate
+    lowered = {n.lower(): n for n in names if n not in taken}
+    for candidate in candidates:
+        if candidate in lowered:
+            return lowered[candidate]
+    return None
+
+
+def detect_columns(names: list[str], options: ColumnOptions) -> ColumnMap:
+    """Map roles to input columns: explicit options win, then common names.
+
+    >>> detect_columns(["uid", "question", "persona"], ColumnOptions())
+    ColumnMap(prompt='question', messages=None, context='persona', user=None, id='uid')
+    """
+    for role in ("prompt", "messages", "context", "user", "id"):
+        name = getattr(options, role)
+        if name is not None and name not in names:
+            raise CorpusError(f"column {name!r} (--{role}-col) not found; {_columns_hint(names)}")
+    explicit = {r: getattr(options, r) for r in ("prompt", "messages", "context", "user", "id")}
+    taken = {n for n in explicit.values() if n is not None}
+
+    prompt, messages = explicit["prompt"], explicit["messages"]
+    if prompt is None and messages is None:
+        # A plain prompt column wins over a messages column: datasets with both (UltraFeedback)
+        # keep the whole conversation, answer included, in ``messages``.
+        prompt = _find(names, PROMPT_NAMES, taken)
+        if prompt is None:
+            messages = _find(names, MESSAGES_NAMES, taken)
+        if prompt is None and messages is None:
+            raise CorpusError(
+                f"no prompt column found (looked for {', '.join(PROMPT_NAMES)} or a messages "
+                f"column {', '.join(MESSAGES_NAMES)}); {_columns_hint(names)}; "
+                "pass --prompt-col NAME or --messages-col NAME"
+            )
+        taken.add(prompt or messages)  # type: ignore[arg-type]
+
+    def pick(role: str, candidates: tuple[str, ...]) -> str | None:
+        if explicit[role] is not None:
+            return explicit[role]
+        found = _find(names, candidates, taken)
+        if found is not None:
+            taken.add(found)
+        return found
+
+    return ColumnMap(
+        prompt=prompt,
+        messages=messages,
+        context=pick("context", CONTEXT_NAMES),
+        user=pick("user", USER_NAMES),
+        id=pick("id", ID_NAMES),
+    )
+
+
+# --- input files -------------------------------------------------------------------------------
+
+
+def resolve_input_files(spec: str | os.PathLike[str]) -> tuple[list[Path], str]:
+    """The files an INPUT names (a file, a folder, or a glob) and their one format.
+
+    Returns ``(files, format)`` with format ``parquet``, ``ndjson`` or ``csv``. Folders are read
+    recursively; hidden files and markers such as ``_SUCCESS`` are skipped.
+    """
+    text = str(spec)
+    path = Path(text).expanduser()
+    supported = ", ".join(sorted(_FORMATS))
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and not p.name.startswith((".", "_"))
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+        files = [p for p in files if p.suffix.lower() in _FORMATS]
+        if not files:
+            raise CorpusError(f"folder '{text}' holds no {supported} files")
+    elif any(ch in text for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True))
+        files = [p for p in files if p.is_file()]
+        if not files:
+            raise CorpusError(f"no files match '{text}'")
+    else:
+        raise CorpusError(f"input '{text}' not found: pass a {supported} file, a folder or a glob")
+
+    formats = {_FORMATS.get(p.suffix.lower()) for p in files}
+    if None in formats:
+        bad = next(p for p in files if p.suffix.lower() not in _FORMATS)
+        raise CorpusError(f"input file '{bad}' has an unsupported type; supported: {supported}")
+    if len(formats) > 1:
+        raise CorpusError(
+            f"input '{text}' mixes file types ({', '.join(sorted(f for f in formats if f))}): "
+            "put one format per folder or glob"
+        )
+    for p in files:
+        if p.stat().st_size == 0:
+            raise CorpusError(f"input file '{p}' is empty")
+    return files, formats.pop()  # type: ignore[return-value]
+
+
+def _scan(files: list[Path], fmt: str) -> pl.LazyFrame:
+    sources = [str(p) for p in files]
+    if fmt == "parquet":
+        return pl.scan_parquet(sources)
+    if fmt == "ndjson":
+        return pl.scan_ndjson(sources, infer_schema_length=10_000)
+    # CSV: every column as text; numbers-as-ids and prompts that look numeric stay intact.
+    return pl.scan_csv(sources, infer_schema=False)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _diagnose_jsonl(path: Path) -> str | None:
+    """Find the first bad line of a JSONL file (run only after Polars failed, to name it)."""
+    size = path.stat().st_size
+    ends_with_newline = True
+    if size:
+        with path.open("rb") as handle:
+            handle.seek(size - 1)
+            ends_with_newline = handle.read(1) == b"\n"
+    seen = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return (
+                    f"'{path}' line {number}: invalid UTF-8 (byte 0x{raw[exc.start]:02x} at "
+                    f"column {exc.start + 1}); re-encode the file as UTF-8"
+                )
+            if not line.strip():
+                continue
+            seen += 1
+            try:
+                value = json.loads(line)
+            except ValueError as exc:
+                is_last = not raw.endswith(b"\n") and not ends_with_newline
+                if is_last:
+                    return (
+                        f"'{path}' line {number} (the last) is cut off: not valid JSON ({exc}); "
+                        "the file looks truncated: complete or remove that line"
+                    )
+                return f"'{path}' line {number} is not valid JSON ({exc}); fix or remove it"
+            if not isinstance(value, dict):
+                return (
+                    f"'{path}' line {number} is a JSON {type(value).__name__}, not an object; "
+                    "each line must be one JSON object"
+                )
+    if seen == 0:
+        return f"input file '{path}' holds no JSON lines"
+    return None
+
+
+def _corpus_error(files: list[Path], fmt: str, error: BaseException) -> CorpusError:
+    """A one-line, actionable error for a failed read, naming the file (and line) at fault."""
+    if fmt == "ndjson":
+        for path in files:
+            found = _diagnose_jsonl(path)
+            if found:
+                return CorpusError(found)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        for path in files:
+            try:
+                pq.read_metadata(path)
+            except Exception as exc:
+                return CorpusError(
+                    f"'{path}' is not a readable Parquet file ({_first_line(exc)}); "
+                    "it may be truncated or corrupt: re-export it"
+                )
+    where = str(files[0]) if len(files) == 1 else f"{len(files)} files ({files[0]}, ...)"
+    return CorpusError(f"cannot read {where}: {_first_line(error)}")
+
+
+# --- the corpus --------------------------------------------------------------------------------
+
+
+def _text_column(name: str, dtype: pl.DataType, role: str) -> pl.Expr:
+    """A column as text; numbers and booleans are cast, nested values refused."""
+    if dtype == pl.String:
+        return pl.col(name)
+    if isinstance(dtype, _TEXT_CASTABLE) or dtype.is_numeric() or dtype == pl.Boolean:
+        return pl.col(name).cast(pl.String)
+    raise CorpusError(
+        f"column {name!r} ({role}) holds {dtype} values, not text; "
+        f"pass --{role}-col with a text column"
+    )
+
+
+def _blank(expr: pl.Expr) -> pl.Expr:
+    return expr.is_null() | (expr.str.strip_chars() == "")
+
+
+@dataclass
+class Corpus:
+    """An opened corpus: its files, format, schema and column mapping. Nothing is read yet."""
+
+    spec: str
+    files: list[Path]
+    format: str
+    schema: pl.Schema
+    columns: ColumnMap
+    _lazy: pl.LazyFrame
+
+    @property
+    def has_context_column(self) -> bool:
+        return self.columns.context is not None
+
+    @property
+    def has_users(self) -> bool:
+        return self.columns.user is not None
+
+    def _messages_expr(self) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr, pl.Expr, pl.Expr]:
+        """(prompt, prompt_nocontext, has_context, dedup_text, is_empty, bad_message)."""
+        cols = self.columns
+        ctx: pl.Expr | None = None
+        if cols.context is not None:
+            ctx = _text_column(cols.context, self.schema[cols.context], "context")
+
+        if cols.prompt is not None:
+            dtype = self.schema[cols.prompt]
+            if dtype != pl.String and not isinstance(dtype, _TEXT_CASTABLE):
+                raise CorpusError(
+                    f"prompt column {cols.prompt!r} holds {dtype} values, not text; "
+                    "pass --prompt-col with a text column (or --messages-col for chat messages)"
+                )
+            question = pl.col(cols.prompt).cast(pl.String)
+            user_msg = pl.struct(pl.lit("user").alias("role"), question.alias("content"))
+            nocontext = pl.concat_list([user_msg])
+            if ctx is None:
+                has_context = pl.lit(False)
+                prompt = nocontext
+                dedup_text = question
+            else:
+                has_context = ~_blank(ctx)
+                system_msg = pl.struct(pl.lit("system").alias("role"), ctx.alias("content"))
+                prompt = (
+                    pl.when(has_context)
+                    .then(pl.concat_list([system_msg, user_msg]))
+                    .otherwise(nocontext)
+                )
+                dedup_text = pl.concat_str([ctx.fill_null(""), question], separator="\n")
+            return (
+                prompt.cast(MESSAGE_DTYPE),
+                nocontext.cast(MESSAGE_DTYPE),
+                has_context.fill_null(False),
+                dedup_text,
+                _blank(question),
+                pl.lit(False),
+            )
+
+        name = cols.messages
+        assert name is not None
+        dtype = self.schema[name]
+        raw = pl.col(name)
+        if dtype == pl.String:  # CSV, or JSON text in a Parquet column
+            raw = raw.str.json_decode(MESSAGE_DTYPE)
+        elif not (isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)):
+            raise CorpusError(
+                f"messages column {name!r} holds {dtype} values; expected a list of "
+                "{role, content} objects (or pass --prompt-col for plain text)"
+            )
+        else:
+            fields = {f.name for f in dtype.inner.fields}  # type: ignore[union-attr]
+            missing = [f for f in ("role", "content") if f not in fields]
+            if missing:
+                raise CorpusError(
+                    f"messages in column {name!r} have no {' or '.join(missing)} field "
+                    f"(fields: {', '.join(sorted(fields)) or 'none'}); each message needs a "
+                    "role and a content"
+                )
+        element = pl.element().struct
+        messages = raw.list.eval(
+            pl.struct(
+                element.field("role").cast(pl.String).alias("role"),
+                element.field("content").cast(pl.String).alias("content"),
+            )
+        )
+        if ctx is not None:
+            system_msg = pl.struct(pl.lit("system").alias("role"), ctx.alias("content"))
+            messages = (
+                pl.when(~_blank(ctx) & messages.is_not_null())
+                .then(pl.concat_list([system_msg.cast(MESSAGE_DTYPE.inner), messages]))  # type: ignore[attr-defined]
+                .otherwise(messages)
+            )
+        messages = messages.cast(MESSAGE_DTYPE)
+        is_system = pl.element().struct.field("role") == "system"
+        nocontext = messages.list.filter(~is_system)
+        has_context = messages.list.eval(is_system).list.any().fill_null(False)
+        bad = (
+            messages.list.eval(element.field("role").is_null() | element.field("content").is_null())
+            .list.any()
+            .fill_null(False)
+        )
+        usable = nocontext.list.eval(element.field("content").str.strip_chars() != "").list.any()
+        dedup_text = messages.list.eval(element.field("content")).list.join("\n")
+        return messages, nocontext, has_context, dedup_text, ~usable.fill_null(False), bad
+
+    def standardized(self, columns: list[str] | None = None) -> pl.LazyFrame:
+        """The corpus in the standard shape (see the module docstring), lazily.
+
+        ``columns`` selects a subset, so a pass that only needs ``dedup_text`` never builds
+        the messages.
+        """
+        cols = self.columns
+        prompt, nocontext, has_context, dedup_text, is_empty, bad = self._messages_expr()
+        row = pl.col("__row").cast(pl.UInt64)
+        if cols.id is not None:
+            ident = _text_column(cols.id, self.schema[cols.id], "id")
+        else:
+            ident = row.cast(pl.String)
+        exprs: dict[str, pl.Expr] = {
+            "row": row,
+            "id": ident,
+            "prompt": prompt,
+            "prompt_nocontext": nocontext,
+            "has_context": has_context,
+            "dedup_text": dedup_text,
+            "is_empty": is_empty,
+            "bad_message": bad,
+        }
+        if cols.user is not None:
+            exprs["user_id"] = _text_column(cols.user, self.schema[cols.user], "user")
+        wanted = columns or list(exprs)
+        unknown = [c for c in wanted if c not in exprs]
+        if unknown:
+            raise ValueError(f"unknown standard columns {unknown}; known: {list(exprs)}")
+        return self._lazy.with_row_index("__row").select([exprs[c].alias(c) for c in wanted])
+
+    def batches(self, lazy: pl.LazyFrame, batch_rows: int) -> Iterator[pl.DataFrame]:
+        """Stream ``lazy`` in order, in batches of about ``batch_rows`` rows; read errors become
+        :class:`CorpusError` naming the file and line."""
+        try:
+            yield from lazy.collect_batches(chunk_size=batch_rows, maintain_order=True)
+        except CorpusError:
+            raise
+        except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
+            raise _corpus_error(self.files, self.format, exc) from exc
+
+    def collect(self, lazy: pl.LazyFrame) -> pl.DataFrame:
+        """Collect ``lazy`` whole (small corpora, tests), with the same error translation."""
+        try:
+            return lazy.collect()
+        except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
+            raise _corpus_error(self.files, self.format, exc) from exc
+
+
+def open_corpus(spec: str | os.PathLike[str], options: ColumnOptions | None = None) -> Corpus:
+    """Find the files, read the schema, map the columns; raises :class:`CorpusError`.
+
+    Reading the schema touches only file footers (Parquet) or the first rows (JSONL, CSV).
+    """
+    files, fmt = resolve_input_files(spec)
+    lazy = _scan(files, fmt)
+    try:
+        schema = lazy.collect_schema()
+    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
+        raise _corpus_error(files, fmt, exc) from exc
+    names = list(schema.names())
+    if not names:
+        raise CorpusError(f"input '{spec}' has no columns")
+    columns = detect_columns(names, options or ColumnOptions())
+    corpus = Corpus(str(spec), files, fmt, schema, columns, lazy)
+    corpus._messages_expr()  # type checks of the mapped columns fail here, before any read
+    return corpus
+
+
+# --- atomic outputs ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` only on success.
+
+    A crash or an exception leaves ``target`` as it was (absent or the previous version), never
+    half written.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    # mkstemp creates 0600; give the output the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+
+
+def write_parquet_atomic(frame: pl.DataFrame, target: str | os.PathLike[str]) -> Path:
+    """Write ``frame`` to ``target`` (zstd Parquet) through a temporary file and a rename."""
+    with atomic_path(target) as tmp:
+        frame.write_parquet(tmp, compression="zstd", statistics=False)
+    return Path(target)
+
+
+def write_json_atomic(data: Any, target: str | os.PathLike[str]) -> Path:
+    """Write ``data`` as indented JSON through a temporary file and a rename."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return Path(target)

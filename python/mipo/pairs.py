@@ -1,0 +1,333 @@
+"""Generation requests from a plan, and preference pairs from the generated responses.
+
+Every response the pipeline generates is one *request*, identified by ``request_id =
+4 * plan_index + kind``:
+
+- kind 0 (:data:`KIND_FULL`): prompt i as written (context included) — i's chosen answer, and
+  with reused random negatives also the rejected answer of the prompt j with σ(j) = i;
+- kind 1 (:data:`KIND_NOCONTEXT`): prompt i with its context removed (``context-drop``);
+- kind 2 (:data:`KIND_NEGATIVE`): prompt σ(i), sampled again for i (``--independent-negatives``).
+
+Seeds are derived per request from the run seed and the request id
+(:func:`mipo.generate.request_seeds`, SplitMix64), so a response does not depend on batch
+composition, chunking or sharding.
+
+Pairs carry exactly what TRL's ``DPOTrainer`` takes — ``prompt`` (the messages of prompt i),
+``chosen`` and ``rejected`` (one assistant message each) — plus provenance columns. The rejected
+answer is always attached to prompt i: the negative is scored under x, not under the prompt that
+produced it.
+
+>>> import polars as pl
+>>> from mipo.pairs import request_ids, KIND_NOCONTEXT
+>>> request_ids(pl.Series([0, 1, 2]), KIND_NOCONTEXT).to_list()
+[1, 5, 9]
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from mipo.corpus import MESSAGE_DTYPE
+from mipo.errors import ConfigError, GenerationError
+from mipo.negatives import NegativeStrategy, parse_strategy, strategy_kinds
+
+__all__ = [
+    "FILTERS",
+    "KIND_FULL",
+    "KIND_NEGATIVE",
+    "KIND_NOCONTEXT",
+    "PairFilterConfig",
+    "PairStats",
+    "assemble_pairs",
+    "build_requests",
+    "filter_pairs",
+    "request_ids",
+]
+
+KIND_FULL = 0
+KIND_NOCONTEXT = 1
+KIND_NEGATIVE = 2
+_KINDS = 4  # request ids leave room for one more kind per prompt
+
+FILTERS = ("empty_response", "identical", "truncated", "low_margin")
+"""Pair filters in the order they apply; a pair is counted under the first one that drops it."""
+
+
+def request_ids(plan_index: Any, kind: int) -> Any:
+    """The request id of ``kind`` for each plan index (a UInt64 Series or expression)."""
+    return plan_index.cast(pl.UInt64) * _KINDS + kind
+
+
+def build_requests(
+    plan: pl.DataFrame,
+    *,
+    strategy: NegativeStrategy,
+    independent_negatives: bool,
+    seed: int,
+) -> pl.DataFrame:
+    """The generation requests of a plan: ``request_id`` (UInt64, sorted), ``input_ids``
+    (List UInt32), ``seed`` (UInt64).
+
+    One request per prompt; with ``context-drop``, one more per prompt that has a context; with
+    ``--independent-negatives``, one more per prompt for σ(i)'s prompt.
+    """
+    from mipo.generate import request_seeds
+
+    parse_strategy(strategy)
+    kinds = strategy_kinds(strategy)
+    frames = [
+        plan.select(
+            request_ids(pl.col("plan_index"), KIND_FULL).alias("request_id"),
+            pl.col("input_ids"),
+        )
+    ]
+    if "context-drop" in kinds:
+        frames.append(
+            plan.filter(pl.col("input_ids_nocontext").is_not_null()).select(
+                request_ids(pl.col("plan_index"), KIND_NOCONTEXT).alias("request_id"),
+                pl.col("input_ids_nocontext").alias("input_ids"),
+            )
+        )
+    if "random" in kinds and independent_negatives:
+        frames.append(
+            plan.select(
+                request_ids(pl.col("plan_index"), KIND_NEGATIVE).alias("request_id"),
+                plan["input_ids"].gather(plan["negative_index"]).alias("input_ids"),
+            )
+        )
+    requests = pl.concat(frames).sort("request_id")
+    seeds = request_seeds(requests["request_id"].to_list(), seed)
+    return requests.with_columns(pl.Series("seed", seeds, dtype=pl.UInt64))
+
+
+@dataclass(frozen=True)
+class PairFilterConfig:
+    """Which pairs to drop after assembly."""
+
+    keep_truncated: bool = False
+    """Keep pairs whose chosen or rejected response hit ``--max-new-tokens`` (finish_reason length)."""
+    score: bool = False
+    """Score both responses under the reference model and drop pairs below ``min_margin``."""
+    min_margin: float = 0.0
+    """Least log π(y+|x) − log π(y−|x) a pair must have to be kept when ``score`` is on."""
+    score_batch_size: int = 8
+    """Pairs scored per forward pass."""
+
+    def __post_init__(self) -> None:
+        if self.score_batch_size < 1:
+            raise ConfigError(f"score batch size must be >= 1, got {self.score_batch_size}")
+        if self.min_margin != self.min_margin:  # NaN
+            raise ConfigError("--min-margin must be a number, got nan")
+
+
+@dataclass
+class PairStats:
+    """What the pairs stage did, for ``stats.json`` and the summary table."""
+
+    prompts: int = 0
+    pairs_built: dict[str, int] = field(default_factory=dict)
+    no_context_skipped: int = 0
+    filtered: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FILTERS, 0))
+    pairs_written: int = 0
+    pairs_written_by_strategy: dict[str, int] = field(default_factory=dict)
+    margin_mean: float | None = None
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _assistant(content: pl.Expr) -> pl.Expr:
+    message = pl.struct(pl.lit("assistant").alias("role"), content.alias("content"))
+    return pl.concat_list([message]).cast(MESSAGE_DTYPE)
+
+
+def _check_complete(responses: pl.DataFrame, needed: pl.Series) -> None:
+    missing = needed.filter(~needed.is_in(responses["request_id"].implode()))
+    if missing.len():
+        raise GenerationError(
+            f"{missing.len()} of {needed.len()} responses are missing (first request id "
+            f"{missing[0]}): generation did not finish; rerun the same command to resume it"
+        )
+
+
+def assemble_pairs(
+    plan: pl.DataFrame,
+    responses: pl.DataFrame,
+    *,
+    strategy: NegativeStrategy,
+    independent_negatives: bool,
+    seed: int,
+    stats: PairStats | None = None,
+) -> pl.DataFrame:
+    """Join plan and responses into pairs (unfiltered), ordered by prompt then strategy.
+
+    ``responses`` needs ``request_id``, ``response``, ``num_response_tokens``,
+    ``finish_reason`` and ``seed`` (what :func:`mipo.generate.run_generation` returns).
+    """
+    kinds = strategy_kinds(strategy)
+    stats = stats if stats is not None else PairStats()
+    stats.prompts = plan.height
+    resp = responses.select(
+        pl.col("request_id").cast(pl.UInt64),
+        pl.col("response").cast(pl.String),
+        pl.col("num_response_tokens").cast(pl.UInt32),
+        pl.col("finish_reason").cast(pl.String),
+        pl.col("seed").cast(pl.UInt64),
+    ).unique("request_id", keep="first", maintain_order=True)
+
+    base_cols = [
+        pl.col("plan_index"),
+        pl.col("id"),
+        pl.col("prompt"),
+        pl.col("num_prompt_tokens"),
+    ]
+    if "user_id" in plan.columns:
+        base_cols.append(pl.col("user_id"))
+
+    frames = []
+    for order, kind in enumerate(kinds):
+        if kind == "random":
+            rejected_request = (
+                request_ids(pl.col("plan_index"), KIND_NEGATIVE)
+                if independent_negatives
+                else request_ids(pl.col("negative_index"), KIND_FULL)
+            )
+            part = plan.select(
+                *base_cols,
+                pl.col("negative_id"),
+                request_ids(pl.col("plan_index"), KIND_FULL).alias("chosen_request"),
+                rejected_request.alias("rejected_request"),
+            )
+        else:
+            has = plan.filter(pl.col("input_ids_nocontext").is_not_null())
+            stats.no_context_skipped = plan.height - has.height
+            part = has.select(
+                *base_cols,
+                pl.col("id").alias("negative_id"),
+                request_ids(pl.col("plan_index"), KIND_FULL).alias("chosen_request"),
+                request_ids(pl.col("plan_index"), KIND_NOCONTEXT).alias("rejected_request"),
+            )
+        frames.append(
+            part.with_columns(pl.lit(kind).alias("strategy"), pl.lit(order, pl.UInt8).alias("_o"))
+        )
+        stats.pairs_built[kind] = part.height
+    pairs = pl.concat(frames).sort("plan_index", "_o")
+    needed = pl.concat([pairs["chosen_request"], pairs["rejected_request"]]).unique(
+        maintain_order=True
+    )
+    _check_complete(resp, needed)
+
+    def joined(frame: pl.DataFrame, name: str) -> pl.DataFrame:
+        renamed = resp.rename(
+            {
+                "request_id": f"{name}_request",
+                "response": f"{name}_text",
+                "num_response_tokens": f"{name}_num_tokens",
+                "finish_reason": f"{name}_finish_reason",
+                "seed": f"{name}_seed",
+            }
+        )
+        return frame.join(renamed, on=f"{name}_request", how="left", maintain_order="left")
+
+    pairs = joined(joined(pairs, "chosen"), "rejected")
+    columns = [
+        pl.col("prompt"),
+        _assistant(pl.col("chosen_text")).alias("chosen"),
+        _assistant(pl.col("rejected_text")).alias("rejected"),
+        pl.col("id"),
+        pl.col("negative_id"),
+    ]
+    if "user_id" in plan.columns:
+        columns.append(pl.col("user_id"))
+    columns += [
+        pl.col("strategy"),
+        pl.lit(seed, pl.UInt64).alias("seed"),
+        pl.col("chosen_seed"),
+        pl.col("rejected_seed"),
+        pl.col("num_prompt_tokens"),
+        pl.col("chosen_num_tokens"),
+        pl.col("rejected_num_tokens"),
+        pl.col("chosen_finish_reason"),
+        pl.col("rejected_finish_reason"),
+        pl.col("plan_index"),
+    ]
+    return pairs.select(columns)
+
+
+def _content(column: str) -> pl.Expr:
+    return pl.col(column).list.first().struct.field("content")
+
+
+def filter_pairs(
+    pairs: pl.DataFrame,
+    config: PairFilterConfig,
+    *,
+    model_path: str | Path | None = None,
+    stats: PairStats | None = None,
+) -> pl.DataFrame:
+    """Drop empty, identical, truncated (and, with ``config.score``, low-margin) pairs.
+
+    Each dropped pair is counted in ``stats.filtered`` under the first filter that drops it.
+    Scoring needs ``model_path`` (the reference model: the one that generated the responses)
+    and adds ``chosen_logprob``, ``rejected_logprob`` and ``margin`` columns.
+    """
+    stats = stats if stats is not None else PairStats()
+
+    def drop(frame: pl.DataFrame, name: str, bad: pl.Expr) -> pl.DataFrame:
+        mask = frame.select(bad.fill_null(True)).to_series()
+        stats.filtered[name] = stats.filtered.get(name, 0) + int(mask.sum())
+        return frame.filter(~mask)
+
+    chosen, rejected = _content("chosen"), _content("rejected")
+    pairs = drop(
+        pairs,
+        "empty_response",
+        (chosen.str.strip_chars() == "") | (rejected.str.strip_chars() == ""),
+    )
+    pairs = drop(pairs, "identical", chosen == rejected)
+    if not config.keep_truncated:
+        pairs = drop(
+            pairs,
+            "truncated",
+            (pl.col("chosen_finish_reason") == "length")
+            | (pl.col("rejected_finish_reason") == "length"),
+        )
+    if config.score and pairs.height:
+        if model_path is None:
+            raise ConfigError("--score needs the reference model's path")
+        pairs = _add_margins(pairs, model_path, config.score_batch_size)
+        stats.margin_mean = float(pairs["margin"].mean())  # type: ignore[arg-type]
+        pairs = drop(pairs, "low_margin", pl.col("margin") < config.min_margin)
+    stats.pairs_written = pairs.height
+    stats.pairs_written_by_strategy = {
+        str(k): int(v) for k, v in pairs["strategy"].value_counts(sort=True).iter_rows()
+    }
+    return pairs
+
+
+def _add_margins(pairs: pl.DataFrame, model_path: str | Path, batch_size: int) -> pl.DataFrame:
+    """log π(y+|x) − log π(y−|x) under the reference model, both scored under prompt x."""
+    from mipo.scoring import score_responses
+
+    prompts = pairs["prompt"].to_list()
+    chosen = score_responses(
+        model_path,
+        prompts,
+        pairs.select(_content("chosen")).to_series().to_list(),
+        batch_size=batch_size,
+    )
+    rejected = score_responses(
+        model_path,
+        prompts,
+        pairs.select(_content("rejected")).to_series().to_list(),
+        batch_size=batch_size,
+    )
+    return pairs.with_columns(
+        chosen["logprob"].cast(pl.Float64).alias("chosen_logprob"),
+        rejected["logprob"].cast(pl.Float64).alias("rejected_logprob"),
+    ).with_columns((pl.col("chosen_logprob") - pl.col("rejected_logprob")).alias("margin"))

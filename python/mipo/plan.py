@@ -1,0 +1,427 @@
+"""The plan stage: validate, deduplicate, render + tokenize, assign negatives, write plan.parquet.
+
+The corpus is streamed once, in bounded batches, so memory grows with the number of rows only
+through compact global state, never through the text:
+
+1. *read + validate*: each batch is mapped to chat messages (Polars expressions); null and empty
+   prompts are dropped and counted, malformed messages refused;
+2. *dedup*: the engine's streaming deduplicator compares the batch with every earlier row (exact
+   hashes, MinHash LSH) keeping only compact state;
+3. *tokenize*: surviving rows are rendered with the chat template and encoded by the engine,
+   over-long prompts dropped, and the batch written to a part file; only the id, user and
+   cluster of each row stay in memory;
+4. *derange*: the engine draws σ over the whole corpus (never per batch), group-constrained by
+   user, never pairing near duplicates;
+5. *write*: the parts are streamed into ``plan.parquet`` in fixed-size row groups (so the bytes
+   do not depend on batch boundaries or thread count), through a temporary file and a rename.
+
+>>> from mipo.plan import PlanConfig, build_plan  # doctest: +SKIP
+>>> stats = build_plan(corpus, tokenizer, "out/plan.parquet", PlanConfig(seed=0))  # doctest: +SKIP
+>>> stats.prompts_planned  # doctest: +SKIP
+312
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from mipo import engine
+from mipo.corpus import Corpus, atomic_path
+from mipo.errors import ConfigError, CorpusError
+from mipo.negatives import NegativeStrategy, assign_negatives, parse_strategy
+
+__all__ = ["PLAN_STEPS", "PlanConfig", "PlanStats", "build_plan", "read_plan"]
+
+PLAN_STEPS = ("read", "dedup", "tokenize", "derange", "write")
+"""Where plan time goes, in :attr:`PlanStats.step_seconds`."""
+
+ProgressCallback = Callable[[str, int], None]
+"""Called as ``progress(step, rows_advanced)`` while the plan streams the corpus."""
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """Options of the plan stage."""
+
+    seed: int = 0
+    """Seed of the negative assignment (and of everything random downstream)."""
+    negatives: NegativeStrategy = "random"
+    """``random``, ``context-drop`` or ``both`` (see :mod:`mipo.negatives`)."""
+    max_prompt_tokens: int | None = None
+    """Prompts with more tokens (chat template included) are dropped and counted; None: no limit."""
+    dedup: bool = True
+    """Drop exact and near duplicates. False keeps them, but never pairs two as prompt/negative."""
+    near_dup_threshold: float = 0.8
+    """Jaccard similarity (word 5-gram shingles) at or above which two prompts are near duplicates."""
+    user_constraint: bool = True
+    """With a user column, a prompt's random negative comes from another user."""
+    batch_rows: int = 65_536
+    """Rows per streamed batch: bounds the memory the messages and token ids take at once."""
+    row_group_rows: int = 16_384
+    """Rows per Parquet row group of ``plan.parquet`` (fixed, so output bytes are reproducible)."""
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        parse_strategy(self.negatives)
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise ConfigError(f"--max-prompt-tokens must be >= 1, got {self.max_prompt_tokens}")
+        if not 0.0 < self.near_dup_threshold <= 1.0:
+            raise ConfigError(
+                f"--near-dup-threshold must be in (0, 1], got {self.near_dup_threshold}"
+            )
+        if self.batch_rows < 1:
+            raise ConfigError(f"batch_rows must be >= 1, got {self.batch_rows}")
+        if self.row_group_rows < 1:
+            raise ConfigError(f"row_group_rows must be >= 1, got {self.row_group_rows}")
+
+    @property
+    def needs_random(self) -> bool:
+        return self.negatives in ("random", "both")
+
+    @property
+    def needs_context_drop(self) -> bool:
+        return self.negatives in ("context-drop", "both")
+
+
+@dataclass
+class PlanStats:
+    """What the plan stage did, for ``stats.json`` and the summary table."""
+
+    rows_in: int = 0
+    empty_dropped: int = 0
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+    over_length: int = 0
+    prompts_planned: int = 0
+    with_context: int = 0
+    without_context: int = 0
+    users: int | None = None
+    max_prompt_tokens: int | None = None
+    prompt_tokens_total: int = 0
+    prompt_tokens_max: int = 0
+    seconds: float = 0.0
+    step_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PLAN_STEPS, 0.0))
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["seconds"] = round(self.seconds, 3)
+        data["step_seconds"] = {k: round(v, 3) for k, v in self.step_seconds.items()}
+        data["rows_per_s"] = round(self.rows_in / self.seconds, 1) if self.seconds else None
+        return data
+
+
+class _Clock:
+    """Adds wall time to named steps (``with clock("dedup"): ...``)."""
+
+    def __init__(self, steps: dict[str, float]) -> None:
+        self.steps = steps
+
+    @contextlib.contextmanager
+    def __call__(self, step: str):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.steps[step] += time.perf_counter() - start
+
+
+def _timed_batches(corpus: Corpus, lazy: pl.LazyFrame, config: PlanConfig, clock: _Clock):  # type: ignore[no-untyped-def]
+    """Yield the batches of ``lazy``, booking the time spent producing them to ``read``."""
+    iterator = corpus.batches(lazy, config.batch_rows)
+    while True:
+        with clock("read"):
+            batch = next(iterator, None)
+        if batch is None:
+            return
+        yield batch
+
+
+def _too_few_error(stats: PlanStats, kept: int) -> CorpusError:
+    if stats.rows_in == 1:
+        return CorpusError(
+            "the corpus has 1 row; random negatives pair each prompt with another one: "
+            "add prompts (at least 2), or use --negatives context-drop"
+        )
+    return CorpusError(
+        f"only {kept} distinct prompt left of {stats.rows_in} rows ({stats.empty_dropped} "
+        f"empty, {stats.exact_duplicates} exact and {stats.near_duplicates} near duplicates "
+        "removed); random negatives need at least 2 distinct prompts"
+    )
+
+
+def _encode_nocontext(tokenizer: engine.ChatTokenizer, batch: pl.DataFrame) -> pl.DataFrame:
+    """Token ids of the context-dropped prompt, only for rows that have a context (else null)."""
+    with_ctx = batch.filter(pl.col("has_context"))
+    if with_ctx.height:
+        encoded = tokenizer.encode_chat(with_ctx["prompt_nocontext"])
+    else:
+        encoded = pl.DataFrame(
+            {"input_ids": [], "num_tokens": []},
+            schema={"input_ids": pl.List(pl.UInt32), "num_tokens": pl.UInt32},
+        )
+    joined = pl.DataFrame(
+        {
+            "row": with_ctx["row"],
+            "input_ids_nocontext": encoded["input_ids"],
+            "num_prompt_tokens_nocontext": encoded["num_tokens"].cast(pl.UInt32),
+        }
+    )
+    batch = batch.join(joined, on="row", how="left", maintain_order="left")
+    return batch.with_columns(
+        pl.when(pl.col("has_context"))
+        .then(pl.col("prompt_nocontext"))
+        .otherwise(None)
+        .alias("prompt_nocontext")
+    )
+
+
+def _stream_pass(
+    corpus: Corpus,
+    tokenizer: engine.ChatTokenizer,
+    config: PlanConfig,
+    parts_dir: Path,
+    stats: PlanStats,
+    clock: _Clock,
+    progress: ProgressCallback | None,
+) -> tuple[list[Path], pl.DataFrame]:
+    """Read, validate, dedupe, tokenize and write each batch to a part file, in one pass.
+
+    The engine's streaming :class:`~mipo.engine.Deduper` keeps the global dedup state (exact
+    hashes, LSH buckets, fingerprints of kept rows), so a batch is compared against every earlier
+    row without the text of those rows staying in memory. Returns the part files and the compact
+    per-prompt state the derangement needs (``id``, ``cluster``, ``user_id``, ...).
+    """
+    wanted = [
+        "row",
+        "id",
+        "prompt",
+        "prompt_nocontext",
+        "has_context",
+        "dedup_text",
+        "is_empty",
+        "bad_message",
+    ]
+    if corpus.has_users:
+        wanted.append("user_id")
+    deduper = engine.Deduper(engine.DedupConfig(threshold=config.near_dup_threshold))
+    parts: list[Path] = []
+    compact: list[pl.DataFrame] = []
+    lengths_dropped: list[int] = []
+    for batch in _timed_batches(corpus, corpus.standardized(wanted), config, clock):
+        seen = batch.height
+        stats.rows_in += seen
+        bad = batch.filter(pl.col("bad_message"))
+        if bad.height:
+            raise CorpusError(
+                f"input row {bad['row'][0]}: a chat message has no role or no content "
+                f"({bad.height} such rows in this batch); every message needs both"
+            )
+        batch = batch.filter(~pl.col("is_empty"))
+        stats.empty_dropped += seen - batch.height
+        if progress:
+            progress("read", seen)
+        if batch.height == 0:
+            continue
+
+        with clock("dedup"):
+            # Cluster ids are global (positions among all usable rows), so they stay comparable
+            # across batches for the near-duplicate constraint of the derangement.
+            found = deduper.add(batch["dedup_text"])
+            batch = batch.drop("dedup_text", "is_empty", "bad_message").with_columns(
+                found["cluster"].cast(pl.UInt32).alias("cluster")
+            )
+            if config.dedup:
+                stats.exact_duplicates += int((~found["keep"] & found["exact"]).sum())
+                stats.near_duplicates += int((~found["keep"] & ~found["exact"]).sum())
+                batch = batch.filter(found["keep"])
+            del found
+
+        with clock("tokenize"):
+            if batch.height:
+                encoded = tokenizer.encode_chat(batch["prompt"])
+                batch = batch.with_columns(
+                    encoded["input_ids"].alias("input_ids"),
+                    encoded["num_tokens"].cast(pl.UInt32).alias("num_prompt_tokens"),
+                )
+                if config.max_prompt_tokens is not None:
+                    too_long = batch["num_prompt_tokens"] > config.max_prompt_tokens
+                    if too_long.any():
+                        lengths = batch.filter(too_long)["num_prompt_tokens"]
+                        lengths_dropped += [int(lengths.min()), int(lengths.max())]  # type: ignore[arg-type]
+                        stats.over_length += int(too_long.sum())
+                        batch = batch.filter(~too_long)
+            if config.needs_context_drop and batch.height:
+                batch = _encode_nocontext(tokenizer, batch)
+            elif not config.needs_context_drop:
+                batch = batch.drop("prompt_nocontext")
+        if progress:
+            progress("tokenize", seen)
+        if batch.height == 0:
+            continue
+        with clock("write"):
+            part = parts_dir / f"part-{len(parts):06d}.parquet"
+            batch.write_parquet(part, compression="lz4", statistics=False)
+            parts.append(part)
+        keep_cols = ["id", "cluster", "has_context", "num_prompt_tokens"]
+        compact.append(batch.select(keep_cols + (["user_id"] if corpus.has_users else [])))
+        del batch
+
+    if stats.rows_in == 0:
+        raise CorpusError(f"input '{corpus.spec}' has no rows")
+    if stats.empty_dropped == stats.rows_in:
+        prompt_col = corpus.columns.prompt or corpus.columns.messages
+        raise CorpusError(
+            f"no usable prompts: all {stats.rows_in} rows have a null or empty prompt "
+            f"(column {prompt_col!r}); fill them or pick another column"
+        )
+    distinct = deduper.clusters if config.dedup else deduper.rows_seen
+    if config.needs_random and distinct < 2:
+        raise _too_few_error(stats, distinct)
+    state = pl.concat(compact) if compact else pl.DataFrame()
+    planned = state.height
+    if planned == 0 or (config.needs_random and planned < 2):
+        raise CorpusError(
+            f"{'no' if planned == 0 else 'only 1'} prompt left after dropping "
+            f"{stats.over_length} over --max-prompt-tokens={config.max_prompt_tokens} (the "
+            f"shortest of those has {min(lengths_dropped, default=0)} tokens, the longest "
+            f"{max(lengths_dropped, default=0)}): raise --max-prompt-tokens"
+            + ("" if planned == 0 else " (random negatives need at least 2 prompts)")
+        )
+    return parts, state
+
+
+def _write_plan(
+    parts: list[Path],
+    sigma: pl.Series | None,
+    ids: pl.Series,
+    target: Path,
+    config: PlanConfig,
+    clock: _Clock,
+) -> None:
+    """Stream the parts into ``target`` in fixed-size row groups, adding the plan index and the
+    negatives; temporary file + rename."""
+    import pyarrow.parquet as pq
+
+    with clock("write"), atomic_path(target) as tmp:
+        writer: pq.ParquetWriter | None = None
+        pending: list[pl.DataFrame] = []
+        pending_rows = 0
+        offset = 0
+
+        def flush(frame: pl.DataFrame) -> None:
+            nonlocal writer
+            table = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+            writer.write_table(table, row_group_size=config.row_group_rows)
+
+        try:
+            for part in parts:
+                frame = pl.read_parquet(part)
+                n = frame.height
+                index = pl.int_range(offset, offset + n, dtype=pl.UInt32, eager=True)
+                columns = [index.alias("plan_index")]
+                if sigma is not None:
+                    neg = sigma.slice(offset, n)
+                    columns += [neg.alias("negative_index"), ids.gather(neg).alias("negative_id")]
+                frame = frame.with_columns(columns).select("plan_index", pl.exclude("plan_index"))
+                offset += n
+                pending.append(frame)
+                pending_rows += n
+                while pending_rows >= config.row_group_rows:
+                    merged = pl.concat(pending)
+                    flush(merged.slice(0, config.row_group_rows))
+                    rest = merged.slice(config.row_group_rows)
+                    pending, pending_rows = [rest], rest.height
+            if pending_rows:
+                flush(pl.concat(pending))
+        finally:
+            if writer is not None:
+                writer.close()
+
+
+def build_plan(
+    corpus: Corpus,
+    tokenizer: engine.ChatTokenizer,
+    target: str | Path,
+    config: PlanConfig,
+    *,
+    progress: ProgressCallback | None = None,
+) -> PlanStats:
+    """Run the plan stage and write ``target`` (``plan.parquet``) atomically.
+
+    Raises :class:`CorpusError` (nothing usable, too few prompts), :class:`ConfigError`
+    (context-drop without any context) or :class:`~mipo.errors.DerangementError`.
+    """
+    target = Path(target)
+    start = time.perf_counter()
+    stats = PlanStats(max_prompt_tokens=config.max_prompt_tokens)
+    clock = _Clock(stats.step_seconds)
+    if (
+        config.needs_context_drop
+        and corpus.columns.messages is None
+        and not corpus.has_context_column
+    ):
+        raise ConfigError(
+            f"--negatives {config.negatives} drops each prompt's context, but the input has no "
+            "context column: pass --context-col NAME (or a --messages-col with system messages), "
+            "or use --negatives random"
+        )
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    parts_dir = Path(tempfile.mkdtemp(prefix=".plan-parts-", dir=target.parent))
+    try:
+        parts, state = _stream_pass(corpus, tokenizer, config, parts_dir, stats, clock, progress)
+        stats.prompts_planned = state.height
+        stats.with_context = int(state["has_context"].sum())
+        stats.without_context = stats.prompts_planned - stats.with_context
+        stats.prompt_tokens_total = int(state["num_prompt_tokens"].sum())
+        stats.prompt_tokens_max = int(state["num_prompt_tokens"].max())  # type: ignore[arg-type]
+        if corpus.has_users:
+            stats.users = int(state["user_id"].n_unique())
+        if config.needs_context_drop and stats.with_context == 0:
+            raise ConfigError(
+                f"--negatives {config.negatives} drops each prompt's context, but none of the "
+                f"{stats.prompts_planned} prompts has one (empty context column or no system "
+                "message): fill the context, or use --negatives random"
+            )
+
+        sigma = None
+        if config.needs_random:
+            with clock("derange"):
+                users = state["user_id"] if corpus.has_users and config.user_constraint else None
+                sigma = assign_negatives(
+                    state.height, seed=config.seed, users=users, clusters=state["cluster"]
+                )
+            if progress:
+                progress("derange", state.height)
+        _write_plan(parts, sigma, state["id"], target, config, clock)
+        if progress:
+            progress("write", state.height)
+    finally:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def read_plan(path: str | Path) -> pl.DataFrame:
+    """Read a ``plan.parquet`` written by :func:`build_plan`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"plan '{path}' not found: run `mipo build-pairs` (add --plan-only)")
+    try:
+        return pl.read_parquet(path)
+    except Exception as exc:
+        raise CorpusError(
+            f"plan '{path}' is unreadable ({exc}); rebuild it with --overwrite"
+        ) from exc

@@ -1,0 +1,300 @@
+"""`mipo build-pairs` end to end through the CLI on the tiny local model (and one slow test on the
+built-in SmolLM2): plan-only, full run, resume, changed options, shards + merge, and a real TRL
+DPOTrainer run on the pairs it writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from mipo.cli import cli
+from mipo.corpus import MESSAGE_DTYPE
+
+QUESTIONS = [
+    "What should I eat before a long run?",
+    "How do I read a CSV file in Python?",
+    "Which houseplants are safe for cats?",
+    "How can I sleep better during the day?",
+    "Suggest a cheap dinner plan for the week.",
+    "How do I start learning to swim as an adult?",
+]
+CONTEXTS = [
+    "I am a vegetarian marathon runner.",
+    "I am a beginner programmer who likes short answers.",
+    "I live in a small flat with two cats.",
+    "I am a nurse working night shifts.",
+    "My budget is tight and I cook for four.",
+    None,
+]
+FAST = ["--backend", "hf", "--max-new-tokens", "6", "--chunk-size", "2", "--batch-size", "2"]
+
+
+def _corpus(path: Path) -> Path:
+    rows = [
+        {"id": f"q{i}", "user_id": f"u{i % 3}", "context": CONTEXTS[i], "question": QUESTIONS[i]}
+        for i in range(len(QUESTIONS))
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _run(*args: str | Path) -> object:
+    result = CliRunner().invoke(cli, ["build-pairs", *map(str, args), "--no-progress"])
+    return result
+
+
+def _ok(result: object) -> None:
+    assert result.exit_code == 0, (result.output, result.stderr)  # type: ignore[attr-defined]
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.glob("chunk-*.parquet"))}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl")
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory, corpus: Path, tiny_model_dir: Path) -> Path:
+    """One complete random-negatives run (the tiny model never stops: keep truncated pairs)."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    _ok(_run(corpus, "-o", out, "--model", tiny_model_dir, "--keep-truncated", *FAST))
+    return out
+
+
+def test_plan_only(tmp_path: Path, corpus: Path, tiny_model_dir: Path) -> None:
+    out = tmp_path / "out"
+    result = _run(corpus, "-o", out, "--model", tiny_model_dir, "--plan-only", *FAST)
+    _ok(result)
+    assert "prompts planned" in result.output  # type: ignore[attr-defined]
+    assert sorted(p.name for p in out.iterdir()) == ["plan.parquet", "run.json", "stats.json"]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["plan"]["prompts_planned"] == 6 and stats["plan"]["users"] == 3
+    assert stats["stages"]["plan"]["peak_rss_mb"] > 0
+    assert set(stats["stages"]["plan"]["step_seconds"]) == {
+        "read", "dedup", "tokenize", "derange", "write"
+    }  # fmt: skip
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["fingerprint"] and run["seed"] == 0
+    assert run["stages"]["plan"]["options"]["columns"]["user"] == "user_id"
+
+
+def test_full_run_writes_trl_ready_pairs(full_run: Path) -> None:
+    from mipo.generate import load_results
+
+    pairs = pl.read_parquet(full_run / "pairs.parquet")
+    plan = pl.read_parquet(full_run / "plan.parquet")
+    stats = json.loads((full_run / "stats.json").read_text())
+    # The random tiny model sometimes answers only whitespace: those pairs are filtered, counted.
+    assert pairs.height == 6 - sum(stats["pairs"]["filtered"].values()) >= 2
+    assert stats["pairs"]["pairs_written"] == pairs.height
+    for column in ("prompt", "chosen", "rejected"):
+        assert pairs.schema[column] == MESSAGE_DTYPE
+    assert pairs.columns[:3] == ["prompt", "chosen", "rejected"]
+    assert set(pairs["strategy"]) == {"random"}
+    # Reuse: chosen of i is the response to i, rejected of i the response to σ(i) (request 4·σ(i)).
+    responses = dict(
+        load_results(full_run / "generations").select("request_id", "response").iter_rows()
+    )
+    index = dict(zip(plan["id"], plan["plan_index"], strict=True))
+    for row in pairs.iter_rows(named=True):
+        assert row["chosen"][0]["content"] == responses[4 * index[row["id"]]]
+        assert row["rejected"][0]["content"] == responses[4 * index[row["negative_id"]]]
+        assert row["prompt"] == plan["prompt"][index[row["id"]]].to_list()
+    users = dict(zip(plan["id"], plan["user_id"], strict=True))
+    assert all(users[a] != users[b] for a, b in zip(pairs["id"], pairs["negative_id"], strict=True))
+    assert stats["generate"]["responses"] == 6
+    assert set(stats["stages"]) == {"plan", "generate", "pairs"}
+
+
+def test_rerun_resumes_without_regenerating(
+    tmp_path: Path, full_run: Path, corpus: Path, tiny_model_dir: Path
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(full_run, out)
+    before = _mtimes(out / "generations")
+    reference = (out / "pairs.parquet").read_bytes()
+    args = [corpus, "-o", out, "--model", tiny_model_dir, "--keep-truncated", *FAST]
+
+    _ok(_run(*args))  # everything done: nothing is redone
+    assert _mtimes(out / "generations") == before
+
+    # An interrupted run: one chunk and the pairs are missing. Only that chunk is generated again.
+    (out / "generations" / "chunk-000001.parquet").unlink()
+    (out / "pairs.parquet").unlink()
+    _ok(_run(*args))
+    after = _mtimes(out / "generations")
+    assert {k: v for k, v in after.items() if k != "chunk-000001.parquet"} == {
+        k: v for k, v in before.items() if k != "chunk-000001.parquet"
+    }
+    assert after["chunk-000001.parquet"] != before["chunk-000001.parquet"]
+    assert (out / "pairs.parquet").read_bytes() == reference
+
+
+def test_changed_options_are_refused_unless_overwrite(
+    tmp_path: Path, full_run: Path, corpus: Path, tiny_model_dir: Path
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(full_run, out)
+    before = _mtimes(out / "generations")
+    base = [corpus, "-o", out, "--model", tiny_model_dir, *FAST]
+
+    result = _run(*base, "--keep-truncated", "--temperature", "0.7")
+    assert result.exit_code != 0  # type: ignore[attr-defined]
+    assert "holds a run with different generate options" in result.stderr  # type: ignore[attr-defined]
+    assert "temperature" in result.stderr and "--overwrite" in result.stderr  # type: ignore[attr-defined]
+    assert _mtimes(out / "generations") == before
+
+    # Only a pairs option changes: --overwrite redoes the pairs and keeps the generations.
+    result = _run(*base, "--overwrite")
+    _ok(result)
+    assert _mtimes(out / "generations") == before
+    stats = json.loads((out / "stats.json").read_text())
+    # The tiny model never stops: every pair left after the empty filter is truncated.
+    assert (
+        stats["pairs"]["filtered"]["truncated"] == 6 - stats["pairs"]["filtered"]["empty_response"]
+    )
+    assert pl.read_parquet(out / "pairs.parquet").height == 0
+
+    # A plan option changes: everything is redone.
+    _ok(_run(*base, "--seed", "1", "--keep-truncated", "--overwrite"))
+    run = json.loads((out / "run.json").read_text())
+    assert run["seed"] == 1
+
+
+def test_output_folder_of_something_else_is_refused(
+    tmp_path: Path, corpus: Path, tiny_model_dir: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = _run(corpus, "-o", out, "--model", tiny_model_dir, "--plan-only", *FAST)
+    assert result.exit_code != 0  # type: ignore[attr-defined]
+    assert "is not empty and holds no mipo run" in result.stderr  # type: ignore[attr-defined]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_shards_into_one_folder_and_merge_of_separate_folders(
+    tmp_path: Path, full_run: Path, corpus: Path, tiny_model_dir: Path
+) -> None:
+    reference = pl.read_parquet(full_run / "pairs.parquet")
+    args = [corpus, "--model", tiny_model_dir, "--keep-truncated", *FAST]
+
+    shared = tmp_path / "shared"
+    first = _run(*args, "-o", shared, "--shard", "0/2")
+    _ok(first)
+    assert "mipo merge" in first.output and "chunks missing (1)" in first.output  # type: ignore[attr-defined]
+    assert not (shared / "pairs.parquet").exists()
+    _ok(_run(*args, "-o", shared, "--shard", "1/2"))  # the last shard builds the pairs
+    assert pl.read_parquet(shared / "pairs.parquet").equals(reference)
+
+    # Shards on different machines: separate folders, then `mipo merge`.
+    a, b = tmp_path / "a", tmp_path / "b"
+    _ok(_run(*args, "-o", a, "--shard", "0/2"))
+    missing = CliRunner().invoke(cli, ["merge", str(a)])
+    assert missing.exit_code != 0 and "chunks missing (1)" in missing.stderr
+    _ok(_run(*args, "-o", b, "--shard", "1/2"))
+    merged = CliRunner().invoke(cli, ["merge", str(a), str(b)])
+    _ok(merged)
+    assert pl.read_parquet(a / "pairs.parquet").equals(reference)
+
+
+def test_both_strategies_with_independent_negatives(
+    tmp_path: Path, corpus: Path, tiny_model_dir: Path
+) -> None:
+    out = tmp_path / "out"
+    _ok(
+        _run(
+            corpus,
+            "-o",
+            out,
+            "--model",
+            tiny_model_dir,
+            "--negatives",
+            "both",
+            "--independent-negatives",
+            "--keep-truncated",
+            *FAST,
+        )
+    )
+    stats = json.loads((out / "stats.json").read_text())
+    # 6 full prompts + 5 without context (one row has none) + 6 independent negatives.
+    assert stats["generate"]["requests"] == 17
+    assert stats["pairs"]["pairs_built"] == {"random": 6, "context-drop": 5}
+    assert stats["pairs"]["no_context_skipped"] == 1
+    pairs = pl.read_parquet(out / "pairs.parquet")
+    drop = pairs.filter(pl.col("strategy") == "context-drop")
+    assert all(p[0]["role"] == "system" for p in drop["prompt"].to_list())
+
+
+def test_trl_dpo_trainer_runs_on_the_pairs(
+    tmp_path: Path, full_run: Path, tiny_model_dir: Path
+) -> None:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    dataset = Dataset.from_parquet(str(full_run / "pairs.parquet"))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    args = DPOConfig(
+        output_dir=str(tmp_path / "dpo"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        dataset_num_proc=None,
+    )
+    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    before = [p.detach().clone() for p in model.parameters()]
+    output = trainer.train()
+    assert output.global_step == 2
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(loss == loss for loss in losses)  # finite, not NaN
+    changed = any(not p.detach().equal(b) for p, b in zip(model.parameters(), before, strict=True))
+    assert changed
+
+
+@pytest.mark.slow
+def test_builtin_model_on_the_sample_corpus(tmp_path: Path, smollm2_dir: Path) -> None:
+    from mipo.synth import SAMPLE_CORPUS_PATH
+
+    sample = tmp_path / "sample.jsonl"
+    # Eight rows from eight different users (the corpus lists each user's rows together).
+    lines = SAMPLE_CORPUS_PATH.read_text(encoding="utf-8").splitlines()[::40][:8]
+    sample.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = _run(
+        sample,
+        "-o",
+        out,
+        "--model",
+        smollm2_dir,
+        "--negatives",
+        "both",
+        "--backend",
+        "hf",
+        "--max-new-tokens",
+        "32",
+        "--keep-truncated",
+    )
+    _ok(result)
+    pairs = pl.read_parquet(out / "pairs.parquet")
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["plan"]["rows_in"] == 8
+    assert pairs.height >= 8
+    # A real instruct model answers in words, and answers differ between prompts.
+    texts = [c[0]["content"] for c in pairs["chosen"].to_list()]
+    assert all(len(t.split()) >= 3 for t in texts)
+    assert len(set(texts)) >= 4

@@ -1,0 +1,254 @@
+"""Reading, column mapping and validation of input corpora (mipo.corpus)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from mipo.corpus import (
+    MESSAGE_DTYPE,
+    ColumnOptions,
+    detect_columns,
+    open_corpus,
+    resolve_input_files,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from mipo.errors import ConfigError, CorpusError
+
+ROWS = [
+    {"id": "a", "user_id": "u1", "context": "I am a nurse.", "question": "How to sleep by day?"},
+    {"id": "b", "user_id": "u2", "context": None, "question": "How do I read a CSV file?"},
+    {"id": "c", "user_id": "u1", "context": "", "question": "   "},
+    {"id": "d", "user_id": "u3", "context": "I run.", "question": None},
+]
+
+
+def _frame() -> pl.DataFrame:
+    return pl.DataFrame(ROWS, schema={k: pl.String for k in ROWS[0]})
+
+
+def _write(frame: pl.DataFrame, path: Path) -> Path:
+    if path.suffix == ".parquet":
+        frame.write_parquet(path)
+    elif path.suffix == ".csv":
+        frame.write_csv(path)
+    else:
+        frame.write_ndjson(path)
+    return path
+
+
+def _standard(spec: str | Path, **columns: str) -> pl.DataFrame:
+    corpus = open_corpus(spec, ColumnOptions(**columns))
+    return corpus.collect(corpus.standardized())
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
+def test_every_format_maps_to_the_same_messages(tmp_path: Path, suffix: str) -> None:
+    df = _standard(_write(_frame(), tmp_path / f"corpus{suffix}"))
+    assert df["id"].to_list() == ["a", "b", "c", "d"]
+    assert df["row"].to_list() == [0, 1, 2, 3]
+    assert df.schema["prompt"] == MESSAGE_DTYPE
+    assert df["prompt"][0].to_list() == [
+        {"role": "system", "content": "I am a nurse."},
+        {"role": "user", "content": "How to sleep by day?"},
+    ]
+    # No (or an empty) context: the user message alone, and nothing to drop.
+    assert df["prompt"][1].to_list() == [{"role": "user", "content": "How do I read a CSV file?"}]
+    assert df["has_context"].to_list() == [True, False, False, True]
+    assert df["prompt_nocontext"][0].to_list() == [
+        {"role": "user", "content": "How to sleep by day?"}
+    ]
+    # Blank and null prompts are flagged for dropping.
+    assert df["is_empty"].to_list() == [False, False, True, True]
+    assert df["dedup_text"][0] == "I am a nurse.\nHow to sleep by day?"
+    assert df["user_id"].to_list() == ["u1", "u2", "u1", "u3"]
+
+
+def test_folder_and_glob_read_all_shards_in_order(tmp_path: Path) -> None:
+    frame = _frame()
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    frame.slice(0, 2).write_parquet(shards / "part-0.parquet")
+    frame.slice(2, 2).write_parquet(shards / "part-1.parquet")
+    (shards / "_SUCCESS").write_text("")
+    (shards / ".hidden.parquet").write_bytes(b"not parquet")
+    by_folder = _standard(shards)
+    by_glob = _standard(str(shards / "part-*.parquet"))
+    assert by_folder["id"].to_list() == ["a", "b", "c", "d"]
+    assert by_folder["row"].to_list() == [0, 1, 2, 3]
+    assert by_glob.equals(by_folder)
+
+
+def test_folder_with_mixed_formats_is_refused(tmp_path: Path) -> None:
+    _write(_frame(), tmp_path / "a.parquet")
+    _write(_frame(), tmp_path / "b.jsonl")
+    with pytest.raises(CorpusError, match="mixes file types"):
+        resolve_input_files(tmp_path)
+
+
+def test_missing_input_and_empty_glob(tmp_path: Path) -> None:
+    with pytest.raises(CorpusError, match="not found"):
+        open_corpus(tmp_path / "nope.jsonl")
+    with pytest.raises(CorpusError, match="no files match"):
+        open_corpus(str(tmp_path / "*.parquet"))
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(CorpusError, match="unsupported type"):
+        open_corpus(tmp_path / "notes.txt")
+
+
+def test_detection_prefers_common_names_and_explicit_options_win() -> None:
+    found = detect_columns(["uid", "Question", "persona", "author"], ColumnOptions())
+    assert (found.prompt, found.context, found.user, found.id) == (
+        "Question",
+        "persona",
+        "author",
+        "uid",
+    )
+    # A prompt column wins over a messages column (which may hold the answer too).
+    assert detect_columns(["messages", "prompt"], ColumnOptions()).prompt == "prompt"
+    assert detect_columns(["chat"], ColumnOptions()).messages == "chat"
+    explicit = detect_columns(["q", "prompt", "bio"], ColumnOptions(prompt="q", context="bio"))
+    assert (explicit.prompt, explicit.context) == ("q", "bio")
+
+
+def test_wrong_column_names_list_the_columns_that_exist() -> None:
+    with pytest.raises(CorpusError, match=r"column 'qq' \(--prompt-col\) not found.*: a, b"):
+        detect_columns(["a", "b"], ColumnOptions(prompt="qq"))
+    with pytest.raises(CorpusError, match=r"no prompt column found.*the input has columns: a, b"):
+        detect_columns(["a", "b"], ColumnOptions())
+    with pytest.raises(ConfigError, match="pass only one"):
+        ColumnOptions(prompt="a", messages="b")
+
+
+def test_messages_column_and_its_context_drop(tmp_path: Path) -> None:
+    rows = [
+        {
+            "conversation": [
+                {"role": "system", "content": "I am vegan.", "name": "x"},
+                {"role": "user", "content": "Dinner idea?", "name": "y"},
+            ]
+        },
+        {"conversation": [{"role": "user", "content": "Hello", "name": "z"}]},
+        {"conversation": []},
+    ]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    df = _standard(path)
+    assert df.schema["prompt"] == MESSAGE_DTYPE  # extra fields dropped: TRL takes role/content
+    assert df["prompt"][0].to_list()[1] == {"role": "user", "content": "Dinner idea?"}
+    assert df["prompt_nocontext"][0].to_list() == [{"role": "user", "content": "Dinner idea?"}]
+    assert df["has_context"].to_list() == [True, False, False]
+    assert df["is_empty"].to_list() == [False, False, True]
+
+
+def test_messages_as_json_text_in_csv(tmp_path: Path) -> None:
+    messages = json.dumps([{"role": "user", "content": "Hi there"}])
+    pl.DataFrame({"messages": [messages]}).write_csv(tmp_path / "c.csv")
+    df = _standard(tmp_path / "c.csv")
+    assert df["prompt"][0].to_list() == [{"role": "user", "content": "Hi there"}]
+
+
+def test_messages_without_content_field_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "text": "hi"}]}) + "\n")
+    with pytest.raises(CorpusError, match="have no content field"):
+        open_corpus(path)
+
+
+def test_message_with_null_role_is_flagged(tmp_path: Path) -> None:
+    path = tmp_path / "chat.jsonl"
+    path.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hi"}]})
+        + "\n"
+        + json.dumps({"messages": [{"content": "no role"}]})
+        + "\n"
+    )
+    assert _standard(path)["bad_message"].to_list() == [False, True]
+
+
+def test_invalid_utf8_jsonl_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"prompt": "fine"}\n{"prompt": "caf\xe9 \xff"}\n')
+    with pytest.raises(CorpusError, match=r"line 2: invalid UTF-8 \(byte 0xe9"):
+        corpus = open_corpus(path)
+        corpus.collect(corpus.standardized())
+
+
+def test_truncated_last_jsonl_line(tmp_path: Path) -> None:
+    path = tmp_path / "cut.jsonl"
+    path.write_text('{"prompt": "one"}\n{"prompt": "two"}\n{"prompt": "thr')
+    with pytest.raises(CorpusError, match=r"line 3 \(the last\) is cut off"):
+        corpus = open_corpus(path)
+        corpus.collect(corpus.standardized())
+
+
+def test_corrupt_parquet(tmp_path: Path) -> None:
+    good = _write(_frame(), tmp_path / "good.parquet")
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CorpusError, match="not a readable Parquet file"):
+        open_corpus(bad)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
+def test_empty_file(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"empty{suffix}"
+    path.write_bytes(b"")
+    with pytest.raises(CorpusError, match="is empty"):
+        open_corpus(path)
+
+
+def test_whitespace_only_jsonl(tmp_path: Path) -> None:
+    path = tmp_path / "blank.jsonl"
+    path.write_text("\n\n  \n")
+    with pytest.raises(CorpusError, match="no JSON lines"):
+        open_corpus(path)
+
+
+def test_non_string_prompt_column(tmp_path: Path) -> None:
+    path = tmp_path / "ints.jsonl"
+    path.write_text('{"prompt": 1}\n{"prompt": 2}\n')
+    with pytest.raises(CorpusError, match="holds Int64 values, not text"):
+        open_corpus(path)
+    nested = tmp_path / "nested.parquet"
+    pl.DataFrame({"question": ["q"], "context": [[1, 2]]}).write_parquet(nested)
+    with pytest.raises(CorpusError, match=r"column 'context' \(context\) holds List"):
+        open_corpus(nested)
+
+
+def test_numeric_ids_and_users_become_text(tmp_path: Path) -> None:
+    path = tmp_path / "n.parquet"
+    pl.DataFrame({"id": [10, 11], "user": [1, 2], "prompt": ["x", "y"]}).write_parquet(path)
+    df = _standard(path)
+    assert df["id"].to_list() == ["10", "11"]
+    assert df["user_id"].to_list() == ["1", "2"]
+
+
+def test_without_id_column_the_row_number_is_the_id(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "x"}\n{"prompt": "y"}\n')
+    assert _standard(path)["id"].to_list() == ["0", "1"]
+
+
+def test_atomic_writes_leave_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.parquet"
+    frame = pl.DataFrame({"x": [1, 2]})
+    write_parquet_atomic(frame, target)
+    assert pl.read_parquet(target).equals(frame)
+    mode = stat.S_IMODE(target.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
+    unwritable = pl.DataFrame({"x": [object()]}, schema={"x": pl.Object})
+    with pytest.raises(Exception):  # noqa: B017 - polars' own error type for Object columns
+        write_parquet_atomic(unwritable, target)
+    assert pl.read_parquet(target).equals(frame)  # the previous version is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
+    write_json_atomic({"a": 1}, tmp_path / "x.json")
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}

@@ -1,0 +1,90 @@
+"""Negative assignment (mipo.negatives) on the engine's derangements."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from mipo import engine
+from mipo.errors import ConfigError, CorpusError, DerangementError
+from mipo.negatives import assign_negatives, check_negatives, parse_strategy, strategy_kinds
+
+
+def _valid(sigma: pl.Series, n: int) -> None:
+    values = sigma.to_list()
+    assert sorted(values) == list(range(n))
+    assert all(s != i for i, s in enumerate(values))
+
+
+@pytest.mark.parametrize("n", [2, 3, 10, 101])
+def test_uniform_negatives_are_the_engine_derangement(n: int) -> None:
+    sigma = assign_negatives(n, seed=7)
+    _valid(sigma, n)
+    # Unconstrained, σ is exactly the engine's uniform derangement for that seed.
+    assert sigma.to_list() == engine.derangement(n, seed=7).to_list()
+    assert assign_negatives(n, seed=7).equals(sigma)
+
+
+def test_seeds_change_the_assignment() -> None:
+    draws = {tuple(assign_negatives(50, seed=s).to_list()) for s in range(5)}
+    assert len(draws) == 5
+
+
+def test_user_constraint_is_respected() -> None:
+    users = pl.Series(["u0", "u1", "u2", "u3"] * 10)
+    for seed in range(5):
+        sigma = assign_negatives(40, seed=seed, users=users)
+        _valid(sigma, 40)
+        assert (users.gather(sigma) != users).all()
+
+
+def test_null_users_are_unconstrained() -> None:
+    users = pl.Series(["a", "a", None, None, "b", "b"])
+    sigma = assign_negatives(6, seed=1, users=users)
+    _valid(sigma, 6)
+    same = (users.gather(sigma) == users).fill_null(False)
+    assert not same.any()
+
+
+def test_near_duplicate_clusters_are_never_paired() -> None:
+    clusters = pl.Series([0, 0, 0, 3, 4, 5, 6, 7, 8, 9], dtype=pl.UInt32)
+    for seed in range(5):
+        sigma = assign_negatives(10, seed=seed, clusters=clusters)
+        _valid(sigma, 10)
+        assert (clusters.gather(sigma) != clusters).all()
+
+
+def test_one_user_with_more_than_half_the_rows_suggests_dropping_the_constraint() -> None:
+    users = pl.Series(["big"] * 6 + ["a", "b", "c"])
+    with pytest.raises(DerangementError, match=r"user 'big' holds 6 of 9.*--no-user-constraint"):
+        assign_negatives(9, seed=0, users=users)
+    # Exactly half is still feasible: every 'big' prompt takes another user's response.
+    half = pl.Series(["big"] * 5 + ["a", "b", "c", "d", "e"])
+    sigma = assign_negatives(10, seed=0, users=half)
+    assert (half.gather(sigma) != half).all()
+
+
+def test_too_many_near_duplicates() -> None:
+    clusters = pl.Series([1, 1, 1, 2], dtype=pl.UInt32)
+    with pytest.raises(CorpusError, match="near duplicates of one another"):
+        assign_negatives(4, seed=0, clusters=clusters)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_fewer_than_two_prompts(n: int) -> None:
+    with pytest.raises(CorpusError, match="at least 2 distinct prompts"):
+        assign_negatives(n, seed=0)
+
+
+def test_check_negatives_catches_invalid_assignments() -> None:
+    with pytest.raises(Exception, match="own negative"):
+        check_negatives(pl.Series([0, 2, 1], dtype=pl.UInt32))
+    with pytest.raises(Exception, match="shares its prompt's user"):
+        check_negatives(pl.Series([1, 0], dtype=pl.UInt32), users=pl.Series(["a", "a"]))
+
+
+def test_strategies() -> None:
+    assert strategy_kinds("random") == ("random",)
+    assert strategy_kinds("both") == ("random", "context-drop")
+    with pytest.raises(ConfigError, match="--negatives must be one of"):
+        parse_strategy("shuffle")

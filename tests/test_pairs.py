@@ -1,0 +1,219 @@
+"""Generation requests and pair assembly (mipo.pairs) on a hand-made plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from mipo.corpus import MESSAGE_DTYPE
+from mipo.errors import ConfigError, GenerationError
+from mipo.generate import request_seeds
+from mipo.pairs import (
+    KIND_FULL,
+    KIND_NEGATIVE,
+    KIND_NOCONTEXT,
+    PairFilterConfig,
+    PairStats,
+    assemble_pairs,
+    build_requests,
+    filter_pairs,
+)
+
+SIGMA = [2, 0, 3, 1]
+
+
+def _plan(with_context: tuple[bool, ...] = (True, True, False, True)) -> pl.DataFrame:
+    n = len(SIGMA)
+    prompts = [
+        ([{"role": "system", "content": f"ctx {i}"}] if with_context[i] else [])
+        + [{"role": "user", "content": f"question {i}"}]
+        for i in range(n)
+    ]
+    return pl.DataFrame(
+        {
+            "plan_index": list(range(n)),
+            "id": [f"p{i}" for i in range(n)],
+            "user_id": [f"u{i}" for i in range(n)],
+            "prompt": prompts,
+            "input_ids": [[10 + i, 20 + i] for i in range(n)],
+            "num_prompt_tokens": [2] * n,
+            "input_ids_nocontext": [[30 + i] if with_context[i] else None for i in range(n)],
+            "negative_index": SIGMA,
+            "negative_id": [f"p{s}" for s in SIGMA],
+        },
+        schema={
+            "plan_index": pl.UInt32,
+            "id": pl.String,
+            "user_id": pl.String,
+            "prompt": MESSAGE_DTYPE,
+            "input_ids": pl.List(pl.UInt32),
+            "num_prompt_tokens": pl.UInt32,
+            "input_ids_nocontext": pl.List(pl.UInt32),
+            "negative_index": pl.UInt32,
+            "negative_id": pl.String,
+        },
+    )
+
+
+def _responses(requests: pl.DataFrame, **overrides: str) -> pl.DataFrame:
+    """One response per request: 'r<request id>' unless overridden; finish reason stop."""
+    ids = requests["request_id"].to_list()
+    texts = [overrides.get(f"r{i}", f"r{i}") for i in ids]
+    return pl.DataFrame(
+        {
+            "request_id": ids,
+            "response": texts,
+            "num_prompt_tokens": [2] * len(ids),
+            "num_response_tokens": [len(t) for t in texts],
+            "finish_reason": ["length" if t.endswith("...") else "stop" for t in texts],
+            "seed": requests["seed"],
+        },
+        schema_overrides={"request_id": pl.UInt64, "seed": pl.UInt64},
+    )
+
+
+def test_random_requests_one_per_prompt_with_derived_seeds() -> None:
+    requests = build_requests(_plan(), strategy="random", independent_negatives=False, seed=5)
+    assert requests.columns == ["request_id", "input_ids", "seed"]
+    assert requests.schema["request_id"] == pl.UInt64 and requests.schema["seed"] == pl.UInt64
+    assert requests["request_id"].to_list() == [4 * i + KIND_FULL for i in range(4)]
+    assert requests["input_ids"].to_list() == [[10 + i, 20 + i] for i in range(4)]
+    assert requests["seed"].to_list() == request_seeds(requests["request_id"].to_list(), 5)
+    other = build_requests(_plan(), strategy="random", independent_negatives=False, seed=6)
+    assert other["seed"].to_list() != requests["seed"].to_list()
+
+
+def test_context_drop_and_independent_requests() -> None:
+    plan = _plan()
+    both = build_requests(plan, strategy="both", independent_negatives=True, seed=0)
+    by_id = dict(zip(both["request_id"].to_list(), both["input_ids"].to_list(), strict=True))
+    # Context-dropped prompts only where there is a context (prompt 2 has none).
+    assert sorted(k for k in by_id if k % 4 == KIND_NOCONTEXT) == [1, 5, 13]
+    assert by_id[4 * 1 + KIND_NOCONTEXT] == [31]
+    # Independent negatives: prompt σ(i)'s token ids, under a request (and seed) of i's own.
+    for i, s in enumerate(SIGMA):
+        assert by_id[4 * i + KIND_NEGATIVE] == [10 + s, 20 + s]
+    assert both["request_id"].is_sorted() and both["seed"].n_unique() == both.height
+
+
+def test_reused_random_negatives() -> None:
+    plan = _plan()
+    requests = build_requests(plan, strategy="random", independent_negatives=False, seed=0)
+    stats = PairStats()
+    pairs = assemble_pairs(
+        plan,
+        _responses(requests),
+        strategy="random",
+        independent_negatives=False,
+        seed=0,
+        stats=stats,
+    )
+    assert pairs.schema["prompt"] == MESSAGE_DTYPE
+    assert pairs.schema["chosen"] == MESSAGE_DTYPE and pairs.schema["rejected"] == MESSAGE_DTYPE
+    for i, row in enumerate(pairs.iter_rows(named=True)):
+        # The prompt is i's own (with its context); chosen answers i; rejected answers σ(i).
+        assert row["prompt"] == plan["prompt"][i].to_list()
+        assert row["chosen"] == [{"role": "assistant", "content": f"r{4 * i}"}]
+        assert row["rejected"] == [{"role": "assistant", "content": f"r{4 * SIGMA[i]}"}]
+        assert row["negative_id"] == f"p{SIGMA[i]}" and row["strategy"] == "random"
+    # Each response is used twice: chosen for its own prompt, rejected for the one it negates.
+    chosen = {c[0]["content"] for c in pairs["chosen"].to_list()}
+    rejected = {c[0]["content"] for c in pairs["rejected"].to_list()}
+    assert chosen == rejected
+    assert stats.pairs_built == {"random": 4}
+    seeds = dict(zip(requests["request_id"].to_list(), requests["seed"].to_list(), strict=True))
+    assert pairs["rejected_seed"][0] == seeds[4 * SIGMA[0]]
+
+
+def test_independent_negatives_use_their_own_samples() -> None:
+    plan = _plan()
+    requests = build_requests(plan, strategy="random", independent_negatives=True, seed=0)
+    pairs = assemble_pairs(
+        plan, _responses(requests), strategy="random", independent_negatives=True, seed=0
+    )
+    assert [r[0]["content"] for r in pairs["rejected"].to_list()] == [
+        f"r{4 * i + KIND_NEGATIVE}" for i in range(4)
+    ]
+
+
+def test_both_strategies_and_prompts_without_context() -> None:
+    plan = _plan()
+    requests = build_requests(plan, strategy="both", independent_negatives=False, seed=0)
+    stats = PairStats()
+    pairs = assemble_pairs(
+        plan,
+        _responses(requests),
+        strategy="both",
+        independent_negatives=False,
+        seed=0,
+        stats=stats,
+    )
+    assert pairs["strategy"].to_list() == [
+        "random", "context-drop", "random", "context-drop", "random", "random", "context-drop"
+    ]  # fmt: skip
+    drop = pairs.filter(pl.col("strategy") == "context-drop")
+    assert [r[0]["content"] for r in drop["rejected"].to_list()] == ["r1", "r5", "r13"]
+    assert [r[0]["content"] for r in drop["chosen"].to_list()] == ["r0", "r4", "r12"]
+    # The prompt of a context-drop pair keeps the context: y- is scored under the full x.
+    assert drop["prompt"][0].to_list()[0] == {"role": "system", "content": "ctx 0"}
+    assert stats.no_context_skipped == 1
+    assert stats.pairs_built == {"random": 4, "context-drop": 3}
+
+
+def test_filters_count_each_dropped_pair_once() -> None:
+    plan = _plan()
+    requests = build_requests(plan, strategy="random", independent_negatives=False, seed=0)
+    # r0 empty (pairs 0 and 1 use it), r8 == r12 (pair 2: chosen r8, rejected r12), r4 truncated.
+    responses = _responses(requests, r0="  ", r8="same", r12="same", r4="cut...")
+    pairs = assemble_pairs(plan, responses, strategy="random", independent_negatives=False, seed=0)
+    stats = PairStats()
+    kept = filter_pairs(pairs, PairFilterConfig(), stats=stats)
+    assert stats.filtered == {"empty_response": 2, "identical": 1, "truncated": 1, "low_margin": 0}
+    assert kept.height == 0 and stats.pairs_written == 0
+
+    stats = PairStats()
+    kept = filter_pairs(pairs, PairFilterConfig(keep_truncated=True), stats=stats)
+    assert stats.filtered["truncated"] == 0 and kept.height == 1
+    assert kept["rejected_finish_reason"][0] == "length"
+    assert stats.pairs_written_by_strategy == {"random": 1}
+
+
+def test_missing_responses_are_reported() -> None:
+    plan = _plan()
+    requests = build_requests(plan, strategy="random", independent_negatives=False, seed=0)
+    partial = _responses(requests).filter(pl.col("request_id") != 8)
+    with pytest.raises(GenerationError, match=r"1 of 4 responses are missing.*rerun the same"):
+        assemble_pairs(plan, partial, strategy="random", independent_negatives=False, seed=0)
+
+
+def test_score_adds_margins_and_drops_low_ones(tiny_model_dir: Path) -> None:
+    plan = _plan()
+    requests = build_requests(plan, strategy="random", independent_negatives=False, seed=0)
+    pairs = assemble_pairs(
+        plan,
+        _responses(requests, r0="Sure, here you go.", r4="No.", r8="Maybe later.", r12="Yes!"),
+        strategy="random",
+        independent_negatives=False,
+        seed=0,
+    )
+    stats = PairStats()
+    scored = filter_pairs(
+        pairs, PairFilterConfig(score=True, min_margin=-1e9), model_path=tiny_model_dir, stats=stats
+    )
+    assert scored.height == 4
+    margin = scored["chosen_logprob"] - scored["rejected_logprob"]
+    assert (scored["margin"] - margin).abs().max() < 1e-9  # type: ignore[operator]
+    threshold = float(scored["margin"].median())  # type: ignore[arg-type]
+    stats = PairStats()
+    kept = filter_pairs(
+        pairs,
+        PairFilterConfig(score=True, min_margin=threshold),
+        model_path=tiny_model_dir,
+        stats=stats,
+    )
+    assert kept.height == int((scored["margin"] >= threshold).sum())
+    assert stats.filtered["low_margin"] == 4 - kept.height
+    with pytest.raises(ConfigError, match="score batch size"):
+        PairFilterConfig(score_batch_size=0)

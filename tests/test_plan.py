@@ -1,0 +1,268 @@
+"""The plan stage (mipo.plan): validation, dedup, tokenization, negatives, plan.parquet."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from mipo import engine
+from mipo.corpus import ColumnOptions, open_corpus
+from mipo.errors import ConfigError, CorpusError, DerangementError
+from mipo.plan import PLAN_STEPS, PlanConfig, build_plan, read_plan
+
+LONG = (
+    "I am a retired teacher living in a small flat by the sea with my old dog and I like to "
+    "cook simple food from the market every morning before it gets too hot outside in summer "
+    "and I read history books in the afternoon while listening to the radio and drinking tea "
+    "with lemon and a little honey from the farm up the hill where my friend keeps bees"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path) -> engine.ChatTokenizer:
+    return engine.ChatTokenizer.from_pretrained(tiny_model_dir)
+
+
+def _corpus(tmp_path: Path, rows: list[dict], name: str = "c.jsonl", **columns: str):  # type: ignore[no-untyped-def]
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return open_corpus(path, ColumnOptions(**columns))
+
+
+def _rows(n: int, users: int = 4) -> list[dict]:
+    return [
+        {
+            "id": f"p{i}",
+            "user_id": f"u{i % users}",
+            "context": f"I am person {i} and I like topic {i * 7}.",
+            "question": f"Question number {i}: how do I do thing {i * 3}?",
+        }
+        for i in range(n)
+    ]
+
+
+def test_plan_has_prompts_token_ids_and_valid_negatives(
+    tmp_path: Path, tokenizer: engine.ChatTokenizer, tiny_model_dir: Path
+) -> None:
+    corpus = _corpus(tmp_path, _rows(12))
+    stats = build_plan(corpus, tokenizer, tmp_path / "plan.parquet", PlanConfig(seed=3))
+    plan = read_plan(tmp_path / "plan.parquet")
+    assert stats.rows_in == 12 and stats.prompts_planned == 12 and stats.users == 4
+    assert set(stats.step_seconds) == set(PLAN_STEPS)
+    assert plan["plan_index"].to_list() == list(range(12))
+    assert plan["id"].to_list() == [f"p{i}" for i in range(12)]
+    sigma = plan["negative_index"]
+    assert sorted(sigma.to_list()) == list(range(12))
+    assert all(s != i for i, s in enumerate(sigma.to_list()))
+    assert (plan["user_id"].gather(sigma) != plan["user_id"]).all()
+    assert plan["negative_id"].to_list() == plan["id"].gather(sigma).to_list()
+
+    # The token ids are the chat template rendered and encoded as transformers does it.
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(tiny_model_dir)
+    first = plan["prompt"][0].to_list()
+    expected = reference.apply_chat_template(first, add_generation_prompt=True, tokenize=True)
+    if isinstance(expected, dict) or hasattr(expected, "keys"):
+        expected = expected["input_ids"]
+    assert plan["input_ids"][0].to_list() == list(expected)
+    assert plan["num_prompt_tokens"][0] == len(expected)
+
+
+def test_same_seed_same_bytes_whatever_the_batch_size(
+    tmp_path: Path, tokenizer: engine.ChatTokenizer
+) -> None:
+    corpus = _corpus(tmp_path, [*_rows(30), {"question": None}, {"question": "  "}])
+    build_plan(corpus, tokenizer, tmp_path / "a.parquet", PlanConfig(seed=1, batch_rows=4))
+    build_plan(corpus, tokenizer, tmp_path / "b.parquet", PlanConfig(seed=1, batch_rows=1000))
+    build_plan(corpus, tokenizer, tmp_path / "c.parquet", PlanConfig(seed=2, batch_rows=1000))
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    assert (tmp_path / "a.parquet").read_bytes() != (tmp_path / "c.parquet").read_bytes()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []  # part files are removed
+
+
+def test_null_and_empty_prompts_are_dropped_and_counted(
+    tmp_path: Path, tokenizer: engine.ChatTokenizer
+) -> None:
+    rows = [*_rows(4), {"question": None, "user_id": "x"}, {"question": " \t", "user_id": "y"}]
+    stats = build_plan(_corpus(tmp_path, rows), tokenizer, tmp_path / "p.parquet", PlanConfig())
+    assert (stats.rows_in, stats.empty_dropped, stats.prompts_planned) == (6, 2, 4)
+
+
+def test_only_empty_prompts_is_an_error(tmp_path: Path, tokenizer: engine.ChatTokenizer) -> None:
+    corpus = _corpus(tmp_path, [{"question": None}, {"question": ""}])
+    with pytest.raises(CorpusError, match="no usable prompts: all 2 rows"):
+        build_plan(corpus, tokenizer, tmp_path / "p.parquet", PlanConfig())
+    assert not (tmp_path / "p.parquet").exists()
+
+
+def test_exact_and_near_duplicates_are_removed_and_counted(
+    tmp_path: Path, tokenizer: engine.ChatTokenizer
+) -> None:
+    rows = [
+        {"question": LONG + " today"},
+        {"question": "  " + LONG.upper() + "   TODAY "},  # exact after normalization
+        {"question": LONG + " tomorrow"},  # one word differs: a near duplicate
+        {"question": "Something else entirely, about gardens."},
+        {"question": "And a fourth, unrelated question about trains?"},
+    ]
+    stats = build_plan(_corpus(tmp_path, rows), tokenizer, tmp_path / "p.parquet", PlanConfig())
+    plan = read_plan(tmp_path / "p.parquet")
+    assert (stats.exact_duplicates, stats.near_duplicates, stats.prompts_planned) == (1, 1, 3)
+    assert plan["row"].to_list() == [0, 3, 4]
+
+
+def test_without_dedup_duplicates_stay_but_are_never_paired(
+    tmp_path: Path, tokenizer: engine.ChatTokenizer
+) -> None:
+    rows = [{"question": LONG + " today"}, {"question": LONG + " today"}]
+    rows += [{"question": f"Distinct question {i} about {i * 13} apples"} for i in range(6)]
+    stats = build_plan(
+        _corpus(tmp_path, rows), tokenizer, tmp_path / "p.parquet", PlanConfig(dedup=False)
+    )
+    plan = read_plan(tmp_path / "p.parquet")
+    assert stats.prompts_planned == 8 and stats.exact_duplicates == 0
+    assert plan["cluster"][0] == plan["cluster"][1]
+    cluster = plan["cluster"]
+    assert (cluster.gather(plan["negative_index"]) != cluster).all()
+
+
+def test_all_duplicates_is_an_error(tmp_path: Path, tokenizer: engine.ChatTokenizer) -> None:
+    rows = [{"question": "Same question?"}, {"question": "same   QUESTION?"}] * 3
+    with pytest.raises(CorpusError, match=r"only 1 distinct prompt left of 6 rows .*5 exact"):
+        build_plan(_corpus(tmp_path, rows), tokenizer, tmp_path / "p.parquet", PlanConfig())
+
+
+def test_one_row_is_an_error_for_random_but_fine_for_context_drop(
+    tmp_path: Path, tokenizer: engine.ChatTokenizer
+) -> None:
+    corpus = _corpus(tmp_path, _rows(1))
+    with pytest.raises(CorpusError, match="the corpus has 1 row"):
+        build_plan(corpus, tokenizer, tmp_path / "p.parquet", PlanConfig())
+    stats = build_plan(
+        corpus, tokenizer, tmp_path / "p.parquet", PlanConfig(negatives="context-drop")
+    )
+    assert stats.prompts_planned == 1
+    assert "negative_index" not in read_plan(tmp_path / "p.parquet").columns
+
+
+def test_one_user_with_most_rows(tmp_path: Path, tokenizer: engine.ChatTokenizer) -> None:
+    rows = _rows(10)
+    for row in rows[:6]:
+        row["user_id"] = "alice"
+    corpus = _corpus(tmp_path, rows)
+    with pytest.raises(DerangementError, match=r"'alice' holds 6 of 10.*--no-user-constraint"):
+        build_plan(corpus, tokenizer, tmp_path / "p.parquet", PlanConfig())
+    assert not (tmp_path / "p.parquet").exists()
+    stats = build_plan(corpus, tokenizer, tmp_path / "p.parquet", PlanConfig(user_constraint=False))
+    assert stats.prompts_planned == 10
+
+
+def test_over_length_prompts_are_dropped_and_counted(
+    tmp_path: Path, tokenizer: engine.ChatTokenizer
+) -> None:
+    rows = [*_rows(5), {"question": "word " * 400, "user_id": "z"}]
+    stats = build_plan(
+        _corpus(tmp_path, rows),
+        tokenizer,
+        tmp_path / "p.parquet",
+        PlanConfig(max_prompt_tokens=120),
+    )
+    assert (stats.over_length, stats.prompts_planned) == (1, 5)
+    assert read_plan(tmp_path / "p.parquet")["num_prompt_tokens"].max() <= 120  # type: ignore[operator]
+    with pytest.raises(
+        CorpusError, match=r"no prompt left after dropping 6 over --max-prompt-tokens=3"
+    ):
+        build_plan(
+            _corpus(tmp_path, rows),
+            tokenizer,
+            tmp_path / "q.parquet",
+            PlanConfig(max_prompt_tokens=3),
+        )
+
+
+def test_context_drop_prompts(tmp_path: Path, tokenizer: engine.ChatTokenizer) -> None:
+    rows = _rows(4)
+    rows[2]["context"] = None
+    stats = build_plan(
+        _corpus(tmp_path, rows), tokenizer, tmp_path / "p.parquet", PlanConfig(negatives="both")
+    )
+    plan = read_plan(tmp_path / "p.parquet")
+    assert (stats.with_context, stats.without_context) == (3, 1)
+    assert plan["input_ids_nocontext"].is_null().to_list() == [False, False, True, False]
+    assert plan["prompt_nocontext"][0].to_list() == [
+        {"role": "user", "content": rows[0]["question"]}
+    ]
+    shorter = plan["num_prompt_tokens_nocontext"] < plan["num_prompt_tokens"]
+    assert shorter.drop_nulls().all()
+    expected = tokenizer.encode_chat(plan["prompt_nocontext"].slice(0, 1))["input_ids"][0]
+    assert plan["input_ids_nocontext"][0].to_list() == expected.to_list()
+
+
+def test_context_drop_without_any_context(tmp_path: Path, tokenizer: engine.ChatTokenizer) -> None:
+    no_column = _corpus(tmp_path, [{"question": "a?"}, {"question": "b?"}], name="a.jsonl")
+    with pytest.raises(ConfigError, match="has no context column"):
+        build_plan(
+            no_column, tokenizer, tmp_path / "p.parquet", PlanConfig(negatives="context-drop")
+        )
+    empty = _corpus(
+        tmp_path,
+        [{"question": "a?", "context": ""}, {"question": "b?", "context": None}],
+        name="b.jsonl",
+    )
+    with pytest.raises(ConfigError, match="none of the 2 prompts has one"):
+        build_plan(empty, tokenizer, tmp_path / "p.parquet", PlanConfig(negatives="both"))
+
+
+def test_messages_without_role_are_an_error(
+    tmp_path: Path, tokenizer: engine.ChatTokenizer
+) -> None:
+    rows = [
+        {"messages": [{"role": "user", "content": "hi"}]},
+        {"messages": [{"content": "who am I?"}]},
+    ]
+    with pytest.raises(CorpusError, match="input row 1: a chat message has no role or no content"):
+        build_plan(_corpus(tmp_path, rows), tokenizer, tmp_path / "p.parquet", PlanConfig())
+
+
+def test_messages_column_plan(tmp_path: Path, tokenizer: engine.ChatTokenizer) -> None:
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": f"I am {i}."},
+                {"role": "user", "content": f"Q{i}?"},
+            ]
+        }
+        for i in range(4)
+    ]
+    build_plan(
+        _corpus(tmp_path, rows), tokenizer, tmp_path / "p.parquet", PlanConfig(negatives="both")
+    )
+    plan = read_plan(tmp_path / "p.parquet")
+    assert plan["prompt"][1].to_list() == rows[1]["messages"]
+    assert plan["prompt_nocontext"][1].to_list() == [rows[1]["messages"][1]]
+
+
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(ConfigError, match="--max-prompt-tokens must be >= 1, got 0"):
+        PlanConfig(max_prompt_tokens=0)
+    with pytest.raises(ConfigError, match="--near-dup-threshold"):
+        PlanConfig(near_dup_threshold=1.5)
+    with pytest.raises(ConfigError, match="--seed"):
+        PlanConfig(seed=-1)
+
+
+def test_plan_reads_parquet_directories(tmp_path: Path, tokenizer: engine.ChatTokenizer) -> None:
+    frame = pl.DataFrame(_rows(8))
+    (tmp_path / "in").mkdir()
+    frame.slice(0, 5).write_parquet(tmp_path / "in" / "a.parquet")
+    frame.slice(5).write_parquet(tmp_path / "in" / "b.parquet")
+    stats = build_plan(
+        open_corpus(tmp_path / "in"), tokenizer, tmp_path / "p.parquet", PlanConfig(batch_rows=3)
+    )
+    assert stats.prompts_planned == 8
+    assert read_plan(tmp_path / "p.parquet")["id"].to_list() == frame["id"].to_list()
