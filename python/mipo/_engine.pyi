@@ -1,6 +1,44 @@
 # Hand-written stub of the native module (rust/py/). Checked by `make lint` (mypy stubtest).
-from typing import Any
+from typing import Any, final
 
 __version__: str
 
 def engine_info() -> dict[str, Any]: ...
+
+# --- dedup (rust/py/dedup.rs) ---------------------------------------------------------------------
+
+def normalize(texts: Any) -> Any:
+    """NFKC + case folding + whitespace collapsing; returns an Arrow large_string array."""
+
+def dedup(
+    texts: Any,
+    ngram: int = 5,
+    num_perm: int = 112,
+    bands: int = 14,
+    threshold: float = 0.8,
+    seed: int | None = None,
+    near: bool = True,
+) -> tuple[Any, Any, Any]:
+    """(keep: bool, cluster: uint32, exact: bool) Arrow arrays, one row per input row."""
+
+@final
+class Deduper:
+    def __new__(
+        cls,
+        ngram: int = 5,
+        num_perm: int = 112,
+        bands: int = 14,
+        threshold: float = 0.8,
+        seed: int | None = None,
+        near: bool = True,
+    ) -> Deduper: ...
+    def add(self, texts: Any) -> tuple[Any, Any, Any]: ...
+    @property
+    def rows_seen(self) -> int: ...
+    @property
+    def clusters(self) -> int: ...
+    @property
+    def distinct_texts(self) -> int: ...
+    @property
+    def state_bytes(self) -> int: ...
+    def __len__(self) -> int: ...

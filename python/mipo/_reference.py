@@ -48,5 +48,182 @@ class Xoshiro256pp:
 
 # === dedup (rust/dedup.rs) =======================================================================
 
+# Exactly the characters for which Python's ``str.isspace()`` is true (Unicode 14), written out so
+# that both sides agree whatever Unicode version either ships (``rust/dedup.rs`` WHITESPACE).
+DEDUP_WHITESPACE = frozenset(
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
+    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+BAND_KEY_INIT = 0x9E3779B97F4A7C15
+
+
+def normalize_text(text: str) -> str:
+    """NFKC, full case folding, whitespace runs -> one space, ends trimmed."""
+    import unicodedata
+
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    words: list[str] = []
+    current: list[str] = []
+    for ch in folded:
+        if ch in DEDUP_WHITESPACE:
+            if current:
+                words.append("".join(current))
+                current = []
+        else:
+            current.append(ch)
+    if current:
+        words.append("".join(current))
+    return " ".join(words)
+
+
+_P1 = 0x9E3779B185EBCA87
+_P2 = 0xC2B2AE3D27D4EB4F
+_P3 = 0x165667B19E3779F9
+_P4 = 0x85EBCA77C2B2AE63
+_P5 = 0x27D4EB2F165667C5
+
+
+def _rotl64(x: int, r: int) -> int:
+    return ((x << r) | (x >> (64 - r))) & MASK64
+
+
+def _xxh64_round(acc: int, lane: int) -> int:
+    acc = (acc + lane * _P2) & MASK64
+    return (_rotl64(acc, 31) * _P1) & MASK64
+
+
+def xxh64(data: bytes, seed: int = 0) -> int:
+    """XXH64 (the published algorithm), the shingle hash of ``rust/dedup.rs``."""
+    n = len(data)
+    pos = 0
+    if n >= 32:
+        v = [
+            (seed + _P1 + _P2) & MASK64,
+            (seed + _P2) & MASK64,
+            seed,
+            (seed - _P1) & MASK64,
+        ]
+        while pos + 32 <= n:
+            for lane in range(4):
+                v[lane] = _xxh64_round(v[lane], int.from_bytes(data[pos : pos + 8], "little"))
+                pos += 8
+        h = (_rotl64(v[0], 1) + _rotl64(v[1], 7) + _rotl64(v[2], 12) + _rotl64(v[3], 18)) & MASK64
+        for lane in v:
+            h = ((h ^ _xxh64_round(0, lane)) * _P1 + _P4) & MASK64
+    else:
+        h = (seed + _P5) & MASK64
+    h = (h + n) & MASK64
+    while pos + 8 <= n:
+        h ^= _xxh64_round(0, int.from_bytes(data[pos : pos + 8], "little"))
+        h = (_rotl64(h, 27) * _P1 + _P4) & MASK64
+        pos += 8
+    if pos + 4 <= n:
+        h ^= (int.from_bytes(data[pos : pos + 4], "little") * _P1) & MASK64
+        h = (_rotl64(h, 23) * _P2 + _P3) & MASK64
+        pos += 4
+    while pos < n:
+        h ^= (data[pos] * _P5) & MASK64
+        h = (_rotl64(h, 11) * _P1) & MASK64
+        pos += 1
+    h ^= h >> 33
+    h = (h * _P2) & MASK64
+    h ^= h >> 29
+    h = (h * _P3) & MASK64
+    return h ^ (h >> 32)
+
+
+def mix64(z: int) -> int:
+    """The SplitMix64 finalizer."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def shingle_set(normalized: str, ngram: int) -> set[int]:
+    """High 32 bits of XXH64 of every ``ngram``-word window (a shorter text: itself)."""
+    words = normalized.split(" ") if normalized else []
+    if len(words) < ngram:
+        shingles = [normalized]
+    else:
+        shingles = [" ".join(words[i : i + ngram]) for i in range(len(words) - ngram + 1)]
+    return {xxh64(s.encode()) >> 32 for s in shingles}
+
+
+def minhash_params(num_perm: int, seed: int) -> list[tuple[int, int]]:
+    """``(a_k, b_k)`` of ``h_k(x) = ((a_k * x + b_k) mod 2^64) >> 32``, drawn in order."""
+    rng = Xoshiro256pp(seed)
+    out = []
+    for _ in range(num_perm):
+        a = rng.next_u64()
+        b = rng.next_u64()
+        out.append((a, b))
+    return out
+
+
+def minhash_signature(shingles: set[int], params: list[tuple[int, int]]) -> list[int]:
+    return [min(((a * x + b) & MASK64) >> 32 for x in shingles) for a, b in params]
+
+
+def band_key(values: list[int]) -> int:
+    k = BAND_KEY_INIT
+    for v in values:
+        k = mix64(k ^ v)
+    return k >> 32
+
+
+def dedup_reference(
+    texts: list[str],
+    ngram: int = 5,
+    num_perm: int = 112,
+    bands: int = 14,
+    threshold: float = 0.8,
+    seed: int = 0,
+    near: bool = True,
+) -> tuple[list[bool], list[int], list[bool]]:
+    """``(keep, cluster, exact)`` exactly as ``rust/dedup.rs`` computes them.
+
+    Rows in order: an exact duplicate (same normalized text) takes the earlier text's cluster;
+    otherwise the row joins the earliest kept row that shares an LSH bucket with it and whose
+    shingle set (32-bit fingerprints) has Jaccard >= threshold; otherwise it is
+    kept and its own cluster.
+    """
+    rows = num_perm // bands
+    params = minhash_params(num_perm, seed)
+    seen: dict[str, int] = {}  # normalized text -> cluster
+    buckets: dict[tuple[int, int], list[int]] = {}  # (band, key) -> kept rows
+    fingerprints: dict[int, set[int]] = {}  # kept row -> fingerprint set
+    keep: list[bool] = []
+    cluster: list[int] = []
+    exact: list[bool] = []
+    for row, text in enumerate(texts):
+        norm = normalize_text(text)
+        if norm in seen:
+            keep.append(False)
+            cluster.append(seen[norm])
+            exact.append(True)
+            continue
+        match = None
+        if near:
+            fp = shingle_set(norm, ngram)
+            sig = minhash_signature(fp, params)
+            keys = [(b, band_key(sig[b * rows : (b + 1) * rows])) for b in range(bands)]
+            candidates = sorted({r for key in keys for r in buckets.get(key, [])})
+            for rep in candidates:
+                other = fingerprints[rep]
+                if len(fp & other) / len(fp | other) >= threshold:
+                    match = rep
+                    break
+            if match is None:
+                fingerprints[row] = fp
+                for key in keys:
+                    buckets.setdefault(key, []).append(row)
+        c = row if match is None else match
+        seen[norm] = c
+        keep.append(match is None)
+        cluster.append(c)
+        exact.append(False)
+    return keep, cluster, exact
+
 
 # === derange (rust/derange.rs) ===================================================================

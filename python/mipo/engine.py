@@ -27,6 +27,7 @@ from mipo.errors import InvalidInputError, InvalidParameterError
 __all__ = [
     "ChatTokenizer",
     "DedupConfig",
+    "Deduper",
     "constrained_derangement",
     "dedup",
     "derangement",
@@ -37,7 +38,9 @@ __all__ = [
 
 def _series(obj: Any, name: str) -> pl.Series:
     """An Arrow object from the engine (PyCapsule interface) as a named Polars Series."""
-    return pl.Series(name, obj)
+    # polars 2.1 ignores the `name` argument for PyCapsule objects (it takes the Arrow field
+    # name, "" for engine arrays), so rename explicitly; alias does not copy the data.
+    return pl.Series(obj).alias(name)
 
 
 def _as_series(data: Any, what: str) -> pl.Series:
@@ -97,14 +100,16 @@ class DedupConfig:
             raise InvalidParameterError(
                 f"num_perm ({self.num_perm}) must be a positive multiple of bands ({self.bands})"
             )
+        if self.num_perm > 4096:
+            raise InvalidParameterError(f"num_perm must be in 1..=4096, got {self.num_perm}")
         if not 0.0 < self.threshold <= 1.0:
             raise InvalidParameterError(f"threshold must be in (0, 1], got {self.threshold}")
-        if self.seed < 0:
-            raise InvalidParameterError(f"seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < 2**64:
+            raise InvalidParameterError(f"seed must be an integer in [0, 2**64), got {self.seed}")
 
 
 def normalize(texts: Any) -> pl.Series:
-    """NFKC, case folding and whitespace collapsing — the text dedup compares.
+    """NFKC, case folding and whitespace collapsing — the text dedup compares. Nulls stay null.
 
     >>> normalize(pl.Series(["  Ｈello\\tWORLD "])).to_list()
     ['hello world']
@@ -123,18 +128,96 @@ def dedup(texts: Any, config: DedupConfig | None = None, **overrides: Any) -> pl
     - ``exact`` (Boolean): True if the row is an exact duplicate (after normalization) of an
       earlier row.
 
-    Deterministic: same input and config, same output, at any thread count.
+    Rows are taken in order: a row joins the earliest kept row whose text it duplicates
+    exactly or, with ``near``, whose shingle set it matches at Jaccard >= ``threshold`` (MinHash
+    LSH candidates, each verified exactly); so every removed row is a near copy of its kept row.
+    Deterministic: same input and config, same output, at any thread count. For corpora that do
+    not fit in memory at once, feed chunks to :class:`Deduper` (same result).
+
+    >>> texts = pl.Series(["Hi  there", "hi there", "Ｈi there!"])
+    >>> dedup(texts, near=False)
+    shape: (3, 3)
+    ┌───────┬─────────┬───────┐
+    │ keep  ┆ cluster ┆ exact │
+    │ ---   ┆ ---     ┆ ---   │
+    │ bool  ┆ u32     ┆ bool  │
+    ╞═══════╪═════════╪═══════╡
+    │ true  ┆ 0       ┆ false │
+    │ false ┆ 0       ┆ true  │
+    │ true  ┆ 2       ┆ false │
+    └───────┴─────────┴───────┘
     """
+    cfg = _dedup_config(config, overrides)
+    s = _as_series(texts, "texts")
+    return _dedup_frame(
+        _engine.dedup(s, cfg.ngram, cfg.num_perm, cfg.bands, cfg.threshold, cfg.seed, cfg.near)
+    )
+
+
+def _dedup_config(config: DedupConfig | None, overrides: dict[str, Any]) -> DedupConfig:
     cfg = config or DedupConfig()
     if overrides:
+        unknown = sorted(set(overrides) - set(cfg.__dict__))
+        if unknown:
+            raise InvalidParameterError(
+                f"unknown dedup option(s) {unknown}; valid: {sorted(cfg.__dict__)}"
+            )
         cfg = DedupConfig(**{**cfg.__dict__, **overrides})
-    s = _as_series(texts, "texts")
-    keep, cluster, exact = _engine.dedup(
-        s, cfg.ngram, cfg.num_perm, cfg.bands, cfg.threshold, cfg.seed, cfg.near
-    )
+    return cfg
+
+
+def _dedup_frame(arrays: tuple[Any, Any, Any]) -> pl.DataFrame:
+    keep, cluster, exact = arrays
     return pl.DataFrame(
         [_series(keep, "keep"), _series(cluster, "cluster"), _series(exact, "exact")]
     )
+
+
+class Deduper:
+    """Streaming :func:`dedup`: feed a big corpus chunk by chunk with global row indices.
+
+    Holds only compact state (the exact-hash set, LSH buckets and the 32-bit shingle
+    fingerprints of kept rows), never the text: about 0.5 KB per kept ~50-word prompt with
+    the defaults. The concatenated results equal one :func:`dedup` over all chunks.
+
+    >>> d = Deduper(near=False)
+    >>> d.add(pl.Series(["a b", "c d"]))["keep"].to_list()
+    [True, True]
+    >>> d.add(pl.Series(["C  D", "e f"]))["cluster"].to_list()
+    [1, 3]
+    >>> len(d)
+    4
+    """
+
+    def __init__(self, config: DedupConfig | None = None, **overrides: Any) -> None:
+        self.config = _dedup_config(config, overrides)
+        c = self.config
+        self._native = _engine.Deduper(c.ngram, c.num_perm, c.bands, c.threshold, c.seed, c.near)
+
+    def add(self, texts: Any) -> pl.DataFrame:
+        """Deduplicate the next chunk; same columns as :func:`dedup`, cluster ids global."""
+        return _dedup_frame(self._native.add(_as_series(texts, "texts")))
+
+    @property
+    def rows_seen(self) -> int:
+        """Rows added so far (the global index of the next row)."""
+        return self._native.rows_seen
+
+    @property
+    def clusters(self) -> int:
+        """Clusters so far (= rows kept)."""
+        return self._native.clusters
+
+    @property
+    def state_bytes(self) -> int:
+        """Approximate heap bytes held by the native state."""
+        return self._native.state_bytes
+
+    def __len__(self) -> int:
+        return self.rows_seen
+
+    def __repr__(self) -> str:
+        return f"Deduper({self.config}, rows_seen={self.rows_seen})"
 
 
 # --- chat templates + tokenization -----------------------------------------------------------
