@@ -761,13 +761,13 @@ mod tests {
         let xs: Vec<u32> = (0..500u32).map(|i| i.wrapping_mul(2_654_435_761)).collect();
         let mut sig = vec![0; 112];
         h.signature(&xs, &mut sig);
-        for k in 0..112 {
+        for (k, (&a, &b)) in h.a.iter().zip(&h.b).enumerate() {
             let want = xs
                 .iter()
-                .map(|&x| (h.a[k].wrapping_mul(x as u64).wrapping_add(h.b[k]) >> 32) as u32)
+                .map(|&x| (a.wrapping_mul(x as u64).wrapping_add(b) >> 32) as u32)
                 .min()
                 .unwrap();
-            assert_eq!(sig[k], want);
+            assert_eq!(sig[k], want, "hash {k}");
         }
     }
 
