@@ -51,7 +51,7 @@ fn too_few_rows(n: usize) -> EngineError {
     EngineError::Derangement(format!(
         "cannot pair rows with different rows: there {} only {n} row{}, and a row cannot be its \
          own negative; add rows (at least 2 are needed) or use the context-drop strategy \
-         (--strategy context-drop), which needs no other row",
+         (--negatives context-drop), which needs no other row",
         if n == 1 { "is" } else { "are" },
         if n == 1 { "" } else { "s" },
     ))
