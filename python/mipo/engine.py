@@ -37,7 +37,9 @@ __all__ = [
 
 def _series(obj: Any, name: str) -> pl.Series:
     """An Arrow object from the engine (PyCapsule interface) as a named Polars Series."""
-    return pl.Series(name, obj)
+    # Polars 2.1 drops the name when it builds a Series through `__arrow_c_array__` (the path
+    # pyo3-arrow's arrays take), so name it again; alias is zero-copy.
+    return pl.Series(name, obj).alias(name)
 
 
 def _as_series(data: Any, what: str) -> pl.Series:
@@ -159,8 +161,14 @@ class ChatTokenizer:
         self._native = native
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str], chat_template: str | None = None) -> ChatTokenizer:
-        """Load from a model folder (``tokenizer.json`` + template); ``chat_template`` overrides."""
+    def from_pretrained(
+        cls, path: str | os.PathLike[str], chat_template: str | None = None
+    ) -> ChatTokenizer:
+        """Load from a model folder (``tokenizer.json`` + template); ``chat_template`` overrides.
+
+        A folder without a chat template still loads (for :meth:`encode`); :meth:`render` and
+        :meth:`encode_chat` then raise :class:`~mipo.errors.TemplateError`.
+        """
         return cls(_engine.ChatTokenizer.from_dir(str(Path(path)), chat_template))
 
     @property
@@ -176,7 +184,12 @@ class ChatTokenizer:
         return self._native.eos_token
 
     @property
+    def pad_token(self) -> str | None:
+        return self._native.pad_token
+
+    @property
     def vocab_size(self) -> int:
+        """Vocabulary size including added tokens (``len(tokenizer)`` in transformers)."""
         return self._native.vocab_size
 
     def render(self, messages: Any, *, add_generation_prompt: bool = True) -> pl.Series:
@@ -247,4 +260,6 @@ def constrained_derangement(
     for name, col in (("groups", g), ("clusters", c)):
         if col is not None and len(col) != n:
             raise InvalidInputError(f"{name} has {len(col)} rows but n is {n}; they must match")
-    return _series(_engine.constrained_derangement(int(n), g, c, int(seed), int(sweeps)), "negative")
+    return _series(
+        _engine.constrained_derangement(int(n), g, c, int(seed), int(sweeps)), "negative"
+    )
