@@ -245,7 +245,11 @@ class ChatTokenizer:
     def from_pretrained(
         cls, path: str | os.PathLike[str], chat_template: str | None = None
     ) -> ChatTokenizer:
-        """Load from a model folder (``tokenizer.json`` + template); ``chat_template`` overrides."""
+        """Load from a model folder (``tokenizer.json`` + template); ``chat_template`` overrides.
+
+        A folder without a chat template still loads (for :meth:`encode`); :meth:`render` and
+        :meth:`encode_chat` then raise :class:`~mipo.errors.TemplateError`.
+        """
         return cls(_engine.ChatTokenizer.from_dir(str(Path(path)), chat_template))
 
     @property
@@ -261,7 +265,12 @@ class ChatTokenizer:
         return self._native.eos_token
 
     @property
+    def pad_token(self) -> str | None:
+        return self._native.pad_token
+
+    @property
     def vocab_size(self) -> int:
+        """Vocabulary size including added tokens (``len(tokenizer)`` in transformers)."""
         return self._native.vocab_size
 
     def render(self, messages: Any, *, add_generation_prompt: bool = True) -> pl.Series:
