@@ -1,0 +1,93 @@
+"""Generate evaluation responses with mipo's generation backends (hf or vLLM).
+
+Both compared models answer the same prompts with the same per-row seeds, so differences in the
+metrics come from the models, not from sampling luck. A LoRA adapter is merged into a plain model
+folder first (the backends load full models).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mipo.errors import ModelError
+
+__all__ = ["generate_responses", "materialize_model"]
+
+
+def materialize_model(spec: str, workdir: Path, *, trust_remote_code: bool = False) -> Any:
+    """A :class:`~mipo.models.ResolvedModel` for ``spec``; adapters are merged into ``workdir``.
+
+    >>> materialize_model("runs/train1", Path("/tmp/work"))  # doctest: +SKIP
+    """
+    from mipo.models import resolve_model
+    from mipo.scoring import load_model, resolve_model_path
+
+    path = resolve_model_path(spec, trust_remote_code=trust_remote_code)
+    if (path / "adapter_config.json").exists():
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+        target = workdir / f"merged-{digest}"
+        if not (target / "config.json").exists():
+            model, tokenizer = load_model(path, device="cpu", trust_remote_code=trust_remote_code)
+            tmp = target.with_name(target.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            tmp.rename(target)
+            del model
+        path = target
+    return resolve_model(str(path), trust_remote_code=trust_remote_code)
+
+
+def generate_responses(
+    resolved: Any,
+    prompts: list[list[dict[str, str]]],
+    *,
+    seed: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    batch_size: int,
+    backend: str = "auto",
+    device: str = "auto",
+) -> list[Any]:
+    """One :class:`~mipo.generate.GenerationResult` per prompt (seeds derived from the row
+    index and ``seed``, so two models get the same seeds).
+
+    >>> generate_responses(resolved, [[{"role": "user", "content": "Hi"}]], seed=0,
+    ...     max_new_tokens=16, temperature=0.1, top_p=0.9, batch_size=8)  # doctest: +SKIP
+    """
+    from transformers import AutoTokenizer
+
+    from mipo.generate import GenerationConfig, create_backend, request_seeds
+
+    if not prompts:
+        return []
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolved.path, trust_remote_code=resolved.trust_remote_code
+    )
+    if tokenizer.chat_template is None:
+        raise ModelError(f"model {resolved.name} has no chat template; evaluate an instruct model")
+    input_ids = []
+    for messages in prompts:
+        out: Any = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        input_ids.append(list(out["input_ids"]))
+    config = GenerationConfig(
+        backend=backend,  # type: ignore[arg-type]
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        trust_remote_code=resolved.trust_remote_code,
+    )
+    engine = create_backend(resolved, config)
+    try:
+        return engine.generate(input_ids, request_seeds(range(len(prompts)), seed))
+    finally:
+        del engine

@@ -1,0 +1,714 @@
+"""``mipo eval``: run every evaluation on the given data and write the report.
+
+For each model (the one evaluated and, with ``compare``, a baseline), on the same prompts with
+the same per-row seeds:
+
+1. **PMI** (pmi files): generate a response y to each held-out prompt x, score it under the
+   reference model: PMI = log π_ref(y|x) − mean over k contrast prompts x' of log π_ref(y|x'),
+   with x' (a) drawn at random and (b) other users asking the same question (when the data has a
+   user column). Mean, per-token mean, bootstrap 95% CI; paired bootstrap CI of model − baseline.
+2. **Multiple choice** (choice files): accuracy by summed log-likelihood of each option (and by
+   per-token mean, ``accuracy_norm``).
+3. **Math** (math files): exact match of the extracted final number.
+4. **Judged win rate** (pmi files with a user context, with ``compare``): a judge model scores
+   both responses 1-5 against the user's context; win rate with ties as wins and as half.
+
+The reference defaults to the model the evaluated model was trained from (``train_config.json``
+of a ``mipo train`` output), else the baseline, else the model itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from mipo.errors import ConfigError, OutputError
+
+if TYPE_CHECKING:
+    from mipo.evaluate.datasets import EvalDataset
+
+__all__ = ["EvalConfig", "EvalResult", "run_eval"]
+
+logger = logging.getLogger(__name__)
+
+MATH_INSTRUCTION = (
+    "Solve the problem step by step. End your answer with a final line of the form '#### <number>'."
+)
+
+
+@dataclass
+class EvalConfig:
+    """Options of ``mipo eval``.
+
+    >>> EvalConfig(model="m", data=["d.jsonl"], k=0)
+    Traceback (most recent call last):
+    mipo.errors.ConfigError: k must be an integer >= 1, got 0
+    """
+
+    model: str
+    """Model to evaluate: a folder, a ``mipo train`` output directory, a LoRA adapter, a name."""
+    data: list[str]
+    """Evaluation files, each ``[kind:]path`` with kind ``pmi``, ``choice`` or ``math``."""
+    reference: str | None = None
+    """Reference model for PMI. ``None``: the model ``model`` was trained from (its
+    ``train_config.json``), else ``compare``, else ``model`` itself."""
+    compare: str | None = None
+    """Baseline model evaluated on the same prompts and seeds (typically the base model)."""
+    judge: str | None = "smollm2-135m"
+    """Judge model for the personalization win rate (needs ``compare``); ``None`` or ``"none"``
+    skips it. Default: the built-in model."""
+    k: int = 4
+    """Contrast prompts per prompt for the PMI's estimate of log π_ref(y)."""
+    seed: int = 0
+    """Seed of generation (per-row seeds derive from it), contrast draws and bootstrap."""
+    max_new_tokens: int = 256
+    """Most tokens per generated response for PMI / judged prompts (paper: 512)."""
+    math_max_new_tokens: int = 512
+    """Most tokens per generated math solution (paper: 1024)."""
+    temperature: float = 0.1
+    """Sampling temperature for generation (paper: 0.1; 0 = greedy)."""
+    top_p: float = 0.9
+    """Nucleus sampling mass (paper: 0.9)."""
+    batch_size: int = 8
+    """Rows per forward pass when generating and scoring."""
+    limit: int | None = None
+    """Evaluate at most this many rows of each file (quick runs)."""
+    n_bootstrap: int = 2000
+    """Bootstrap resamples for every confidence interval."""
+    backend: str = "auto"
+    """Generation backend: ``auto``, ``hf`` or ``vllm``."""
+    device: str = "auto"
+    """Device for generation and scoring: ``auto``, ``cpu``, ``cuda``, ``cuda:N``."""
+    train_log: str | None = None
+    """A ``train_log.jsonl`` to plot; ``None``: the evaluated model's own, if it has one."""
+    overwrite: bool = False
+    """Replace an existing report in the output directory."""
+    trust_remote_code: bool = False
+    """Allow models that ship their own Python code."""
+
+    def __post_init__(self) -> None:
+        def bad(name: str, value: Any, rule: str) -> ConfigError:
+            return ConfigError(f"{name} must be {rule}, got {value!r}")
+
+        if not self.model:
+            raise bad("model", self.model, "a model folder or name")
+        if not self.data:
+            raise ConfigError("data: pass at least one evaluation file")
+        for name in ("k", "max_new_tokens", "math_max_new_tokens", "batch_size", "n_bootstrap"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise bad(name, value, "an integer >= 1")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 2):
+            raise bad("limit", self.limit, "an integer >= 2, or None")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise bad("seed", self.seed, "an integer >= 0")
+        if not (isinstance(self.temperature, int | float) and self.temperature >= 0):
+            raise bad("temperature", self.temperature, ">= 0")
+        if not (isinstance(self.top_p, int | float) and 0 < self.top_p <= 1):
+            raise bad("top_p", self.top_p, "in (0, 1]")
+        if self.backend not in ("auto", "hf", "vllm"):
+            raise bad("backend", self.backend, "auto, hf or vllm")
+        if self.judge is not None and self.judge.lower() == "none":
+            self.judge = None
+
+    def device_for_scoring(self) -> str | None:
+        return None if self.device == "auto" else self.device
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Paths of what ``run_eval`` wrote, and the metrics."""
+
+    output_dir: Path
+    report_md: Path
+    report_html: Path
+    metrics_json: Path
+    metrics: dict[str, Any]
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _train_record(spec: str | None) -> dict[str, Any] | None:
+    """``train_config.json`` of a ``mipo train`` output (the dir, or its model/merged subdir)."""
+    if spec is None:
+        return None
+    path = Path(spec)
+    for candidate in (path / "train_config.json", path.parent / "train_config.json"):
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def _pick_reference(config: EvalConfig) -> tuple[str, str]:
+    if config.reference:
+        return config.reference, "--reference"
+    for role, spec in (("model", config.model), ("baseline", config.compare)):
+        record = _train_record(spec)
+        if record and record.get("resolved", {}).get("reference_model"):
+            source = f"the reference the {role} was trained against (train_config.json)"
+            return record["resolved"]["reference_model"], source
+    if config.compare:
+        return config.compare, "the baseline (--compare)"
+    return config.model, "the evaluated model itself (no --reference, no training record)"
+
+
+def _train_log_path(config: EvalConfig) -> Path | None:
+    if config.train_log:
+        return Path(config.train_log)
+    path = Path(config.model)
+    for candidate in (path / "train_log.jsonl", path.parent / "train_log.jsonl"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _stat_row(label: str, stats: dict[str, Any], key: str, has_baseline: bool) -> list[str]:
+    from mipo.evaluate.report import fmt_ci
+
+    row = [label, fmt_ci(stats["model"].get(key))]
+    if has_baseline:
+        row += [fmt_ci(stats["baseline"].get(key)), fmt_ci(stats.get("difference", {}).get(key))]
+    return row
+
+
+def _headers(has_baseline: bool) -> list[str]:
+    if has_baseline:
+        return ["metric", "model", "baseline", "model − baseline (paired)"]
+    return ["metric", "model"]
+
+
+# --- the evaluations --------------------------------------------------------------------------
+
+
+def _per_token(values: list[float | None], tokens: list[int]) -> list[float | None]:
+    return [None if v is None or t == 0 else v / t for v, t in zip(values, tokens, strict=True)]
+
+
+def _math_prompts(frame: pl.DataFrame) -> list[list[dict[str, str]]]:
+    return [[{"role": "user", "content": f"{q}\n\n{MATH_INSTRUCTION}"}] for q in frame["question"]]
+
+
+def run_eval(config: EvalConfig, output_dir: str | os.PathLike[str]) -> EvalResult:
+    """Run every evaluation the data calls for and write report.md / report.html / metrics.json.
+
+    >>> run_eval(EvalConfig(model="runs/train1", data=["heldout.jsonl"], compare="smollm2-135m"),
+    ...          "runs/eval1")  # doctest: +SKIP
+    """
+    from mipo.evaluate.datasets import load_dataset
+
+    started = time.perf_counter()
+    outdir = Path(output_dir)
+    if (outdir / "metrics.json").exists() and not config.overwrite:
+        raise OutputError(f"{outdir} already holds an evaluation: pass --overwrite or another -o")
+    datasets = [load_dataset(spec, limit=config.limit) for spec in config.data]
+    for ds in datasets:
+        if ds.kind == "pmi" and ds.frame.height < 2:
+            raise ConfigError(f"PMI data {ds.path} needs at least 2 prompts, has {ds.frame.height}")
+    names = [ds.name for ds in datasets]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(
+            f"evaluation files share the name(s) {', '.join(duplicated)}: rename them"
+        )
+    outdir.mkdir(parents=True, exist_ok=True)
+    run = _Evaluation(config, outdir, datasets)
+    workdir = outdir / ".work"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir()
+    try:
+        run.generate_and_score_choices(workdir)
+        run.grade_math()
+        run.score_pmi(workdir)
+        run.judge(workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return run.write(time.perf_counter() - started)
+
+
+class _Evaluation:
+    """State of one ``mipo eval`` run: per-row frames grow a column per step and role."""
+
+    def __init__(self, config: EvalConfig, outdir: Path, datasets: list[EvalDataset]) -> None:
+        self.config = config
+        self.outdir = outdir
+        self.datasets = datasets
+        self.roles = {"model": config.model}
+        if config.compare:
+            self.roles["baseline"] = config.compare
+        self.has_baseline = "baseline" in self.roles
+        self.reference, self.reference_source = _pick_reference(config)
+        self.rows = {ds.name: ds.frame for ds in datasets}
+        self.notes: list[str] = []
+        self.judged: list[str] = []
+        self.paths: dict[str, str] = {}
+        self.ci: dict[str, int] = {"n_resamples": config.n_bootstrap, "seed": config.seed}
+
+    def _of_kind(self, kind: str) -> list[EvalDataset]:
+        return [ds for ds in self.datasets if ds.kind == kind]
+
+    def _load(self, spec: str, workdir: Path) -> tuple[Any, Any]:
+        from mipo.evaluate.generation import materialize_model
+        from mipo.scoring import load_model
+
+        trust = self.config.trust_remote_code
+        path = materialize_model(spec, workdir, trust_remote_code=trust).path
+        return load_model(path, device=self.config.device_for_scoring(), trust_remote_code=trust)
+
+    # --- steps --------------------------------------------------------------------------------
+
+    def generate_and_score_choices(self, workdir: Path) -> None:
+        """Each model answers the pmi and math prompts and scores the choices."""
+        from mipo.evaluate.generation import generate_responses, materialize_model
+        from mipo.scoring import load_model
+
+        c = self.config
+        for role, spec in self.roles.items():
+            resolved = materialize_model(spec, workdir, trust_remote_code=c.trust_remote_code)
+            self.paths[role] = str(resolved.path)
+            for ds in self.datasets:
+                if ds.kind == "choice":
+                    continue
+                if ds.kind == "pmi":
+                    prompts, limit = ds.frame["prompt"].to_list(), c.max_new_tokens
+                else:
+                    prompts, limit = _math_prompts(ds.frame), c.math_max_new_tokens
+                results = generate_responses(
+                    resolved,
+                    prompts,
+                    seed=c.seed,
+                    max_new_tokens=limit,
+                    temperature=c.temperature,
+                    top_p=c.top_p,
+                    batch_size=c.batch_size,
+                    backend=c.backend,
+                    device=c.device,
+                )
+                self.rows[ds.name] = self.rows[ds.name].with_columns(
+                    pl.Series(f"response_{role}", [r.text for r in results], dtype=pl.String),
+                    pl.Series(
+                        f"finish_reason_{role}",
+                        [r.finish_reason for r in results],
+                        dtype=pl.String,
+                    ),
+                )
+            if self._of_kind("choice"):
+                loaded = load_model(
+                    resolved.path,
+                    device=c.device_for_scoring(),
+                    trust_remote_code=c.trust_remote_code,
+                )
+                for ds in self._of_kind("choice"):
+                    self._score_choices(ds, role, loaded)
+                del loaded
+
+    def _score_choices(self, ds: EvalDataset, role: str, loaded: tuple[Any, Any]) -> None:
+        from mipo.scoring import score_responses
+
+        prompts, options, owner = [], [], []
+        for i, row in enumerate(ds.frame.iter_rows(named=True)):
+            for option in row["choices"]:
+                prompts.append([{"role": "user", "content": row["question"]}])
+                options.append(option)
+                owner.append(i)
+        scored = score_responses(loaded, prompts, options, batch_size=self.config.batch_size)
+        sums: list[list[float]] = [[] for _ in range(ds.frame.height)]
+        means: list[list[float]] = [[] for _ in range(ds.frame.height)]
+        for i, logprob, tokens in zip(owner, scored["logprob"], scored["num_tokens"], strict=True):
+            sums[i].append(logprob)
+            means[i].append(logprob / max(tokens, 1))
+        gold = ds.frame["answer_index"].to_list()
+        pick = [max(range(len(s)), key=s.__getitem__) for s in sums]
+        pick_norm = [max(range(len(s)), key=s.__getitem__) for s in means]
+        self.rows[ds.name] = self.rows[ds.name].with_columns(
+            pl.Series(f"pick_{role}", pick, dtype=pl.Int64),
+            pl.Series(f"correct_{role}", [p == g for p, g in zip(pick, gold, strict=True)]),
+            pl.Series(
+                f"correct_norm_{role}", [p == g for p, g in zip(pick_norm, gold, strict=True)]
+            ),
+        )
+
+    def grade_math(self) -> None:
+        from mipo.evaluate.answers import extract_number, math_correct
+
+        for ds in self._of_kind("math"):
+            frame = self.rows[ds.name]
+            for role in self.roles:
+                texts = frame[f"response_{role}"].to_list()
+                frame = frame.with_columns(
+                    pl.Series(
+                        f"extracted_{role}", [extract_number(t) for t in texts], dtype=pl.String
+                    ),
+                    pl.Series(
+                        f"correct_{role}",
+                        [
+                            math_correct(t, a)
+                            for t, a in zip(texts, frame["answer"].to_list(), strict=True)
+                        ],
+                    ),
+                )
+            self.rows[ds.name] = frame
+
+    def score_pmi(self, workdir: Path) -> None:
+        from mipo.scoring import pmi_scores
+
+        pmi_sets = self._of_kind("pmi")
+        if not pmi_sets:
+            return
+        reference = self._load(self.reference, workdir)
+        self.paths["reference"] = str(reference[0].name_or_path)
+        for ds in pmi_sets:
+            frame = self.rows[ds.name]
+            if not ds.has_users:
+                self.notes.append(
+                    f"{ds.name}: no user column, so no same-question contrasts from other users"
+                )
+            for role in self.roles:
+                scores = pmi_scores(
+                    reference,
+                    frame["prompt"],
+                    frame[f"response_{role}"],
+                    k=self.config.k,
+                    seed=self.config.seed,
+                    questions=frame["question"].to_list() if ds.has_users else None,
+                    users=frame["user_id"].to_list() if ds.has_users else None,
+                    batch_size=self.config.batch_size,
+                )
+                frame = frame.with_columns(
+                    s.alias(f"{s.name}_{role}") for s in scores.iter_columns()
+                )
+            self.rows[ds.name] = frame
+
+    def judge(self, workdir: Path) -> None:
+        from mipo.evaluate.judge import judge_scores
+
+        pmi_sets = self._of_kind("pmi")
+        with_context = [ds for ds in pmi_sets if ds.has_context]
+        if not pmi_sets:
+            return
+        if not self.config.judge:
+            self.notes.append("judged win rate skipped: no judge model (--judge none)")
+            return
+        if not self.has_baseline:
+            self.notes.append("judged win rate skipped: it compares two models, pass --compare")
+            return
+        if not with_context:
+            self.notes.append("judged win rate skipped: the prompt data holds no user context")
+            return
+        judge = self._load(self.config.judge, workdir)
+        for ds in with_context:
+            frame = self.rows[ds.name]
+            for role in self.roles:
+                scores = judge_scores(
+                    judge,
+                    frame["context"].to_list(),
+                    frame["question"].to_list(),
+                    frame[f"response_{role}"].to_list(),
+                    batch_size=self.config.batch_size,
+                )
+                frame = frame.with_columns(
+                    scores["score"].alias(f"judge_score_{role}"),
+                    scores["expected_score"].alias(f"judge_expected_{role}"),
+                )
+            self.rows[ds.name] = frame
+            self.judged.append(ds.name)
+
+    # --- summary and report -------------------------------------------------------------------
+
+    def write(self, runtime_s: float) -> EvalResult:
+        from mipo.evaluate.report import Report
+
+        c = self.config
+        report = Report("mipo evaluation report")
+        metrics: dict[str, Any] = {
+            "models": {
+                "model": c.model,
+                "baseline": c.compare,
+                "reference": self.reference,
+                "reference_source": self.reference_source,
+                "judge": c.judge if self.judged else None,
+                "paths": self.paths,
+            },
+            "config": asdict(c),
+            "pmi": {},
+            "multiple_choice": {},
+            "math": {},
+            "judge": {},
+        }
+        report.heading("Models")
+        model_rows = [["model", c.model]]
+        if self.has_baseline:
+            model_rows.append(["baseline", str(c.compare)])
+        if self._of_kind("pmi"):
+            model_rows.append(["reference (PMI)", f"{self.reference} — {self.reference_source}"])
+        if self.judged:
+            model_rows.append(["judge", str(c.judge)])
+        report.table(["role", "model"], model_rows)
+        report.paragraph(
+            f"Generation: temperature {c.temperature}, top-p {c.top_p}, seed {c.seed} (the same "
+            "per-row seeds for every model). Intervals: 95% percentile bootstrap over prompts "
+            f"({c.n_bootstrap} resamples); differences are paired by prompt."
+        )
+        plots: list[str] = []
+        for ds in self.datasets:
+            frame = self.rows[ds.name]
+            _write_parquet(frame, self.outdir / f"{ds.kind}_{ds.name}.parquet")
+            if ds.kind == "pmi":
+                metrics["pmi"][ds.name] = self._pmi_section(ds, frame, report, plots)
+                if ds.name in self.judged:
+                    metrics["judge"][ds.name] = self._judge_section(ds, frame, report)
+            else:
+                section = "multiple_choice" if ds.kind == "choice" else "math"
+                metrics[section][ds.name] = self._accuracy_section(ds, frame, report)
+        training = self._training_section(report, plots)
+        if training:
+            metrics["training"] = training
+        if self.notes:
+            report.heading("Notes")
+            report.bullets(self.notes)
+        metrics["notes"] = self.notes
+        metrics["plots"] = plots
+        metrics["runtime_s"] = runtime_s
+        files = {
+            "report.md": report.to_markdown(),
+            "report.html": report.to_html(),
+            "metrics.json": json.dumps(_finite(metrics), indent=2, default=str),
+        }
+        for name, text in files.items():
+            tmp = self.outdir / f".{name}.tmp"
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, self.outdir / name)
+        return EvalResult(
+            output_dir=self.outdir,
+            report_md=self.outdir / "report.md",
+            report_html=self.outdir / "report.html",
+            metrics_json=self.outdir / "metrics.json",
+            metrics=metrics,
+        )
+
+    def _pmi_section(
+        self, ds: EvalDataset, frame: pl.DataFrame, report: Any, plots: list[str]
+    ) -> dict[str, Any]:
+        from mipo.evaluate.report import plot_distributions
+        from mipo.evaluate.stats import bootstrap_ci, paired_bootstrap_ci
+
+        kinds = ["random"] + (["same_question"] if ds.has_users else [])
+        keys = ["logprob", "num_tokens"]
+        for kind in kinds:
+            keys += [f"pmi_{kind}", f"pmi_{kind}_per_token", f"pmi_{kind}_lme"]
+        stats: dict[str, Any] = {
+            role: {key: bootstrap_ci(_pmi_column(frame, key, role), **self.ci) for key in keys}
+            for role in self.roles
+        }
+        if self.has_baseline:
+            stats["difference"] = {
+                key: paired_bootstrap_ci(
+                    _pmi_column(frame, key, "model"), _pmi_column(frame, key, "baseline"), **self.ci
+                )
+                for key in keys
+            }
+        report.heading(f"Pointwise mutual information — {ds.name} ({frame.height} prompts)")
+        report.paragraph(
+            "PMI = log π_ref(y|x) − mean over k contrast prompts x' of log π_ref(y|x'), "
+            f"k = {self.config.k}, in nats; higher means the response is more specific to its "
+            "prompt. 'random': x' drawn from all other prompts; 'same question': x' from other "
+            "users asking the same question (isolates the user's context). 'lme' uses the log of "
+            "the mean probability instead of the mean log (never larger than the plain PMI)."
+        )
+        table = []
+        for kind in kinds:
+            label = "random" if kind == "random" else "same question, other users"
+            table.append(_stat_row(f"PMI ({label})", stats, f"pmi_{kind}", self.has_baseline))
+            table.append(
+                _stat_row(
+                    f"PMI per token ({label})", stats, f"pmi_{kind}_per_token", self.has_baseline
+                )
+            )
+            table.append(
+                _stat_row(f"PMI lme ({label})", stats, f"pmi_{kind}_lme", self.has_baseline)
+            )
+        table.append(_stat_row("log π_ref(y|x)", stats, "logprob", self.has_baseline))
+        table.append(_stat_row("response tokens", stats, "num_tokens", self.has_baseline))
+        report.table(_headers(self.has_baseline), table)
+        png = f"pmi_{ds.name}.png"
+        plot_distributions(
+            {role: frame[f"pmi_random_{role}"].to_list() for role in self.roles},
+            self.outdir / png,
+            title=f"PMI of generated responses under the reference — {ds.name}",
+            xlabel="PMI (random contrasts), nats",
+        )
+        plots.append(png)
+        report.image(png, f"PMI distributions, {ds.name}")
+        return stats
+
+    def _judge_section(self, ds: EvalDataset, frame: pl.DataFrame, report: Any) -> dict[str, Any]:
+        from mipo.evaluate.judge import win_rates
+        from mipo.evaluate.report import fmt_ci
+        from mipo.evaluate.stats import bootstrap_ci, paired_bootstrap_ci
+
+        model = frame["judge_score_model"].to_list()
+        baseline = frame["judge_score_baseline"].to_list()
+        rates = win_rates(model, baseline)
+        half = [
+            None if m is None or b is None else (1.0 if m > b else 0.5 if m == b else 0.0)
+            for m, b in zip(model, baseline, strict=True)
+        ]
+        as_wins = [None if h is None else float(h >= 0.5) for h in half]
+        ci = self.ci
+        stats = {
+            **rates,
+            "win_rate_ties_as_wins_ci": bootstrap_ci(as_wins, **ci),
+            "win_rate_ties_as_half_ci": bootstrap_ci(half, **ci),
+            "model_score": bootstrap_ci(model, **ci),
+            "baseline_score": bootstrap_ci(baseline, **ci),
+            "model_expected_score": bootstrap_ci(frame["judge_expected_model"].to_list(), **ci),
+            "baseline_expected_score": bootstrap_ci(
+                frame["judge_expected_baseline"].to_list(), **ci
+            ),
+            "expected_score_difference": paired_bootstrap_ci(
+                frame["judge_expected_model"].to_list(),
+                frame["judge_expected_baseline"].to_list(),
+                **ci,
+            ),
+        }
+        report.heading(f"Judged personalization — {ds.name}")
+        report.paragraph(
+            f"Judge {self.config.judge} rates each response 1–5 against the user's stated context "
+            "(its most probable digit as the next token; expected score = probability-weighted "
+            "digit). Win rate: model vs baseline per prompt."
+        )
+        report.table(
+            ["measure", "value"],
+            [
+                ["wins / ties / losses", f"{rates['wins']} / {rates['ties']} / {rates['losses']}"],
+                ["win rate, ties as wins (paper)", fmt_ci(stats["win_rate_ties_as_wins_ci"])],
+                ["win rate, ties as half", fmt_ci(stats["win_rate_ties_as_half_ci"])],
+                ["mean score, model", fmt_ci(stats["model_score"])],
+                ["mean score, baseline", fmt_ci(stats["baseline_score"])],
+                ["expected score, model − baseline", fmt_ci(stats["expected_score_difference"])],
+            ],
+        )
+        return stats
+
+    def _accuracy_section(
+        self, ds: EvalDataset, frame: pl.DataFrame, report: Any
+    ) -> dict[str, Any]:
+        from mipo.evaluate.report import fmt_number
+        from mipo.evaluate.stats import bootstrap_ci, paired_bootstrap_ci
+
+        columns = {"accuracy": "correct"}
+        if ds.kind == "choice":
+            columns["accuracy_norm"] = "correct_norm"
+
+        def values(column: str, role: str) -> list[float | None]:
+            return [float(v) for v in frame[f"{column}_{role}"].to_list()]
+
+        stats: dict[str, Any] = {}
+        for role in self.roles:
+            stats[role] = {
+                key: bootstrap_ci(values(col, role), **self.ci) for key, col in columns.items()
+            }
+            if ds.kind == "math":
+                stats[role]["answer_found"] = _share(frame[f"extracted_{role}"].is_not_null())
+                stats[role]["truncated"] = _share(frame[f"finish_reason_{role}"] == "length")
+        if self.has_baseline:
+            stats["difference"] = {
+                key: paired_bootstrap_ci(values(col, "model"), values(col, "baseline"), **self.ci)
+                for key, col in columns.items()
+            }
+        if ds.kind == "choice":
+            report.heading(f"Multiple choice — {ds.name} ({frame.height} questions)")
+            report.paragraph(
+                "The option with the highest summed log-likelihood as the assistant's answer is "
+                "picked; accuracy_norm uses the per-token mean instead."
+            )
+        else:
+            report.heading(f"Math (exact match) — {ds.name} ({frame.height} questions)")
+            report.paragraph(
+                "Zero-shot, asked to end with '#### <number>'; the number after '####' (or the "
+                "last number) must equal the gold answer."
+            )
+        table = [_stat_row(key, stats, key, self.has_baseline) for key in columns]
+        if ds.kind == "math":
+            for key in ("answer_found", "truncated"):
+                row = [key, fmt_number(stats["model"][key])]
+                if self.has_baseline:
+                    row += [fmt_number(stats["baseline"][key]), ""]
+                table.append(row)
+        report.table(_headers(self.has_baseline), table)
+        return stats
+
+    def _training_section(self, report: Any, plots: list[str]) -> dict[str, Any] | None:
+        from mipo.evaluate.report import fmt_number, plot_training, read_train_log
+
+        log_path = _train_log_path(self.config)
+        if log_path is None:
+            return None
+        entries = read_train_log(log_path)
+        steps = [e for e in entries if "loss" in e]
+        if not steps:
+            self.notes.append(f"training log {log_path} holds no loss entries")
+            return None
+        training = {
+            "log": str(log_path),
+            "steps": len(steps),
+            "first_loss": steps[0].get("loss"),
+            "final_loss": steps[-1].get("loss"),
+            "final_reward_margin": steps[-1].get("rewards/margins"),
+            "final_reward_accuracy": steps[-1].get("rewards/accuracies"),
+        }
+        report.heading("Training")
+        report.table(
+            ["measure", "value"],
+            [
+                [key.replace("_", " "), value if isinstance(value, str) else fmt_number(value)]
+                for key, value in training.items()
+            ],
+        )
+        png = "training.png"
+        if plot_training(entries, self.outdir / png):
+            plots.append(png)
+            report.image(png, "training loss and reward margins")
+        return training
+
+
+def _share(mask: pl.Series) -> float:
+    mean = mask.cast(pl.Float64).mean()
+    return float(mean) if isinstance(mean, int | float) else 0.0
+
+
+def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.write_parquet(tmp)
+    os.replace(tmp, path)
+
+
+def _pmi_column(frame: pl.DataFrame, key: str, role: str) -> list[float | None]:
+    """A per-row PMI-section value for one role (per-token values derived on the fly)."""
+    if key.endswith("_per_token"):
+        values = frame[f"{key.removesuffix('_per_token')}_{role}"].to_list()
+        return _per_token(values, frame[f"num_tokens_{role}"].to_list())
+    return frame[f"{key}_{role}"].to_list()
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf as null, so metrics.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

@@ -1,0 +1,337 @@
+"""`mipo eval`: statistics, answer extraction, judge parsing, data files, the full report."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from mipo.errors import ConfigError, CorpusError, InvalidInputError, OutputError
+from mipo.evaluate import EvalConfig, run_eval
+from mipo.evaluate.answers import choice_index, extract_number, math_correct
+from mipo.evaluate.datasets import load_dataset
+from mipo.evaluate.judge import parse_score, win_rates
+from mipo.evaluate.stats import bootstrap_ci, paired_bootstrap_ci
+
+DATA = Path(__file__).resolve().parents[1] / "python" / "mipo" / "data" / "eval"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+HELDOUT = [
+    ("u1", "I am a vegetarian marathon runner.", "What should I eat before a long run?"),
+    ("u2", "I have type 2 diabetes.", "What should I eat before a long run?"),
+    ("u3", "I live in a small flat with two cats.", "Which plants are safe to keep?"),
+    ("u1", "I am a vegetarian marathon runner.", "Which plants are safe to keep?"),
+    ("u2", "I have type 2 diabetes.", "How can I sleep better?"),
+    ("u3", "I live in a small flat with two cats.", "How can I sleep better?"),
+]
+
+
+def write_heldout(path: Path) -> Path:
+    with path.open("w") as f:
+        for user, context, question in HELDOUT:
+            f.write(json.dumps({"user_id": user, "context": context, "question": question}) + "\n")
+    return path
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+
+def test_bootstrap_ci_contains_the_mean_and_shrinks_with_n() -> None:
+    rng = random.Random(0)
+    small = [rng.gauss(1.0, 1.0) for _ in range(20)]
+    large = [rng.gauss(1.0, 1.0) for _ in range(2000)]
+    a, b = bootstrap_ci(small, seed=1), bootstrap_ci(large, seed=1)
+    assert a["low"] < a["mean"] < a["high"] and a["n"] == 20
+    assert (b["high"] - b["low"]) < (a["high"] - a["low"]) / 5
+    assert b["low"] < 1.0 < b["high"]
+    assert bootstrap_ci(small, seed=1) == a  # seeded
+    assert bootstrap_ci([None, 2.0, float("nan")])["n"] == 1
+    assert math.isnan(bootstrap_ci([])["mean"])
+    with pytest.raises(ConfigError):
+        bootstrap_ci([1.0], confidence=1.5)
+
+
+def test_bootstrap_ci_coverage_is_near_nominal() -> None:
+    """Over 200 samples of n = 40 from N(0, 1), the 95% interval holds 0 about 95% of the time."""
+    rng = random.Random(42)
+    covered = 0
+    for trial in range(200):
+        sample = [rng.gauss(0.0, 1.0) for _ in range(40)]
+        ci = bootstrap_ci(sample, n_resamples=400, seed=trial)
+        covered += ci["low"] <= 0.0 <= ci["high"]
+    assert 0.88 <= covered / 200 <= 0.99
+
+
+def test_paired_bootstrap_cancels_shared_variation() -> None:
+    rng = random.Random(3)
+    difficulty = [rng.gauss(0.0, 10.0) for _ in range(50)]
+    base = [d + rng.gauss(0.0, 0.1) for d in difficulty]
+    tuned = [d + 0.5 + rng.gauss(0.0, 0.1) for d in difficulty]
+    paired = paired_bootstrap_ci(tuned, base, seed=0)
+    assert 0.4 < paired["low"] < paired["mean"] < paired["high"] < 0.6
+    assert paired["p_greater"] == 1.0
+    # Unpaired intervals of the two means overlap widely: pairing is what makes it visible.
+    assert bootstrap_ci(tuned, seed=0)["low"] < bootstrap_ci(base, seed=0)["high"]
+    exact = paired_bootstrap_ci([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])
+    assert (exact["mean"], exact["low"], exact["high"]) == (1.0, 1.0, 1.0)
+    with pytest.raises(InvalidInputError):
+        paired_bootstrap_ci([1.0], [1.0, 2.0])
+
+
+# --- answers and judge parsing -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("She has 7 apples.\n#### 7", "7"),
+        ("#### 1,250", "1250"),
+        ("#### $18.00", "18"),
+        ("The answer is 42.", "42"),
+        ("First 3 then 4, finally 12.5 liters.", "12.5"),
+        ("It drops to -3 degrees.", "-3"),
+        ("#### 15\nThen I kept talking about 99 things.", "15"),  # #### wins over last number
+        ("no digits here", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_extract_number(text: str | None, expected: str | None) -> None:
+    assert extract_number(text) == expected
+
+
+def test_math_correct_and_gold_errors() -> None:
+    assert math_correct("so 15 in total\n#### 15", "7 + 8 = 15\n#### 15")
+    assert math_correct("The result is 15.0", "#### 15")
+    assert not math_correct("#### 16", "#### 15")
+    assert not math_correct("", "#### 15")
+    with pytest.raises(InvalidInputError, match="holds no number"):
+        math_correct("1", "unknown")
+
+
+def test_choice_index_forms() -> None:
+    choices = ["red", "blue", "green"]
+    assert choice_index(2, choices) == 2
+    assert choice_index("b", choices) == 1
+    assert choice_index("green", choices) == 2
+    assert choice_index("0", choices) == 0
+    with pytest.raises(InvalidInputError, match="out of range"):
+        choice_index("D", choices)
+    with pytest.raises(InvalidInputError):
+        choice_index("purple", choices)
+
+
+def test_judge_parse_and_win_rates() -> None:
+    assert parse_score("4") == 4
+    assert parse_score(" Rating: 5/5 ") == 5
+    assert parse_score("I'd say 3.") == 3
+    assert parse_score("seven") is None
+    assert parse_score("9 out of 10") is None  # no digit 1-5 at all
+    rates = win_rates([5, 3, 2, None], [4, 3, 3, 1])
+    assert (rates["wins"], rates["ties"], rates["losses"], rates["unscored"]) == (1, 1, 1, 1)
+    assert rates["win_rate_ties_as_wins"] == pytest.approx(2 / 3)
+    assert rates["win_rate_ties_as_half"] == pytest.approx(0.5)
+
+
+# --- data files --------------------------------------------------------------------------------
+
+
+def test_shipped_samples_and_kind_detection(tmp_path: Path) -> None:
+    choice = load_dataset(str(DATA / "choice_sample.jsonl"))
+    math_set = load_dataset(str(DATA / "math_sample.jsonl"))
+    assert (choice.kind, choice.frame.height) == ("choice", 20)
+    assert (math_set.kind, math_set.frame.height) == ("math", 20)
+    assert all(extract_number(a) for a in math_set.frame["answer"])
+    heldout = load_dataset(str(write_heldout(tmp_path / "h.jsonl")), limit=4)
+    assert heldout.kind == "pmi" and heldout.has_users and heldout.has_context
+    assert heldout.frame.height == 4
+    assert heldout.frame["question"][0] == HELDOUT[0][2]
+    assert heldout.frame["context"][0] == HELDOUT[0][1]
+    forced = load_dataset(f"math:{DATA / 'math_sample.jsonl'}")
+    assert forced.kind == "math"
+
+
+def test_bad_data_files(tmp_path: Path) -> None:
+    bad = tmp_path / "mc.jsonl"
+    bad.write_text(json.dumps({"question": "q", "choices": ["a", "b"]}) + "\n")
+    with pytest.raises(CorpusError, match="lacks column\\(s\\) answer"):
+        load_dataset(f"choice:{bad}")
+    bad.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "answer": "C"}) + "\n")
+    with pytest.raises(CorpusError, match="row 0"):
+        load_dataset(str(bad))
+    bad.write_text(json.dumps({"question": "q", "answer": "no idea"}) + "\n")
+    with pytest.raises(CorpusError, match="holds no number"):
+        load_dataset(str(bad))
+    with pytest.raises(CorpusError, match="not found"):
+        load_dataset(str(tmp_path / "missing.jsonl"))
+
+
+# --- the full evaluation -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real LoRA DPO run on the tiny model (a few steps), as `mipo train` leaves it."""
+    from mipo.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("trained")
+    rows = []
+    for i, (user, context, question) in enumerate(HELDOUT):
+        rows.append(
+            {
+                "prompt": [
+                    {"role": "system", "content": context},
+                    {"role": "user", "content": question},
+                ],
+                "chosen": [{"role": "assistant", "content": f"For you ({user}): answer {i}."}],
+                "rejected": [{"role": "assistant", "content": f"Generic answer {(i + 1) % 6}."}],
+                "id": str(i),
+                "negative_id": str((i + 1) % 6),
+            }
+        )
+    (root / "pairs").mkdir()
+    pl.DataFrame(rows).write_parquet(root / "pairs" / "pairs.parquet")
+    (root / "pairs" / "run.json").write_text(
+        json.dumps({"model": {"name": "tiny", "path": str(tiny_model_dir)}})
+    )
+    config = TrainConfig(lora=True, learning_rate=1e-3, max_steps=3, batch_size=2)
+    train(root / "pairs" / "pairs.parquet", root / "train", config)
+    return root / "train"
+
+
+def test_eval_cli_full_report(trained: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from mipo.cli import cli
+    from mipo.scoring import load_model, score_responses
+
+    heldout = write_heldout(tmp_path / "heldout.jsonl")
+    out = tmp_path / "eval"
+    args = [
+        "eval", "--model", str(trained), "--compare", str(tiny_model_dir),
+        "--judge", str(tiny_model_dir), str(heldout), str(DATA / "choice_sample.jsonl"),
+        str(DATA / "math_sample.jsonl"), "--limit", "4", "--max-new-tokens", "8",
+        "--math-max-new-tokens", "8", "--n-bootstrap", "200", "-k", "2", "-o", str(out),
+    ]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "PMI heldout" in result.output and "report:" in result.output
+
+    for name in ("report.md", "report.html", "metrics.json", "pmi_heldout.png", "training.png"):
+        assert (out / name).is_file(), name
+    for png in ("pmi_heldout.png", "training.png"):
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC
+    assert not (out / ".work").exists()
+    report = (out / "report.md").read_text()
+    assert "![PMI distributions, heldout](pmi_heldout.png)" in report
+    assert "Judged personalization" in report and "Multiple choice" in report
+    assert '<img src="training.png"' in (out / "report.html").read_text()
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    # The reference is the model the adapter was trained from (train_config.json).
+    assert Path(metrics["models"]["reference"]) == tiny_model_dir.resolve()
+    pmi = metrics["pmi"]["heldout"]
+    for role in ("model", "baseline"):
+        stat = pmi[role]["pmi_random"]
+        assert stat["n"] == 4 and stat["low"] <= stat["mean"] <= stat["high"]
+        assert pmi[role]["pmi_same_question"]["n"] >= 1
+    assert "pmi_random" in pmi["difference"] and "p_greater" in pmi["difference"]["pmi_random"]
+    judge = metrics["judge"]["heldout"]
+    assert judge["wins"] + judge["ties"] + judge["losses"] == 4
+    assert judge["win_rate_ties_as_wins"] >= judge["win_rate_ties_as_half"]
+    for section in ("multiple_choice", "math"):
+        (stats,) = metrics[section].values()
+        assert 0.0 <= stats["model"]["accuracy"]["mean"] <= 1.0
+        assert stats["model"]["accuracy"]["n"] == 4
+    assert metrics["training"]["steps"] == 3
+
+    # Per-row PMI recomputed by hand from the reference for one prompt.
+    rows = pl.read_parquet(out / "pmi_heldout.parquet")
+    assert rows.height == 4 and rows["response_model"].dtype == pl.String
+    reference = load_model(tiny_model_dir, device="cpu")
+    cond = score_responses(reference, rows["prompt"][:1], rows["response_model"][:1])
+    assert rows["logprob_model"][0] == pytest.approx(cond["logprob"][0], abs=1e-4)
+    # Multiple choice: the picked option really has the highest log-likelihood.
+    mc = pl.read_parquet(out / "choice_choice_sample.parquet")
+    row = mc.row(0, named=True)
+    scores = score_responses(
+        reference, [[{"role": "user", "content": row["question"]}]] * len(row["choices"]),
+        row["choices"],
+    )["logprob"].to_list()  # fmt: skip
+    assert row["pick_baseline"] == max(range(len(scores)), key=scores.__getitem__)
+
+    # Rerunning into the same directory needs --overwrite.
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def test_eval_without_baseline_skips_judge(tiny_model_dir: Path, tmp_path: Path) -> None:
+    heldout = write_heldout(tmp_path / "heldout.jsonl")
+    config = EvalConfig(
+        model=str(tiny_model_dir), data=[str(heldout)], judge=str(tiny_model_dir),
+        limit=3, max_new_tokens=6, n_bootstrap=100, k=1,
+    )  # fmt: skip
+    result = run_eval(config, tmp_path / "out")
+    assert result.metrics["models"]["reference_source"].startswith("the evaluated model")
+    assert "baseline" not in result.metrics["pmi"]["heldout"]
+    assert result.metrics["judge"] == {}
+    assert any("--compare" in note for note in result.metrics["notes"])
+    assert "training" not in result.metrics
+    with pytest.raises(OutputError):
+        run_eval(config, tmp_path / "out")
+
+
+def test_eval_config_validation() -> None:
+    with pytest.raises(ConfigError, match="k must be an integer >= 1, got 0"):
+        EvalConfig(model="m", data=["d"], k=0)
+    with pytest.raises(ConfigError, match="top_p"):
+        EvalConfig(model="m", data=["d"], top_p=0)
+    with pytest.raises(ConfigError, match="at least one evaluation file"):
+        EvalConfig(model="m", data=[])
+    assert EvalConfig(model="m", data=["d"], judge="none").judge is None
+
+
+@pytest.mark.slow
+def test_train_then_eval_on_the_builtin_model(smollm2_dir: Path, tmp_path: Path) -> None:
+    """The real built-in model: a few LoRA steps, then every evaluation against the base."""
+    from mipo.train import TrainConfig, train
+
+    rows = [
+        {
+            "prompt": [
+                {"role": "system", "content": context},
+                {"role": "user", "content": question},
+            ],
+            "chosen": [{"role": "assistant", "content": f"As {context.lower()} I suggest this."}],
+            "rejected": [{"role": "assistant", "content": "Here is a generic answer."}],
+        }
+        for _, context, question in HELDOUT
+    ]
+    (tmp_path / "pairs").mkdir()
+    pl.DataFrame(rows).write_parquet(tmp_path / "pairs" / "pairs.parquet")
+    (tmp_path / "pairs" / "run.json").write_text(
+        json.dumps({"model": {"name": "smollm2-135m", "path": str(smollm2_dir)}})
+    )
+    trained = train(
+        tmp_path / "pairs", tmp_path / "train", TrainConfig(lora=True, max_steps=3, batch_size=2)
+    )
+    heldout = write_heldout(tmp_path / "heldout.jsonl")
+    config = EvalConfig(
+        model=str(trained.output_dir),
+        compare=str(smollm2_dir),
+        data=[str(heldout), str(DATA / "choice_sample.jsonl"), str(DATA / "math_sample.jsonl")],
+        limit=5,
+        max_new_tokens=48,
+        math_max_new_tokens=96,
+        n_bootstrap=500,
+    )  # the judge is the default built-in model
+    result = run_eval(config, tmp_path / "eval")
+    metrics = result.metrics
+    assert metrics["judge"]["heldout"]["n"] == 5
+    assert metrics["multiple_choice"]["choice_sample"]["baseline"]["accuracy"]["n"] == 5
+    assert metrics["pmi"]["heldout"]["model"]["pmi_random"]["n"] == 5
+    rows_out = pl.read_parquet(tmp_path / "eval" / "pmi_heldout.parquet")
+    assert (rows_out["response_baseline"].str.len_chars() > 0).all()

@@ -1,0 +1,358 @@
+"""`mipo train`: DPO through TRL on pairs.parquet, with LoRA or full fine-tuning; errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from mipo.errors import ConfigError, CorpusError, OutputError
+from mipo.train import (
+    ACCELERATE_CONFIGS,
+    TrainConfig,
+    accelerate_config_path,
+    read_pairs,
+    train,
+    trl_loss_types,
+)
+
+QUESTIONS = [
+    "What should I eat before a long run?",
+    "How do I read a CSV file?",
+    "Which plants are safe for cats?",
+    "How can I sleep better during the day?",
+]
+CONTEXTS = [
+    "I am a vegetarian runner.",
+    "I am a beginner programmer who likes Python.",
+    "I live in a small apartment with two cats.",
+    "I am a nurse working night shifts.",
+]
+ANSWERS = [
+    "Eat oats with a banana two hours before.",
+    "Use the csv module: import csv, then csv.reader(open(path)).",
+    "Spider plants and calathea are safe for cats.",
+    "Keep the room dark and cool, and sleep at fixed times.",
+]
+
+
+def write_pairs(
+    outdir: Path,
+    *,
+    n: int = 8,
+    generator: Path | None = None,
+    drop: tuple[str, ...] = (),
+) -> Path:
+    """A pairs.parquet in build-pairs' schema (random strategy: the rejected answer is the
+    response to another prompt), plus run.json naming the generating model."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        j = (i + 1) % n
+        rows.append(
+            {
+                "prompt": [
+                    {"role": "system", "content": CONTEXTS[i % 4]},
+                    {"role": "user", "content": QUESTIONS[i % 4]},
+                ],
+                "chosen": [{"role": "assistant", "content": ANSWERS[i % 4]}],
+                "rejected": [{"role": "assistant", "content": ANSWERS[j % 4]}],
+                "id": str(i),
+                "negative_id": str(j),
+                "user_id": f"u{i % 3}",
+                "strategy": "random",
+                "seed": i,
+                "chosen_tokens": 10,
+                "rejected_tokens": 10,
+                "chosen_finish_reason": "stop",
+                "rejected_finish_reason": "stop",
+            }
+        )
+    df = pl.DataFrame(rows).drop(list(drop))
+    path = outdir / "pairs.parquet"
+    df.write_parquet(path)
+    if generator is not None:
+        (outdir / "run.json").write_text(
+            json.dumps(
+                {"model": {"name": generator.name, "path": str(generator), "fingerprint": ""}}
+            )
+        )
+    return path
+
+
+FAST = {"max_steps": 2, "batch_size": 2, "logging_steps": 1}
+
+
+def test_lora_training_moves_the_margin_and_saves_everything(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from mipo.scoring import load_model, score_responses
+
+    pairs = write_pairs(tmp_path / "pairs", generator=tiny_model_dir)
+    config = TrainConfig(
+        lora=True, merge=True, learning_rate=5e-3, max_steps=4, batch_size=4, warmup_ratio=0.0
+    )
+    result = train(pairs, tmp_path / "out", config)
+
+    out = tmp_path / "out"
+    assert result.global_steps == 4
+    assert (out / "model" / "adapter_config.json").is_file()
+    assert (out / "model" / "adapter_model.safetensors").is_file()
+    assert (out / "model" / "tokenizer.json").is_file()
+    assert not (out / "model" / "training_args.bin").exists()
+    assert (out / "merged" / "config.json").is_file()
+    assert not (out / "checkpoints").exists()  # removed after success
+    adapter_cfg = json.loads((out / "model" / "adapter_config.json").read_text())
+    assert Path(adapter_cfg["base_model_name_or_path"]) == tiny_model_dir.resolve()
+
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["status"] == "complete"
+    assert record["options"]["lora"] is True
+    assert record["resolved"]["reference_model"] == str(tiny_model_dir.resolve())
+    assert record["num_pairs"] == 8
+    assert record["generator_check"]["same_model"] is True
+
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [e for e in log if "loss" in e]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4]
+    assert {"rewards/margins", "rewards/accuracies", "learning_rate"} <= set(steps[0])
+
+    # The trained policy prefers chosen over rejected more than the reference does.
+    df = read_pairs(pairs)
+    prompts = df["prompt"].to_list()
+    chosen = [m[0]["content"] for m in df["chosen"].to_list()]
+    rejected = [m[0]["content"] for m in df["rejected"].to_list()]
+
+    def margin(model: object) -> float:
+        c = score_responses(model, prompts, chosen)["logprob"]
+        r = score_responses(model, prompts, rejected)["logprob"]
+        return float((c - r).mean())
+
+    before = margin(load_model(tiny_model_dir, device="cpu"))
+    after_adapter = margin(load_model(out, device="cpu"))  # train OUTDIR -> model/ adapter
+    after_merged = margin(load_model(out / "merged", device="cpu"))
+    assert after_adapter > before + 0.01
+    assert after_merged == pytest.approx(after_adapter, abs=1e-3)
+
+
+def test_full_finetune_with_precomputed_reference(tiny_model_dir: Path, tmp_path: Path) -> None:
+    pairs = write_pairs(tmp_path / "pairs", generator=tiny_model_dir)
+    result = train(pairs, tmp_path / "out", TrainConfig(precompute_ref_log_probs=True, **FAST))
+    assert (result.model_dir / "config.json").is_file()
+    assert list(result.model_dir.glob("*.safetensors"))
+    assert (result.model_dir / "chat_template.jinja").is_file() or "chat_template" in (
+        result.model_dir / "tokenizer_config.json"
+    ).read_text()
+    record = json.loads(result.config_path.read_text())
+    assert record["resolved"]["learning_rate"] == 5e-7  # the paper's full fine-tuning rate
+    with pytest.raises(OutputError, match="already holds a trained model"):
+        train(pairs, tmp_path / "out", TrainConfig(**FAST))
+    train(pairs, tmp_path / "out", TrainConfig(overwrite=True, **FAST))
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
+    pairs = write_pairs(tmp_path / "pairs", generator=tiny_model_dir)
+    out = tmp_path / "out"
+    options = {"lora": True, "max_steps": 4, "batch_size": 2, "save_steps": 2}
+    train(pairs, out, TrainConfig(keep_checkpoints=True, **options))
+    assert (out / "checkpoints" / "checkpoint-2").is_dir()
+    # Turn the finished run into one interrupted after step 2 (what a crash leaves behind).
+    shutil.rmtree(out / "checkpoints" / "checkpoint-4")
+    shutil.rmtree(out / "model")
+    (out / "train_config.json").unlink()
+    with pytest.raises(OutputError, match="--resume"):
+        train(pairs, out, TrainConfig(**options))
+    with pytest.raises(ConfigError, match="beta"):
+        train(pairs, out, TrainConfig(resume=True, beta=0.5, **options))
+    result = train(pairs, out, TrainConfig(resume=True, **options))
+    assert result.global_steps == 4
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if "loss" in e] == [1, 2, 3, 4]
+
+
+def test_missing_columns_are_named(tmp_path: Path) -> None:
+    pairs = write_pairs(tmp_path, drop=("rejected",))
+    with pytest.raises(CorpusError, match="lacks column\\(s\\) rejected"):
+        train(pairs, tmp_path / "out", TrainConfig(**FAST))
+
+
+def test_empty_pairs_file_is_an_error(tmp_path: Path) -> None:
+    path = write_pairs(tmp_path)
+    pl.read_parquet(path).head(0).write_parquet(path)
+    with pytest.raises(CorpusError, match="no pairs"):
+        train(path, tmp_path / "out", TrainConfig(**FAST))
+    with pytest.raises(CorpusError, match="not found"):
+        train(tmp_path / "nope.parquet", tmp_path / "out", TrainConfig(**FAST))
+
+
+def test_plain_string_responses_are_wrapped(tmp_path: Path) -> None:
+    path = write_pairs(tmp_path)
+    df = pl.read_parquet(path).with_columns(
+        pl.col("chosen").list.first().struct.field("content").alias("chosen"),
+        pl.col("rejected").list.first().struct.field("content").alias("rejected"),
+    )
+    df.write_parquet(path)
+    pairs = read_pairs(path)
+    assert pairs["chosen"][0].to_list() == [{"role": "assistant", "content": ANSWERS[0]}]
+
+
+def test_unknown_loss_type_lists_trl_values() -> None:
+    assert "sigmoid" in trl_loss_types() and "ipo" in trl_loss_types()
+    with pytest.raises(ConfigError, match="not a TRL DPO loss; accepted: sigmoid"):
+        TrainConfig(loss_type="sigmoidd")
+    assert TrainConfig(loss_type="sigmoid,sft").loss_types() == ["sigmoid", "sft"]
+
+
+def test_pairs_from_a_different_tokenizer_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from mipo._testing import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "other", vocab_size=300)
+    pairs = write_pairs(tmp_path / "pairs", generator=other)
+    with (
+        pytest.warns(UserWarning, match="generated by other"),
+        pytest.raises(ConfigError, match="tokenizer differs"),
+    ):
+        train(pairs, tmp_path / "out", TrainConfig(model=str(tiny_model_dir), **FAST))
+    assert not (tmp_path / "out" / "train_config.json").exists()
+
+
+def test_a_different_model_with_the_same_tokenizer_warns(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    pairs = write_pairs(tmp_path / "pairs", generator=tiny_model_dir)
+    with pytest.warns(UserWarning, match="MIPO assumes the reference"):
+        result = train(pairs, tmp_path / "out", TrainConfig(model=str(copy), lora=True, **FAST))
+    record = json.loads(result.config_path.read_text())
+    assert record["generator_check"]["tokenizer_match"] is True
+
+
+def test_build_pairs_run_json_fingerprint_identifies_the_generator(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """run.json as build-pairs writes it (name, source, fingerprint; no path): no warning."""
+    from mipo.models import model_fingerprint
+
+    pairs = write_pairs(tmp_path / "pairs")
+    record = {
+        "name": "my-model",
+        "source": "local",
+        "fingerprint": model_fingerprint(tiny_model_dir),
+    }
+    (tmp_path / "pairs" / "run.json").write_text(json.dumps({"model": record}))
+    result = train(
+        pairs, tmp_path / "out", TrainConfig(model=str(tiny_model_dir), lora=True, **FAST)
+    )
+    check = json.loads(result.config_path.read_text())["generator_check"]
+    assert check["same_model"] is True and check["tokenizer_match"] is True
+
+
+def test_missing_run_json_warns_and_uses_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    pairs = write_pairs(tmp_path / "pairs")
+    with pytest.warns(UserWarning, match="no run.json"):
+        train(pairs, tmp_path / "out", TrainConfig(model=str(tiny_model_dir), lora=True, **FAST))
+
+
+def test_config_validation_and_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="beta must be > 0, got 0"):
+        TrainConfig(beta=0)
+    with pytest.raises(ConfigError, match="merge applies to LoRA only"):
+        TrainConfig(merge=True)
+    with pytest.raises(ConfigError, match="batch_size must be an integer >= 1, got 0"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="report_to"):
+        TrainConfig(report_to="wandb")
+    assert TrainConfig().resolved_learning_rate() == 5e-7
+    assert TrainConfig(lora=True).resolved_learning_rate() == 5e-5
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text("beta: 0.2\nlora: true\nlora-r: 8\nseed: 3\n")
+    config = TrainConfig.from_yaml(config_file, seed=7)
+    assert (config.beta, config.lora, config.lora_r, config.seed) == (0.2, True, 8, 7)
+    config_file.write_text("betta: 0.2\n")
+    with pytest.raises(ConfigError, match="unknown option\\(s\\) betta"):
+        TrainConfig.from_yaml(config_file)
+
+
+def test_shipped_accelerate_configs_load() -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    for name, filename in ACCELERATE_CONFIGS.items():
+        path = accelerate_config_path(name)
+        assert path.name == filename and path.is_file()
+        config = load_config_from_file(str(path))
+        assert config.distributed_type.value in ("MULTI_GPU", "DEEPSPEED", "FSDP")
+    with pytest.raises(ConfigError, match="shipped: ddp"):
+        accelerate_config_path("zero4")
+
+
+def test_cli_train_with_config_file_and_errors(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from mipo.cli import cli
+
+    pairs = write_pairs(tmp_path / "pairs", generator=tiny_model_dir)
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text("lora: true\nmax_steps: 5\nbatch_size: 2\nbeta: 0.3\n")
+    runner = CliRunner()
+    result = runner.invoke(
+        cli,
+        [
+            "train",
+            str(pairs),
+            "-o",
+            str(tmp_path / "out"),
+            "--config",
+            str(config_file),
+            "--max-steps",
+            "2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 steps" in result.output and "model:" in result.output
+    record = json.loads((tmp_path / "out" / "train_config.json").read_text())
+    assert record["options"]["beta"] == 0.3 and record["options"]["max_steps"] == 2
+
+    result = runner.invoke(
+        cli, ["train", str(pairs), "-o", str(tmp_path / "o2"), "--loss-type", "nope"]
+    )
+    assert result.exit_code == 2
+    assert "error: loss_type nope is not a TRL DPO loss" in result.output
+
+    result = runner.invoke(cli, ["train", "x", "-o", "y", "--print-accelerate-config", "zero3"])
+    assert result.exit_code == 0 and result.output.strip().endswith("deepspeed_zero3.yaml")
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The accelerate DDP path, 2 processes on CPU (gloo), a few LoRA steps.
+
+    `accelerate launch --cpu` starts a single process (several CPU processes need MPI), so this
+    uses the multi-GPU launcher (torch.distributed.run) with CUDA hidden and ACCELERATE_USE_CPU:
+    the same DDP code path as on GPUs, with the gloo backend.
+    """
+    pairs = write_pairs(tmp_path / "pairs", n=8, generator=tiny_model_dir)
+    out = tmp_path / "out"
+    env = {
+        **os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true",
+        "CUDA_VISIBLE_DEVICES": "",
+    }  # fmt: skip
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "-m", "mipo", "train", str(pairs), "-o", str(out), "--lora", "--max-steps", "2",
+        "--batch-size", "2",
+    ]  # fmt: skip
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["resolved"]["world_size"] == 2
+    assert record["resolved"]["effective_batch_size"] == 4
+    assert record["resolved"]["global_steps"] == 2
+    assert (out / "model" / "adapter_model.safetensors").is_file()
+    assert proc.stdout.count("trained on 8 pairs") == 1  # only the main process reports
