@@ -60,8 +60,12 @@ fmt:  ## Format Rust and Python
 	$(VENV)/bin/ruff check --fix python tests benches
 
 .PHONY: demo
-demo: dev  ## Run the whole method on the sample corpus with the built-in model (CPU)
+demo: dev  ## Run the whole method on the sample corpus with the built-in model (CPU, ~10-15 min)
 	$(VENV)/bin/mipo run --demo -o demo-out
+
+.PHONY: reproduce
+reproduce: dev  ## Mini reproduction on the CPU (about an hour); table into benches/RESULTS.md
+	$(PY) benches/reproduce.py
 
 .PHONY: bench
 bench: dev  ## Rust criterion benches + the side-by-side comparison (writes benches/RESULTS.md)

@@ -1,7 +1,167 @@
-"""(commands to be written)"""
+"""``mipo run``: click command only (the work is in :mod:`mipo.run`; heavy imports happen inside
+the command)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+# Options that go to TrainConfig (click name -> field), the rest go to RunConfig.
+_TRAIN_OPTIONS = {
+    "lora": "lora",
+    "lora_r": "lora_r",
+    "lora_alpha": "lora_alpha",
+    "learning_rate": "learning_rate",
+    "beta": "beta",
+    "loss_type": "loss_type",
+    "epochs": "epochs",
+    "max_steps": "max_steps",
+    "batch_size": "batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "max_length": "max_length",
+    "seed": "seed",
+    "trust_remote_code": "trust_remote_code",
+}
+_COLUMN_OPTIONS = ("prompt_col", "messages_col", "context_col", "user_col", "id_col")
+
+
+def _given(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
+    """The options the user actually passed (defaults stay the config classes' own)."""
+    given = {}
+    for name, value in options.items():
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name != "DEFAULT":
+            given[name] = value
+    return given
+
+
+@click.command("run")
+@click.argument("corpus", required=False, metavar="[CORPUS]")
+@click.option("-o", "--out", "out_dir", required=True, help="Output folder (a rerun continues).")
+@click.option("--demo", is_flag=True, help="The bundled sample corpus, built-in model, LoRA, small sizes (~10-15 min on 2 CPU cores).")  # fmt: skip
+@click.option("--rounds", type=int, help="Rounds of build-pairs -> train -> eval  [default: 1]")
+@click.option("--eval-fraction", type=float, help="Share held out for evaluation (whole users)  [default: 0.2]")  # fmt: skip
+@click.option("--eval-data", help="A separate held-out prompt file (then the whole corpus trains).")
+@click.option("--max-prompts", type=int, help="Train on at most N prompts (seeded sample).")
+@click.option("--max-eval-prompts", type=int, help="Evaluate on at most N held-out prompts.")
+@click.option("--model", help="Base model: hub id, folder or .gguf  [default: built-in smollm2-135m]")  # fmt: skip
+@click.option("--seed", type=int, help="Seed of split, negatives, generation, training, eval  [default: 0]")  # fmt: skip
+@click.option("--negatives", type=click.Choice(["random", "context-drop", "both"]), help="Negative strategy  [default: random]")  # fmt: skip
+@click.option("--independent-negatives", is_flag=True, default=None, help="Sample separate responses for the random negatives.")  # fmt: skip
+@click.option("--backend", type=click.Choice(["auto", "vllm", "hf"]), help="Generation backend  [default: auto]")  # fmt: skip
+@click.option("--max-new-tokens", type=int, help="Tokens per response, pairs and eval  [default: 512 / 256]")  # fmt: skip
+@click.option("--temperature", type=float, help="Sampling temperature  [default: 0.1]")
+@click.option("--top-p", type=float, help="Nucleus sampling mass  [default: 0.9]")
+@click.option("--generation-batch-size", type=int, help="Prompts per generation batch  [default: 32]")  # fmt: skip
+@click.option("--keep-truncated", is_flag=True, default=None, help="Keep pairs whose responses hit --max-new-tokens.")  # fmt: skip
+@click.option("--no-dedup", "dedup", flag_value=False, default=None, help="Keep duplicate prompts.")
+@click.option("--lora/--no-lora", default=None, help="Train a LoRA adapter  [default: full fine-tuning; --demo: LoRA]")  # fmt: skip
+@click.option("--lora-r", type=int, help="LoRA rank  [default: 16]")
+@click.option("--lora-alpha", type=int, help="LoRA alpha  [default: 32]")
+@click.option("--learning-rate", "--lr", "learning_rate", type=float, help="Peak learning rate  [default: 5e-7, LoRA 5e-5]")  # fmt: skip
+@click.option("--beta", type=float, help="DPO beta  [default: 0.1]")
+@click.option("--loss-type", help="TRL DPO loss  [default: sigmoid]")
+@click.option("--epochs", type=float, help="Passes over the pairs  [default: 1]")
+@click.option("--max-steps", type=int, help="Stop training after N optimizer steps.")
+@click.option("--batch-size", type=int, help="Training pairs per step  [default: 4]")
+@click.option("--grad-accum", "gradient_accumulation_steps", type=int, help="Gradient accumulation steps  [default: 1]")  # fmt: skip
+@click.option("--max-length", type=int, help="Max prompt + response tokens in training  [default: 1024]")  # fmt: skip
+@click.option("--train-config", type=click.Path(exists=True, dir_okay=False), help="YAML of training options (TrainConfig fields); flags win.")  # fmt: skip
+@click.option("-k", "--contrasts", "eval_k", type=int, help="Contrast prompts per held-out prompt for PMI  [default: 4]")  # fmt: skip
+@click.option("--eval-batch-size", type=int, help="Rows per forward pass in evaluation  [default: 16]")  # fmt: skip
+@click.option("--judge", help="Judge model for the win rate: auto (the base model), a model, or none  [default: auto]")  # fmt: skip
+@click.option("--extra-eval", "extra_eval_data", multiple=True, help="choice:/math: file evaluated every round (repeatable).")  # fmt: skip
+@click.option("--n-bootstrap", type=int, help="Bootstrap resamples  [default: 2000]")
+@click.option("--overwrite", is_flag=True, default=None, help="Discard a run with other options in OUTDIR.")  # fmt: skip
+@click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the model's own code.")
+@click.option("--no-progress", "progress", flag_value=False, default=None, help="No progress bars.")
+@click.option("--prompt-col", help="Plain-text prompt column.")
+@click.option("--messages-col", help="Chat messages column.")
+@click.option("--context-col", help="User context column (a system message).")
+@click.option("--user-col", help="User id column.")
+@click.option("--id-col", help="Row id column.")
+@click.pass_context
+def run_cmd(
+    ctx: click.Context,
+    corpus: str | None,
+    out_dir: str,
+    demo: bool,
+    train_config: str | None,
+    **options: Any,
+) -> None:
+    """Build pairs, train and evaluate in one command, for one or more rounds.
+
+    CORPUS is a prompt corpus as build-pairs reads it. A share of it (whole users) is held out;
+    each round builds pairs with the previous round's model (round 1: the base model), trains from
+    it, and evaluates it against the base on the held-out prompts (PMI with paired bootstrap
+    intervals, judged win rate). Rerunning the same command skips finished stages; a larger
+    --rounds adds rounds. Writes OUTDIR/report.md, report.html and metrics.json.
+
+    \b
+    Examples:
+      mipo run --demo -o demo-out
+      mipo run corpus.jsonl -o out --lora --max-new-tokens 128 --rounds 2
+    """
+    from mipo.corpus import ColumnOptions
+    from mipo.errors import ConfigError
+    from mipo.run import RunConfig, demo_config, run_pipeline
+    from mipo.train import TrainConfig
+
+    given = _given(ctx, options)
+    columns = ColumnOptions(**{c.removesuffix("_col"): given.pop(c, None) for c in _COLUMN_OPTIONS})
+    train_options = {
+        field: given.pop(name) for name, field in _TRAIN_OPTIONS.items() if name in given
+    }
+    if "seed" in train_options:
+        given["seed"] = train_options["seed"]
+    if "trust_remote_code" in train_options:
+        given["trust_remote_code"] = train_options["trust_remote_code"]
+    if corpus is None and not demo:
+        raise ConfigError("pass a CORPUS file (or --demo for the bundled sample corpus)")
+    if corpus is not None:
+        given["corpus"] = corpus
+    if demo:
+        if train_config:
+            train_options = {**_yaml_fields(train_config), **train_options}
+        config = demo_config(out_dir, columns=columns, train=train_options, **given)
+    else:
+        train = (
+            TrainConfig.from_yaml(train_config, **train_options)
+            if train_config
+            else TrainConfig(**train_options)
+        )
+        config = RunConfig(out_dir=out_dir, columns=columns, train=train, **given)
+
+    result = run_pipeline(config, log=lambda line: click.echo(line, err=True))
+    _print_summary(result)
+
+
+def _yaml_fields(path: str) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from mipo.train import TrainConfig
+
+    loaded = TrainConfig.from_yaml(path)
+    defaults = asdict(TrainConfig())
+    return {k: v for k, v in asdict(loaded).items() if v != defaults[k]}
+
+
+def _print_summary(result: Any) -> None:
+    from mipo.evaluate.report import fmt_ci
+
+    for entry in result.metrics["rounds"]:
+        line = f"round {entry['round']}: held-out PMI {fmt_ci(entry['pmi'].get('pmi_random'))}"
+        line += f", − base {fmt_ci(entry['vs_base'].get('pmi_random'))}"
+        judge = entry.get("judge")
+        if judge:
+            line += f"; judged win rate (ties as half) {judge['win_rate_ties_as_half']:.3f}"
+        click.echo(line)
+    base = result.metrics["base"]["pmi"].get("pmi_random")
+    click.echo(f"base model: held-out PMI {fmt_ci(base)}")
+    seconds = result.metrics["total_stage_seconds"]
+    click.echo(f"time: {seconds / 60:.1f} min over all stages")
+    click.echo(f"report: {result.report_md} (and {result.report_html.name}, metrics.json)")
+
+
+COMMANDS: list[click.Command] = [run_cmd]

@@ -1,0 +1,713 @@
+"""``mipo run``: build-pairs -> train -> eval in one command, for one or several rounds.
+
+Layout of an output folder::
+
+    OUTDIR/
+      run.json              every option (hashed), the base model, seconds per stage
+      data/train.parquet    the training prompts (rows of the corpus, as they were)
+      data/eval.parquet     the held-out prompts: whole users, never trained on
+      data/split.json       what the split did (written last: the split's completion marker)
+      round-1/pairs/        ``mipo build-pairs`` on train.parquet with the base model
+      round-1/model/        ``mipo train`` from the base model (model/, train_config.json, log)
+      round-1/eval/         ``mipo eval``: round 1's model vs the base on eval.parquet
+      round-2/...           pairs from round 1's model, trained from it (round 1 is its reference)
+      report.md report.html metrics.json rounds.png
+
+Every round is evaluated on the same held-out prompts, with the same seeds, with PMI scored under
+the *base* model, so the numbers of all rounds are comparable; the difference to the previous
+round is the paired bootstrap of the two rounds' per-prompt values. Each stage writes its output
+atomically and is skipped when a rerun finds it finished, so rerunning the same command continues
+an interrupted run, and rerunning with a larger ``--rounds`` adds rounds.
+
+>>> from mipo.run import RunConfig, run_pipeline  # doctest: +SKIP
+>>> result = run_pipeline(RunConfig("corpus.jsonl", "out", rounds=2))  # doctest: +SKIP
+>>> result.report_md  # doctest: +SKIP
+PosixPath('out/report.md')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from mipo import __version__
+from mipo.corpus import (
+    ColumnOptions,
+    open_corpus,
+    resolve_input_files,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from mipo.errors import ConfigError, CorpusError, OutputError
+from mipo.run_report import EVAL_NAME, write_run_report
+from mipo.train import TrainConfig
+
+__all__ = [
+    "DEMO_SETTINGS",
+    "RunConfig",
+    "RunResult",
+    "demo_config",
+    "run_pipeline",
+    "split_corpus",
+]
+
+RUN_FILE = "run.json"
+DATA_DIR = "data"
+SPLIT_FILE = "split.json"
+# Everything `mipo run` writes at the top of OUTDIR (round-* folders come on top of these).
+_TOP_OUTPUTS = (
+    RUN_FILE,
+    DATA_DIR,
+    "report.md",
+    "report.html",
+    "metrics.json",
+    "rounds.png",
+)
+# Options that may change between a run and its continuation.
+_FREE_OPTIONS = frozenset({"out_dir", "rounds", "overwrite", "progress"})
+
+DEMO_SETTINGS: dict[str, Any] = {
+    "max_prompts": 120,
+    "eval_fraction": 0.15,
+    "max_eval_prompts": 40,
+    "max_new_tokens": 64,
+    "keep_truncated": True,
+    "eval_k": 2,
+    "judge": "auto",
+    "n_bootstrap": 2000,
+}
+"""What ``--demo`` sets (explicit options win): sized so the whole run takes about 10-15 minutes
+on 2 CPU cores with the built-in SmolLM2-135M. Responses are cut at 64 tokens, so truncated
+pairs are kept (otherwise nearly all would be dropped); training is one epoch of LoRA."""
+
+DEMO_TRAIN: dict[str, Any] = {
+    "lora": True,
+    "batch_size": 8,
+    "max_length": 384,
+    "learning_rate": 1e-4,
+}
+"""The training options ``--demo`` sets (explicit options win)."""
+
+
+@dataclass
+class RunConfig:
+    """Options of ``mipo run`` (see ``mipo run --help``).
+
+    >>> RunConfig("corpus.jsonl", "out", eval_fraction=1.5)
+    Traceback (most recent call last):
+    mipo.errors.ConfigError: eval_fraction (--eval-fraction) must be in (0, 1), got 1.5
+    """
+
+    corpus: str
+    """Prompt corpus (Parquet, JSONL or CSV file, folder or glob), as ``mipo build-pairs`` reads."""
+    out_dir: str | Path
+    """Output folder (created; a rerun with the same options continues in it)."""
+    rounds: int = 1
+    """Rounds of build-pairs -> train -> eval; round r generates with and trains from round r-1's
+    model (iterated self-improvement; the paper runs one round)."""
+    eval_fraction: float = 0.2
+    """Share of the prompts held out for evaluation: whole users when the corpus has a user
+    column, else rows; drawn with ``seed``. Ignored with ``eval_data``."""
+    eval_data: str | None = None
+    """A separate file of held-out prompts; the whole corpus is then used for training."""
+    max_prompts: int | None = None
+    """Train on at most this many prompts (a seeded sample of the training side); None: all."""
+    max_eval_prompts: int | None = None
+    """Evaluate on at most this many held-out prompts (a seeded sample); None: all."""
+    model: str | None = None
+    """Base model (hub id, folder, .gguf); None: the built-in default (SmolLM2-135M-Instruct)."""
+    seed: int = 0
+    """Seed of the split, the negatives (plus the round number), generation and evaluation."""
+    columns: ColumnOptions = field(default_factory=ColumnOptions)
+    """Corpus column names; None fields are detected."""
+    negatives: str = "random"
+    """Negative strategy of build-pairs: ``random``, ``context-drop`` or ``both``."""
+    independent_negatives: bool = False
+    """Sample a separate response for each random negative instead of reusing one."""
+    backend: str = "auto"
+    """Generation backend: ``auto``, ``vllm`` or ``hf``."""
+    max_new_tokens: int | None = None
+    """Most new tokens per generated response (pairs and evaluation); None: 512 for pairs and
+    256 for evaluation."""
+    temperature: float | None = None
+    """Sampling temperature (pairs and evaluation); None: 0.1 (paper)."""
+    top_p: float | None = None
+    """Nucleus sampling mass (pairs and evaluation); None: 0.9 (paper)."""
+    generation_batch_size: int | None = None
+    """Prompts per generation batch for the pairs; None: the generation default (32)."""
+    keep_truncated: bool = False
+    """Keep pairs whose responses hit ``max_new_tokens`` (needed with short limits)."""
+    dedup: bool = True
+    """Remove exact and near-duplicate training prompts before pairing."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Training options; ``model``, ``resume`` and ``overwrite`` are set by the run itself."""
+    eval_k: int = 4
+    """Contrast prompts per held-out prompt for the PMI's estimate of log π_ref(y)."""
+    eval_batch_size: int = 16
+    """Rows per forward pass when generating and scoring the evaluation."""
+    judge: str | None = "auto"
+    """Judge model for the personalization win rate: ``auto`` (the base model), a model spec,
+    or None / ``none`` to skip it."""
+    extra_eval_data: tuple[str, ...] = ()
+    """Further ``mipo eval`` files evaluated every round (``choice:``/``math:`` files)."""
+    math_max_new_tokens: int = 256
+    """Most tokens per generated solution of a math file in ``extra_eval_data``."""
+    n_bootstrap: int = 2000
+    """Bootstrap resamples of every confidence interval."""
+    overwrite: bool = False
+    """Discard the outputs of a run with other options in ``out_dir`` and start over."""
+    progress: bool = True
+    """Show progress bars of the stages (stderr)."""
+    trust_remote_code: bool = False
+    """Allow models that ship their own Python code."""
+
+    def __post_init__(self) -> None:
+        from mipo.negatives import parse_strategy
+
+        def bad(name: str, value: Any, rule: str) -> ConfigError:
+            flag = "--" + name.replace("_", "-")
+            return ConfigError(f"{name} ({flag}) must be {rule}, got {value!r}")
+
+        if not isinstance(self.rounds, int) or isinstance(self.rounds, bool) or self.rounds < 1:
+            raise bad("rounds", self.rounds, "an integer >= 1")
+        if not (isinstance(self.eval_fraction, int | float) and 0 < self.eval_fraction < 1):
+            raise bad("eval_fraction", self.eval_fraction, "in (0, 1)")
+        for name in ("max_prompts", "max_eval_prompts"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 2):
+                raise bad(name, value, "an integer >= 2, or unset")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise bad("seed", self.seed, "an integer >= 0")
+        parse_strategy(self.negatives)
+        for name in ("eval_k", "eval_batch_size", "n_bootstrap", "math_max_new_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise bad(name, value, "an integer >= 1")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise bad("max_new_tokens", self.max_new_tokens, "an integer >= 1")
+        if self.judge is not None and self.judge.strip().lower() == "none":
+            self.judge = None
+        if self.train.model is not None:
+            raise ConfigError(
+                "train.model is set by the run (round 1 trains the base model, round r the "
+                "model of round r-1): pass the base model as --model / RunConfig.model"
+            )
+        if self.train.resume or self.train.overwrite:
+            raise ConfigError(
+                "train.resume/overwrite are managed by the run (a rerun resumes): drop them"
+            )
+        self.extra_eval_data = tuple(self.extra_eval_data)
+        # Fails now, naming the option, rather than after the split and the first round.
+        self._build_config("corpus", "out", None, round_number=1)
+
+    def _build_config(
+        self, input_path: str, out_dir: str | Path, model: str | None, *, round_number: int
+    ) -> Any:
+        from mipo.build_pairs import BuildPairsConfig
+
+        return BuildPairsConfig(
+            input=input_path,
+            out_dir=out_dir,
+            model=model,
+            negatives=self.negatives,  # type: ignore[arg-type]
+            independent_negatives=self.independent_negatives,
+            seed=self.seed + round_number - 1,  # fresh negatives and samples each round
+            backend=self.backend,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            batch_size=self.generation_batch_size,
+            keep_truncated=self.keep_truncated,
+            dedup=self.dedup,
+            trust_remote_code=self.trust_remote_code,
+            progress=self.progress,
+        )
+
+    def options_record(self) -> dict[str, Any]:
+        """The options the outputs depend on, as JSON-ready values (for ``run.json``)."""
+        record = json.loads(json.dumps(asdict(self), default=str))
+        return {k: v for k, v in record.items() if k not in _FREE_OPTIONS}
+
+
+def demo_config(out_dir: str | Path, **overrides: Any) -> RunConfig:
+    """The ``--demo`` run: the bundled sample corpus, the built-in model, LoRA, small sizes.
+
+    ``overrides`` are :class:`RunConfig` fields; ``train`` overrides may be given as a dict of
+    :class:`~mipo.train.TrainConfig` fields, merged over :data:`DEMO_TRAIN`.
+
+    >>> demo_config("demo-out").train.lora
+    True
+    """
+    from mipo.synth import SAMPLE_CORPUS_PATH
+
+    train_overrides = overrides.pop("train", None) or {}
+    if isinstance(train_overrides, TrainConfig):
+        train_config = train_overrides
+    else:
+        train_config = TrainConfig(**{**DEMO_TRAIN, **train_overrides})
+    options: dict[str, Any] = {"corpus": str(SAMPLE_CORPUS_PATH), **DEMO_SETTINGS, **overrides}
+    return RunConfig(out_dir=out_dir, train=train_config, **options)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run wrote: the report, the metrics and each round's folders."""
+
+    out_dir: Path
+    report_md: Path
+    report_html: Path
+    metrics_json: Path
+    metrics: dict[str, Any]
+
+
+# --- the split -----------------------------------------------------------------------------------
+
+
+def _read_rows(spec: str) -> pl.DataFrame:
+    """Every row of a corpus, with its own columns (so build-pairs detects the same ones)."""
+    files, fmt = resolve_input_files(spec)
+    sources = [str(p) for p in files]
+    try:
+        if fmt == "parquet":
+            return pl.read_parquet(sources)
+        if fmt == "ndjson":
+            return pl.scan_ndjson(sources, infer_schema_length=10_000).collect()
+        # Same as build-pairs: CSV cells stay text (ids and prompts that look numeric).
+        return pl.scan_csv(sources, infer_schema=False).collect()
+    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CorpusError(f"cannot read corpus '{spec}': {first}") from exc
+
+
+def _sample(frame: pl.DataFrame, limit: int | None, seed: int) -> pl.DataFrame:
+    """At most ``limit`` rows, a seeded sample that keeps the corpus order."""
+    if limit is None or frame.height <= limit:
+        return frame
+    import numpy as np
+
+    keep = np.sort(np.random.default_rng(seed).choice(frame.height, size=limit, replace=False))
+    return frame[keep.tolist()]
+
+
+def split_corpus(
+    frame: pl.DataFrame, user_column: str | None, eval_fraction: float, seed: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split rows into ``(train, eval)``: whole users go to one side when ``user_column`` is set.
+
+    Users (or rows) are shuffled with ``seed`` and taken for evaluation until at least
+    ``eval_fraction`` of the rows are held out; both sides keep at least 2 rows (and 1 user).
+
+    >>> rows = pl.DataFrame({"user": ["a", "a", "b", "b", "c", "c"], "question": list("uvwxyz")})
+    >>> train, held = split_corpus(rows, "user", 0.3, seed=0)
+    >>> held.height, set(held["user"]) & set(train["user"])
+    (2, set())
+    """
+    import numpy as np
+
+    n = frame.height
+    rng = np.random.default_rng(seed)
+    want = max(2, math.ceil(eval_fraction * n))
+    if user_column is None:
+        if n < 4 or n - want < 2:
+            raise CorpusError(
+                f"the corpus has {n} prompts: too few to hold out {eval_fraction:.0%} for "
+                "evaluation (at least 2) and train on the rest (at least 2); use a larger "
+                "corpus, a smaller --eval-fraction, or a separate --eval-data file"
+            )
+        order = rng.permutation(n)
+        held = np.zeros(n, dtype=bool)
+        held[order[:want]] = True
+    else:
+        users = frame[user_column].cast(pl.String).fill_null("")
+        counts = users.value_counts(sort=False).sort(user_column)
+        names, sizes = counts[user_column].to_list(), counts["count"].to_list()
+        chosen: set[str] = set()
+        taken = 0
+        for i in rng.permutation(len(names)):
+            if taken >= want:
+                break
+            chosen.add(names[i])
+            taken += sizes[i]
+        if len(names) < 2 or len(chosen) >= len(names) or taken < 2 or n - taken < 2:
+            raise CorpusError(
+                f"the corpus has {n} prompts from {len(names)} users: too few to hold out "
+                f"{eval_fraction:.0%} of them as whole users for evaluation and train on the "
+                "rest (each side needs 2 prompts and 1 user); use a larger corpus, a smaller "
+                "--eval-fraction, or a separate --eval-data file"
+            )
+        held = users.is_in(sorted(chosen)).to_numpy()
+    mask = pl.Series(held)
+    return frame.filter(~mask), frame.filter(mask)
+
+
+@dataclass(frozen=True)
+class _Split:
+    train: pl.DataFrame
+    held_out: pl.DataFrame
+    info: dict[str, Any]
+
+
+def _compute_split(config: RunConfig) -> _Split:
+    """The split in memory (nothing written): errors surface before OUTDIR is touched."""
+    corpus = open_corpus(config.corpus, config.columns)
+    rows = _read_rows(config.corpus)
+    user = corpus.columns.user
+    if config.eval_data is None:
+        train_rows, eval_rows = split_corpus(rows, user, config.eval_fraction, config.seed)
+        held_out_by = "users" if user else "rows"
+    else:
+        train_rows, eval_rows = rows, _read_rows(config.eval_data)
+        user = open_corpus(config.eval_data, config.columns).columns.user
+        held_out_by = "file"
+    train_rows = _sample(train_rows, config.max_prompts, config.seed)
+    eval_rows = _sample(eval_rows, config.max_eval_prompts, config.seed + 1)
+    if eval_rows.height < 2 or train_rows.height < 2:
+        raise CorpusError(
+            f"{eval_rows.height} held-out and {train_rows.height} training prompts: both sides "
+            "need at least 2; use a larger corpus or larger --max-prompts / --max-eval-prompts"
+        )
+
+    def users_of(frame: pl.DataFrame) -> int | None:
+        return frame[user].n_unique() if user and user in frame.columns else None
+
+    info = {
+        "corpus_rows": rows.height,
+        "held_out_by": held_out_by,
+        "eval_source": config.eval_data or config.corpus,
+        "train_prompts": train_rows.height,
+        "train_users": users_of(train_rows),
+        "eval_prompts": eval_rows.height,
+        "eval_users": users_of(eval_rows),
+    }
+    return _Split(train_rows, eval_rows, info)
+
+
+def _write_split(split: _Split, out: Path) -> dict[str, Any]:
+    data = out / DATA_DIR
+    marker = data / SPLIT_FILE
+    if marker.is_file():  # a continued run keeps the split it started with
+        return dict(json.loads(marker.read_text(encoding="utf-8")))
+    write_parquet_atomic(split.train, data / "train.parquet")
+    write_parquet_atomic(split.held_out, data / f"{EVAL_NAME}.parquet")
+    write_json_atomic(split.info, marker)  # last: the split is complete
+    return split.info
+
+
+# --- bookkeeping ---------------------------------------------------------------------------------
+
+
+def _hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _input_stamp(spec: str | None) -> list[dict[str, Any]] | None:
+    if spec is None:
+        return None
+    files, _ = resolve_input_files(spec)
+    return [{"name": p.name, "size": p.stat().st_size} for p in files]
+
+
+def _open_run(config: RunConfig, out: Path, base: Any) -> dict[str, Any]:
+    """Check OUTDIR against the options, start over with ``overwrite``; return ``run.json``."""
+    options = config.options_record()
+    options["inputs"] = {
+        "corpus": _input_stamp(config.corpus),
+        "eval_data": _input_stamp(config.eval_data),
+    }
+    options["base_fingerprint"] = base.fingerprint
+    record = {
+        "mipo_version": __version__,
+        "command": "run",
+        "base_model": {"name": base.name, "path": str(base.path), "fingerprint": base.fingerprint},
+        "options": options,
+        "options_hash": _hash(options),
+        "stage_seconds": {},
+    }
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output path '{out}' exists and is not a folder: choose another -o")
+    old: dict[str, Any] | None = None
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            old = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if old is None and not config.overwrite:
+            raise OutputError(
+                f"output folder '{out}' is not empty and holds no mipo run: choose an empty or "
+                "new folder, or pass --overwrite"
+            )
+        if old is not None and old.get("options_hash") != record["options_hash"]:
+            if not config.overwrite:
+                before = old.get("options", {})
+                changed = [
+                    f"{k}: {before.get(k)!r} -> {options.get(k)!r}"
+                    for k in sorted(set(before) | set(options))
+                    if before.get(k) != options.get(k)
+                ]
+                shown = "; ".join(changed[:3]) + ("; ..." if len(changed) > 3 else "")
+                raise OutputError(
+                    f"'{out}' holds a run with other options ({shown}): rerun with the same "
+                    "options to continue it (only --rounds may change), pass --overwrite to start "
+                    "over, or choose another -o"
+                )
+            old = None
+        if old is None:  # --overwrite: remove what a run writes, nothing else
+            for name in _TOP_OUTPUTS:
+                _remove(out / name)
+            for folder in out.glob("round-*"):
+                _remove(folder)
+    if old is not None:
+        record["stage_seconds"] = old.get("stage_seconds", {})
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(record, out / RUN_FILE)
+    return record
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+class _Clock:
+    """Seconds per stage, accumulated over interrupted and resumed runs, saved in run.json."""
+
+    def __init__(self, out: Path, record: dict[str, Any]) -> None:
+        self.out = out
+        self.record = record
+
+    def time(self, name: str, work: Callable[..., Any], *args: Any) -> Any:
+        started = time.perf_counter()
+        value = work(*args)
+        seconds = time.perf_counter() - started
+        times = self.record["stage_seconds"]
+        times[name] = round(times.get(name, 0.0) + seconds, 3)
+        write_json_atomic(self.record, self.out / RUN_FILE)
+        return value
+
+
+# --- one round -----------------------------------------------------------------------------------
+
+
+def _round_dir(out: Path, number: int) -> Path:
+    return out / f"round-{number}"
+
+
+def _train_finished(train_dir: Path) -> bool:
+    record = train_dir / "train_config.json"
+    try:
+        return bool(json.loads(record.read_text(encoding="utf-8")).get("status") == "complete")
+    except (OSError, ValueError):
+        return False
+
+
+def _merge_adapter(train_dir: Path, trust_remote_code: bool) -> Path:
+    """Base + LoRA adapter as a plain model in ``train_dir/merged`` (build-pairs and the next
+    round's training load full models only)."""
+    from mipo.scoring import load_model
+
+    target = train_dir / "merged"
+    if (target / "config.json").is_file():
+        return target
+    model, tokenizer = load_model(
+        train_dir / "model", device="cpu", trust_remote_code=trust_remote_code
+    )
+    tmp = train_dir / ".merged.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    del model
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def _build_round_pairs(config: RunConfig, out: Path, number: int, generator: Path) -> Path:
+    from mipo.build_pairs import build_pairs
+
+    pairs_dir = _round_dir(out, number) / "pairs"
+    pairs = pairs_dir / "pairs.parquet"
+    if not pairs.is_file():
+        build = config._build_config(
+            str(out / DATA_DIR / "train.parquet"), pairs_dir, str(generator), round_number=number
+        )
+        result = build_pairs(build)
+        if result.completed != "pairs" or not pairs.is_file():
+            raise OutputError(f"round {number}: build-pairs stopped early: {result.message}")
+    count = pl.scan_parquet(pairs).select(pl.len()).collect().item()
+    if count == 0:
+        raise CorpusError(
+            f"round {number} built no pairs ({pairs_dir / 'stats.json'} says which filter "
+            "dropped them); with short responses pass --keep-truncated or raise --max-new-tokens"
+        )
+    return pairs
+
+
+def _train_round(config: RunConfig, out: Path, number: int, generator: Path, pairs: Path) -> Path:
+    from mipo.train import train
+
+    train_dir = _round_dir(out, number) / "model"
+    if _train_finished(train_dir):
+        return train_dir
+    checkpoints = train_dir / "checkpoints"
+    resume = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
+    options = replace(
+        config.train,
+        model=str(generator),
+        resume=resume,
+        overwrite=not resume and train_dir.exists(),
+    )
+    with warnings.catch_warnings():
+        # build-pairs' run.json names the generator without its folder, so `train` cannot see
+        # that the model it trains is the one that generated the pairs and warns; here it is
+        # that model by construction (both stages get `generator`).
+        warnings.filterwarnings(
+            "ignore", message=r"training .* but the pairs were generated by", category=UserWarning
+        )
+        train(pairs, train_dir, options)
+    return train_dir
+
+
+def _evaluate_round(
+    config: RunConfig, out: Path, number: int, train_dir: Path, base_path: Path
+) -> dict[str, Any]:
+    from mipo.evaluate import EvalConfig, run_eval
+
+    eval_dir = _round_dir(out, number) / "eval"
+    metrics_file = eval_dir / "metrics.json"
+    if metrics_file.is_file():
+        return json.loads(metrics_file.read_text(encoding="utf-8"))
+    judge = config.judge
+    if judge == "auto":
+        judge = str(base_path)
+    evaluation = EvalConfig(
+        model=str(train_dir),
+        data=[f"pmi:{out / DATA_DIR / EVAL_NAME}.parquet", *config.extra_eval_data],
+        reference=str(base_path),
+        compare=str(base_path),
+        judge=judge,
+        k=config.eval_k,
+        seed=config.seed,
+        max_new_tokens=config.max_new_tokens or 256,
+        math_max_new_tokens=config.math_max_new_tokens,
+        temperature=0.1 if config.temperature is None else config.temperature,
+        top_p=0.9 if config.top_p is None else config.top_p,
+        batch_size=config.eval_batch_size,
+        n_bootstrap=config.n_bootstrap,
+        backend=config.backend,
+        overwrite=True,  # no metrics.json: an interrupted evaluation, redo it
+        trust_remote_code=config.trust_remote_code,
+    )
+    return run_eval(evaluation, eval_dir).metrics
+
+
+def _run_round(
+    config: RunConfig,
+    out: Path,
+    number: int,
+    generator: Path,
+    base_path: Path,
+    clock: _Clock,
+    say: Callable[[str], None],
+) -> Path:
+    """Pairs, training, evaluation (and the merge the next round needs) of round ``number``,
+    each skipped when finished; returns the model the next round starts from."""
+    folder = _round_dir(out, number)
+    prefix = f"round {number}/{config.rounds}"
+
+    def stage(name: str, done: bool, doing: str, work: Callable[..., Any], *args: Any) -> Any:
+        say(f"{prefix}: {name} already done, skipping" if done else f"{prefix}: {doing}")
+        return clock.time(f"round-{number}/{name}", work, *args)
+
+    pairs = stage(
+        "pairs",
+        (folder / "pairs" / "pairs.parquet").is_file(),
+        f"building pairs with {generator}",
+        _build_round_pairs,
+        *(config, out, number, generator),
+    )
+    method = "LoRA" if config.train.lora else "full fine-tuning"
+    train_dir = stage(
+        "train",
+        _train_finished(folder / "model"),
+        f"training from {generator} ({method})",
+        _train_round,
+        *(config, out, number, generator, pairs),
+    )
+    stage(
+        "eval",
+        (folder / "eval" / "metrics.json").is_file(),
+        "evaluating against the base model on the held-out prompts",
+        _evaluate_round,
+        *(config, out, number, train_dir, base_path),
+    )
+    if number == config.rounds:
+        return generator
+    if not config.train.lora:
+        return Path(train_dir) / "model"
+    return Path(
+        stage(
+            "merge",
+            (train_dir / "merged" / "config.json").is_file(),
+            "merging the LoRA adapter into a full model for the next round",
+            _merge_adapter,
+            *(train_dir, config.trust_remote_code),
+        )
+    )
+
+
+# --- the pipeline --------------------------------------------------------------------------------
+
+
+def run_pipeline(config: RunConfig, *, log: Callable[[str], None] | None = None) -> RunResult:
+    """Run (or continue) the split and every round into ``config.out_dir``; write the report.
+
+    ``log`` receives one line as each stage starts (the CLI prints them to stderr).
+
+    >>> run_pipeline(RunConfig("corpus.jsonl", "out", max_new_tokens=64))  # doctest: +SKIP
+    """
+    from mipo.models import resolve_model
+
+    say = log or (lambda _line: None)
+    out = Path(config.out_dir).expanduser()
+    # Reject bad input before the output folder is touched.
+    open_corpus(config.corpus, config.columns)
+    if config.eval_data is not None:
+        open_corpus(config.eval_data, config.columns)
+    for spec in config.extra_eval_data:
+        from mipo.evaluate.datasets import load_dataset
+
+        load_dataset(spec, limit=2)
+    split = _compute_split(config)
+    base = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
+    record = _open_run(config, out, base)
+    clock = _Clock(out, record)
+    started = time.perf_counter()
+
+    say(f"split: holding out prompts for evaluation -> {out / DATA_DIR}")
+    info = clock.time("split", _write_split, split, out)
+    say(
+        f"split: {info['train_prompts']} training prompts, {info['eval_prompts']} held out "
+        f"(by {info['held_out_by']})"
+    )
+    generator = Path(base.path)
+    for number in range(1, config.rounds + 1):
+        generator = _run_round(config, out, number, generator, Path(base.path), clock, say)
+
+    say("writing the report")
+    metrics_path, md, html = write_run_report(
+        out, config, record, info, base, time.perf_counter() - started
+    )
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    return RunResult(out, md, html, metrics_path, metrics)

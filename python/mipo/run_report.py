@@ -1,0 +1,408 @@
+"""The report of a ``mipo run``: one table of metrics per round, a plot across rounds, metrics.json.
+
+It reads what the stages wrote (each round's ``eval/metrics.json`` and per-prompt
+``eval/pmi_eval.parquet``, ``pairs/stats.json``, ``model/train_config.json`` and
+``model/train_log.jsonl``), so it can be rebuilt at any time from a run folder.
+
+The base model's column comes from round 1's evaluation (the baseline there); every round is
+compared with the base (the paired intervals of its own evaluation) and with the round before
+(a paired bootstrap over the two rounds' per-prompt values: same prompts, same seeds, same
+reference, so the pairing is exact).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from mipo.errors import OutputError
+
+__all__ = ["round_metrics", "write_run_report"]
+
+EVAL_NAME = "eval"
+"""Stem of data/eval.parquet: it names the PMI section of every round's evaluation."""
+# Per-prompt PMI-section values compared round against round (suffix _model in the parquet).
+_PAIRED_KEYS = ("pmi_random", "pmi_same_question", "logprob", "judge_expected")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"'{path}' is unreadable ({exc}); rerun with --overwrite") from exc
+    return data if isinstance(data, dict) else None
+
+
+def _train_summary(train_dir: Path) -> dict[str, Any]:
+    from mipo.evaluate.report import read_train_log
+
+    record = _read_json(train_dir / "train_config.json") or {}
+    resolved = record.get("resolved", {})
+    summary: dict[str, Any] = {
+        "pairs": record.get("num_pairs"),
+        "steps": resolved.get("global_steps"),
+        "learning_rate": resolved.get("learning_rate"),
+        "runtime_s": record.get("train_runtime_s"),
+        "trained_from": resolved.get("model"),
+    }
+    log = train_dir / "train_log.jsonl"
+    steps = [e for e in read_train_log(log) if "loss" in e] if log.is_file() else []
+    if steps:
+        summary.update(
+            first_loss=steps[0].get("loss"),
+            final_loss=steps[-1].get("loss"),
+            final_reward_margin=steps[-1].get("rewards/margins"),
+            final_reward_accuracy=steps[-1].get("rewards/accuracies"),
+            mean_reward_accuracy=_mean([e.get("rewards/accuracies") for e in steps]),
+        )
+    return summary
+
+
+def _mean(values: list[Any]) -> float | None:
+    clean = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    return sum(clean) / len(clean) if clean else None
+
+
+def _per_prompt(eval_dir: Path) -> pl.DataFrame | None:
+    path = eval_dir / f"pmi_{EVAL_NAME}.parquet"
+    return pl.read_parquet(path) if path.is_file() else None
+
+
+def _paired(
+    current: pl.DataFrame, previous: pl.DataFrame, previous_role: str, ci: dict[str, int]
+) -> dict[str, Any]:
+    """Paired bootstrap of this round's model against ``previous_role`` of another evaluation."""
+    from mipo.evaluate.stats import paired_bootstrap_ci
+
+    if current["id"].to_list() != previous["id"].to_list():
+        raise OutputError(
+            "two rounds were evaluated on different held-out prompts; rerun with --overwrite"
+        )
+    out = {}
+    for key in _PAIRED_KEYS:
+        mine, theirs = f"{key}_model", f"{key}_{previous_role}"
+        if mine in current.columns and theirs in previous.columns:
+            out[key] = paired_bootstrap_ci(
+                current[mine].to_list(), previous[theirs].to_list(), **ci
+            )
+    return out
+
+
+def round_metrics(out: Path, rounds: int, n_bootstrap: int, seed: int) -> list[dict[str, Any]]:
+    """Metrics of each finished round of the run in ``out``: pairs, training, evaluation, and
+    paired differences to the base and to the previous round."""
+    ci = {"n_resamples": n_bootstrap, "seed": seed}
+    found: list[dict[str, Any]] = []
+    previous_rows: pl.DataFrame | None = None
+    for number in range(1, rounds + 1):
+        folder = out / f"round-{number}"
+        evaluation = _read_json(folder / "eval" / "metrics.json")
+        if evaluation is None:
+            break
+        rows = _per_prompt(folder / "eval")
+        pairs_stats = _read_json(folder / "pairs" / "stats.json") or {}
+        pmi = evaluation.get("pmi", {}).get(EVAL_NAME, {})
+        judge = evaluation.get("judge", {}).get(EVAL_NAME)
+        entry: dict[str, Any] = {
+            "round": number,
+            "pairs": {
+                "written": pairs_stats.get("pairs", {}).get("pairs_written"),
+                "generated_tokens": pairs_stats.get("generate", {}).get("new_tokens"),
+                "prompts_planned": pairs_stats.get("plan", {}).get("prompts_planned"),
+            },
+            "train": _train_summary(folder / "model"),
+            "pmi": pmi.get("model", {}),
+            "base_pmi": pmi.get("baseline", {}),
+            "vs_base": dict(pmi.get("difference", {})),
+            "judge": judge,
+            "accuracy": {
+                name: stats
+                for section in ("multiple_choice", "math")
+                for name, stats in evaluation.get(section, {}).items()
+            },
+            "eval_report": f"round-{number}/eval/report.md",
+        }
+        if rows is not None:
+            if number == 1:
+                entry["vs_previous"] = _paired(rows, rows, "baseline", ci)
+            elif previous_rows is not None:
+                entry["vs_previous"] = _paired(rows, previous_rows, "model", ci)
+        previous_rows = rows
+        found.append(entry)
+    return found
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+def _plot_rounds(rounds: list[dict[str, Any]], path: Path) -> Path:
+    """PMI of the base and of each round with 95% intervals, and the judged win rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    labels = ["base"] + [f"round {r['round']}" for r in rounds]
+    x = list(range(len(labels)))
+    with_judge = any(r.get("judge") for r in rounds)
+    fig, axes = plt.subplots(1, 2 if with_judge else 1, figsize=(11 if with_judge else 6, 3.8))
+    axes = list(axes) if with_judge else [axes]
+    try:
+        ax = axes[0]
+        for key, label, color in (
+            ("pmi_random", "PMI (random contrasts)", "C0"),
+            ("pmi_same_question", "PMI (same question, other users)", "C1"),
+        ):
+            stats = [rounds[0]["base_pmi"].get(key)] + [r["pmi"].get(key) for r in rounds]
+            points = [(i, s) for i, s in zip(x, stats, strict=True) if s and s.get("n")]
+            if not points:
+                continue
+            ax.errorbar(
+                [i for i, _ in points],
+                [s["mean"] for _, s in points],
+                yerr=[
+                    [s["mean"] - s["low"] for _, s in points],
+                    [s["high"] - s["mean"] for _, s in points],
+                ],
+                marker="o",
+                capsize=4,
+                color=color,
+                label=label,
+            )
+        ax.set_xticks(x, labels)
+        ax.set_ylabel("nats (mean, 95% CI)")
+        ax.set_title("held-out PMI under the base model")
+        ax.legend(fontsize=8)
+        if with_judge:
+            ax = axes[1]
+            points = [
+                (i + 1, r["judge"]["win_rate_ties_as_half_ci"])
+                for i, r in enumerate(rounds)
+                if r.get("judge")
+            ]
+            ax.errorbar(
+                [i for i, _ in points],
+                [s["mean"] for _, s in points],
+                yerr=[
+                    [s["mean"] - s["low"] for _, s in points],
+                    [s["high"] - s["mean"] for _, s in points],
+                ],
+                marker="o",
+                capsize=4,
+                color="C2",
+            )
+            ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+            ax.set_xticks(x, labels)
+            ax.set_ylim(0, 1)
+            ax.set_title("judged win rate vs base (ties as half)")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _table(
+    rounds: list[dict[str, Any]], seconds: dict[str, float]
+) -> tuple[list[str], list[list[str]]]:
+    from mipo.evaluate.report import fmt_ci, fmt_number
+
+    headers = ["metric", "base"] + [f"round {r['round']}" for r in rounds]
+    rows: list[list[str]] = []
+
+    def add(label: str, base: str, values: list[str]) -> None:
+        rows.append([label, base, *values])
+
+    base = rounds[0]["base_pmi"]
+    for key, label in (
+        ("pmi_random", "PMI, random contrasts (nats)"),
+        ("pmi_same_question", "PMI, same question / other users (nats)"),
+        ("pmi_random_per_token", "PMI per token, random contrasts"),
+        ("logprob", "log π_base(y|x)"),
+        ("num_tokens", "response tokens"),
+    ):
+        if base.get(key) or any(r["pmi"].get(key) for r in rounds):
+            add(label, fmt_ci(base.get(key)), [fmt_ci(r["pmi"].get(key)) for r in rounds])
+    for key, label in (
+        ("pmi_random", "PMI random − base (paired)"),
+        ("pmi_same_question", "PMI same question − base (paired)"),
+    ):
+        if any(r["vs_base"].get(key) for r in rounds):
+            add(label, "", [fmt_ci(r["vs_base"].get(key)) for r in rounds])
+    if len(rounds) > 1:
+        for key, label in (
+            ("pmi_random", "PMI random − previous round (paired)"),
+            ("pmi_same_question", "PMI same question − previous round (paired)"),
+        ):
+            add(
+                label,
+                "",
+                [
+                    fmt_ci(r.get("vs_previous", {}).get(key)) if r["round"] > 1 else "(= vs base)"
+                    for r in rounds
+                ],
+            )
+    if any(r.get("judge") for r in rounds):
+        judged = [r.get("judge") or {} for r in rounds]
+        add(
+            "judged win rate vs base, ties as wins",
+            "",
+            [fmt_ci(j.get("win_rate_ties_as_wins_ci")) for j in judged],
+        )
+        add(
+            "judged win rate vs base, ties as half",
+            "",
+            [fmt_ci(j.get("win_rate_ties_as_half_ci")) for j in judged],
+        )
+        add(
+            "judge expected score (1–5)",
+            fmt_ci(judged[0].get("baseline_expected_score")),
+            [fmt_ci(j.get("model_expected_score")) for j in judged],
+        )
+        add(
+            "judge expected score − base (paired)",
+            "",
+            [fmt_ci(j.get("expected_score_difference")) for j in judged],
+        )
+    for name in rounds[0]["accuracy"]:
+        first = rounds[0]["accuracy"][name]
+        add(
+            f"accuracy, {name}",
+            fmt_ci(first.get("baseline", {}).get("accuracy")),
+            [fmt_ci(r["accuracy"].get(name, {}).get("model", {}).get("accuracy")) for r in rounds],
+        )
+    add("pairs trained on", "", [fmt_number(r["train"].get("pairs")) for r in rounds])
+    add("optimizer steps", "", [fmt_number(r["train"].get("steps")) for r in rounds])
+    add("DPO loss, first → final step", "", [_arrow(r["train"]) for r in rounds])
+    add(
+        "reward accuracy, mean over steps",
+        "",
+        [fmt_number(r["train"].get("mean_reward_accuracy")) for r in rounds],
+    )
+    for stage in ("pairs", "train", "eval"):
+        add(
+            f"seconds: {stage}",
+            "",
+            [fmt_number(seconds.get(f"round-{r['round']}/{stage}"), 0) for r in rounds],
+        )
+    return headers, rows
+
+
+def _arrow(train: dict[str, Any]) -> str:
+    from mipo.evaluate.report import fmt_number
+
+    if train.get("first_loss") is None:
+        return "–"
+    return f"{fmt_number(train['first_loss'])} → {fmt_number(train.get('final_loss'))}"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_run_report(
+    out: Path,
+    config: Any,
+    record: dict[str, Any],
+    split: dict[str, Any],
+    base: Any,
+    wall_seconds: float,
+) -> tuple[Path, Path, Path]:
+    """Write ``metrics.json``, ``report.md``, ``report.html`` and ``rounds.png`` into ``out``;
+    returns the paths of the first three."""
+    from mipo.evaluate.report import Report, fmt_ci
+
+    rounds = round_metrics(out, config.rounds, config.n_bootstrap, config.seed)
+    if not rounds:
+        raise OutputError(f"no finished round in '{out}': nothing to report")
+    seconds = record.get("stage_seconds", {})
+    report = Report("mipo run report")
+    report.paragraph(
+        f"Base model {base.name} ({base.path}); corpus {config.corpus}; {len(rounds)} round(s); "
+        f"negatives '{config.negatives}'; "
+        f"{'LoRA' if config.train.lora else 'full fine-tuning'} at learning rate "
+        f"{config.train.resolved_learning_rate():g}, beta {config.train.beta}, "
+        f"{config.train.epochs:g} epoch(s); seed {config.seed}."
+    )
+    report.table(
+        ["data", "prompts", "users"],
+        [
+            ["training", str(split["train_prompts"]), str(split.get("train_users") or "–")],
+            [
+                f"held out (by {split['held_out_by']})",
+                str(split["eval_prompts"]),
+                str(split.get("eval_users") or "–"),
+            ],
+        ],
+    )
+    report.heading("Metrics per round")
+    report.paragraph(
+        "Held-out prompts only (never trained on). PMI = log π_base(y|x) − mean over "
+        f"{config.eval_k} contrast prompts x' of log π_base(y|x'), scored under the base model "
+        "for every round, so rounds are comparable; higher means the response is more specific to "
+        "its prompt (what MIPO maximizes). Values are means with 95% bootstrap intervals; "
+        "differences are paired by prompt (same prompts and sampling seeds for every model). "
+        "Round r generates its pairs with, and trains from, round r−1's model."
+    )
+    headers, rows = _table(rounds, seconds)
+    report.table(headers, rows)
+    _plot_rounds(rounds, out / "rounds.png")
+    report.image("rounds.png", "held-out PMI and judged win rate across rounds")
+    last = rounds[-1]
+    verdict = last["vs_base"].get("pmi_random")
+    if verdict and verdict.get("n"):
+        if verdict["low"] > 0:
+            finding = "raised held-out PMI over the base model (the 95% interval excludes 0)"
+        elif verdict["high"] < 0:
+            finding = "lowered held-out PMI below the base model (the 95% interval excludes 0)"
+        else:
+            finding = "did not change held-out PMI detectably (the 95% interval includes 0)"
+        report.paragraph(f"Round {last['round']} {finding}: {fmt_ci(verdict)} nats per response.")
+    report.heading("Per-round reports")
+    report.bullets(
+        [f"round {r['round']}: {r['eval_report']} (responses, distributions, training curves)"
+         for r in rounds]
+    )  # fmt: skip
+    report.heading("Time")
+    total = sum(float(v) for v in seconds.values())
+    report.table(
+        ["stage", "seconds"],
+        [[name, f"{float(value):.0f}"] for name, value in seconds.items()]
+        + [["all stages", f"{total:.0f}"]],
+    )
+    metrics = {
+        "mipo_version": record.get("mipo_version"),
+        "base_model": record.get("base_model"),
+        "options": record.get("options"),
+        "split": split,
+        "base": {"pmi": rounds[0]["base_pmi"]},
+        "rounds": rounds,
+        "stage_seconds": seconds,
+        "total_stage_seconds": round(total, 3),
+        "wall_seconds_this_invocation": round(wall_seconds, 3),
+        "plots": ["rounds.png"],
+    }
+    paths = []
+    for name, text in (
+        ("metrics.json", json.dumps(_finite(metrics), indent=2, default=str) + "\n"),
+        ("report.md", report.to_markdown()),
+        ("report.html", report.to_html()),
+    ):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out / name)
+        paths.append(out / name)
+    return paths[0], paths[1], paths[2]
