@@ -50,9 +50,11 @@ pub fn require_non_null<'a>(
     for (i, v) in values.into_iter().enumerate() {
         match v {
             Some(s) => out.push(s),
-            None => return Err(EngineError::InvalidInput(format!(
+            None => {
+                return Err(EngineError::InvalidInput(format!(
                 "{what} has a null at row {i}; drop or fill nulls first (e.g. df.drop_nulls(...))"
-            ))),
+            )))
+            }
         }
     }
     Ok(out)
