@@ -144,13 +144,15 @@ def run_baseline(corpus_path: Path, model_dir: Path, out: Path) -> dict[str, Any
     }
 
 
-def compare(quick: bool = False) -> list[dict]:
+def compare(quick: bool = False, rows: int | None = None) -> list[dict]:
     """Rows for ``benches/compare.py``: the whole plan stage (mipo vs baseline, in rows/s, both
     on the same baseline-sized corpus), then mipo at full size with its per-step breakdown."""
     import resource
 
-    sizes = QUICK if quick else FULL
-    rows: list[dict] = []
+    sizes = dict(QUICK if quick else FULL)
+    if rows is not None:
+        sizes["rows"] = rows
+    results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model_dir, model_name = _tokenizer_dir(tmp)
@@ -158,7 +160,7 @@ def compare(quick: bool = False) -> list[dict]:
         small = _corpus(tmp, sizes["baseline_rows"])
         mine = run_mipo(small, model_dir, tmp / "plan-small.parquet")
         theirs = run_baseline(small, model_dir, tmp / "baseline.parquet")
-        rows.append(
+        results.append(
             {
                 "name": f"plan stage, {mine['rows']:,} rows",
                 "mipo_s": mine["seconds"],
@@ -176,7 +178,7 @@ def compare(quick: bool = False) -> list[dict]:
         big = _corpus(tmp, sizes["rows"])
         full = run_mipo(big, model_dir, tmp / "plan.parquet")
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        rows.append(
+        results.append(
             {
                 "name": f"plan stage throughput, {full['rows']:,} synthetic rows",
                 "mipo_s": full["seconds"],
@@ -187,21 +189,24 @@ def compare(quick: bool = False) -> list[dict]:
             }
         )
         for step, seconds in full["steps"].items():
-            rows.append(
+            results.append(
                 {
                     "name": f"plan step: {step}, {full['rows']:,} rows",
                     "mipo_s": seconds,
                     "notes": f"{100 * seconds / full['seconds']:.0f}% of the stage",
                 }
             )
-    return rows
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    parser.add_argument("--rows", type=int, default=None, help="rows of the throughput run")
     args = parser.parse_args(argv)
-    for row in compare(quick=args.quick):
+    if args.rows is not None and args.rows < 2:
+        parser.error(f"--rows must be >= 2, got {args.rows}")
+    for row in compare(quick=args.quick, rows=args.rows):
         print(row)
     return 0
 

@@ -234,6 +234,62 @@ def test_both_strategies_with_independent_negatives(
     assert all(p[0]["role"] == "system" for p in drop["prompt"].to_list())
 
 
+def test_ray_executor_writes_the_same_pairs_as_the_local_one(
+    tmp_path: Path, corpus: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("ray", reason="--executor ray needs ray (pip install 'mipo[ray]')")
+    import torch
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a local Ray runtime for this run only
+    # Sampling (temperature 1) so the per-row seeds matter, and a 1-thread local reference:
+    # each 1-CPU Ray actor runs torch on one thread.
+    args = [corpus, "--model", tiny_model_dir, "--keep-truncated", "--temperature", "1", *FAST]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _ok(_run(*args, "-o", tmp_path / "local"))
+    finally:
+        torch.set_num_threads(before)
+    _ok(_run(*args, "-o", tmp_path / "ray", "--executor", "ray", "--num-workers", "2"))
+
+    local, ray = tmp_path / "local", tmp_path / "ray"
+    assert (ray / "pairs.parquet").read_bytes() == (local / "pairs.parquet").read_bytes()
+    chunks = sorted(p.name for p in (local / "generations").glob("chunk-*.parquet"))
+    assert len(chunks) == 3  # 6 requests, 2 per chunk: the two actors shared the work
+    for name in chunks:
+        assert (ray / "generations" / name).read_bytes() == (
+            local / "generations" / name
+        ).read_bytes()
+    assert pl.read_parquet(ray / "pairs.parquet").height >= 2
+    stats = json.loads((ray / "stats.json").read_text())
+    assert stats["stages"]["generate"]["executor"] == "ray"
+    # The executor is not a run option: the local folder continues under Ray with nothing to redo.
+    before_mtimes = _mtimes(local / "generations")
+    _ok(_run(*args, "-o", local, "--executor", "ray"))
+    assert _mtimes(local / "generations") == before_mtimes
+
+
+def test_executor_options_are_checked_before_anything_is_written(
+    tmp_path: Path, corpus: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    out = tmp_path / "out"
+    base = [corpus, "-o", out, "--model", tiny_model_dir, *FAST]
+    result = _run(*base, "--num-workers", "2")
+    assert result.exit_code != 0  # type: ignore[attr-defined]
+    assert "--num-workers applies to Ray workers only" in result.stderr  # type: ignore[attr-defined]
+    result = _run(*base, "--ray-address", "auto")
+    assert "--ray-address applies to Ray workers only" in result.stderr  # type: ignore[attr-defined]
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
+    result = _run(*base, "--executor", "ray")
+    assert result.exit_code != 0  # type: ignore[attr-defined]
+    assert "pip install 'mipo[ray]'" in result.stderr  # type: ignore[attr-defined]
+    assert not out.exists()
+
+
 def test_trl_dpo_trainer_runs_on_the_pairs(
     tmp_path: Path, full_run: Path, tiny_model_dir: Path
 ) -> None:

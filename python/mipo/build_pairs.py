@@ -45,6 +45,7 @@ from mipo.pairs import PairFilterConfig, PairStats, assemble_pairs, build_reques
 from mipo.plan import PlanConfig, build_plan, read_plan
 
 __all__ = [
+    "EXECUTORS",
     "STAGES",
     "BuildPairsConfig",
     "BuildPairsResult",
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 STAGES = ("plan", "generate", "pairs")
+EXECUTORS = ("local", "ray")
 RUN_FILE = "run.json"
 PLAN_FILE = "plan.parquet"
 GENERATIONS_DIR = "generations"
@@ -153,6 +155,15 @@ class BuildPairsConfig:
     """Show progress bars (stderr)."""
     plan_batch_rows: int = 65_536
     """Rows per streamed batch of the plan stage (bounds its memory)."""
+    executor: str = "local"
+    """Where generation runs: ``local`` (this process) or ``ray`` (actors on a Ray cluster, one
+    model copy each). Not part of any stage's options: both write the same chunks, so a run can
+    be resumed with the other executor."""
+    num_workers: int | None = None
+    """With ``executor="ray"``: model copies to run; None: as many as the cluster fits."""
+    ray_address: str | None = None
+    """With ``executor="ray"``: the cluster to join; None: ``$RAY_ADDRESS``, else a cluster
+    started on this machine with ``ray start``, else a local Ray runtime."""
 
     def __post_init__(self) -> None:
         parse_strategy(self.negatives)
@@ -167,6 +178,25 @@ class BuildPairsConfig:
         if self.min_margin != 0.0 and not self.score:
             raise ConfigError("--min-margin needs --score (margins are computed only when scoring)")
         PairFilterConfig(self.keep_truncated, self.score, self.min_margin)
+        if self.executor not in EXECUTORS:
+            raise ConfigError(
+                f"--executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}"
+            )
+        if self.num_workers is not None and (
+            isinstance(self.num_workers, bool)
+            or not isinstance(self.num_workers, int)
+            or self.num_workers < 1
+        ):
+            raise ConfigError(f"--num-workers must be an integer >= 1, got {self.num_workers!r}")
+        if self.executor != "ray":
+            for flag, value in (
+                ("--num-workers", self.num_workers),
+                ("--ray-address", self.ray_address),
+            ):
+                if value is not None:
+                    raise ConfigError(
+                        f"{flag} applies to Ray workers only: add --executor ray or drop {flag}"
+                    )
 
 
 @dataclass
@@ -381,7 +411,12 @@ def _run_record(
         "mipo_version": __version__,
         "command": "build-pairs",
         "input": str(config.input),
-        "model": {"name": model.name, "source": model.source, "fingerprint": model.fingerprint},
+        "model": {
+            "name": model.name,
+            "source": model.source,
+            "path": str(model.path),
+            "fingerprint": model.fingerprint,
+        },
         "seed": config.seed,
         "negatives": config.negatives,
         "stages": stages,
@@ -498,6 +533,11 @@ def build_pairs(config: BuildPairsConfig) -> BuildPairsResult:
     out = Path(config.out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise OutputError(f"output path '{out}' exists and is not a folder: choose another -o")
+    if config.executor == "ray" and not config.plan_only:
+        # A missing Ray is refused before the plan is built, not after it.
+        from mipo.generate.ray_executor import import_ray
+
+        import_ray()
 
     # Everything that can reject the input runs before the output folder is touched; the corpus
     # first, since reading its schema is instant and loading a model is not.
@@ -609,15 +649,33 @@ def _run_stages(
     )
     gen_dir = out / GENERATIONS_DIR
     with stages.run("generate") as rec:
-        mine = run_generation(
-            requests,
-            gen_dir,
-            model=model,
-            config=gen,
-            shard=config.shard,
-            overwrite=config.overwrite,
-            progress=config.progress,
-        )
+        if config.executor == "ray":
+            from mipo.generate.ray_executor import run_generation_ray
+
+            # Same chunk files and manifest as the local runner (so a run may switch executor
+            # and resume); the Ray runtime lives only for this call unless the caller holds one.
+            mine = run_generation_ray(
+                requests,
+                gen_dir,
+                model=model,
+                config=gen,
+                shard=config.shard,
+                overwrite=config.overwrite,
+                progress=config.progress,
+                num_workers=config.num_workers,
+                address=config.ray_address,
+            )
+        else:
+            mine = run_generation(
+                requests,
+                gen_dir,
+                model=model,
+                config=gen,
+                shard=config.shard,
+                overwrite=config.overwrite,
+                progress=config.progress,
+            )
+        rec["executor"] = config.executor
         rec["requests"] = requests.height
         rec["shard"] = f"{config.shard[0]}/{config.shard[1]}"
         rec["responses_this_shard"] = mine.height

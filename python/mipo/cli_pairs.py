@@ -48,6 +48,26 @@ def _print_result(result: Any) -> None:
     show_default=True,
     help="auto: vLLM when installed and a GPU is present, else transformers.",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: generate in this process; ray: on a Ray cluster's workers, one model copy per "
+    "GPU (pip install 'mipo[ray]').",
+)
+@click.option(
+    "--num-workers",
+    type=int,
+    default=None,
+    help="--executor ray: model copies [default: as many as the cluster fits].",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="--executor ray: cluster address [default: $RAY_ADDRESS, else a cluster started here "
+    "with `ray start`, else a local Ray runtime].",
+)
 @click.option("--max-new-tokens", type=int, default=None, help="[default: 512]")
 @click.option("--temperature", type=float, default=None, help="[default: 0.1]")
 @click.option("--top-p", type=float, default=None, help="[default: 0.9]")

@@ -123,8 +123,10 @@ def assign_negatives(
                 n, groups=groups, clusters=cluster_codes, seed=seed
             )
         except DerangementError as exc:
-            hint = " (or pass --no-user-constraint)" if groups is not None else ""
-            raise DerangementError(f"{exc}{hint}") from exc
+            # The engine's messages already name the CLI flags where they apply.
+            if groups is None or "--no-user-constraint" in str(exc):
+                raise
+            raise DerangementError(f"{exc} (or pass --no-user-constraint)") from exc
     sigma = sigma.cast(pl.UInt32).rename("negative_index")
     check_negatives(sigma, users=users, clusters=clusters)
     return sigma
