@@ -14,8 +14,9 @@ from click.testing import CliRunner
 from mipo.errors import ConfigError, CorpusError, InvalidInputError, OutputError
 from mipo.evaluate import EvalConfig, run_eval
 from mipo.evaluate.answers import choice_index, extract_number, math_correct
-from mipo.evaluate.datasets import load_dataset
+from mipo.evaluate.datasets import load_dataset, load_fewshot
 from mipo.evaluate.judge import parse_score, win_rates
+from mipo.evaluate.run import MATH_INSTRUCTION, math_messages
 from mipo.evaluate.stats import bootstrap_ci, paired_bootstrap_ci
 
 DATA = Path(__file__).resolve().parents[1] / "python" / "mipo" / "data" / "eval"
@@ -169,6 +170,90 @@ def test_bad_data_files(tmp_path: Path) -> None:
         load_dataset(str(bad))
     with pytest.raises(CorpusError, match="not found"):
         load_dataset(str(tmp_path / "missing.jsonl"))
+
+
+# --- math prompts ------------------------------------------------------------------------------
+
+
+def test_shipped_fewshot_examples_are_worked_and_unseen() -> None:
+    examples = load_fewshot(None, 8)
+    assert len(examples) == 8 and len({q for q, _ in examples}) == 8
+    for _, solution in examples:
+        assert solution.rstrip().splitlines()[-1].startswith("#### ")
+        assert len(solution.splitlines()) >= 3  # a chain of thought, not just the number
+    sample = set(load_dataset(str(DATA / "math_sample.jsonl")).frame["question"])
+    assert not sample & {q for q, _ in examples}
+    assert load_fewshot(None, 3) == examples[:3]
+    assert load_fewshot(None, 0) == []
+
+
+def test_fewshot_prompt_alternates_turns_and_renders(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    examples = load_fewshot(None, 8)
+    messages = math_messages("How many legs do 3 spiders have?", examples)
+    assert len(messages) == 17
+    assert [m["role"] for m in messages] == ["user", "assistant"] * 8 + ["user"]
+    for i, (question, solution) in enumerate(examples):
+        assert messages[2 * i]["content"] == f"{question}\n\n{MATH_INSTRUCTION}"
+        assert messages[2 * i + 1]["content"] == solution
+    assert messages[-1]["content"].startswith("How many legs do 3 spiders have?\n\n")
+    assert math_messages("Q?", []) == [{"role": "user", "content": f"Q?\n\n{MATH_INSTRUCTION}"}]
+    # Through a real chat template: 17 turns in order, ending with the open assistant turn.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text.count("<|im_start|>user") == 9 and text.count("<|im_start|>assistant") == 9
+    assert text.index(examples[0][1]) < text.index(examples[7][0]) < text.index("spiders")
+    assert text.rstrip().endswith("<|im_start|>assistant")
+
+
+def test_fewshot_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(CorpusError, match="fewer than the 9 shots"):
+        load_fewshot(None, 9)
+    unmarked = tmp_path / "shots.jsonl"
+    unmarked.write_text(json.dumps({"question": "1 + 1?", "answer": "It is 2."}) + "\n")
+    with pytest.raises(CorpusError, match="lacks the final '#### N'"):
+        load_fewshot(unmarked, 1)
+    with pytest.raises(CorpusError, match="not found"):
+        load_fewshot(tmp_path / "missing.jsonl", 1)
+    with pytest.raises(ConfigError, match="math_shots must be an integer >= 0, got -1"):
+        EvalConfig(model="m", data=["d"], math_shots=-1)
+    assert EvalConfig(model="m", data=["d"], device="cpu").math_token_limit() == 512
+    assert EvalConfig(model="m", data=["d"], backend="vllm").math_token_limit() == 1024
+    assert EvalConfig(model="m", data=["d"], math_max_new_tokens=64).math_token_limit() == 64
+
+
+def test_math_eval_uses_the_fewshot_prompt(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A 2-row 8-shot run: each response is what the model generates from the 8-shot prompt."""
+    from mipo.evaluate.generation import generate_responses, render_prompts
+    from mipo.models import resolve_model
+
+    config = EvalConfig(
+        model=str(tiny_model_dir), data=[str(DATA / "math_sample.jsonl")], limit=2,
+        math_max_new_tokens=6, temperature=0.0, n_bootstrap=50, judge="none", device="cpu",
+    )  # fmt: skip
+    assert config.math_shots == 8
+    result = run_eval(config, tmp_path / "out")
+    assert result.metrics["math_setup"]["shots"] == 8
+    assert result.metrics["math_setup"]["max_new_tokens"] == 6
+    assert "8-shot chain of thought" in result.report_md.read_text()
+    rows = pl.read_parquet(tmp_path / "out" / "math_math_sample.parquet")
+    assert rows.height == 2
+    resolved = resolve_model(str(tiny_model_dir))
+    examples = load_fewshot(None, 8)
+    fewshot_ids, context = render_prompts(
+        resolved, [math_messages(q, examples) for q in rows["question"]]
+    )
+    zero_ids, _ = render_prompts(resolved, [math_messages(q, []) for q in rows["question"]])
+    # The model was given the 8-shot prompts (their exact length), far longer than zero-shot ones.
+    assert rows["prompt_tokens_model"].to_list() == [len(ids) for ids in fewshot_ids]
+    assert all(len(f) > 4 * len(z) for f, z in zip(fewshot_ids, zero_ids, strict=True))
+    common = {"seed": 0, "max_new_tokens": 6, "temperature": 0.0, "top_p": 0.9, "batch_size": 8}
+    again = generate_responses(resolved, fewshot_ids, device="cpu", **common)
+    assert rows["response_model"].to_list() == [r.text for r in again]
+    # The tiny model's 512-token context is too short for 8 shots, and the report says so.
+    assert context == 512 and len(fewshot_ids[0]) > context
+    assert any("lower --math-shots" in note for note in result.metrics["notes"])
 
 
 # --- the full evaluation -------------------------------------------------------------------------

@@ -210,23 +210,76 @@ def _log_entries(path: Path) -> list[dict[str, Any]]:
     type=int,
     help="Contrast prompts per prompt for PMI.",
 )
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--max-new-tokens", default=256, show_default=True, type=int)
-@click.option("--math-max-new-tokens", default=512, show_default=True, type=int)
-@click.option("--temperature", default=0.1, show_default=True, type=float)
-@click.option("--top-p", default=0.9, show_default=True, type=float)
-@click.option("--batch-size", default=8, show_default=True, type=int)
-@click.option("--limit", default=None, type=int, help="At most N rows of each file.")
-@click.option("--n-bootstrap", default=2000, show_default=True, type=int)
 @click.option(
-    "--backend", type=click.Choice(["auto", "hf", "vllm"]), default="auto", show_default=True
+    "--seed",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Seed of generation, contrast draws and bootstrap.",
 )
-@click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--max-new-tokens",
+    default=256,
+    show_default=True,
+    type=int,
+    help="Most tokens per response to a PMI prompt (paper: 512).",
+)
+@click.option(
+    "--math-max-new-tokens",
+    default=None,
+    type=int,
+    help="Most tokens per math solution  [default: 1024 (paper) on GPU, 512 on CPU]",
+)
+@click.option(
+    "--math-shots",
+    default=8,
+    show_default=True,
+    type=int,
+    help="Worked examples before each math question (chain of thought); 0 = zero-shot.",
+)
+@click.option(
+    "--math-fewshot",
+    default=None,
+    help="JSONL of worked examples (question, answer ending '#### N')  [default: shipped 8]",
+)
+@click.option(
+    "--temperature",
+    default=0.1,
+    show_default=True,
+    type=float,
+    help="Sampling temperature (paper: 0.1; 0 = greedy).",
+)
+@click.option(
+    "--top-p", default=0.9, show_default=True, type=float, help="Nucleus mass (paper: 0.9)."
+)
+@click.option(
+    "--batch-size",
+    default=8,
+    show_default=True,
+    type=int,
+    help="Rows per forward pass when generating and scoring.",
+)
+@click.option("--limit", default=None, type=int, help="At most N rows of each file.")
+@click.option(
+    "--n-bootstrap",
+    default=2000,
+    show_default=True,
+    type=int,
+    help="Bootstrap resamples per confidence interval.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "hf", "vllm"]),
+    default="auto",
+    show_default=True,
+    help="Generation backend (auto: vLLM when installed with a GPU, else transformers).",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
     "--train-log", default=None, help="train_log.jsonl to plot  [default: the model's own]"
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing report.")
-@click.option("--trust-remote-code", is_flag=True)
+@click.option("--trust-remote-code", is_flag=True, help="Allow models that ship Python code.")
 def eval_cmd(data: tuple[str, ...], output: Path, **options: Any) -> None:
     """Evaluate a model on DATA files: PMI, multiple choice, math, judged win rate.
 
@@ -234,7 +287,8 @@ def eval_cmd(data: tuple[str, ...], output: Path, **options: Any) -> None:
     DATA kinds (detected from columns, or prefixed kind:path):
       pmi     held-out prompts (question/context/user_id, or messages)
       choice  JSONL with question, choices, answer
-      math    JSONL with question, answer ('... #### N')
+      math    JSONL with question, answer ('... #### N'); asked 8-shot chain of
+              thought by default (--math-shots)
     """
     from mipo.evaluate import EvalConfig, run_eval
     from mipo.evaluate.report import fmt_ci

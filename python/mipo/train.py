@@ -15,7 +15,7 @@ Output directory layout::
     OUTDIR/tensorboard/      with --report-to tensorboard
 
 Multi-GPU / multi-node: ``accelerate launch --config_file CONFIG -m mipo train PAIRS -o OUTDIR``
-with one of the shipped configs (``mipo train --accelerate-config ddp|zero2|zero3|fsdp`` prints
+with one of the shipped configs (``mipo train --print-accelerate-config ddp|zero2|zero3|fsdp`` prints
 its path). Only the main process writes files other than what ``Trainer`` saves itself.
 
 >>> from mipo.train import TrainConfig, train  # doctest: +SKIP

@@ -24,9 +24,19 @@ import polars as pl
 
 from mipo.errors import CorpusError
 
-__all__ = ["KINDS", "EvalDataset", "load_dataset", "split_kind"]
+__all__ = [
+    "KINDS",
+    "MATH_FEWSHOT_PATH",
+    "EvalDataset",
+    "load_dataset",
+    "load_fewshot",
+    "split_kind",
+]
 
 KINDS = ("pmi", "choice", "math")
+
+MATH_FEWSHOT_PATH = Path(__file__).resolve().parents[1] / "data" / "eval" / "math_fewshot.jsonl"
+"""The shipped worked examples for k-shot math prompts (8, written for mipo, GSM8K-style)."""
 
 
 @dataclass
@@ -189,3 +199,32 @@ def load_dataset(spec: str, *, limit: int | None = None) -> EvalDataset:
         frame = frame.head(limit)
     name = path.stem if path.is_file() else path.name
     return EvalDataset(name=name, kind=kind, path=path, frame=frame)
+
+
+def load_fewshot(path: str | Path | None, shots: int) -> list[tuple[str, str]]:
+    """The first ``shots`` worked examples ``(question, solution)`` of a few-shot file (JSONL /
+    Parquet / CSV with ``question`` and ``answer`` ending in ``#### N``); ``None``: the shipped
+    file. ``shots == 0`` reads nothing.
+
+    >>> [q[:9] for q, _ in load_fewshot(None, 2)]
+    ['A bakery ', 'Priya wan']
+    """
+    if shots == 0:
+        return []
+    path = Path(path) if path is not None else MATH_FEWSHOT_PATH
+    if not path.is_file():
+        raise CorpusError(f"few-shot file {path} not found")
+    frame = _load_math(path)
+    if frame.height < shots:
+        raise CorpusError(
+            f"few-shot file {path} holds {frame.height} examples, fewer than the {shots} shots "
+            "asked for: lower --math-shots or add examples"
+        )
+    examples = list(zip(frame["question"].to_list(), frame["answer"].to_list(), strict=True))
+    no_marker = [i for i, (_, a) in enumerate(examples[:shots]) if "####" not in a]
+    if no_marker:
+        raise CorpusError(
+            f"few-shot file {path}: answer of row(s) {no_marker[:5]} lacks the final "
+            "'#### N' line the examples are meant to teach"
+        )
+    return examples[:shots]

@@ -14,7 +14,7 @@ from typing import Any
 
 from mipo.errors import ModelError
 
-__all__ = ["generate_responses", "materialize_model"]
+__all__ = ["generate_responses", "materialize_model", "render_prompts"]
 
 
 def materialize_model(spec: str, workdir: Path, *, trust_remote_code: bool = False) -> Any:
@@ -41,30 +41,16 @@ def materialize_model(spec: str, workdir: Path, *, trust_remote_code: bool = Fal
     return resolve_model(str(path), trust_remote_code=trust_remote_code)
 
 
-def generate_responses(
-    resolved: Any,
-    prompts: list[list[dict[str, str]]],
-    *,
-    seed: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    batch_size: int,
-    backend: str = "auto",
-    device: str = "auto",
-) -> list[Any]:
-    """One :class:`~mipo.generate.GenerationResult` per prompt (seeds derived from the row
-    index and ``seed``, so two models get the same seeds).
+def render_prompts(
+    resolved: Any, prompts: list[list[dict[str, str]]]
+) -> tuple[list[list[int]], int]:
+    """The token ids of each chat prompt (with the assistant turn opened) and the model's context
+    length as its tokenizer states it (0 when it states none).
 
-    >>> generate_responses(resolved, [[{"role": "user", "content": "Hi"}]], seed=0,
-    ...     max_new_tokens=16, temperature=0.1, top_p=0.9, batch_size=8)  # doctest: +SKIP
+    >>> ids, context = render_prompts(resolved, [[{"role": "user", "content": "Hi"}]])  # doctest: +SKIP
     """
     from transformers import AutoTokenizer
 
-    from mipo.generate import GenerationConfig, create_backend, request_seeds
-
-    if not prompts:
-        return []
     tokenizer = AutoTokenizer.from_pretrained(
         resolved.path, trust_remote_code=resolved.trust_remote_code
     )
@@ -76,6 +62,38 @@ def generate_responses(
             messages, add_generation_prompt=True, tokenize=True, return_dict=True
         )
         input_ids.append(list(out["input_ids"]))
+    # Tokenizers without a stated limit report a huge sentinel (int(1e30)).
+    context = tokenizer.model_max_length if tokenizer.model_max_length < 10**9 else 0
+    return input_ids, int(context)
+
+
+def generate_responses(
+    resolved: Any,
+    prompts: list[list[dict[str, str]]] | list[list[int]],
+    *,
+    seed: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    batch_size: int,
+    backend: str = "auto",
+    device: str = "auto",
+) -> list[Any]:
+    """One :class:`~mipo.generate.GenerationResult` per prompt (chat messages, or token ids from
+    :func:`render_prompts`); seeds derive from the row index and ``seed``, so two models get the
+    same seeds.
+
+    >>> generate_responses(resolved, [[{"role": "user", "content": "Hi"}]], seed=0,
+    ...     max_new_tokens=16, temperature=0.1, top_p=0.9, batch_size=8)  # doctest: +SKIP
+    """
+    from mipo.generate import GenerationConfig, create_backend, request_seeds
+
+    if not prompts:
+        return []
+    if all(isinstance(p, list) and all(isinstance(t, int) for t in p) for p in prompts):
+        input_ids: list[list[int]] = [list(p) for p in prompts]  # type: ignore[arg-type]
+    else:
+        input_ids = render_prompts(resolved, prompts)[0]  # type: ignore[arg-type]
     config = GenerationConfig(
         backend=backend,  # type: ignore[arg-type]
         max_new_tokens=max_new_tokens,

@@ -9,7 +9,9 @@ the same per-row seeds:
    user column). Mean, per-token mean, bootstrap 95% CI; paired bootstrap CI of model − baseline.
 2. **Multiple choice** (choice files): accuracy by summed log-likelihood of each option (and by
    per-token mean, ``accuracy_norm``).
-3. **Math** (math files): exact match of the extracted final number.
+3. **Math** (math files): exact match of the extracted final number, after a k-shot chain of
+   thought prompt (GSM8K-style: k worked examples as earlier user/assistant turns; 8 by default
+   as in the paper, 0 = zero-shot).
 4. **Judged win rate** (pmi files with a user context, with ``compare``): a judge model scores
    both responses 1-5 against the user's context; win rate with ties as wins and as half.
 
@@ -36,7 +38,7 @@ from mipo.errors import ConfigError, OutputError
 if TYPE_CHECKING:
     from mipo.evaluate.datasets import EvalDataset
 
-__all__ = ["EvalConfig", "EvalResult", "run_eval"]
+__all__ = ["EvalConfig", "EvalResult", "math_messages", "run_eval"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +74,15 @@ class EvalConfig:
     """Seed of generation (per-row seeds derive from it), contrast draws and bootstrap."""
     max_new_tokens: int = 256
     """Most tokens per generated response for PMI / judged prompts (paper: 512)."""
-    math_max_new_tokens: int = 512
-    """Most tokens per generated math solution (paper: 1024)."""
+    math_max_new_tokens: int | None = None
+    """Most tokens per generated math solution. ``None``: 1024 as in the paper when generating on
+    a GPU (or with vLLM), 512 on CPU, where a rambling answer costs minutes."""
+    math_shots: int = 8
+    """Worked examples shown before each math question, as earlier user/assistant chat turns
+    (paper: GSM8K 8-shot chain of thought); 0 asks zero-shot."""
+    math_fewshot: str | None = None
+    """File of worked examples (``question``, ``answer`` ending in ``#### N``) for the math
+    prompts, the first ``math_shots`` used; ``None``: the 8 shipped with mipo."""
     temperature: float = 0.1
     """Sampling temperature for generation (paper: 0.1; 0 = greedy)."""
     top_p: float = 0.9
@@ -103,10 +112,18 @@ class EvalConfig:
             raise bad("model", self.model, "a model folder or name")
         if not self.data:
             raise ConfigError("data: pass at least one evaluation file")
-        for name in ("k", "max_new_tokens", "math_max_new_tokens", "batch_size", "n_bootstrap"):
+        for name in ("k", "max_new_tokens", "batch_size", "n_bootstrap"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise bad(name, value, "an integer >= 1")
+        limit = self.math_max_new_tokens
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
+        ):
+            raise bad("math_max_new_tokens", limit, "an integer >= 1, or None")
+        shots = self.math_shots
+        if not isinstance(shots, int) or isinstance(shots, bool) or shots < 0:
+            raise bad("math_shots", shots, "an integer >= 0")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 2):
             raise bad("limit", self.limit, "an integer >= 2, or None")
         if not isinstance(self.seed, int) or self.seed < 0:
@@ -122,6 +139,18 @@ class EvalConfig:
 
     def device_for_scoring(self) -> str | None:
         return None if self.device == "auto" else self.device
+
+    def math_token_limit(self) -> int:
+        """``math_max_new_tokens``, or its device-dependent default (1024 on GPU, 512 on CPU)."""
+        if self.math_max_new_tokens is not None:
+            return self.math_max_new_tokens
+        if self.backend == "vllm" or self.device.startswith("cuda"):
+            return 1024
+        if self.device == "auto":
+            import torch
+
+            return 1024 if torch.cuda.is_available() else 512
+        return 512
 
 
 @dataclass(frozen=True)
@@ -197,8 +226,24 @@ def _per_token(values: list[float | None], tokens: list[int]) -> list[float | No
     return [None if v is None or t == 0 else v / t for v, t in zip(values, tokens, strict=True)]
 
 
-def _math_prompts(frame: pl.DataFrame) -> list[list[dict[str, str]]]:
-    return [[{"role": "user", "content": f"{q}\n\n{MATH_INSTRUCTION}"}] for q in frame["question"]]
+def math_messages(question: str, exemplars: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """The chat prompt for one math question: each worked example as a user turn (its question
+    and the instruction) answered by an assistant turn (its solution ending in ``#### N``), then
+    the question itself. Every user turn has the same form, so the examples show the model
+    exactly what its own answer should look like.
+
+    >>> shots = [("What is 1 + 1?", "1 + 1 = 2\\n#### 2")]
+    >>> [m["role"] for m in math_messages("What is 2 + 3?", shots)]
+    ['user', 'assistant', 'user']
+    >>> math_messages("What is 2 + 3?", [])[0]["content"].startswith("What is 2 + 3?\\n\\nSolve")
+    True
+    """
+    messages: list[dict[str, str]] = []
+    for example_question, solution in exemplars:
+        messages.append({"role": "user", "content": f"{example_question}\n\n{MATH_INSTRUCTION}"})
+        messages.append({"role": "assistant", "content": solution})
+    messages.append({"role": "user", "content": f"{question}\n\n{MATH_INSTRUCTION}"})
+    return messages
 
 
 def run_eval(config: EvalConfig, output_dir: str | os.PathLike[str]) -> EvalResult:
@@ -207,13 +252,15 @@ def run_eval(config: EvalConfig, output_dir: str | os.PathLike[str]) -> EvalResu
     >>> run_eval(EvalConfig(model="runs/train1", data=["heldout.jsonl"], compare="smollm2-135m"),
     ...          "runs/eval1")  # doctest: +SKIP
     """
-    from mipo.evaluate.datasets import load_dataset
+    from mipo.evaluate.datasets import load_dataset, load_fewshot
 
     started = time.perf_counter()
     outdir = Path(output_dir)
     if (outdir / "metrics.json").exists() and not config.overwrite:
         raise OutputError(f"{outdir} already holds an evaluation: pass --overwrite or another -o")
     datasets = [load_dataset(spec, limit=config.limit) for spec in config.data]
+    has_math = any(ds.kind == "math" for ds in datasets)
+    exemplars = load_fewshot(config.math_fewshot, config.math_shots) if has_math else []
     for ds in datasets:
         if ds.kind == "pmi" and ds.frame.height < 2:
             raise ConfigError(f"PMI data {ds.path} needs at least 2 prompts, has {ds.frame.height}")
@@ -224,7 +271,7 @@ def run_eval(config: EvalConfig, output_dir: str | os.PathLike[str]) -> EvalResu
             f"evaluation files share the name(s) {', '.join(duplicated)}: rename them"
         )
     outdir.mkdir(parents=True, exist_ok=True)
-    run = _Evaluation(config, outdir, datasets)
+    run = _Evaluation(config, outdir, datasets, exemplars)
     workdir = outdir / ".work"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir()
@@ -241,8 +288,15 @@ def run_eval(config: EvalConfig, output_dir: str | os.PathLike[str]) -> EvalResu
 class _Evaluation:
     """State of one ``mipo eval`` run: per-row frames grow a column per step and role."""
 
-    def __init__(self, config: EvalConfig, outdir: Path, datasets: list[EvalDataset]) -> None:
+    def __init__(
+        self,
+        config: EvalConfig,
+        outdir: Path,
+        datasets: list[EvalDataset],
+        exemplars: list[tuple[str, str]],
+    ) -> None:
         self.config = config
+        self.exemplars = exemplars
         self.outdir = outdir
         self.datasets = datasets
         self.roles = {"model": config.model}
@@ -255,6 +309,14 @@ class _Evaluation:
         self.judged: list[str] = []
         self.paths: dict[str, str] = {}
         self.ci: dict[str, int] = {"n_resamples": config.n_bootstrap, "seed": config.seed}
+        shown = {q.strip() for q, _ in exemplars}
+        for ds in self._of_kind("math"):
+            leaked = sum(q.strip() in shown for q in ds.frame["question"])
+            if leaked:
+                self.notes.append(
+                    f"{ds.name}: {leaked} question(s) are also few-shot examples, so their "
+                    "solutions were in the prompt"
+                )
 
     def _of_kind(self, kind: str) -> list[EvalDataset]:
         return [ds for ds in self.datasets if ds.kind == kind]
@@ -271,23 +333,38 @@ class _Evaluation:
 
     def generate_and_score_choices(self, workdir: Path) -> None:
         """Each model answers the pmi and math prompts and scores the choices."""
-        from mipo.evaluate.generation import generate_responses, materialize_model
-        from mipo.scoring import load_model
+        from mipo.evaluate.generation import (
+            generate_responses,
+            materialize_model,
+            render_prompts,
+        )
+        from mipo.scoring import load_model, resolve_model_path
 
         c = self.config
         for role, spec in self.roles.items():
             resolved = materialize_model(spec, workdir, trust_remote_code=c.trust_remote_code)
-            self.paths[role] = str(resolved.path)
+            path = Path(resolved.path)
+            # A merged adapter lives in the work folder, deleted after the run: name the adapter.
+            self.paths[role] = (
+                f"{resolve_model_path(spec)} (LoRA adapter, merged for this run)"
+                if workdir.resolve() in path.resolve().parents
+                else str(path)
+            )
             for ds in self.datasets:
                 if ds.kind == "choice":
                     continue
-                if ds.kind == "pmi":
-                    prompts, limit = ds.frame["prompt"].to_list(), c.max_new_tokens
-                else:
-                    prompts, limit = _math_prompts(ds.frame), c.math_max_new_tokens
+                prompt_ids, context = render_prompts(resolved, self._prompts(ds))
+                limit = c.max_new_tokens if ds.kind == "pmi" else c.math_token_limit()
+                too_long = sum(len(ids) + limit > context for ids in prompt_ids) if context else 0
+                if too_long:
+                    self.notes.append(
+                        f"{ds.name}, {role}: {too_long} prompt(s) plus {limit} new tokens exceed "
+                        f"the model's context of {context} tokens"
+                        + (" (lower --math-shots)" if ds.kind == "math" else "")
+                    )
                 results = generate_responses(
                     resolved,
-                    prompts,
+                    prompt_ids,
                     seed=c.seed,
                     max_new_tokens=limit,
                     temperature=c.temperature,
@@ -303,6 +380,9 @@ class _Evaluation:
                         [r.finish_reason for r in results],
                         dtype=pl.String,
                     ),
+                    pl.Series(
+                        f"prompt_tokens_{role}", [len(ids) for ids in prompt_ids], dtype=pl.Int64
+                    ),
                 )
             if self._of_kind("choice"):
                 loaded = load_model(
@@ -313,6 +393,12 @@ class _Evaluation:
                 for ds in self._of_kind("choice"):
                     self._score_choices(ds, role, loaded)
                 del loaded
+
+    def _prompts(self, ds: EvalDataset) -> list[list[dict[str, str]]]:
+        """The chat prompts a pmi or math file asks the models to answer."""
+        if ds.kind == "pmi":
+            return ds.frame["prompt"].to_list()
+        return [math_messages(q, self.exemplars) for q in ds.frame["question"]]
 
     def _score_choices(self, ds: EvalDataset, role: str, loaded: tuple[Any, Any]) -> None:
         from mipo.scoring import score_responses
@@ -447,6 +533,16 @@ class _Evaluation:
             "math": {},
             "judge": {},
         }
+        if self._of_kind("math"):
+            from mipo.evaluate.datasets import MATH_FEWSHOT_PATH
+
+            metrics["math_setup"] = {
+                "shots": len(self.exemplars),
+                "examples_file": str(c.math_fewshot or MATH_FEWSHOT_PATH)
+                if self.exemplars
+                else None,
+                "max_new_tokens": c.math_token_limit(),
+            }
         report.heading("Models")
         model_rows = [["model", c.model]]
         if self.has_baseline:
@@ -636,9 +732,17 @@ class _Evaluation:
             )
         else:
             report.heading(f"Math (exact match) — {ds.name} ({frame.height} questions)")
+            shots = len(self.exemplars)
+            setup = (
+                f"{shots}-shot chain of thought: {shots} worked examples as earlier user/assistant "
+                "turns, each ending in '#### <number>'"
+                if shots
+                else "Zero-shot"
+            )
             report.paragraph(
-                "Zero-shot, asked to end with '#### <number>'; the number after '####' (or the "
-                "last number) must equal the gold answer."
+                f"{setup}; the model is asked to end with '#### <number>', and the number after "
+                "'####' (or else the last number) must equal the gold answer. Up to "
+                f"{self.config.math_token_limit()} new tokens."
             )
         table = [_stat_row(key, stats, key, self.has_baseline) for key in columns]
         if ds.kind == "math":
