@@ -526,6 +526,33 @@ def _load_tokenizer(model_path: Path) -> Any:
     return tokenizer
 
 
+def _refuse_input_output_overlap(files: list[Path], spec: str, out: Path) -> None:
+    """An input file inside OUTDIR could be deleted by --overwrite, and an OUTDIR inside an input
+    folder would be read back as input on a rerun: refuse both before anything is written."""
+    target = out.resolve()
+    for path in files:
+        if target in path.resolve().parents:
+            raise ConfigError(
+                f"input file '{path}' is inside the output folder '{out}': choose an -o outside "
+                "the input"
+            )
+    folder = Path(spec).expanduser()
+    if folder.is_dir() and (target == folder.resolve() or folder.resolve() in target.parents):
+        raise ConfigError(
+            f"the output folder '{out}' is inside the input folder '{spec}', so a rerun would "
+            "read mipo's outputs as input: choose an -o outside it"
+        )
+
+
+def _refuse_linked_folder(folder: Path) -> None:
+    """Writes stay inside OUTDIR: a subfolder replaced by a link to elsewhere is not followed."""
+    if folder.is_symlink():
+        raise OutputError(
+            f"'{folder}' is a symbolic link (to '{os.readlink(folder)}'); mipo writes only inside "
+            "the output folder: remove the link and rerun"
+        )
+
+
 def build_pairs(config: BuildPairsConfig) -> BuildPairsResult:
     """Run (or continue) the stages into ``config.out_dir``; see the module docstring."""
     from mipo.models import resolve_model
@@ -533,6 +560,11 @@ def build_pairs(config: BuildPairsConfig) -> BuildPairsResult:
     out = Path(config.out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise OutputError(f"output path '{out}' exists and is not a folder: choose another -o")
+    if out.is_symlink() and not out.exists():
+        raise OutputError(
+            f"output path '{out}' is a broken symbolic link (to '{os.readlink(out)}'): create "
+            "its target, remove the link, or choose another -o"
+        )
     if config.executor == "ray" and not config.plan_only:
         # A missing Ray is refused before the plan is built, not after it.
         from mipo.generate.ray_executor import import_ray
@@ -542,6 +574,7 @@ def build_pairs(config: BuildPairsConfig) -> BuildPairsResult:
     # Everything that can reject the input runs before the output folder is touched; the corpus
     # first, since reading its schema is instant and loading a model is not.
     corpus = open_corpus(config.input, config.columns)
+    _refuse_input_output_overlap(corpus.files, config.input, out)
     model = resolve_model(
         config.model,
         trust_remote_code=config.trust_remote_code,
@@ -626,12 +659,14 @@ def _run_stages(
     # 1. plan
     if not (out / PLAN_FILE).is_file():
         stats.pop("plan", None)
+        # run.json first: a crash right after the plan's rename must leave a folder a rerun
+        # recognises as this run (not "a folder holding plan.parquet and no mipo run").
+        write_json_atomic(record, out / RUN_FILE)
         with stages.run("plan") as rec:
             with _PlanProgress(config.progress, _count_rows(corpus)) as bar:
                 plan_stats = build_plan(
                     corpus, tokenizer, out / PLAN_FILE, plan_config, progress=bar
                 )
-            write_json_atomic(record, out / RUN_FILE)
             rec["step_seconds"] = {k: round(v, 3) for k, v in plan_stats.step_seconds.items()}
             stats["plan"] = plan_stats.as_dict()
     elif not (out / RUN_FILE).is_file():
@@ -648,6 +683,7 @@ def _run_stages(
         seed=config.seed,
     )
     gen_dir = out / GENERATIONS_DIR
+    _refuse_linked_folder(gen_dir)
     with stages.run("generate") as rec:
         if config.executor == "ray":
             from mipo.generate.ray_executor import run_generation_ray
@@ -783,6 +819,7 @@ def merge_shards(
             "folder of one of the shards first"
         )
     gen_dir = out / GENERATIONS_DIR
+    _refuse_linked_folder(gen_dir)
     manifest = _read_json(gen_dir / "manifest.json")
     for other in shard_dirs or []:
         other = Path(other)

@@ -14,6 +14,7 @@ Python object is created. Errors are :mod:`mipo.errors` classes.
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,10 +57,32 @@ def _as_series(data: Any, what: str) -> pl.Series:
     if hasattr(data, "__arrow_c_stream__") or hasattr(data, "__arrow_c_array__"):
         return pl.Series(data)
     if isinstance(data, list | tuple):
-        return pl.Series(what, data)
+        try:
+            return pl.Series(what, data)
+        except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InvalidInputError(
+                f"{what} cannot be read as one column ({reason}); give every value one type, "
+                "e.g. all strings or all integers"
+            ) from None
     raise InvalidInputError(
         f"{what} must be a Polars Series (or an Arrow array), got {type(data).__name__}"
     )
+
+
+def _integer(value: Any, name: str, high: int) -> int:
+    """``value`` as an int in ``[0, high]``; otherwise an InvalidParameterError naming it (the
+    native call would raise a bare TypeError or OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidParameterError(
+            f"{name} must be an integer, got {type(value).__name__} {value!r}"
+        )
+    value = int(value)
+    if value < 0:
+        raise InvalidParameterError(f"{name} must be >= 0, got {value}")
+    if value > high:
+        raise InvalidParameterError(f"{name} must be at most {high}, got {value}")
+    return value
 
 
 def engine_info() -> dict[str, Any]:
@@ -307,9 +330,9 @@ def derangement(n: int, seed: int) -> pl.Series:
     >>> sorted(sigma) == [0, 1, 2, 3, 4] and all(s != i for i, s in enumerate(sigma))
     True
     """
-    if seed < 0:
-        raise InvalidParameterError(f"seed must be >= 0, got {seed}")
-    return _series(_engine.derangement(int(n), int(seed)), "negative")
+    n = _integer(n, "n", 2**63 - 1)
+    seed = _integer(seed, "seed", 2**64 - 1)
+    return _series(_engine.derangement(n, seed), "negative")
 
 
 def _codes(data: Any, what: str) -> pl.Series | None:
@@ -356,15 +379,12 @@ def constrained_derangement(
     >>> all(users[s] != users[i] for i, s in enumerate(sigma))
     True
     """
-    if seed < 0:
-        raise InvalidParameterError(f"seed must be >= 0, got {seed}")
-    if sweeps < 0:
-        raise InvalidParameterError(f"sweeps must be >= 0, got {sweeps}")
+    n = _integer(n, "n", 2**63 - 1)
+    seed = _integer(seed, "seed", 2**64 - 1)
+    sweeps = _integer(sweeps, "sweeps", 2**64 - 1)
     g = _codes(groups, "groups")
     c = _codes(clusters, "clusters")
     for name, col in (("groups", g), ("clusters", c)):
         if col is not None and len(col) != n:
             raise InvalidInputError(f"{name} has {len(col)} rows but n is {n}; they must match")
-    return _series(
-        _engine.constrained_derangement(int(n), g, c, int(seed), int(sweeps)), "negative"
-    )
+    return _series(_engine.constrained_derangement(n, g, c, seed, sweeps), "negative")
