@@ -1,5 +1,7 @@
 """Safety of `mipo build-pairs`: a model's own code runs only with --trust-remote-code, pickle
-weights load only with --allow-pickle, and nothing is written (or deleted) outside OUTDIR.
+weights (of a model or a LoRA adapter) load only with --allow-pickle, nothing is written (or
+deleted) outside OUTDIR, a full disk during the plan is one clear line with nothing half-written,
+and an input edited in place is noticed on a rerun.
 
 The remote-code and pickle payloads here are real: a ``modeling_*.py`` and a pickle that, when
 executed, create a marker file. The tests assert the marker exists exactly when the user opted
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import random
 import shutil
 import subprocess
 import sys
@@ -366,3 +369,294 @@ def test_output_folder_inside_an_input_folder_is_refused_or_resumable(
         return
     again = build_pairs(data, "-o", out, "--model", tiny_model_dir, *FAST)
     assert again.exit_code == 0, again.stderr
+
+
+# --- pickle adapters -----------------------------------------------------------------------------
+
+
+def _adapter_folder(tiny_model_dir: Path, dst: Path, *, safe: bool) -> Path:
+    """A real LoRA adapter of the tiny model (random, non-zero LoRA weights, so merging it changes
+    the model), saved as safetensors or as pickle (``adapter_model.bin``)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(base, lora)
+    model.save_pretrained(dst, safe_serialization=safe)
+    config = json.loads((dst / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tiny_model_dir)
+    (dst / "adapter_config.json").write_text(json.dumps(config))
+    return dst
+
+
+@pytest.mark.parametrize("layout", ["adapter", "train-output"])
+def test_pickle_only_adapter_is_refused_without_the_flag(
+    tmp_path: Path, tiny_model_dir: Path, layout: str
+) -> None:
+    """An adapter folder (or a `mipo train` output holding one in model/) whose weights are a
+    pickle is refused before anything unpickles it, by path resolution and by load_model."""
+    from mipo.errors import ModelError
+    from mipo.scoring import load_model, resolve_model_path
+
+    root = tmp_path / "run"
+    adapter = root / "model" if layout == "train-output" else root
+    adapter.mkdir(parents=True)
+    marker = tmp_path / "marker"
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": str(tiny_model_dir)})
+    )
+    (adapter / "adapter_model.bin").write_bytes(pickle.dumps(_Payload(marker)))
+    for attempt in (
+        lambda: resolve_model_path(root),
+        lambda: load_model(root, device="cpu"),
+    ):
+        with pytest.raises(ModelError, match=r"adapter_model\.bin.*arbitrary code.*--allow-pickle"):
+            attempt()
+    assert not marker.exists()
+    assert resolve_model_path(root, allow_pickle=True) == adapter
+
+    (adapter / "adapter_model.bin").unlink()
+    with pytest.raises(ModelError, match="holds no adapter weights"):
+        resolve_model_path(root, allow_pickle=True)
+
+
+def test_pickle_adapter_loads_with_the_flag_and_safetensors_win_without_it(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    import torch
+
+    from mipo.scoring import load_model
+
+    ids = torch.tensor([[1, 2, 3, 4]])
+    base, _ = load_model(tiny_model_dir, device="cpu")
+    with torch.no_grad():
+        base_logits = base(ids).logits
+
+    pickled = _adapter_folder(tiny_model_dir, tmp_path / "pickled", safe=False)
+    assert (pickled / "adapter_model.bin").is_file()
+    merged, _ = load_model(pickled, device="cpu", allow_pickle=True)
+    with torch.no_grad():
+        assert not torch.allclose(merged(ids).logits, base_logits)  # the adapter really loaded
+
+    # safetensors plus a hostile .bin: the .bin is never unpickled, with or without the flag.
+    safe = _adapter_folder(tiny_model_dir, tmp_path / "safe", safe=True)
+    marker = tmp_path / "marker"
+    (safe / "adapter_model.bin").write_bytes(pickle.dumps(_Payload(marker)))
+    model, _ = load_model(safe, device="cpu")
+    with torch.no_grad():
+        assert not torch.allclose(model(ids).logits, base_logits)
+    assert not marker.exists()
+
+
+# --- a full disk during the plan -----------------------------------------------------------------
+# Real write failures, not mocks: the run is a subprocess under `ulimit -f` (RLIMIT_FSIZE), so
+# every write past the limit fails with EFBIG, the errno a full disk (ENOSPC) or quota shares with
+# it. CPython ignores SIGXFSZ, so the process sees the error instead of being killed.
+
+
+def _under_file_size_limit(
+    command: list[str | Path], limit_kib: int, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", 'ulimit -f "$1" && shift && exec "$@"', "_", str(limit_kib)]
+        + [str(c) for c in command],
+        env={**os.environ, "RAYON_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _assert_one_error_line(done: subprocess.CompletedProcess[str], *needles: str) -> str:
+    assert done.returncode == 2, (done.returncode, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, done.stderr[-3000:]
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def big_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3,000 distinct prompts (~0.9 MB): one plan part file is far above a 128 KiB limit."""
+    rng = random.Random(0)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = ["".join(rng.choices(letters, k=rng.randint(3, 9))) for _ in range(5000)]
+    path = tmp_path_factory.mktemp("big") / "big.jsonl"
+    with path.open("w") as f:
+        for i in range(3000):
+            prompt = " ".join(rng.choices(vocab, k=40))
+            f.write(json.dumps({"id": f"q{i}", "prompt": prompt}) + "\n")
+    return path
+
+
+@needs_engine
+@pytest.mark.parametrize(
+    ("limit_kib", "failing_file"),
+    [(128, "plan.parquet (part file part-000000.parquet)"), (1, "run.json")],
+)
+def test_full_disk_during_the_plan_is_one_line_and_leaves_nothing(
+    tmp_path: Path, big_corpus: Path, tiny_model_dir: Path, limit_kib: int, failing_file: str
+) -> None:
+    """The part files (128 KiB limit) or the first small file (1 KiB: run.json) cannot be
+    written: one `error:` line naming the file, the folder and `df -h`, exit 2, no traceback,
+    and the new output folder is gone (no part files, no temporary files). Rerunning the same
+    command without the limit then succeeds."""
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "mipo", "build-pairs", big_corpus, "-o", out,
+        "--model", tiny_model_dir, "--plan-only", "--no-progress", "--max-new-tokens", "4",
+    ]  # fmt: skip
+    done = _under_file_size_limit(command, limit_kib)
+    _assert_one_error_line(done, f"cannot write {failing_file} in '{out}'", "df -h", "rerun")
+    assert not out.exists(), sorted(p.name for p in out.rglob("*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+    rerun = _under_file_size_limit(command, 1 << 20)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert pl.read_parquet(out / "plan.parquet").height == 3000
+
+
+PLAN_SCRIPT = """
+import sys
+from mipo import engine
+from mipo.corpus import open_corpus
+from mipo.errors import OutputError
+from mipo.plan import PlanConfig, build_plan
+
+corpus = open_corpus(sys.argv[1])
+tokenizer = engine.ChatTokenizer.from_pretrained(sys.argv[2])
+try:
+    build_plan(corpus, tokenizer, sys.argv[3], PlanConfig(batch_rows=256))
+except OutputError as exc:
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(exc.exit_code)
+"""
+
+
+@needs_engine
+def test_full_disk_while_writing_plan_parquet_leaves_no_temporary_file(
+    tmp_path: Path, big_corpus: Path, tiny_model_dir: Path
+) -> None:
+    """Small batches keep each part file under a 512 KiB limit, so the failure comes from the
+    final ``plan.parquet`` (pyarrow's writer): same one line, and the folder holds nothing —
+    no temporary plan, no ``.plan-parts-*`` folder."""
+    out = tmp_path / "out"
+    out.mkdir()
+    script = tmp_path / "plan.py"
+    script.write_text(PLAN_SCRIPT)
+    target = out / "plan.parquet"
+    done = _under_file_size_limit([sys.executable, script, big_corpus, tiny_model_dir, target], 512)
+    _assert_one_error_line(done, f"cannot write plan.parquet in '{out}' (File too large)", "df -h")
+    assert list(out.iterdir()) == []
+
+
+def test_errors_that_are_not_about_the_disk_pass_through(tmp_path: Path) -> None:
+    """A frame Polars cannot serialize is a program error, not "check free space"."""
+    from mipo.corpus import write_parquet_atomic
+    from mipo.errors import OutputError
+
+    frame = pl.DataFrame({"x": [object()]}, schema={"x": pl.Object})
+    with pytest.raises(pl.exceptions.PolarsError) as raised:
+        write_parquet_atomic(frame, tmp_path / "x.parquet")
+    assert not isinstance(raised.value, OutputError)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- an input edited in place --------------------------------------------------------------------
+
+
+@needs_engine
+def test_input_edited_in_place_is_detected_even_at_the_same_size(
+    tmp_path: Path, corpus: Path, tiny_model_dir: Path
+) -> None:
+    """The plan options record each input file's size and mtime: an edit that keeps the size is
+    a changed plan option (refused, naming the file), and --overwrite rebuilds the plan from the
+    new text. An unchanged rerun still continues."""
+    data = tmp_path / "corpus.jsonl"
+    shutil.copy(corpus, data)
+    out = tmp_path / "out"
+    args = [data, "-o", out, "--model", tiny_model_dir, "--plan-only", *FAST]
+    assert build_pairs(*args).exit_code == 0
+    plan_stamp = (out / "plan.parquet").stat().st_mtime_ns
+    run = json.loads((out / "run.json").read_text())
+    (stamp,) = run["stages"]["plan"]["options"]["input_files"]
+    assert stamp == {
+        "name": "corpus.jsonl",
+        "size": data.stat().st_size,
+        "mtime_ns": data.stat().st_mtime_ns,
+    }
+
+    again = build_pairs(*args)
+    assert again.exit_code == 0, again.stderr
+    assert (out / "plan.parquet").stat().st_mtime_ns == plan_stamp  # continued, not rebuilt
+
+    text = data.read_text()
+    edited = text.replace("eat before", "EAT BEFORE")
+    assert edited != text and len(edited) == len(text)
+    data.write_text(edited)
+    # Coarse file-system clocks could give the edit the old mtime: make it strictly newer.
+    os.utime(data, ns=(stamp["mtime_ns"] + 10**9, stamp["mtime_ns"] + 10**9))
+    assert data.stat().st_size == stamp["size"]
+
+    assert_refused(
+        build_pairs(*args), "different plan options", "modified corpus.jsonl", "--overwrite"
+    )
+    assert (out / "plan.parquet").stat().st_mtime_ns == plan_stamp  # refused: nothing touched
+
+    redone = build_pairs(*args, "--overwrite")
+    assert redone.exit_code == 0, redone.stderr
+    prompts = pl.read_parquet(out / "plan.parquet")["prompt"].to_list()
+    assert any("EAT BEFORE" in m["content"] for messages in prompts for m in messages)
+
+
+@needs_engine
+def test_plan_bytes_do_not_depend_on_the_input_mtime(
+    tmp_path: Path, corpus: Path, tiny_model_dir: Path
+) -> None:
+    """The mtime lives only in run.json: a touched copy of the input plans to the same bytes."""
+    outs = []
+    for name, mtime_s in (("a", 1_000_000_000), ("b", 1_500_000_000)):
+        folder = tmp_path / name
+        folder.mkdir()
+        data = folder / "corpus.jsonl"
+        shutil.copy(corpus, data)
+        os.utime(data, (mtime_s, mtime_s))
+        out = folder / "out"
+        result = build_pairs(data, "-o", out, "--model", tiny_model_dir, "--plan-only", *FAST)
+        assert result.exit_code == 0, result.stderr
+        outs.append(out)
+    a, b = outs
+    assert (a / "plan.parquet").read_bytes() == (b / "plan.parquet").read_bytes()
+    runs = [json.loads((o / "run.json").read_text()) for o in outs]
+    assert runs[0]["stages"]["plan"]["hash"] != runs[1]["stages"]["plan"]["hash"]
+
+
+@needs_engine
+def test_merge_accepts_shards_that_read_their_own_copy_of_the_input(
+    tmp_path: Path, corpus: Path, tiny_model_dir: Path
+) -> None:
+    """Shards on two machines each read a copy of the corpus (same name and size, another mtime):
+    `mipo merge` still joins them; the generation manifest vouches for the requests."""
+    outs = []
+    for shard, mtime_s in ((0, 1_000_000_000), (1, 1_500_000_000)):
+        machine = tmp_path / f"machine{shard}"
+        machine.mkdir()
+        data = machine / "corpus.jsonl"
+        shutil.copy(corpus, data)
+        os.utime(data, (mtime_s, mtime_s))
+        out = machine / "out"
+        result = build_pairs(
+            data, "-o", out, "--model", tiny_model_dir, "--shard", f"{shard}/2", *FAST
+        )
+        assert result.exit_code == 0, result.stderr
+        outs.append(out)
+    merged = CliRunner().invoke(cli, ["merge", str(outs[0]), str(outs[1])])
+    assert merged.exit_code == 0, merged.stderr
+    assert pl.read_parquet(outs[0] / "pairs.parquet").height > 0

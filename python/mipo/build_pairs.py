@@ -38,7 +38,13 @@ from pathlib import Path
 from typing import Any
 
 from mipo import __version__
-from mipo.corpus import ColumnOptions, open_corpus, write_json_atomic, write_parquet_atomic
+from mipo.corpus import (
+    ColumnOptions,
+    input_file_stamps,
+    open_corpus,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from mipo.errors import ConfigError, ModelError, OutputError, TemplateError
 from mipo.negatives import NegativeStrategy, parse_strategy
 from mipo.pairs import PairFilterConfig, PairStats, assemble_pairs, build_requests, filter_pairs
@@ -225,7 +231,29 @@ def _hash(value: Any) -> str:
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    return [
+        _files_diff(old.get(k) or [], new.get(k) or [])
+        if k == "input_files"
+        else f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in keys
+        if old.get(k) != new.get(k)
+    ]
+
+
+def _files_diff(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> str:
+    """Which input files changed, by name (a corpus may have thousands of shards)."""
+    before = {f.get("name"): f for f in old}
+    after = {f.get("name"): f for f in new}
+    parts = []
+    for label, names in (
+        ("modified", [n for n in after if n in before and after[n] != before[n]]),
+        ("added", [n for n in after if n not in before]),
+        ("removed", [n for n in before if n not in after]),
+    ):
+        if names:
+            shown = ", ".join(str(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+            parts.append(f"{label} {shown}")
+    return "input files: " + (", ".join(parts) or "changed")
 
 
 @contextlib.contextmanager
@@ -380,9 +408,9 @@ def _stage_options(
     config: BuildPairsConfig, corpus: Any, model: Any, plan: PlanConfig, gen: Any
 ) -> dict[str, dict[str, Any]]:
     """The options each stage's output depends on (``shard`` and progress do not count)."""
-    files = [{"name": p.name, "size": p.stat().st_size} for p in corpus.files]
     plan_options = {
-        "input_files": files,
+        # Name, size and mtime: an in-place edit of the corpus is a changed plan option.
+        "input_files": input_file_stamps(corpus.files),
         "columns": corpus.columns.as_dict(),
         "model_fingerprint": model.fingerprint,
         **{k: v for k, v in asdict(plan).items() if k not in ("batch_rows", "row_group_rows")},
@@ -421,6 +449,18 @@ def _run_record(
         "negatives": config.negatives,
         "stages": stages,
     }
+
+
+def _shard_identity(record: dict[str, Any]) -> list[Any]:
+    """The plan and generation options of a run, input mtimes left out: shards that ran on other
+    machines read their own copy of the corpus (same names and sizes, other mtimes), and the
+    generation manifest's hash (which covers every request) still proves they made one run."""
+    stages = record.get("stages", {})
+    plan = dict(stages.get("plan", {}).get("options", {}))
+    plan["input_files"] = [
+        {k: v for k, v in f.items() if k != "mtime_ns"} for f in plan.get("input_files", [])
+    ]
+    return [plan, stages.get("generate", {}).get("options")]
 
 
 def _first_changed_stage(
@@ -828,9 +868,7 @@ def merge_shards(
         theirs = _read_json(other / RUN_FILE)
         if theirs is None:
             raise OutputError(f"'{other}' holds no build-pairs run (run.json missing)")
-        if [theirs["stages"][s]["hash"] for s in ("plan", "generate")] != [
-            record["stages"][s]["hash"] for s in ("plan", "generate")
-        ]:
+        if _shard_identity(theirs) != _shard_identity(record):
             raise OutputError(
                 f"'{other}' was built with other options than '{out}' (plan or generation "
                 "settings differ): only shards of one run can be merged"

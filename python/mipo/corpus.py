@@ -23,9 +23,11 @@ per-row Python), onto one standard shape:
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ from typing import Any
 
 import polars as pl
 
-from mipo.errors import ConfigError, CorpusError
+from mipo.errors import ConfigError, CorpusError, MipoError, OutputError
 
 __all__ = [
     "CONTEXT_NAMES",
@@ -47,8 +49,10 @@ __all__ = [
     "ColumnOptions",
     "Corpus",
     "atomic_path",
+    "input_file_stamps",
     "open_corpus",
     "resolve_input_files",
+    "write_errors",
     "write_json_atomic",
     "write_parquet_atomic",
 ]
@@ -225,6 +229,23 @@ def resolve_input_files(spec: str | os.PathLike[str]) -> tuple[list[Path], str]:
         if p.stat().st_size == 0:
             raise CorpusError(f"input file '{p}' is empty")
     return files, formats.pop()  # type: ignore[return-value]
+
+
+def input_file_stamps(files: list[Path]) -> list[dict[str, Any]]:
+    """Name, size and modification time (ns) of each input file: what a rerun compares to tell
+    whether the input changed. An in-place edit changes the mtime even when the size stays; the
+    contents are not hashed (that would read a large corpus on every rerun).
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp()); (d / "a.jsonl").write_text("{}")
+    2
+    >>> sorted(input_file_stamps([d / "a.jsonl"])[0])
+    ['mtime_ns', 'name', 'size']
+    """
+    stamps = []
+    for path in files:
+        info = path.stat()
+        stamps.append({"name": path.name, "size": info.st_size, "mtime_ns": info.st_mtime_ns})
+    return stamps
 
 
 def _scan(files: list[Path], fmt: str) -> pl.LazyFrame:
@@ -500,29 +521,92 @@ def open_corpus(spec: str | os.PathLike[str], options: ColumnOptions | None = No
 
 # --- atomic outputs ----------------------------------------------------------------------------
 
+# errno values that mean "no room": a full disk, an exhausted quota, a file-size limit (ulimit -f).
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# Polars reports a failed file write as a ComputeError whose text carries the OS error, e.g.
+# "parquet: File out of specification: underlying IO error: File too large (os error 27)".
+_POLARS_IO = re.compile(
+    r"io error: (?P<reason>.+?)(?: \(os error (?P<errno>\d+)\))?$", re.IGNORECASE | re.MULTILINE
+)
+
+
+def _write_failure(exc: BaseException) -> tuple[str, int | None] | None:
+    """``(reason, errno)`` when ``exc`` is a failed write to the file system, else None."""
+    if isinstance(exc, MipoError):
+        return None
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+        # pyarrow: "Error writing bytes to file. Detail: [errno 27] File too large"
+        detail = re.search(r"\[errno (\d+)\] (.+)$", reason)
+        if detail:
+            return detail[2].strip(), exc.errno or int(detail[1])
+        return reason, exc.errno
+    if isinstance(exc, pl.exceptions.PolarsError):
+        text = str(exc)
+        match = _POLARS_IO.search(text)
+        if match:
+            code = match["errno"]
+            return match["reason"].strip(), int(code) if code else None
+        if "transport error" in text:  # older Polars: the thrift writer lost its file
+            return text.strip().splitlines()[-1], None
+    return None
+
+
+@contextlib.contextmanager
+def write_errors(target: str | os.PathLike[str], name: str | None = None) -> Iterator[None]:
+    """Turn a failed write (full disk, quota, ``ulimit -f``, permissions) into one clear
+    :class:`~mipo.errors.OutputError` naming the file and its folder.
+
+    Other errors (a frame Polars cannot serialize, mipo's own errors) pass through unchanged.
+
+    >>> with write_errors("/proc/no/such/dir/x.json"):  # doctest: +SKIP
+    ...     open("/proc/no/such/dir/x.json", "w")
+    Traceback (most recent call last):
+    mipo.errors.OutputError: cannot write x.json in '/proc/no/such/dir' (No such file ...): ...
+    """
+    target = Path(target)
+    try:
+        yield
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        failure = _write_failure(exc)
+        if failure is None:
+            raise
+        reason, code = failure
+        hint = (
+            "check free space (df -h) and rerun the same command"
+            if code in _NO_ROOM or code is None
+            else "check that the folder is writable and has free space (df -h), then rerun the "
+            "same command"
+        )
+        raise OutputError(
+            f"cannot write {name or target.name} in '{target.parent}' ({reason}): {hint}"
+        ) from exc
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` only on success.
 
     A crash or an exception leaves ``target`` as it was (absent or the previous version), never
-    half written.
+    half written. A write that fails for lack of room (or permission) raises one clear
+    :class:`~mipo.errors.OutputError` (see :func:`write_errors`).
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp creates 0600; give the output the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+    with write_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            # mkstemp creates 0600; give the output the permissions a plain open() would.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)
+            yield tmp_path
+            os.replace(tmp_path, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp_path.unlink()
 
 
 def write_parquet_atomic(frame: pl.DataFrame, target: str | os.PathLike[str]) -> Path:

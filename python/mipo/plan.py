@@ -35,7 +35,7 @@ from typing import Any
 import polars as pl
 
 from mipo import engine
-from mipo.corpus import Corpus, atomic_path
+from mipo.corpus import Corpus, atomic_path, write_errors
 from mipo.errors import ConfigError, CorpusError
 from mipo.negatives import NegativeStrategy, assign_negatives, parse_strategy
 
@@ -190,6 +190,7 @@ def _stream_pass(
     tokenizer: engine.ChatTokenizer,
     config: PlanConfig,
     parts_dir: Path,
+    target: Path,
     stats: PlanStats,
     clock: _Clock,
     progress: ProgressCallback | None,
@@ -268,10 +269,11 @@ def _stream_pass(
             progress("tokenize", seen)
         if batch.height == 0:
             continue
-        with clock("write"):
-            part = parts_dir / f"part-{len(parts):06d}.parquet"
+        part = parts_dir / f"part-{len(parts):06d}.parquet"
+        # A full disk fails here first (the parts hold most of the plan's bytes): one clear line.
+        with clock("write"), write_errors(target, f"{target.name} (part file {part.name})"):
             batch.write_parquet(part, compression="lz4", statistics=False)
-            parts.append(part)
+        parts.append(part)
         keep_cols = ["id", "cluster", "has_context", "num_prompt_tokens"]
         compact.append(batch.select(keep_cols + (["user_id"] if corpus.has_users else [])))
         del batch
@@ -309,7 +311,8 @@ def _write_plan(
     clock: _Clock,
 ) -> None:
     """Stream the parts into ``target`` in fixed-size row groups, adding the plan index and the
-    negatives; temporary file + rename."""
+    negatives; temporary file + rename (a failed write raises a one-line OutputError, via
+    :func:`~mipo.corpus.atomic_path`, and leaves no temporary file)."""
     import pyarrow.parquet as pq
 
     with clock("write"), atomic_path(target) as tmp:
@@ -361,7 +364,9 @@ def build_plan(
     """Run the plan stage and write ``target`` (``plan.parquet``) atomically.
 
     Raises :class:`CorpusError` (nothing usable, too few prompts), :class:`ConfigError`
-    (context-drop without any context) or :class:`~mipo.errors.DerangementError`.
+    (context-drop without any context), :class:`~mipo.errors.DerangementError`, or
+    :class:`~mipo.errors.OutputError` when a file cannot be written (full disk): then neither
+    ``target`` nor any part file is left behind.
     """
     target = Path(target)
     start = time.perf_counter()
@@ -378,10 +383,13 @@ def build_plan(
             "or use --negatives random"
         )
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    parts_dir = Path(tempfile.mkdtemp(prefix=".plan-parts-", dir=target.parent))
+    with write_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        parts_dir = Path(tempfile.mkdtemp(prefix=".plan-parts-", dir=target.parent))
     try:
-        parts, state = _stream_pass(corpus, tokenizer, config, parts_dir, stats, clock, progress)
+        parts, state = _stream_pass(
+            corpus, tokenizer, config, parts_dir, target, stats, clock, progress
+        )
         stats.prompts_planned = state.height
         stats.with_context = int(state["has_context"].sum())
         stats.without_context = stats.prompts_planned - stats.with_context

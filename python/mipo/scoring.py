@@ -75,6 +75,8 @@ def resolve_model_path(
         if not (path / "adapter_config.json").exists() and (path / TRAINED_MODEL_SUBDIR).is_dir():
             path = path / TRAINED_MODEL_SUBDIR
         if (path / "adapter_config.json").exists():
+            # An adapter is weights too: the same pickle rule as a full model folder.
+            _check_adapter_weights(path, allow_pickle=allow_pickle)
             return path
     from mipo.models import resolve_model
 
@@ -85,6 +87,28 @@ def resolve_model_path(
             allow_pickle=allow_pickle,
         ).path
     )
+
+
+def _check_adapter_weights(path: Path, *, allow_pickle: bool) -> None:
+    """Refuse a LoRA adapter folder whose weights exist only as pickle (``adapter_model.bin``):
+    loading it unpickles arbitrary objects. With safetensors present PEFT loads those instead."""
+    from mipo.models import PICKLE_WEIGHT_SUFFIXES
+
+    files = [p for p in path.rglob("*") if p.is_file()]
+    if any(p.name.endswith(".safetensors") for p in files):
+        return
+    pickles = [p for p in files if p.name.endswith(PICKLE_WEIGHT_SUFFIXES)]
+    if not pickles:
+        raise ModelError(
+            f"adapter folder '{path}' holds no adapter weights (adapter_model.safetensors): pass "
+            "a complete adapter folder saved with save_pretrained"
+        )
+    if not allow_pickle:
+        raise ModelError(
+            f"adapter '{path}' has only pickle weights ({pickles[0].name}); loading pickle can "
+            "execute arbitrary code: convert them to safetensors, or pass --allow-pickle if you "
+            "trust the source"
+        )
 
 
 def _default_device() -> str:
@@ -108,17 +132,24 @@ def load_model(
     *,
     device: str | None = None,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` for scoring or generation, in eval mode, gradients off.
 
     A LoRA adapter folder (``adapter_config.json``) is loaded onto its base model and merged, so
-    callers always get a plain causal LM.
+    callers always get a plain causal LM. Pickle weights (``.bin``, model or adapter) load only
+    with ``allow_pickle=True``; otherwise they are refused, and never read beside safetensors.
 
     >>> model, tokenizer = load_model("path/to/model")  # doctest: +SKIP
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model_path(spec, trust_remote_code=trust_remote_code)
+    flags = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
+    # Without --allow-pickle, transformers must not fall back to a .bin beside the safetensors.
+    weights = {"trust_remote_code": trust_remote_code}
+    if not allow_pickle:
+        weights["use_safetensors"] = True
+    path = resolve_model_path(spec, **flags)
     device = device or _default_device()
     dtype = _dtype_for(device)
     try:
@@ -132,16 +163,12 @@ def load_model(
                     f"{path / 'adapter_config.json'} names no base model; "
                     "set base_model_name_or_path to the model the adapter was trained on"
                 )
-            base_path = resolve_model_path(base_spec, trust_remote_code=trust_remote_code)
-            base = AutoModelForCausalLM.from_pretrained(
-                base_path, dtype=dtype, trust_remote_code=trust_remote_code
-            )
+            base_path = resolve_model_path(base_spec, **flags)
+            base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, **weights)
             model = PeftModel.from_pretrained(base, path).merge_and_unload()
             tokenizer_path = path if (path / "tokenizer_config.json").exists() else base_path
         else:
-            model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=dtype, trust_remote_code=trust_remote_code
-            )
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **weights)
             tokenizer_path = path
         tokenizer = AutoTokenizer.from_pretrained(
             tokenizer_path, trust_remote_code=trust_remote_code
