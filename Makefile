@@ -13,6 +13,13 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
+# Slow tests that do not fit CI's budget (90 minutes on 2 cores, installs included): a full
+# LoRA DPO + every evaluation, and the demo configuration, on the real built-in model.
+# `make test-slow` runs every slow test.
+CI_SLOW_DESELECT ?= \
+	--deselect tests/test_evaluate.py::test_train_then_eval_on_the_builtin_model \
+	--deselect tests/test_run.py::test_demo_configuration_on_the_builtin_model
+
 RUST_SRC := $(shell find rust benches -name '*.rs' 2>/dev/null) Cargo.toml
 
 .PHONY: help
@@ -35,9 +42,14 @@ $(VENV)/.engine: $(VENV)/.deps $(RUST_SRC)
 dev: $(VENV)/.engine  ## Create .venv, install mipo (editable) and build the engine (release)
 
 .PHONY: test
-test: dev lint  ## Everything CI runs: Rust tests, lints, stub check, pytest (fast + slow)
+test: dev lint  ## Everything CI runs: Rust tests, lints, stub check, wheel, pytest (fast + slow)
 	cargo test -q
 	$(PY) -m pytest -q -m "not slow and not gpu"
+	$(MAKE) wheel
+	$(PY) -m pytest -q -m "slow and not gpu" $(CI_SLOW_DESELECT)
+
+.PHONY: test-slow
+test-slow: dev wheel  ## Every slow end-to-end test on the real built-in model (long on a CPU)
 	$(PY) -m pytest -q -m "slow and not gpu"
 
 .PHONY: test-fast
@@ -74,7 +86,8 @@ bench: dev  ## Rust criterion benches + the side-by-side comparison (writes benc
 
 .PHONY: wheel
 wheel: $(VENV)/.deps  ## Build the abi3 wheel into dist/
-	$(VENV)/bin/maturin build --release -o dist
+	rm -f dist/mipo-*.whl
+	$(VENV)/bin/maturin build --release -q -o dist
 
 .PHONY: clean
 clean:  ## Remove build outputs (keeps .venv)
