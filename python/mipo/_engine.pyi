@@ -55,6 +55,7 @@ def _rng_below(seed: int, bound: int, count: int) -> Any: ...
 
 # --- tokenize (rust/py/tokenize.rs) ---------------------------------------------------------------
 
+@final
 class ChatTokenizer:
     """A model's tokenizer and chat template; renders and encodes Arrow columns in parallel."""
 
