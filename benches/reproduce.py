@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -111,6 +110,10 @@ def _run_one(
 
     label = _label(combo)
     out = args.out / "runs" / _slug(label)
+    key = (combo["negatives"], combo["temperature"])
+    cached = pairs_cache.get(key)
+    target = out / "round-1" / "pairs"
+    reused = cached is not None and not (target / "pairs.parquet").is_file()
     train_options: dict[str, Any] = {
         "lora": not args.full_finetune,
         "beta": combo["beta"],
@@ -142,14 +145,10 @@ def _run_one(
         extra_eval_data=extra,
         math_max_new_tokens=max(args.max_new_tokens, 128),
         progress=False,
+        # Pairs depend on the generation settings only: reuse them across training sweeps
+        # (build-pairs checks that they match this configuration).
+        reuse_pairs=None if cached is None else str(cached),
     )
-    # Pairs depend on the generation settings only: reuse them across training sweeps.
-    key = (combo["negatives"], combo["temperature"])
-    cached = pairs_cache.get(key)
-    target = out / "round-1" / "pairs"
-    reused = cached is not None and not target.exists()
-    if reused:
-        shutil.copytree(cached, target)
     started = time.perf_counter()
     result = run_pipeline(config, log=lambda line: print(f"[{label}] {line}", file=sys.stderr))
     wall = time.perf_counter() - started

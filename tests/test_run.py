@@ -169,6 +169,32 @@ def test_changed_options_are_refused(
     assert "other options" in result.output and "--overwrite" in result.output  # type: ignore[attr-defined]
 
 
+def test_reused_pairs_are_checked_and_copied(
+    finished_run: tuple[Path, str], small_corpus: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    source = finished_run[0] / "round-1" / "pairs"
+    # Other training options: the pairs are copied, not generated, and trained on.
+    out = tmp_path / "beta"
+    args = (small_corpus, "-o", out, *_tiny_args(tiny_model_dir), "--reuse-pairs", source)
+    result = _invoke(*args, "--beta", "0.5")
+    _ok(result)
+    assert "round 1/1: reusing the pairs of" in result.output  # type: ignore[attr-defined]
+    copied = pl.read_parquet(out / "round-1" / "pairs" / "pairs.parquet")
+    assert copied.equals(pl.read_parquet(source / "pairs.parquet"))
+    assert not (out / "round-1" / "pairs" / "generations" / ".lock-shard-0-of-1").exists()
+    record = json.loads((out / "round-1" / "model" / "train_config.json").read_text())
+    assert record["status"] == "complete" and record["options"]["beta"] == 0.5
+    assert record["num_pairs"] == copied.height
+    # Other generation options: build-pairs refuses the copy, and nothing of it stays behind.
+    out = tmp_path / "hot"
+    args = (small_corpus, "-o", out, *_tiny_args(tiny_model_dir), "--reuse-pairs", source)
+    result = _invoke(*args, "--temperature", "0.7")
+    assert result.exit_code == 2, result.output  # type: ignore[attr-defined]
+    assert "different generate options" in result.output  # type: ignore[attr-defined]
+    assert not (out / "round-1" / "pairs").exists()
+    assert not (out / "round-1" / ".pairs.reused.tmp").exists()
+
+
 @pytest.mark.parametrize("fraction", ["0", "1", "1.5", "-0.1"])
 def test_bad_eval_fraction(fraction: str, small_corpus: Path, tmp_path: Path) -> None:
     result = _invoke(small_corpus, "-o", tmp_path / "out", "--eval-fraction", fraction)

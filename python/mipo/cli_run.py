@@ -73,6 +73,7 @@ def _given(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--judge", help="Judge model for the win rate: auto (the base model), a model, or none  [default: auto]")  # fmt: skip
 @click.option("--extra-eval", "extra_eval_data", multiple=True, help="choice:/math: file evaluated every round (repeatable).")  # fmt: skip
 @click.option("--n-bootstrap", type=int, help="Bootstrap resamples  [default: 2000]")
+@click.option("--reuse-pairs", type=click.Path(exists=True, file_okay=False), help="Copy round 1's pairs from another run's round-1/pairs (same corpus, model, generation options).")  # fmt: skip
 @click.option("--overwrite", is_flag=True, default=None, help="Discard a run with other options in OUTDIR.")  # fmt: skip
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the model's own code.")
 @click.option("--no-progress", "progress", flag_value=False, default=None, help="No progress bars.")

@@ -30,9 +30,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -74,7 +74,9 @@ _TOP_OUTPUTS = (
     "rounds.png",
 )
 # Options that may change between a run and its continuation.
-_FREE_OPTIONS = frozenset({"out_dir", "rounds", "overwrite", "progress"})
+# (`reuse_pairs` only saves work: build-pairs checks that the copied pairs are the ones this run
+# would build, so the outputs do not depend on it.)
+_FREE_OPTIONS = frozenset({"out_dir", "rounds", "overwrite", "progress", "reuse_pairs"})
 
 DEMO_SETTINGS: dict[str, Any] = {
     "max_prompts": 120,
@@ -170,6 +172,11 @@ class RunConfig:
     """Show progress bars of the stages (stderr)."""
     trust_remote_code: bool = False
     """Allow models that ship their own Python code."""
+    reuse_pairs: str | None = None
+    """The ``round-1/pairs`` folder of a finished run with the same corpus, split, base model and
+    generation options: copied instead of generated (build-pairs then checks that they are the
+    pairs this run would build, else the run stops), so a sweep over training options generates
+    once."""
 
     def __post_init__(self) -> None:
         from mipo.negatives import parse_strategy
@@ -207,6 +214,14 @@ class RunConfig:
                 "train.resume/overwrite are managed by the run (a rerun resumes): drop them"
             )
         self.extra_eval_data = tuple(self.extra_eval_data)
+        if (
+            self.reuse_pairs is not None
+            and not (Path(self.reuse_pairs) / "pairs.parquet").is_file()
+        ):
+            raise ConfigError(
+                f"reuse_pairs must be the pairs folder of a finished run (with pairs.parquet), "
+                f"got {self.reuse_pairs!r}"
+            )
         # Fails now, naming the option, rather than after the split and the first round.
         self._build_config("corpus", "out", None, round_number=1)
 
@@ -533,18 +548,60 @@ def _merge_adapter(train_dir: Path, trust_remote_code: bool) -> Path:
     return target
 
 
-def _build_round_pairs(config: RunConfig, out: Path, number: int, generator: Path) -> Path:
+def _check_built(
+    config: RunConfig, out: Path, number: int, generator: Path, pairs_dir: Path
+) -> None:
+    """``build_pairs`` into ``pairs_dir`` (a no-op check on a finished folder of the same
+    options)."""
     from mipo.build_pairs import build_pairs
 
+    build = config._build_config(
+        str(out / DATA_DIR / "train.parquet"), pairs_dir, str(generator), round_number=number
+    )
+    result = build_pairs(build)
+    if result.completed != "pairs" or not (pairs_dir / "pairs.parquet").is_file():
+        raise OutputError(f"round {number}: build-pairs stopped early: {result.message}")
+
+
+def _adopt_input_stamp(pairs_dir: Path, train_file: Path) -> None:
+    """Give ``train_file`` the modification time recorded by the copied pairs when it is
+    byte-identical to the file they were built from: build-pairs compares input files by name,
+    size and mtime, and this run wrote its own copy of the same split later."""
+    try:
+        record = json.loads((pairs_dir / "run.json").read_text(encoding="utf-8"))
+        source = Path(record["input"])
+        (stamp,) = record["stages"]["plan"]["options"]["input_files"]
+        recorded = int(stamp["mtime_ns"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # nothing to adopt: build-pairs decides
+    if source.is_file() and source.read_bytes() == train_file.read_bytes():
+        os.utime(train_file, ns=(time.time_ns(), recorded))
+
+
+def _build_round_pairs(config: RunConfig, out: Path, number: int, generator: Path) -> Path:
     pairs_dir = _round_dir(out, number) / "pairs"
     pairs = pairs_dir / "pairs.parquet"
-    if not pairs.is_file():
-        build = config._build_config(
-            str(out / DATA_DIR / "train.parquet"), pairs_dir, str(generator), round_number=number
+    if number == 1 and config.reuse_pairs is not None and not pairs.is_file():
+        # Copy beside the target and let build-pairs check the copy (it only compares options
+        # when they match, and refuses when they differ) before it takes the target's place,
+        # so a mismatch leaves nothing behind that a rerun would take for finished pairs.
+        tmp = pairs_dir.with_name(".pairs.reused.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(
+            Path(config.reuse_pairs),  # type: ignore[arg-type]
+            tmp,
+            ignore=shutil.ignore_patterns(".*lock*", "*.tmp*", "*.stale-*"),
         )
-        result = build_pairs(build)
-        if result.completed != "pairs" or not pairs.is_file():
-            raise OutputError(f"round {number}: build-pairs stopped early: {result.message}")
+        try:
+            _adopt_input_stamp(tmp, out / DATA_DIR / "train.parquet")
+            _check_built(config, out, number, generator, tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(pairs_dir, ignore_errors=True)  # an interrupted earlier attempt
+        tmp.rename(pairs_dir)
+    if not pairs.is_file():
+        _check_built(config, out, number, generator, pairs_dir)
     count = pl.scan_parquet(pairs).select(pl.len()).collect().item()
     if count == 0:
         raise CorpusError(
@@ -568,14 +625,9 @@ def _train_round(config: RunConfig, out: Path, number: int, generator: Path, pai
         resume=resume,
         overwrite=not resume and train_dir.exists(),
     )
-    with warnings.catch_warnings():
-        # build-pairs' run.json names the generator without its folder, so `train` cannot see
-        # that the model it trains is the one that generated the pairs and warns; here it is
-        # that model by construction (both stages get `generator`).
-        warnings.filterwarnings(
-            "ignore", message=r"training .* but the pairs were generated by", category=UserWarning
-        )
-        train(pairs, train_dir, options)
+    # build-pairs records the generator's folder in run.json, so `train` sees that it trains
+    # the model that generated the pairs (both stages get `generator`) and stays silent.
+    train(pairs, train_dir, options)
     return train_dir
 
 
@@ -630,10 +682,13 @@ def _run_round(
         say(f"{prefix}: {name} already done, skipping" if done else f"{prefix}: {doing}")
         return clock.time(f"round-{number}/{name}", work, *args)
 
+    reusing = number == 1 and config.reuse_pairs is not None
     pairs = stage(
         "pairs",
         (folder / "pairs" / "pairs.parquet").is_file(),
-        f"building pairs with {generator}",
+        f"reusing the pairs of {config.reuse_pairs} (checked against this run's options)"
+        if reusing
+        else f"building pairs with {generator}",
         _build_round_pairs,
         *(config, out, number, generator),
     )
