@@ -29,6 +29,7 @@ NUM_PERM = 112
 BANDS = 14
 THRESHOLD = 0.8
 NGRAM = 5
+RENSA_SLICE = 100_000
 
 
 def _shingles(text: str) -> list[str]:
@@ -125,18 +126,33 @@ def run_rensa(texts: list[str]) -> tuple[float, set[int]]:
     dedup = RMinHashDeduplicator(
         threshold=THRESHOLD, num_perm=NUM_PERM, use_lsh=True, num_bands=BANDS, seed=1
     )
-    added = dedup.add_pairs([(str(i), _shingles(t)) for i, t in enumerate(texts)])
-    elapsed = time.perf_counter() - t0
-    return elapsed, {i for i, new in enumerate(added) if not new}
+    flagged = set()
+    # Slices of RENSA_SLICE rows: one call with every shingle list of 1M prompts would hold
+    # ~100M Python strings at once (several GB); the deduplicator keeps its state across calls.
+    for start in range(0, len(texts), RENSA_SLICE):
+        added = dedup.add_pairs(
+            [
+                (str(i), _shingles(texts[i]))
+                for i in range(start, min(start + RENSA_SLICE, len(texts)))
+            ]
+        )
+        flagged.update(start + i for i, new in enumerate(added) if not new)
+    return time.perf_counter() - t0, flagged
 
 
-def compare(quick: bool = False) -> list[dict[str, Any]]:
-    """Rows ``name, mipo_s, baseline, baseline_s, speedup, target, notes`` (seconds, one run)."""
+def compare(
+    quick: bool = False,
+    rows: int | None = None,
+    baselines: tuple[str, ...] = ("datasketch", "rensa"),
+) -> list[dict[str, Any]]:
+    """Rows ``name, mipo_s, baseline, baseline_s, speedup, target, notes`` (seconds, one run),
+    plus the raw ``rows`` and precision / recall (``mipo_p``, ``mipo_r``, ``baseline_p``,
+    ``baseline_r``). ``rows`` overrides the size (``benches/scale.py`` uses 1M)."""
     import polars as pl
 
     from mipo import engine
 
-    n = 20_000 if quick else 100_000
+    n = rows or (20_000 if quick else 100_000)
     texts, planted_pairs, decoys = planted_corpus(n)
     planted = set(planted_pairs)
     # The generator does what it says: planted pairs are near duplicates, decoys are not.
@@ -150,6 +166,8 @@ def compare(quick: bool = False) -> list[dict[str, Any]]:
         ("datasketch", run_datasketch, 20.0),
         ("rensa", run_rensa, 1.0),
     ):
+        if baseline not in baselines:
+            continue
         base_s, flagged = runner(texts)
         bp, br = _precision_recall(flagged, planted)
         rows.append(
@@ -160,6 +178,11 @@ def compare(quick: bool = False) -> list[dict[str, Any]]:
                 "baseline_s": round(base_s, 3),
                 "speedup": round(base_s / mipo_s, 1),
                 "target": f">= {target:g}x",
+                "rows": n,
+                "mipo_p": mp,
+                "mipo_r": mr,
+                "baseline_p": bp,
+                "baseline_r": br,
                 "notes": (
                     f"planted near-dups: mipo P={mp:.3f} R={mr:.3f}; {baseline} P={bp:.3f} "
                     f"R={br:.3f} ({len(planted)} planted, {n} rows, {engine.engine_info()['threads']} "
