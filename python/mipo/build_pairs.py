@@ -29,7 +29,6 @@ import os
 import re
 import resource
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -46,6 +45,7 @@ from mipo.corpus import (
     write_parquet_atomic,
 )
 from mipo.errors import ConfigError, ModelError, OutputError, TemplateError
+from mipo.lockfile import run_lock
 from mipo.negatives import NegativeStrategy, parse_strategy
 from mipo.pairs import PairFilterConfig, PairStats, assemble_pairs, build_requests, filter_pairs
 from mipo.plan import PlanConfig, build_plan, read_plan
@@ -254,47 +254,6 @@ def _files_diff(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> str:
             shown = ", ".join(str(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
             parts.append(f"{label} {shown}")
     return "input files: " + (", ".join(parts) or "changed")
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive ``host:pid`` lock file; one left by a dead process on this host is taken over."""
-    me = f"{socket.gethostname()}:{os.getpid()}"
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                host, _, pid = path.read_text().partition(":")
-            except FileNotFoundError:
-                continue
-            alive = True
-            if host == socket.gethostname() and pid.isdigit():
-                try:
-                    os.kill(int(pid), 0)
-                except ProcessLookupError:
-                    alive = False
-                except PermissionError:
-                    pass
-            if alive:
-                raise OutputError(
-                    f"another mipo run ({host}:{pid}) is writing to '{path.parent}'; wait for it "
-                    f"to finish (if no such run exists, delete {path})"
-                ) from None
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(me)
-        break
-    else:
-        raise OutputError(f"could not take the lock {path}; delete it if no run is active")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            if path.read_text() == me:
-                path.unlink()
 
 
 class _Stages:
@@ -657,7 +616,7 @@ def build_pairs(config: BuildPairsConfig) -> BuildPairsResult:
     shard_index, num_shards = config.shard
     locked = False
     try:
-        with _lock(out / f".mipo-build-shard-{shard_index}-of-{num_shards}.lock"):
+        with run_lock(out / f".mipo-build-shard-{shard_index}-of-{num_shards}.lock"):
             locked = True
             if old is None or changed is not None:
                 start = "plan" if old is None else changed
@@ -920,7 +879,7 @@ def merge_shards(
     stats = _read_json(out / STATS_FILE) or {}
     stats.pop("pairs", None)
     stages = _Stages(out, stats)
-    with _lock(out / ".mipo-merge.lock"):
+    with run_lock(out / ".mipo-merge.lock"):
         if (out / PAIRS_FILE).exists():
             (out / PAIRS_FILE).unlink()
         plan = read_plan(out / PLAN_FILE)

@@ -49,20 +49,18 @@ import polars as pl
 from mipo.errors import ConfigError, DependencyError, GenerationError, MipoError, OutputError
 from mipo.generate import GenerationConfig, create_backend
 from mipo.generate.runner import (
-    MANIFEST_VERSION,
     RESULT_SCHEMA,
     _check_requests,
     _check_shard,
     _chunk_rows,
     _generate_chunk,
-    _hash_json,
-    _hash_requests,
     _prepare_folder,
     _Progress,
     _read_chunk,
     _remove_temp_files,
     _run_lock,
     _write_chunk_atomically,
+    build_manifest,
 )
 
 if TYPE_CHECKING:
@@ -169,33 +167,6 @@ def run_generation_ray(
 
 
 # --- manifest ------------------------------------------------------------------------------------
-
-
-def build_manifest(
-    table: pl.DataFrame, model: ResolvedModel, config: GenerationConfig
-) -> dict[str, Any]:
-    """The manifest :func:`~mipo.generate.runner.run_generation` writes for these requests.
-
-    A copy of the runner's (inline) construction; ``tests/test_ray.py`` checks the two files are
-    byte-identical, so a drift breaks a test rather than cross-executor resume.
-    """
-    num_chunks = -(-table.height // config.chunk_size)
-    manifest: dict[str, Any] = {
-        "version": MANIFEST_VERSION,
-        "run_hash": "",
-        "config_hash": _hash_json(config.output_fields()),
-        "model_fingerprint": model.fingerprint,
-        "requests_hash": _hash_requests(table),
-        "num_requests": table.height,
-        "chunk_size": config.chunk_size,
-        "num_chunks": num_chunks,
-        "model": model.name,
-        "config": config.output_fields(),
-    }
-    manifest["run_hash"] = _hash_json(
-        [manifest["config_hash"], manifest["model_fingerprint"], manifest["requests_hash"]]
-    )
-    return manifest
 
 
 def pin_config(config: GenerationConfig, fields: dict[str, Any]) -> GenerationConfig:
@@ -418,7 +389,6 @@ def _error_from_traceback_line(line: str) -> MipoError | None:
 
 __all__ = [
     "ChunkWorker",
-    "build_manifest",
     "import_ray",
     "pin_config",
     "run_generation_ray",

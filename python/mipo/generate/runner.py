@@ -32,9 +32,7 @@ import hashlib
 import io
 import json
 import os
-import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +40,7 @@ import polars as pl
 
 from mipo.errors import ConfigError, GenerationError, OutputError
 from mipo.generate import Backend, GenerationConfig, create_backend
+from mipo.lockfile import run_lock as _run_lock
 
 if TYPE_CHECKING:
     from mipo.models import ResolvedModel
@@ -103,22 +102,8 @@ def run_generation(
     if not out.is_dir():
         raise OutputError(f"output path '{out}' exists and is not a folder")
 
-    num_chunks = -(-table.height // config.chunk_size)
-    manifest = {
-        "version": MANIFEST_VERSION,
-        "run_hash": "",
-        "config_hash": _hash_json(config.output_fields()),
-        "model_fingerprint": model.fingerprint,
-        "requests_hash": _hash_requests(table),
-        "num_requests": table.height,
-        "chunk_size": config.chunk_size,
-        "num_chunks": num_chunks,
-        "model": model.name,
-        "config": config.output_fields(),
-    }
-    manifest["run_hash"] = _hash_json(
-        [manifest["config_hash"], manifest["model_fingerprint"], manifest["requests_hash"]]
-    )
+    manifest = build_manifest(table, model, config)
+    num_chunks = manifest["num_chunks"]
     mine = [k for k in range(num_chunks) if k % num_shards == shard_index]
 
     with _run_lock(out / f".lock-shard-{shard_index}-of-{num_shards}"):
@@ -170,6 +155,32 @@ def load_results(out_dir: str | os.PathLike[str], *, require_complete: bool = Tr
 
 
 # --- validation --------------------------------------------------------------------------------
+
+
+def build_manifest(
+    table: pl.DataFrame, model: ResolvedModel, config: GenerationConfig
+) -> dict[str, Any]:
+    """The manifest of a generation folder: what identifies its output (config, model, requests).
+
+    Shared by the local runner and the Ray executor, so either can resume the other's folder.
+    """
+    fields = config.output_fields()
+    manifest: dict[str, Any] = {
+        "version": MANIFEST_VERSION,
+        "run_hash": "",
+        "config_hash": _hash_json(fields),
+        "model_fingerprint": model.fingerprint,
+        "requests_hash": _hash_requests(table),
+        "num_requests": table.height,
+        "chunk_size": config.chunk_size,
+        "num_chunks": -(-table.height // config.chunk_size),
+        "model": model.name,
+        "config": fields,
+    }
+    manifest["run_hash"] = _hash_json(
+        [manifest["config_hash"], manifest["model_fingerprint"], manifest["requests_hash"]]
+    )
+    return manifest
 
 
 def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
@@ -378,66 +389,6 @@ def _remove_temp_files(out: Path, chunks: list[int]) -> None:
 
 
 # --- lock --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _run_lock(lock_path: Path) -> Iterator[None]:
-    """Hold ``lock_path`` (content ``host:pid``) for the run; take over locks of dead pids."""
-    me = f"{socket.gethostname()}:{os.getpid()}"
-    for _attempt in range(3):
-        try:
-            fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = _lock_owner(lock_path)
-            if owner is None:  # the holder just released it, or it was stale and removed
-                continue
-            host, pid = owner
-            if host == socket.gethostname() and pid is not None and not _pid_alive(pid):
-                # Rename first: of two processes taking over at once, only one succeeds.
-                stale = lock_path.with_name(f"{lock_path.name}.stale-{os.getpid()}")
-                with contextlib.suppress(FileNotFoundError):
-                    os.replace(lock_path, stale)
-                    stale.unlink()
-                continue
-            holder = f"pid {pid}" if host == socket.gethostname() else f"pid {pid} on {host}"
-            raise OutputError(
-                f"another mipo run ({holder}) is writing to '{lock_path.parent}'; wait for it to "
-                f"finish or stop it (if no such run exists, delete {lock_path})"
-            ) from None
-        except OSError as exc:
-            raise OutputError(f"cannot create lock file {lock_path}: {exc.strerror}") from exc
-        with os.fdopen(fd, "w") as handle:
-            handle.write(me)
-        break
-    else:
-        raise OutputError(f"could not take the lock {lock_path}; delete it if no run is active")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            if lock_path.read_text() == me:
-                lock_path.unlink()
-
-
-def _lock_owner(lock_path: Path) -> tuple[str, int | None] | None:
-    try:
-        text = lock_path.read_text()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return ("?", None)
-    host, _, pid = text.strip().rpartition(":")
-    return (host, int(pid) if pid.isdigit() else None)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 # --- progress ----------------------------------------------------------------------------------
