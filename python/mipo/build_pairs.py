@@ -41,6 +41,7 @@ from mipo.corpus import (
     ColumnOptions,
     input_file_stamps,
     open_corpus,
+    read_json_record,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -282,20 +283,6 @@ class _Stages:
 
     def save(self) -> None:
         write_json_atomic(self.stats, self.out / STATS_FILE)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise OutputError(
-            f"'{path}' is unreadable ({exc}); pass --overwrite to start over"
-        ) from exc
-    if not isinstance(data, dict):
-        raise OutputError(f"'{path}' is not a mipo file; pass --overwrite to start over")
-    return data
 
 
 def _remove(out: Path, names: tuple[str, ...]) -> None:
@@ -593,7 +580,7 @@ def build_pairs(config: BuildPairsConfig) -> BuildPairsResult:
     record = _run_record(config, model, _stage_options(config, corpus, model, plan_config, gen))
 
     fresh = not out.exists() or not any(out.iterdir())
-    old = None if fresh else _read_json(out / RUN_FILE)
+    old = None if fresh else read_json_record(out / RUN_FILE)
     if not fresh and old is None:
         leftovers = [p.name for p in out.iterdir() if not p.name.startswith(".")]
         if leftovers and not config.overwrite:
@@ -649,7 +636,7 @@ def _run_stages(
 ) -> BuildPairsResult:
     from mipo.generate import load_results, run_generation
 
-    stats = _read_json(out / STATS_FILE) or {}
+    stats = read_json_record(out / STATS_FILE) or {}
     stats.setdefault(
         "run", {"input": str(config.input), "model": record["model"], "seed": config.seed}
     )
@@ -811,7 +798,7 @@ def merge_shards(
     from mipo.models import resolve_model
 
     out = Path(out_dir)
-    record = _read_json(out / RUN_FILE)
+    record = read_json_record(out / RUN_FILE)
     if record is None or not (out / PLAN_FILE).is_file():
         raise OutputError(
             f"'{out}' holds no build-pairs run (run.json and plan.parquet): pass the output "
@@ -819,12 +806,12 @@ def merge_shards(
         )
     gen_dir = out / GENERATIONS_DIR
     _refuse_linked_folder(gen_dir)
-    manifest = _read_json(gen_dir / "manifest.json")
+    manifest = read_json_record(gen_dir / "manifest.json")
     for other in shard_dirs or []:
         other = Path(other)
         if other.resolve() == out.resolve():
             continue
-        theirs = _read_json(other / RUN_FILE)
+        theirs = read_json_record(other / RUN_FILE)
         if theirs is None:
             raise OutputError(f"'{other}' holds no build-pairs run (run.json missing)")
         if _shard_identity(theirs) != _shard_identity(record):
@@ -832,7 +819,7 @@ def merge_shards(
                 f"'{other}' was built with other options than '{out}' (plan or generation "
                 "settings differ): only shards of one run can be merged"
             )
-        their_manifest = _read_json(other / GENERATIONS_DIR / "manifest.json")
+        their_manifest = read_json_record(other / GENERATIONS_DIR / "manifest.json")
         if their_manifest is None:
             continue  # that shard never started generating; its chunks are reported missing
         if manifest is None:
@@ -876,7 +863,7 @@ def merge_shards(
         min_margin=pair_options["min_margin"],
         progress=False,
     )
-    stats = _read_json(out / STATS_FILE) or {}
+    stats = read_json_record(out / STATS_FILE) or {}
     stats.pop("pairs", None)
     stages = _Stages(out, stats)
     with run_lock(out / ".mipo-merge.lock"):

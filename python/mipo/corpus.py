@@ -616,6 +616,27 @@ def write_parquet_atomic(frame: pl.DataFrame, target: str | os.PathLike[str]) ->
     return Path(target)
 
 
+def read_json_record(
+    path: str | os.PathLike[str], *, what: str = "mipo file"
+) -> dict[str, Any] | None:
+    """A JSON object mipo wrote (run.json, stats.json, manifest.json...), or None if absent.
+
+    An unreadable file or one that is not a JSON object is an OutputError suggesting --overwrite.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise OutputError(
+            f"'{path}' is unreadable ({exc}); rerun with --overwrite to start over"
+        ) from exc
+    if not isinstance(data, dict):
+        raise OutputError(f"'{path}' is not a {what}; rerun with --overwrite to start over")
+    return data
+
+
 def write_json_atomic(data: Any, target: str | os.PathLike[str]) -> Path:
     """Write ``data`` as indented JSON through a temporary file and a rename."""
     with atomic_path(target) as tmp:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from mipo.corpus import read_json_record
 from mipo.errors import ConfigError, GenerationError, OutputError
 from mipo.generate import Backend, GenerationConfig, create_backend
 from mipo.lockfile import run_lock as _run_lock
@@ -242,18 +243,7 @@ def _hash_requests(table: pl.DataFrame) -> str:
 
 
 def _read_manifest(out: Path) -> dict[str, Any] | None:
-    path = out / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise OutputError(
-            f"'{path}' is unreadable ({exc}); rerun with --overwrite to start over"
-        ) from exc
-    if not isinstance(data, dict):
-        raise OutputError(f"'{path}' is not a mipo manifest; rerun with --overwrite")
-    return data
+    return read_json_record(out / MANIFEST, what="mipo manifest")
 
 
 def _prepare_folder(out: Path, manifest: dict[str, Any], *, overwrite: bool) -> None:
