@@ -25,6 +25,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from mipo import _testing
 from mipo.errors import ConfigError, DependencyError, GenerationError, OutputError
 from mipo.generate import (
     GenerationConfig,
@@ -99,26 +100,7 @@ def tiny(tiny_model_dir: Path) -> ResolvedModel:
 
 def make_requests(model_dir: Path, n: int, *, seed: int = 0) -> pl.DataFrame:
     """Chat prompts of varied length rendered with the model's own template."""
-    import random
-
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words = [rng.choice(QUESTION_WORDS) for _ in range(rng.randrange(1, 40))]
-        messages = [{"role": "user", "content": " ".join(words) + "?"}]
-        rows.append(
-            tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-        )
-    ids = list(range(1000, 1000 + n))
-    return pl.DataFrame(
-        {"request_id": ids, "input_ids": rows, "seed": request_seeds(ids, seed)},
-        schema=runner.REQUEST_SCHEMA,
-    )
+    return _testing.make_requests(model_dir, n, words=QUESTION_WORDS, seed=seed, max_words=40)
 
 
 def config(**overrides: Any) -> GenerationConfig:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import random
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +18,9 @@ from typing import Any
 import polars as pl
 import pytest
 
+from mipo import _testing
 from mipo.errors import ConfigError, DependencyError, GenerationError, OutputError
-from mipo.generate import GenerationConfig, load_results, request_seeds, run_generation, runner
+from mipo.generate import GenerationConfig, load_results, run_generation, runner
 from mipo.generate.ray_executor import run_generation_ray, worker_resources
 from mipo.models import ResolvedModel, resolve_model
 
@@ -50,24 +50,7 @@ CHUNK_SIZE = 4  # 8 chunks, the last one short
 
 def make_requests(model_dir: Path, n: int, *, seed: int = 0) -> pl.DataFrame:
     """Chat prompts of varied length (so the hf backend's length bucketing reorders rows)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words = [rng.choice(WORDS) for _ in range(rng.randrange(1, 30))]
-        messages = [{"role": "user", "content": " ".join(words) + "?"}]
-        rows.append(
-            tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-        )
-    ids = list(range(500, 500 + n))
-    return pl.DataFrame(
-        {"request_id": ids, "input_ids": rows, "seed": request_seeds(ids, seed)},
-        schema=runner.REQUEST_SCHEMA,
-    )
+    return _testing.make_requests(model_dir, n, words=WORDS, seed=seed, max_words=30, first_id=500)
 
 
 def gen_config() -> GenerationConfig:

@@ -9,6 +9,7 @@ given a ChatML template (the same shape as SmolLM2's), and paired with a 2-layer
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -81,3 +82,40 @@ def build_tiny_model(path: str | Path, *, seed: int = 0, vocab_size: int = 400) 
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def make_requests(
+    model_dir: str | Path,
+    n: int,
+    *,
+    words: list[str],
+    seed: int = 0,
+    max_words: int = 40,
+    first_id: int = 1000,
+) -> Any:
+    """Generation requests: ``n`` chat prompts of 1..``max_words - 1`` random ``words``, rendered
+    and tokenized with the model's own template (so the hf backend's bucketing reorders rows)."""
+    import random
+
+    import polars as pl
+    from transformers import AutoTokenizer
+
+    from mipo.generate import request_seeds
+    from mipo.generate.runner import REQUEST_SCHEMA
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        picked = [rng.choice(words) for _ in range(rng.randrange(1, max_words))]
+        messages = [{"role": "user", "content": " ".join(picked) + "?"}]
+        rows.append(
+            tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
+    ids = list(range(first_id, first_id + n))
+    return pl.DataFrame(
+        {"request_id": ids, "input_ids": rows, "seed": request_seeds(ids, seed)},
+        schema=REQUEST_SCHEMA,
+    )

@@ -671,6 +671,13 @@ def _run_stages(
     gen_dir = out / GENERATIONS_DIR
     _refuse_linked_folder(gen_dir)
     with stages.run("generate") as rec:
+        common: dict[str, Any] = {
+            "model": model,
+            "config": gen,
+            "shard": config.shard,
+            "overwrite": config.overwrite,
+            "progress": config.progress,
+        }
         if config.executor == "ray":
             from mipo.generate.ray_executor import run_generation_ray
 
@@ -679,24 +686,12 @@ def _run_stages(
             mine = run_generation_ray(
                 requests,
                 gen_dir,
-                model=model,
-                config=gen,
-                shard=config.shard,
-                overwrite=config.overwrite,
-                progress=config.progress,
+                **common,
                 num_workers=config.num_workers,
                 address=config.ray_address,
             )
         else:
-            mine = run_generation(
-                requests,
-                gen_dir,
-                model=model,
-                config=gen,
-                shard=config.shard,
-                overwrite=config.overwrite,
-                progress=config.progress,
-            )
+            mine = run_generation(requests, gen_dir, **common)
         rec["executor"] = config.executor
         rec["requests"] = requests.height
         rec["shard"] = f"{config.shard[0]}/{config.shard[1]}"

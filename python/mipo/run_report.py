@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 
 from mipo.errors import OutputError
+from mipo.evaluate.report import finite_json
 
 __all__ = ["round_metrics", "write_run_report"]
 
@@ -303,16 +304,6 @@ def _arrow(train: dict[str, Any]) -> str:
     return f"{fmt_number(train['first_loss'])} → {fmt_number(train.get('final_loss'))}"
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
 def write_run_report(
     out: Path,
     config: Any,
@@ -397,7 +388,7 @@ def write_run_report(
     }
     paths = []
     for name, text in (
-        ("metrics.json", json.dumps(_finite(metrics), indent=2, default=str) + "\n"),
+        ("metrics.json", json.dumps(finite_json(metrics), indent=2, default=str) + "\n"),
         ("report.md", report.to_markdown()),
         ("report.html", report.to_html()),
     ):

@@ -38,15 +38,19 @@ fn params(
     num_perm: i64,
     bands: i64,
     threshold: f64,
-    seed: &Bound<'_, PyAny>,
+    seed: Option<&Bound<'_, PyAny>>,
     near: bool,
 ) -> Result<DedupParams, EngineError> {
-    let seed = seed.extract::<u64>().map_err(|_| {
-        EngineError::InvalidParameter(format!(
-            "seed must be an integer in [0, 2**64), got {}",
-            seed.repr().map(|r| r.to_string()).unwrap_or_default()
-        ))
-    })?;
+    // None (the Python default) means seed 0.
+    let seed = match seed {
+        None => 0,
+        Some(seed) => seed.extract::<u64>().map_err(|_| {
+            EngineError::InvalidParameter(format!(
+                "seed must be an integer in [0, 2**64), got {}",
+                seed.repr().map(|r| r.to_string()).unwrap_or_default()
+            ))
+        })?,
+    };
     let p = DedupParams {
         ngram: non_negative(ngram, "ngram")?,
         num_perm: non_negative(num_perm, "num_perm")?,
@@ -120,16 +124,7 @@ fn dedup(
     seed: Option<&Bound<'_, PyAny>>,
     near: bool,
 ) -> PyResult<(PyArray, PyArray, PyArray)> {
-    let zero = 0u64.into_pyobject(py)?.into_any();
-    let p = params(
-        ngram,
-        num_perm,
-        bands,
-        threshold,
-        seed.unwrap_or(&zero),
-        near,
-    )
-    .py_err()?;
+    let p = params(ngram, num_perm, bands, threshold, seed, near).py_err()?;
     let mut deduper = Deduper::new(p).py_err()?;
     add_column(py, &mut deduper, texts)
 }
@@ -149,7 +144,6 @@ impl PyDeduper {
     #[new]
     #[pyo3(signature = (ngram=5, num_perm=112, bands=14, threshold=0.8, seed=None, near=true))]
     fn new(
-        py: Python<'_>,
         ngram: i64,
         num_perm: i64,
         bands: i64,
@@ -157,16 +151,7 @@ impl PyDeduper {
         seed: Option<&Bound<'_, PyAny>>,
         near: bool,
     ) -> PyResult<Self> {
-        let zero = 0u64.into_pyobject(py)?.into_any();
-        let p = params(
-            ngram,
-            num_perm,
-            bands,
-            threshold,
-            seed.unwrap_or(&zero),
-            near,
-        )
-        .py_err()?;
+        let p = params(ngram, num_perm, bands, threshold, seed, near).py_err()?;
         Ok(PyDeduper {
             inner: Deduper::new(p).py_err()?,
         })

@@ -25,6 +25,21 @@ __all__ = [
 ]
 
 
+def finite_json(value: Any) -> Any:
+    """NaN/inf as null (recursively), so metrics.json is strict JSON.
+
+    >>> finite_json({"a": [1.0, float("nan")]})
+    {'a': [1.0, None]}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value
+
+
 def fmt_number(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from mipo.errors import ConfigError, OutputError
+from mipo.evaluate.report import finite_json
 
 if TYPE_CHECKING:
     from mipo.evaluate.datasets import EvalDataset
@@ -580,7 +580,7 @@ class _Evaluation:
         files = {
             "report.md": report.to_markdown(),
             "report.html": report.to_html(),
-            "metrics.json": json.dumps(_finite(metrics), indent=2, default=str),
+            "metrics.json": json.dumps(finite_json(metrics), indent=2, default=str),
         }
         for name, text in files.items():
             tmp = self.outdir / f".{name}.tmp"
@@ -805,14 +805,3 @@ def _pmi_column(frame: pl.DataFrame, key: str, role: str) -> list[float | None]:
         values = frame[f"{key.removesuffix('_per_token')}_{role}"].to_list()
         return _per_token(values, frame[f"num_tokens_{role}"].to_list())
     return frame[f"{key}_{role}"].to_list()
-
-
-def _finite(value: Any) -> Any:
-    """NaN/inf as null, so metrics.json is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
