@@ -327,6 +327,14 @@ def test_eval_cli_full_report(trained: Path, tiny_model_dir: Path, tmp_path: Pat
     judge = metrics["judge"]["heldout"]
     assert judge["wins"] + judge["ties"] + judge["losses"] == 4
     assert judge["win_rate_ties_as_wins"] >= judge["win_rate_ties_as_half"]
+    # A judge that gives every response one score is flagged, in the metrics and the report.
+    judged = pl.read_parquet(out / "pmi_heldout.parquet")
+    given = set(judged["judge_score_model"]) | set(judged["judge_score_baseline"])
+    if len(given) == 1:
+        assert judge["single_score"] == given.pop() and judge["ties"] == 4
+        assert "gave every response the same score" in report
+    else:
+        assert judge["single_score"] is None and "same score" not in report
     for section in ("multiple_choice", "math"):
         (stats,) = metrics[section].values()
         assert 0.0 <= stats["model"]["accuracy"]["mean"] <= 1.0

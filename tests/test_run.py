@@ -95,6 +95,10 @@ def test_run_writes_report_metrics_and_plots(finished_run: tuple[Path, str]) -> 
     assert round1["judge"]["wins"] + round1["judge"]["ties"] + round1["judge"]["losses"] == (
         held.height
     )
+    # A judge that scores every response alike is called out (its win rate is all ties).
+    single = round1["judge"]["single_score"]
+    assert (single is not None) == ("gave every response the same score" in report)
+    assert single is None or round1["judge"]["ties"] == held.height
     # Pairs really came from build-pairs and training really ran on them.
     pairs = pl.read_parquet(out / "round-1" / "pairs" / "pairs.parquet")
     assert round1["pairs"]["written"] == pairs.height > 0

@@ -362,6 +362,13 @@ def write_run_report(
         else:
             finding = "did not change held-out PMI detectably (the 95% interval includes 0)"
         report.paragraph(f"Round {last['round']} {finding}: {fmt_ci(verdict)} nats per response.")
+    single = [r["round"] for r in rounds if (r.get("judge") or {}).get("single_score") is not None]
+    if single:
+        report.paragraph(
+            f"The judge gave every response the same score in round(s) "
+            f"{', '.join(map(str, single))}: those win rates are all ties by construction and say "
+            "nothing about the models; pass a stronger judge (--judge MODEL)."
+        )
     report.heading("Per-round reports")
     report.bullets(
         [f"round {r['round']}: {r['eval_report']} (responses, distributions, training curves)"

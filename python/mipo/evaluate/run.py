@@ -663,8 +663,12 @@ class _Evaluation:
         ]
         as_wins = [None if h is None else float(h >= 0.5) for h in half]
         ci = self.ci
+        given = {score for score in (*model, *baseline) if score is not None}
         stats = {
             **rates,
+            # One score for every response: the judge cannot separate the models, so the win
+            # rate is all ties by construction (typical of a judge as small as the built-in model).
+            "single_score": next(iter(given)) if len(given) == 1 else None,
             "win_rate_ties_as_wins_ci": bootstrap_ci(as_wins, **ci),
             "win_rate_ties_as_half_ci": bootstrap_ci(half, **ci),
             "model_score": bootstrap_ci(model, **ci),
@@ -685,6 +689,14 @@ class _Evaluation:
             "(its most probable digit as the next token; expected score = probability-weighted "
             "digit). Win rate: model vs baseline per prompt."
         )
+        if stats["single_score"] is not None:
+            note = (
+                f"the judge {self.config.judge} gave every response the same score "
+                f"({stats['single_score']}), so every comparison is a tie and the win rate says "
+                "nothing about the models: pass a stronger judge with --judge MODEL"
+            )
+            self.notes.append(note)
+            report.paragraph(f"Note: {note}.")
         report.table(
             ["measure", "value"],
             [
