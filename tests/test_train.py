@@ -281,6 +281,18 @@ def test_config_validation_and_yaml(tmp_path: Path) -> None:
         TrainConfig.from_yaml(config_file)
 
 
+@pytest.mark.parametrize("on", [False, True])
+def test_gradient_checkpointing_reaches_trl_without_deprecation(on: bool, tmp_path: Path) -> None:
+    import warnings
+
+    from mipo.train import _dpo_args
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        args = _dpo_args(TrainConfig(gradient_checkpointing=on), tmp_path)
+    assert args.gradient_checkpointing is on
+
+
 def test_shipped_accelerate_configs_load() -> None:
     from accelerate.commands.config.config_args import load_config_from_file
 

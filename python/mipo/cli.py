@@ -8,6 +8,7 @@ non-zero exit code, never a traceback; Ctrl-C exits 130.
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
 import click
@@ -40,6 +41,11 @@ def cli() -> None:
     Improve an instruct model at personalization with no new labels:
     build-pairs (corpus -> chosen/rejected pairs), train (DPO), eval (PMI, accuracy, win rate).
     """
+    # transformers 5 renamed gradient checkpointing; TRL and PEFT still call the old name inside
+    # every training and adapter load. Nothing a mipo user can act on, so keep it off the console.
+    warnings.filterwarnings(
+        "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
 
 
 @cli.command("engine-info")

@@ -652,7 +652,7 @@ def _dpo_args(config: TrainConfig, outdir: Path) -> Any:
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "max_length": config.max_length,
         "precompute_ref_log_probs": config.precompute_ref_log_probs,
-        "gradient_checkpointing": config.gradient_checkpointing,
+        _checkpointing_option(DPOConfig): config.gradient_checkpointing,
         "bf16": _bf16(config),
         "logging_steps": config.logging_steps,
         "save_strategy": "steps",
@@ -676,6 +676,17 @@ def _dpo_args(config: TrainConfig, outdir: Path) -> Any:
         return DPOConfig(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"TRL rejected the training options: {e}") from e
+
+
+def _checkpointing_option(dpo_config: type) -> str:
+    """transformers 5 renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (the old
+    name still works, with a FutureWarning); use whichever this version has."""
+    fields = getattr(dpo_config, "__dataclass_fields__", {})
+    return (
+        "activation_checkpointing"
+        if "activation_checkpointing" in fields
+        else ("gradient_checkpointing")
+    )
 
 
 def _lora_config(config: TrainConfig) -> Any:
