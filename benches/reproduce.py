@@ -168,8 +168,19 @@ def _ci(stat: dict[str, Any] | None, digits: int = 2) -> str:
     return f"{stat['mean']:.{digits}f} [{stat['low']:.{digits}f}, {stat['high']:.{digits}f}]"
 
 
-def render(args: argparse.Namespace, results: list[dict[str, Any]], elapsed: float) -> str:
+def render(
+    args: argparse.Namespace,
+    results: list[dict[str, Any]],
+    elapsed: float,
+    argv: list[str] | None = None,
+) -> str:
+    import shlex
+
     import torch
+
+    command = shlex.join(
+        ["python", "benches/reproduce.py", *(sys.argv[1:] if argv is None else argv)]
+    )
 
     lines = [
         BEGIN,
@@ -177,6 +188,8 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], elapsed: flo
         f"cores ({torch.get_num_threads()} torch threads), Python {platform.python_version()}; "
         f"total wall time {elapsed / 60:.1f} min"
         f"{' (--quick: smoke-sized, not a measurement of the method)' if args.quick else ''}.",
+        "",
+        f"Command: `{command}`",
         "",
         f"Built-in SmolLM2-135M-Instruct; {args.train_prompts} synthetic training prompts "
         f"(`mipo synth`), {args.eval_prompts} held-out prompts (`synth_eval`, "
@@ -270,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
     pairs_cache: dict[Any, Path] = {}
     results = [_run_one(args, train, held, combo, pairs_cache) for combo in combos]
-    block = render(args, results, time.perf_counter() - started)
+    block = render(args, results, time.perf_counter() - started, argv)
     print(block)
     (args.out / "results.json").write_text(
         json.dumps(
