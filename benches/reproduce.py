@@ -38,6 +38,10 @@ BEGIN, END = "<!-- reproduce:begin -->", "<!-- reproduce:end -->"
 DATA = HERE.parent / "python" / "mipo" / "data" / "eval"
 
 
+def _learning_rate(text: str) -> float | None:
+    return None if text == "default" else float(text)
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--train-prompts", type=int, default=600, help="synthetic training prompts")
@@ -54,7 +58,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     sweep = p.add_argument_group("sweep (each takes one or more values; the cross product runs)")
     sweep.add_argument("--beta", type=float, nargs="+", default=[0.1])
     sweep.add_argument(
-        "--learning-rate", type=float, nargs="+", default=[None], help="default: 5e-5 LoRA"
+        "--learning-rate",
+        type=_learning_rate,
+        nargs="+",
+        default=[None],
+        help="a number, or 'default' (mipo train's: 5e-5 LoRA, 5e-7 full)",
     )
     sweep.add_argument("--epochs", type=float, nargs="+", default=[1.0])
     sweep.add_argument(
@@ -113,7 +121,7 @@ def _run_one(
     key = (combo["negatives"], combo["temperature"])
     cached = pairs_cache.get(key)
     target = out / "round-1" / "pairs"
-    reused = cached is not None and not (target / "pairs.parquet").is_file()
+    reused = cached is not None  # this configuration trains on an earlier one's pairs
     train_options: dict[str, Any] = {
         "lora": not args.full_finetune,
         "beta": combo["beta"],
@@ -186,7 +194,8 @@ def render(
         BEGIN,
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} with {os.cpu_count()} "
         f"cores ({torch.get_num_threads()} torch threads), Python {platform.python_version()}; "
-        f"total wall time {elapsed / 60:.1f} min"
+        f"this invocation's wall time {elapsed / 60:.1f} min (a configuration finished by an "
+        "earlier invocation is resumed, and keeps the stage times it was measured with)"
         f"{' (--quick: smoke-sized, not a measurement of the method)' if args.quick else ''}.",
         "",
         f"Command: `{command}`",
@@ -230,7 +239,8 @@ def render(
                     "–"
                     if last["train"].get("mean_reward_accuracy") is None
                     else f"{last['train']['mean_reward_accuracy']:.2f}",
-                    f"{r['wall_s'] / 60:.1f}" + (" (pairs reused)" if r["reused_pairs"] else ""),
+                    f"{m.get('total_stage_seconds', r['wall_s']) / 60:.1f}"
+                    + (" (pairs reused)" if r["reused_pairs"] else ""),
                 ]
             )
             + " |"
