@@ -76,8 +76,8 @@ demo: dev  ## Run the whole method on the sample corpus with the built-in model 
 	$(VENV)/bin/mipo run --demo -o demo-out
 
 .PHONY: reproduce
-reproduce: dev  ## Mini reproduction on the CPU (about an hour); table into benches/RESULTS.md
-	$(PY) benches/reproduce.py
+reproduce: dev  ## Mini reproduction on the CPU (~1.5 h, two learning rates); table into benches/RESULTS.md
+	$(PY) benches/reproduce.py --train-prompts 300 --max-new-tokens 96 --learning-rate default 2e-4
 
 .PHONY: bench
 bench: dev  ## Rust criterion benches + the side-by-side comparison (writes benches/RESULTS.md)

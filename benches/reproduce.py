@@ -13,7 +13,7 @@ Every flag of the sweep takes several values; the script runs their cross produc
 pairs of a configuration whose generation settings (negatives, temperature) match an earlier one,
 so sweeping training options (beta, learning rate, epochs) costs training and evaluation only.
 
-    python benches/reproduce.py                                  # the default run (~1 hour)
+    python benches/reproduce.py                                  # one configuration (~1 hour)
     python benches/reproduce.py --quick                          # a smoke-sized run (minutes)
     python benches/reproduce.py --beta 0.1 0.5 --learning-rate 5e-5 2e-4 --negatives random both
 """
@@ -44,10 +44,10 @@ def _learning_rate(text: str) -> float | None:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--train-prompts", type=int, default=600, help="synthetic training prompts")
+    p.add_argument("--train-prompts", type=int, default=300, help="synthetic training prompts")
     p.add_argument("--eval-prompts", type=int, default=96, help="held-out prompts")
     p.add_argument("--users-per-question", type=int, default=4, help="held-out users per question")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens per response")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="tokens per response")
     p.add_argument("--contrasts", type=int, default=4, help="contrast prompts per PMI estimate")
     p.add_argument("--rounds", type=int, default=1, help="rounds of iterated MIPO")
     p.add_argument("--seed", type=int, default=0)
