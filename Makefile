@@ -13,13 +13,6 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-# Slow tests that do not fit CI's budget (90 minutes on 2 cores, installs included): a full
-# LoRA DPO + every evaluation, and the demo configuration, on the real built-in model.
-# `make test-slow` runs every slow test.
-CI_SLOW_DESELECT ?= \
-	--deselect tests/test_evaluate.py::test_train_then_eval_on_the_builtin_model \
-	--deselect tests/test_run.py::test_demo_configuration_on_the_builtin_model
-
 RUST_SRC := $(shell find rust benches -name '*.rs' 2>/dev/null) Cargo.toml
 
 .PHONY: help
@@ -46,10 +39,10 @@ test: dev lint  ## Everything CI runs: Rust tests, lints, stub check, wheel, pyt
 	cargo test -q
 	$(PY) -m pytest -q -m "not slow and not gpu"
 	$(MAKE) wheel
-	$(PY) -m pytest -q -m "slow and not gpu" $(CI_SLOW_DESELECT)
+	$(PY) -m pytest -q -m "slow and not gpu"
 
 .PHONY: test-slow
-test-slow: dev wheel  ## Every slow end-to-end test on the real built-in model (long on a CPU)
+test-slow: dev wheel  ## Only the slow end-to-end tests (real built-in model, DDP, wheel)
 	$(PY) -m pytest -q -m "slow and not gpu"
 
 .PHONY: test-fast

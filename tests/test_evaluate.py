@@ -388,6 +388,7 @@ def test_eval_config_validation() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 8-shot math generation on a 135M model: minutes on 2 busy CPU cores
 def test_train_then_eval_on_the_builtin_model(smollm2_dir: Path, tmp_path: Path) -> None:
     """The real built-in model: a few LoRA steps, then every evaluation against the base."""
     from mipo.train import TrainConfig, train
