@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from results_md import replace_section
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 MODULES = {
@@ -60,17 +62,6 @@ def render(rows: list[dict], quick: bool, elapsed: float) -> str:
     return "\n".join(lines)
 
 
-def write(block: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip() + "\n\n## Engine and stage comparisons\n\n" + block + "\n"
-    RESULTS.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("which", nargs="*", help=f"any of {sorted(MODULES)} (default: all)")
@@ -92,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     block = render(rows, args.quick, time.perf_counter() - start)
     print(block)
     if not args.no_write:
-        write(block)
+        replace_section(block, BEGIN, END, "## Engine and stage comparisons")
     return 0
 
 

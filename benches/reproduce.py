@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from results_md import replace_section
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 HEADING = "## Mini reproduction"
@@ -268,19 +270,6 @@ def _verdict(results: list[dict[str, Any]]) -> str:
     )
 
 
-def write_results(block: str) -> None:
-    """Replace the Mini reproduction section of RESULTS.md (or append it), keeping the rest."""
-    text = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n{HEADING}\n\n{block}\n"
-    tmp = RESULTS.with_name(f".{RESULTS.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, RESULTS)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     started = time.perf_counter()
@@ -302,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )  # fmt: skip
     if not args.no_write:
-        write_results(block)
+        replace_section(block, BEGIN, END, HEADING)
         print(f"written to {RESULTS}")
     return 0
 

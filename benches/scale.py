@@ -55,6 +55,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from results_md import replace_section
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 PLOT = HERE / "scale.png"
@@ -652,19 +654,6 @@ BOUNDS = [
 ]
 
 
-def write_results(block: str) -> None:
-    text = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = RESULTS.with_name(f".{RESULTS.name}.scale.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, RESULTS)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -778,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     print(block)
     if not args.no_write:
         plot(sorted(data["runs"].values(), key=lambda r: r["rows"]), PLOT)
-        write_results(block)
+        replace_section(block, BEGIN, END)
         print(f"written {RESULTS} and {PLOT}")
     return 0
 

@@ -1,0 +1,23 @@
+"""Shared by the bench scripts: replace one marked section of benches/RESULTS.md, keep the rest."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def replace_section(block: str, begin: str, end: str, heading: str | None = None) -> None:
+    """Put ``block`` (which starts with ``begin`` and ends with ``end``) where the old
+    ``begin``..``end`` section was, or append it under ``heading``; written atomically."""
+    text = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Benchmark results\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        title = f"{heading}\n\n" if heading else ""
+        text = text.rstrip() + f"\n\n{title}{block}\n"
+    tmp = RESULTS.with_name(f".{RESULTS.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, RESULTS)
