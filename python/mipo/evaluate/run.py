@@ -689,14 +689,12 @@ class _Evaluation:
             "(its most probable digit as the next token; expected score = probability-weighted "
             "digit). Win rate: model vs baseline per prompt."
         )
-        if stats["single_score"] is not None:
-            note = (
+        if stats["single_score"] is not None:  # listed under the report's Notes
+            self.notes.append(
                 f"the judge {self.config.judge} gave every response the same score "
                 f"({stats['single_score']}), so every comparison is a tie and the win rate says "
                 "nothing about the models: pass a stronger judge with --judge MODEL"
             )
-            self.notes.append(note)
-            report.paragraph(f"Note: {note}.")
         report.table(
             ["measure", "value"],
             [
