@@ -681,11 +681,9 @@ def _dpo_args(config: TrainConfig, outdir: Path) -> Any:
 def _checkpointing_option(dpo_config: type) -> str:
     """transformers 5 renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (the old
     name still works, with a FutureWarning); use whichever this version has."""
-    fields = getattr(dpo_config, "__dataclass_fields__", {})
+    new = "activation_checkpointing"
     return (
-        "activation_checkpointing"
-        if "activation_checkpointing" in fields
-        else ("gradient_checkpointing")
+        new if new in getattr(dpo_config, "__dataclass_fields__", {}) else "gradient_checkpointing"
     )
 
 
