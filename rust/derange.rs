@@ -611,6 +611,249 @@ fn verify(sigma: &[u32], keys: &[u64]) -> Result<()> {
     Ok(())
 }
 
+/// Stratum id of a row that takes no part in [`stratified_derangement`] (gets no partner and is
+/// nobody's partner).
+pub const NO_STRATUM: u32 = u32::MAX;
+
+/// Strata up to this size are sampled exactly uniformly by rejection (uniform permutations
+/// until one is valid): a feasible stratum of 10 rows accepts at worst about 1 in 10^3 to 10^4
+/// draws, microseconds. Larger ones (rare: one question asked by many users) use the chain of
+/// [`constrained_derangement`].
+const REJECTION_MAX_ROWS: usize = 10;
+/// Draws before a small stratum falls back to the chain (never reached on feasible inputs in
+/// the tests; it bounds the time of a pathological one).
+const REJECTION_MAX_TRIES: u32 = 1 << 16;
+const STREAM_STRATUM: u64 = 5 << 32;
+
+/// Within every stratum (rows sharing `strata[i]`), a random derangement that also keeps each
+/// row off its own group and cluster: `sigma[i]` is a row of the same stratum with
+/// `groups[sigma[i]] != groups[i]` and `clusters[sigma[i]] != clusters[i]`, and within a
+/// stratum `sigma` is a bijection of the matched rows (every matched row serves exactly once as
+/// a partner). mipo uses it for `context-swap` negatives: strata are question clusters, groups
+/// users, so row i's rejected answer is another user's answer to the same question.
+///
+/// Rows with `strata[i] == NO_STRATUM` take no part. A stratum where the constraints cannot be
+/// met for every row (fewer than 2 rows, or a group or cluster holding more than half of them:
+/// Hall's condition, as in [`constrained_derangement`]) is matched on its largest feasible part:
+/// random rows of the offending class are left out until the rest is feasible, which leaves
+/// exactly `2m - s` rows of a class of `m` out of `s` unmatched. Unmatched rows get
+/// [`NO_STRATUM`] in the output (mipo generates a fresh negative for them); with `strict` they
+/// are an [`EngineError::Derangement`] instead, naming the stratum.
+///
+/// Distribution: per stratum, exactly uniform over the valid bijections for strata of at most
+/// 10 matched rows (rejection sampling), else the Metropolis chain of
+/// [`constrained_derangement`] (`sweeps`). Each stratum draws from its own RNG stream, keyed by
+/// `seed` and the stratum's id, so the result depends on the inputs and `seed` only: strata run
+/// in parallel (rayon) and the output never depends on the thread count. The result is verified
+/// in O(n) before it is returned.
+///
+/// ```
+/// use mipo_engine::derange::{stratified_derangement, NO_STRATUM};
+/// let strata = [0, 0, 0, 0, 1, 1, NO_STRATUM];
+/// let users = [0, 1, 2, 3, 4, 4, 5];
+/// let sigma = stratified_derangement(&strata, Some(&users), None, 3, 10, false).unwrap();
+/// assert!((0..4).all(|i| sigma[i] < 4 && users[sigma[i] as usize] != users[i]));
+/// assert_eq!(&sigma[4..], &[NO_STRATUM; 3]); // one user holds stratum 1; row 6 has none
+/// ```
+pub fn stratified_derangement(
+    strata: &[u32],
+    groups: Option<&[u32]>,
+    clusters: Option<&[u32]>,
+    seed: u64,
+    sweeps: u32,
+    strict: bool,
+) -> Result<Vec<u32>> {
+    use rayon::prelude::*;
+
+    let n = strata.len();
+    for (name, col) in [("groups", groups), ("clusters", clusters)] {
+        if let Some(col) = col {
+            if col.len() != n {
+                return Err(EngineError::InvalidInput(format!(
+                    "{name} has {} rows but strata has {n}; pass one {name} id per row",
+                    col.len()
+                )));
+            }
+        }
+    }
+    if sweeps > MAX_SWEEPS {
+        return Err(EngineError::InvalidParameter(format!(
+            "sweeps must be at most {MAX_SWEEPS}, got {sweeps}; the default {DEFAULT_SWEEPS} \
+             already mixes well"
+        )));
+    }
+    if n > NO_STRATUM as usize {
+        return Err(EngineError::InvalidInput(format!(
+            "{n} rows exceed the engine's limit of {} rows per call",
+            NO_STRATUM
+        )));
+    }
+    // Rows grouped by stratum (sorted by stratum id, then row: deterministic).
+    let mut order: Vec<(u32, u32)> = (0..n as u32)
+        .filter(|&i| strata[i as usize] != NO_STRATUM)
+        .map(|i| (strata[i as usize], i))
+        .collect();
+    order.par_sort_unstable();
+    let mut bounds: Vec<(usize, usize)> = Vec::new();
+    let mut start = 0;
+    for t in 1..=order.len() {
+        if t == order.len() || order[t].0 != order[start].0 {
+            bounds.push((start, t));
+            start = t;
+        }
+    }
+    let matched: Vec<Result<Vec<(u32, u32)>>> = bounds
+        .par_iter()
+        .map(|&(a, b)| {
+            let rows: Vec<u32> = order[a..b].iter().map(|&(_, i)| i).collect();
+            let stratum = order[a].0;
+            let out = match_stratum(&rows, groups, clusters, seed, stratum, sweeps)?;
+            if strict && out.len() < rows.len() {
+                return Err(EngineError::Derangement(format!(
+                    "stratum {stratum} has {} rows and only {} can take a partner of another \
+                     group (one group holds more than half of them, or it has a single row); \
+                     allow unmatched rows (mipo generates their negatives) or add rows",
+                    rows.len(),
+                    out.len()
+                )));
+            }
+            Ok(out)
+        })
+        .collect();
+    let mut sigma = vec![NO_STRATUM; n];
+    for part in matched {
+        for (i, t) in part? {
+            sigma[i as usize] = t;
+        }
+    }
+    verify_stratified(&sigma, strata, groups, clusters)?;
+    Ok(sigma)
+}
+
+/// The matched `(row, partner)` pairs of one stratum (see [`stratified_derangement`]).
+fn match_stratum(
+    rows: &[u32],
+    groups: Option<&[u32]>,
+    clusters: Option<&[u32]>,
+    seed: u64,
+    stratum: u32,
+    sweeps: u32,
+) -> Result<Vec<(u32, u32)>> {
+    let mut rng = Rng::stream(seed, STREAM_STRATUM | stratum as u64);
+    let group_of = |i: u32| groups.map_or(i, |g| g[i as usize]);
+    let cluster_of = |i: u32| clusters.map_or(i, |c| c[i as usize]);
+    // Leave out random rows of an over-half class until the rest is feasible.
+    let mut active: Vec<u32> = rows.to_vec();
+    loop {
+        if active.len() < 2 {
+            return Ok(Vec::new());
+        }
+        let mut worst: Option<(usize, u32, bool)> = None; // (size, class, is_group)
+        for (is_group, key) in [
+            (true, &group_of as &dyn Fn(u32) -> u32),
+            (false, &cluster_of),
+        ] {
+            if (is_group && groups.is_none()) || (!is_group && clusters.is_none()) {
+                continue;
+            }
+            let mut counts: HashMap<u32, usize> = HashMap::new();
+            for &i in &active {
+                *counts.entry(key(i)).or_default() += 1;
+            }
+            // Largest class; ties broken by the smaller id (deterministic, HashMap order is not).
+            if let Some((&class, &size)) =
+                counts.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+            {
+                if 2 * size > active.len() && worst.is_none_or(|(s, _, _)| size > s) {
+                    worst = Some((size, class, is_group));
+                }
+            }
+        }
+        let Some((_, class, is_group)) = worst else {
+            break;
+        };
+        let members: Vec<usize> = (0..active.len())
+            .filter(|&t| {
+                let i = active[t];
+                if is_group {
+                    group_of(i) == class
+                } else {
+                    cluster_of(i) == class
+                }
+            })
+            .collect();
+        let drop = members[rng.below(members.len() as u64) as usize];
+        active.remove(drop);
+    }
+    let s = active.len();
+    let valid = |perm: &[u32]| {
+        (0..s).all(|t| {
+            let (i, j) = (active[t], active[perm[t] as usize]);
+            i != j && group_of(i) != group_of(j) && cluster_of(i) != cluster_of(j)
+        })
+    };
+    let mut local: Option<Vec<u32>> = None;
+    if s <= REJECTION_MAX_ROWS {
+        let mut perm: Vec<u32> = (0..s as u32).collect();
+        for _ in 0..REJECTION_MAX_TRIES {
+            for t in (1..s).rev() {
+                let u = rng.below(t as u64 + 1) as usize;
+                perm.swap(t, u);
+            }
+            if valid(&perm) {
+                local = Some(perm.clone());
+                break;
+            }
+        }
+    }
+    let local = match local {
+        Some(p) => p,
+        None => {
+            let g: Option<Vec<u32>> = groups.map(|_| active.iter().map(|&i| group_of(i)).collect());
+            let c: Option<Vec<u32>> =
+                clusters.map(|_| active.iter().map(|&i| cluster_of(i)).collect());
+            let chain_seed = rng.next_u64();
+            constrained_derangement(s, g.as_deref(), c.as_deref(), chain_seed, sweeps)?
+        }
+    };
+    Ok((0..s)
+        .map(|t| (active[t], active[local[t] as usize]))
+        .collect())
+}
+
+/// O(n) check of a stratified assignment: partners share the stratum, differ in row, group and
+/// cluster, and the matched rows of each stratum map one to one onto themselves.
+fn verify_stratified(
+    sigma: &[u32],
+    strata: &[u32],
+    groups: Option<&[u32]>,
+    clusters: Option<&[u32]>,
+) -> Result<()> {
+    let n = sigma.len();
+    let mut taken = vec![false; n];
+    for (i, &t) in sigma.iter().enumerate() {
+        if t == NO_STRATUM {
+            continue;
+        }
+        let t = t as usize;
+        let ok = t < n
+            && t != i
+            && strata[t] == strata[i]
+            && strata[i] != NO_STRATUM
+            && sigma[t] != NO_STRATUM
+            && groups.is_none_or(|g| g[t] != g[i])
+            && clusters.is_none_or(|c| c[t] != c[i])
+            && !std::mem::replace(&mut taken[t], true);
+        if !ok {
+            return Err(EngineError::Derangement(format!(
+                "internal error: the stratified derangement is invalid at row {i}; please report \
+                 this with the input"
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -797,5 +1040,169 @@ mod tests {
         let groups: Vec<u32> = (0..100u32).map(|i| u32::MAX - 1 - (i % 10)).collect();
         let s = constrained_derangement(100, Some(&groups), None, 3, 5).unwrap();
         assert!(respects(&s, &groups) && is_derangement(&s));
+    }
+
+    fn stratified_ok(sigma: &[u32], strata: &[u32], groups: &[u32]) -> bool {
+        let mut taken = vec![false; sigma.len()];
+        sigma.iter().enumerate().all(|(i, &t)| {
+            t == NO_STRATUM
+                || (t as usize != i
+                    && strata[t as usize] == strata[i]
+                    && groups[t as usize] != groups[i]
+                    && sigma[t as usize] != NO_STRATUM
+                    && !std::mem::replace(&mut taken[t as usize], true))
+        })
+    }
+
+    #[test]
+    fn stratified_matches_within_strata_and_leaves_out_the_excess() {
+        let mut rng = Rng::new(17);
+        for trial in 0..400u64 {
+            let n = 1 + rng.below(80) as usize;
+            let k = 1 + rng.below(12) as u32;
+            let users = 1 + rng.below(n as u64) as u32;
+            let strata: Vec<u32> = (0..n)
+                .map(|_| {
+                    if rng.below(10) == 0 {
+                        NO_STRATUM
+                    } else {
+                        rng.below(k as u64) as u32 * 3
+                    }
+                })
+                .collect();
+            let groups: Vec<u32> = (0..n).map(|_| rng.below(users as u64) as u32).collect();
+            let sigma =
+                stratified_derangement(&strata, Some(&groups), None, trial, 5, false).unwrap();
+            assert!(stratified_ok(&sigma, &strata, &groups), "trial {trial}");
+            // Per stratum of s rows whose largest group has m: exactly min(s, 2(s - m)) matched
+            // (s - m rows of the others pair with as many of the largest group), 0 when s < 2.
+            let mut by: HashMap<u32, Vec<usize>> = HashMap::new();
+            for (i, &st) in strata.iter().enumerate() {
+                if st != NO_STRATUM {
+                    by.entry(st).or_default().push(i);
+                }
+            }
+            for rows in by.values() {
+                let s = rows.len();
+                let mut counts: HashMap<u32, usize> = HashMap::new();
+                rows.iter()
+                    .for_each(|&i| *counts.entry(groups[i]).or_default() += 1);
+                let m = *counts.values().max().unwrap();
+                let expected = if 2 * m > s { 2 * (s - m) } else { s };
+                let expected = if expected < 2 { 0 } else { expected };
+                let got = rows.iter().filter(|&&i| sigma[i] != NO_STRATUM).count();
+                assert_eq!(got, expected, "trial {trial}: s={s} m={m}");
+            }
+            for (i, &st) in strata.iter().enumerate() {
+                if st == NO_STRATUM {
+                    assert_eq!(sigma[i], NO_STRATUM);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stratified_is_uniform_in_a_small_stratum() {
+        // Stratum of 5 rows, users [a, a, b, c, d]: count the valid bijections by brute force
+        // and chi-square the sampled ones (1e-6 critical values: df <= 60 -> < 120).
+        let groups = [0u32, 0, 1, 2, 3, 9];
+        let strata = [4u32, 4, 4, 4, 4, NO_STRATUM];
+        let mut all = Vec::new();
+        let mut perm: Vec<u32> = (0..5).collect();
+        fn permute(k: usize, p: &mut Vec<u32>, out: &mut Vec<Vec<u32>>, g: &[u32]) {
+            if k == p.len() {
+                if (0..p.len()).all(|i| p[i] as usize != i && g[p[i] as usize] != g[i]) {
+                    out.push(p.clone());
+                }
+                return;
+            }
+            for j in k..p.len() {
+                p.swap(k, j);
+                permute(k + 1, p, out, g);
+                p.swap(k, j);
+            }
+        }
+        permute(0, &mut perm, &mut all, &groups[..5]);
+        let draws = 200 * all.len() as u64;
+        let mut counts: HashMap<Vec<u32>, u64> = HashMap::new();
+        for seed in 0..draws {
+            let s = stratified_derangement(&strata, Some(&groups), None, seed, 10, true).unwrap();
+            *counts.entry(s[..5].to_vec()).or_default() += 1;
+        }
+        assert_eq!(counts.len(), all.len());
+        let expected = draws as f64 / all.len() as f64;
+        let chi2: f64 = counts
+            .values()
+            .map(|&c| (c as f64 - expected).powi(2) / expected)
+            .sum();
+        assert!(chi2 < 120.0, "chi2 = {chi2} over {} bijections", all.len());
+    }
+
+    #[test]
+    fn stratified_large_strata_use_the_chain_and_clusters() {
+        // A stratum of 300 rows (past the rejection size) with users and clusters.
+        let n = 300usize;
+        let strata = vec![7u32; n];
+        let groups: Vec<u32> = (0..n as u32).map(|i| i % 25).collect();
+        let clusters: Vec<u32> = (0..n as u32).map(|i| i / 3).collect();
+        let s =
+            stratified_derangement(&strata, Some(&groups), Some(&clusters), 1, 10, true).unwrap();
+        assert!(stratified_ok(&s, &strata, &groups));
+        assert!((0..n).all(|i| clusters[s[i] as usize] != clusters[i]));
+    }
+
+    #[test]
+    fn stratified_is_deterministic_and_independent_of_other_strata() {
+        let strata: Vec<u32> = (0..2000u32).map(|i| i % 97).collect();
+        let groups: Vec<u32> = (0..2000u32).map(|i| i % 13).collect();
+        let a = stratified_derangement(&strata, Some(&groups), None, 5, 10, false).unwrap();
+        let b = stratified_derangement(&strata, Some(&groups), None, 5, 10, false).unwrap();
+        let c = stratified_derangement(&strata, Some(&groups), None, 6, 10, false).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        // Dropping a whole stratum changes nothing for the others (per-stratum streams).
+        let mut strata2 = strata.clone();
+        for st in strata2.iter_mut() {
+            if *st == 3 {
+                *st = NO_STRATUM;
+            }
+        }
+        let d = stratified_derangement(&strata2, Some(&groups), None, 5, 10, false).unwrap();
+        for i in 0..2000 {
+            if strata[i] != 3 {
+                assert_eq!(a[i], d[i], "row {i}");
+            }
+        }
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let e = one
+            .install(|| stratified_derangement(&strata, Some(&groups), None, 5, 10, false))
+            .unwrap();
+        assert_eq!(a, e);
+    }
+
+    #[test]
+    fn stratified_errors_are_named() {
+        let e =
+            stratified_derangement(&[0, 0, 0], Some(&[1, 1, 2]), None, 0, 10, true).unwrap_err();
+        assert!(matches!(e, EngineError::Derangement(_)));
+        assert!(e.to_string().contains("stratum 0 has 3 rows"), "{e}");
+        assert!(matches!(
+            stratified_derangement(&[0, 0], Some(&[1]), None, 0, 10, false),
+            Err(EngineError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            stratified_derangement(&[0, 0], None, None, 0, MAX_SWEEPS + 1, false),
+            Err(EngineError::InvalidParameter(_))
+        ));
+        // No constraint but the row itself: every stratum of >= 2 rows is fully matched.
+        let s = stratified_derangement(&[1, 1, 2, 2, 2, 3], None, None, 0, 10, false).unwrap();
+        assert_eq!(s[5], NO_STRATUM);
+        assert!((0..5).all(|i| s[i] != NO_STRATUM && s[i] as usize != i));
+        assert!(stratified_derangement(&[], None, None, 0, 10, true)
+            .unwrap()
+            .is_empty());
     }
 }

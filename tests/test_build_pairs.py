@@ -234,6 +234,46 @@ def test_both_strategies_with_independent_negatives(
     assert all(p[0]["role"] == "system" for p in drop["prompt"].to_list())
 
 
+def test_context_swap_pairs_end_to_end(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Users 0-2 all ask one question (their responses are each other's negatives); the other
+    questions are unique (a response to the question with another user's context is generated)."""
+    rows = [
+        {"id": f"s{u}", "user_id": f"u{u}", "context": CONTEXTS[u], "question": QUESTIONS[3]}
+        for u in range(3)
+    ] + [
+        {"id": f"o{u}", "user_id": f"u{u}", "context": CONTEXTS[u], "question": QUESTIONS[u]}
+        for u in range(3)
+    ]
+    corpus = tmp_path / "swap.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    args = ["--model", tiny_model_dir, "--negatives", "context-swap", "--keep-truncated", *FAST]
+    result = _run(corpus, "-o", out, *args)
+    _ok(result)
+    assert "context swaps reusing another user's response" in result.output  # type: ignore[attr-defined]
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["plan"]["swaps_reused"], stats["plan"]["swaps_generated"]) == (3, 3)
+    assert stats["generate"]["requests"] == 6 + 3  # one per prompt + three generated swaps
+    assert stats["pairs"]["swap_sources"] == {"reused": 3, "generated": 3}
+    pairs = pl.read_parquet(out / "pairs.parquet")
+    plan = pl.read_parquet(out / "plan.parquet")
+    chosen = {r["id"]: r["chosen"][0]["content"] for r in pairs.iter_rows(named=True)}
+    for row in pairs.iter_rows(named=True):
+        assert row["strategy"] == "context-swap"
+        if row["id"].startswith("s"):
+            # Reused: the rejected answer is the other user's own chosen answer.
+            assert row["rejected"][0]["content"] == chosen[row["negative_id"]]
+            assert row["negative_id"].startswith("s") and row["negative_id"] != row["id"]
+        else:
+            source = plan.filter(pl.col("id") == row["id"])["swap_source"].item()
+            assert source == "generated"
+    # The DPO pairs keep the user's own prompt for both answers.
+    assert all(p[0]["role"] == "system" for p in pairs["prompt"].to_list())
+    # Rerun: nothing to do; the same pairs.
+    _ok(_run(corpus, "-o", out, *args))
+    assert pl.read_parquet(out / "pairs.parquet").equals(pairs)
+
+
 def test_ray_executor_writes_the_same_pairs_as_the_local_one(
     tmp_path: Path, corpus: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

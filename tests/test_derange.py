@@ -333,3 +333,102 @@ def test_mixing_test_has_power() -> None:
         for seed in range(20 * len(support))
     ]
     assert chi_square_p(samples, support) < 1e-6, label
+
+
+# --- stratified derangement (context-swap negatives) -------------------------------------------
+
+
+def _stratified_reference_count(strata: Sequence, groups: Sequence) -> dict[object, int]:
+    """How many rows of each stratum the engine must match: all of it when no user holds more
+    than half, else twice the rows of the other users (the largest feasible part); 0 below 2."""
+    expected: dict[object, int] = {}
+    for stratum in {s for s in strata if s is not None}:
+        members = [g for s, g in zip(strata, groups, strict=True) if s == stratum]
+        largest = max(Counter(members).values())
+        size = len(members)
+        matched = size if 2 * largest <= size else 2 * (size - largest)
+        expected[stratum] = matched if matched >= 2 else 0
+    return expected
+
+
+@given(
+    st.integers(1, 60).flatmap(
+        lambda n: st.tuples(
+            st.lists(st.none() | st.integers(0, 6), min_size=n, max_size=n),
+            st.lists(st.integers(0, 8), min_size=n, max_size=n),
+        )
+    ),
+    SEEDS,
+)
+@settings(max_examples=150, deadline=None)
+def test_stratified_is_valid_and_maximal(
+    data: tuple[list[int | None], list[int]], seed: int
+) -> None:
+    strata, groups = data
+    sigma = engine.stratified_derangement(strata, groups=groups, seed=seed).to_list()
+    assert sigma == engine.stratified_derangement(strata, groups=groups, seed=seed).to_list()
+    matched: Counter = Counter()
+    for i, partner in enumerate(sigma):
+        if partner is None:
+            continue
+        assert partner != i and strata[partner] == strata[i] and groups[partner] != groups[i]
+        assert sigma[partner] is not None  # partners are matched rows too
+        matched[strata[i]] += 1
+    partners = [p for p in sigma if p is not None]
+    assert len(partners) == len(set(partners))  # each matched row serves once
+    expected = _stratified_reference_count(strata, groups)
+    assert {s: matched.get(s, 0) for s in expected} == expected
+
+
+def test_stratified_is_uniform_on_a_small_stratum() -> None:
+    """Users [a, a, b, c] in one stratum: every valid bijection equally likely (chi-square)."""
+    groups = ["a", "a", "b", "c"]
+    valid = [
+        p
+        for p in itertools.permutations(range(4))
+        if all(groups[p[i]] != groups[i] and p[i] != i for i in range(4))
+    ]
+    draws = 300 * len(valid)
+    counts = Counter(
+        tuple(engine.stratified_derangement(["q"] * 4, groups=groups, seed=s).to_list())
+        for s in range(draws)
+    )
+    assert set(counts) == set(valid)
+    expected = draws / len(valid)
+    chi2 = sum((c - expected) ** 2 / expected for c in counts.values())
+    assert chi2_sf(chi2, len(valid) - 1) > 1e-4
+
+
+def test_stratified_strict_and_errors() -> None:
+    with pytest.raises(DerangementError, match=r"stratum \d+ has 3 rows and only 2"):
+        engine.stratified_derangement(["q", "q", "q"], groups=["a", "a", "b"], seed=0, strict=True)
+    with pytest.raises(InvalidInputError, match="groups has 1 rows but strata has 2"):
+        engine.stratified_derangement(["q", "q"], groups=["a"], seed=0)
+    with pytest.raises(InvalidParameterError):
+        engine.stratified_derangement(["q", "q"], seed=-1)
+    assert engine.stratified_derangement([None, None], seed=0).to_list() == [None, None]
+    # Near-duplicate clusters are kept apart too.
+    sigma = engine.stratified_derangement(
+        ["q"] * 4, groups=["a", "b", "c", "d"], clusters=[0, 0, 1, 1], seed=3
+    ).to_list()
+    assert all({i, p} not in ({0, 1}, {2, 3}) for i, p in enumerate(sigma))
+
+
+def test_stratified_output_independent_of_thread_count() -> None:
+    script = (
+        "import hashlib; from mipo import engine;"
+        "s = [i % 5000 for i in range(200_000)]; g = [i % 31 for i in range(200_000)];"
+        "print(hashlib.sha256(repr(engine.stratified_derangement(s, groups=g, seed=9)"
+        ".to_list()).encode()).hexdigest())"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "RAYON_NUM_THREADS": threads},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for threads in ("1", "2")
+    }
+    assert len(digests) == 1 and len(digests.pop()) == 64

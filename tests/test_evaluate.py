@@ -7,6 +7,7 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner
@@ -14,10 +15,11 @@ from click.testing import CliRunner
 from mipo.errors import ConfigError, CorpusError, InvalidInputError, OutputError
 from mipo.evaluate import EvalConfig, run_eval
 from mipo.evaluate.answers import choice_index, extract_number, math_correct
+from mipo.evaluate.controls import copied_ngram_share, explain_gain
 from mipo.evaluate.datasets import load_dataset, load_fewshot
 from mipo.evaluate.judge import parse_score, win_rates
 from mipo.evaluate.run import MATH_INSTRUCTION, math_messages
-from mipo.evaluate.stats import bootstrap_ci, paired_bootstrap_ci
+from mipo.evaluate.stats import bootstrap_ci, cluster_weights, paired_bootstrap_ci
 
 DATA = Path(__file__).resolve().parents[1] / "python" / "mipo" / "data" / "eval"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -75,13 +77,125 @@ def test_paired_bootstrap_cancels_shared_variation() -> None:
     tuned = [d + 0.5 + rng.gauss(0.0, 0.1) for d in difficulty]
     paired = paired_bootstrap_ci(tuned, base, seed=0)
     assert 0.4 < paired["low"] < paired["mean"] < paired["high"] < 0.6
-    assert paired["p_greater"] == 1.0
+    assert "p_greater" not in paired  # nothing that reads like a p-value
     # Unpaired intervals of the two means overlap widely: pairing is what makes it visible.
     assert bootstrap_ci(tuned, seed=0)["low"] < bootstrap_ci(base, seed=0)["high"]
     exact = paired_bootstrap_ci([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])
     assert (exact["mean"], exact["low"], exact["high"]) == (1.0, 1.0, 1.0)
     with pytest.raises(InvalidInputError):
         paired_bootstrap_ci([1.0], [1.0, 2.0])
+
+
+def _clustered_sample(rng: random.Random, users: int, per_user: int) -> tuple[list, list]:
+    """Values with a strong per-user effect (SD 1) and small per-prompt noise (SD 0.2)."""
+    values, keys = [], []
+    for u in range(users):
+        effect = rng.gauss(0.0, 1.0)
+        for _ in range(per_user):
+            values.append(effect + rng.gauss(0.0, 0.2))
+            keys.append(f"user{u}")
+    return values, keys
+
+
+def test_cluster_bootstrap_widens_intervals_and_keeps_coverage() -> None:
+    """Prompts of one user share its effect: resampling prompts is far too narrow, resampling
+    users holds the true mean (0) about 95% of the time."""
+    rng = random.Random(7)
+    covered = {"users": 0, "prompts": 0}
+    for trial in range(150):
+        values, users = _clustered_sample(rng, users=20, per_user=8)
+        by_user = bootstrap_ci(values, clusters=users, n_resamples=400, seed=trial)
+        by_prompt = bootstrap_ci(values, n_resamples=400, seed=trial)
+        assert by_user["units"] == "users" and by_user["clusters"] == 20 and by_user["n"] == 160
+        assert by_prompt["units"] == "prompts"
+        covered["users"] += by_user["low"] <= 0.0 <= by_user["high"]
+        covered["prompts"] += by_prompt["low"] <= 0.0 <= by_prompt["high"]
+    assert 0.86 <= covered["users"] / 150 <= 0.99
+    assert covered["prompts"] / 150 < 0.6
+
+
+def test_cluster_bootstrap_by_hand() -> None:
+    # Two users, each with identical values: a replicate's mean is the mean over drawn users.
+    values = [1.0, 1.0, 3.0, 3.0]
+    ci = bootstrap_ci(values, clusters=["a", "a", "b", "b"], n_resamples=500, seed=0)
+    assert ci["mean"] == 2.0 and ci["clusters"] == 2
+    assert (ci["low"], ci["high"]) == (1.0, 3.0)  # {a, a} and {b, b} are drawn
+    # One cluster: nothing to resample.
+    single = bootstrap_ci([1.0, 5.0], clusters=["a", "a"])
+    assert (single["low"], single["mean"], single["high"]) == (3.0, 3.0, 3.0)
+    # Missing values drop with their keys.
+    kept = bootstrap_ci([None, 2.0, 4.0], clusters=["a", "b", "c"], seed=1)
+    assert kept["n"] == 2 and kept["clusters"] == 2
+    with pytest.raises(InvalidInputError):
+        bootstrap_ci([1.0, 2.0], clusters=["a"])
+    weights = cluster_weights(6, 200, clusters=list("aabbcc"), crossed=list("xyxyxy"), seed=2)
+    assert weights.shape == (200, 6)
+    # Crossed weights are products: rows sharing user and question share the weight.
+    assert (weights >= 0).all() and np.allclose(weights, np.round(weights))
+    assert (weights[:, 0] * weights[:, 3] == weights[:, 1] * weights[:, 2]).all()
+
+
+def test_crossed_bootstrap_accounts_for_question_effects() -> None:
+    """Each user asks each of 4 questions once; questions carry most of the variance. Resampling
+    users only misses it; crossing users with questions covers the true mean."""
+    rng = random.Random(11)
+    covered = {"crossed": 0, "users": 0}
+    for trial in range(120):
+        q_effect = [rng.gauss(0.0, 1.0) for _ in range(4)]
+        values, users, questions = [], [], []
+        for u in range(30):
+            for q in range(4):
+                values.append(q_effect[q] + rng.gauss(0.0, 0.3))
+                users.append(u)
+                questions.append(q)
+        crossed = bootstrap_ci(
+            values, clusters=users, crossed=questions, n_resamples=300, seed=trial
+        )
+        assert crossed["units"] == "users and questions"
+        one_way = bootstrap_ci(values, clusters=users, n_resamples=300, seed=trial)
+        covered["crossed"] += crossed["low"] <= 0.0 <= crossed["high"]
+        covered["users"] += one_way["low"] <= 0.0 <= one_way["high"]
+    assert covered["crossed"] / 120 >= 0.8
+    assert covered["users"] / 120 < 0.5
+
+
+def test_copied_ngram_share_by_hand() -> None:
+    context = "I am a vegetarian nurse on night shifts."
+    # trigrams of the response: (i am a) (am a vegetarian) (a vegetarian nurse) (vegetarian
+    # nurse who) (nurse who cooks): 3 of 5 occur in the context.
+    assert copied_ngram_share("I am a vegetarian nurse who cooks", context) == pytest.approx(0.6)
+    assert copied_ngram_share("Eat lentils and rice tonight", context) == 0.0
+    assert copied_ngram_share("I AM A vegetarian!", context) == 1.0  # case and punctuation
+    assert copied_ngram_share("Too short", context) is None
+    assert copied_ngram_share("whatever words are here", "") is None
+
+
+def test_explain_gain_separates_length_from_specificity() -> None:
+    rng = random.Random(5)
+    n = 120
+    users = [i // 4 for i in range(n)]
+    length = [rng.gauss(10.0, 3.0) for _ in range(n)]
+    copying = [rng.gauss(0.0, 0.05) for _ in range(n)]
+    noise = [rng.gauss(0.0, 1.0) for _ in range(n)]
+    # A gain made entirely of length (0.8 nats per extra token): explained by length.
+    by_length = [0.8 * d + e for d, e in zip(length, noise, strict=True)]
+    out = explain_gain(
+        by_length, {"copying": copying, "length": length}, clusters=users, n_resamples=400, seed=0
+    )
+    assert out["raw"]["low"] > 0
+    assert out["adjusted"]["length"]["low"] < 0 < out["adjusted"]["length"]["high"]
+    assert "length" in out["explained_by"] and "copying" not in out["explained_by"]
+    # A real gain of 3 nats at zero length change, plus a length effect: it survives.
+    real = [3.0 + 0.8 * d + e for d, e in zip(length, noise, strict=True)]
+    out = explain_gain(
+        real, {"copying": copying, "length": length}, clusters=users, n_resamples=400, seed=0
+    )
+    assert out["explained_by"] == []
+    assert out["adjusted"]["all"]["low"] > 2.0
+    assert out["rows_used"] == n and out["rows_dropped"] == 0
+    # Missing covariates drop the row.
+    out = explain_gain([1.0, 2.0, None, 4.0], {"length": [1.0, None, 3.0, 4.0]}, seed=0)
+    assert out["rows_used"] == 2 and out["rows_dropped"] == 2
 
 
 # --- answers and judge parsing -----------------------------------------------------------------
@@ -322,8 +436,21 @@ def test_eval_cli_full_report(trained: Path, tiny_model_dir: Path, tmp_path: Pat
     for role in ("model", "baseline"):
         stat = pmi[role]["pmi_random"]
         assert stat["n"] == 4 and stat["low"] <= stat["mean"] <= stat["high"]
-        assert pmi[role]["pmi_same_question"]["n"] >= 1
-    assert "pmi_random" in pmi["difference"] and "p_greater" in pmi["difference"]["pmi_random"]
+        assert pmi[role]["pmi_same_question"]["n"] == 4  # every row has a context
+        for estimator in ("", "_infonce", "_mean_log"):
+            assert pmi[role][f"pmi_context_drop{estimator}"]["n"] == 4
+        assert pmi[role]["pmi_random"]["units"] == "users and questions"
+    assert pmi["contrasts"]["k"] == 2
+    # The 4 rows hold 3 users: each row has exactly the 2 other users' contexts to contrast.
+    assert pmi["contrasts"]["same_question"] == {"fewer_than_wanted": 0, "none": 0, "wanted": 2}
+    assert "p_greater" not in pmi["difference"]["pmi_random"]
+    headline = metrics["personalization"]
+    assert headline["dataset"] == "heldout" and headline["contrast"] == "same_question"
+    assert headline["gain"] == pmi["difference"]["pmi_same_question"]
+    assert headline["excludes_zero"] == (
+        headline["gain"]["low"] > 0 or headline["gain"]["high"] < 0
+    )
+    assert "adjusted for copying" in report and "same question, other users" in report
     judge = metrics["judge"]["heldout"]
     assert judge["wins"] + judge["ties"] + judge["losses"] == 4
     assert judge["win_rate_ties_as_wins"] >= judge["win_rate_ties_as_half"]

@@ -7,7 +7,14 @@ import pytest
 
 from mipo import engine
 from mipo.errors import ConfigError, CorpusError, DerangementError
-from mipo.negatives import assign_negatives, check_negatives, parse_strategy, strategy_kinds
+from mipo.negatives import (
+    ContextSwaps,
+    assign_context_swaps,
+    assign_negatives,
+    check_negatives,
+    parse_strategy,
+    strategy_kinds,
+)
 
 
 def _valid(sigma: pl.Series, n: int) -> None:
@@ -86,5 +93,56 @@ def test_check_negatives_catches_invalid_assignments() -> None:
 def test_strategies() -> None:
     assert strategy_kinds("random") == ("random",)
     assert strategy_kinds("both") == ("random", "context-drop")
-    with pytest.raises(ConfigError, match="--negatives must be one of"):
+    assert strategy_kinds("context-swap,random") == ("random", "context-swap")
+    assert parse_strategy(" context-swap , context-drop ") == "context-drop,context-swap"
+    assert parse_strategy("random,context-drop,context-swap") == "random,context-drop,context-swap"
+    with pytest.raises(ConfigError, match="--negatives takes random, context-drop, context-swap"):
         parse_strategy("shuffle")
+    with pytest.raises(ConfigError, match="takes"):
+        parse_strategy("random,")
+    with pytest.raises(ConfigError, match="twice"):
+        parse_strategy("random,random")
+
+
+def _swaps(questions: list, users: list, has_context: list, seed: int = 0) -> ContextSwaps:
+    users_series = pl.Series(users)
+    reps = users_series.filter(pl.Series(has_context)).unique(maintain_order=True)
+    return assign_context_swaps(
+        question_clusters=pl.Series(questions, dtype=pl.UInt32),
+        has_context=pl.Series(has_context),
+        groups=users_series,
+        prompt_clusters=pl.Series(range(len(users)), dtype=pl.UInt32),
+        representative_groups=reps,
+        seed=seed,
+    )
+
+
+def test_context_swaps_reuse_other_users_answers_to_the_same_question() -> None:
+    # q0 asked by a, b, c; q1 by a and a again (one user); q2 by d only; row 6 has no context.
+    questions = [0, 0, 0, 1, 1, 2, 0]
+    users = ["a", "b", "c", "a", "a", "d", "e"]
+    has_context = [True, True, True, True, True, True, False]
+    for seed in range(20):
+        swaps = _swaps(questions, users, has_context, seed)
+        partner, donor = swaps.partner.to_list(), swaps.donor.to_list()
+        # q0's three users take each other's responses, each exactly once.
+        assert sorted(partner[:3]) == [0, 1, 2] and all(partner[i] != i for i in range(3))
+        assert all(users[partner[i]] != users[i] for i in range(3))
+        # Rows 3-5 have no other user with their question: a donor user's context, not their own.
+        assert partner[3:6] == [None, None, None]
+        reps = ["a", "b", "c", "d"]
+        for i in (3, 4, 5):
+            assert donor[i] is not None and reps[donor[i]] != users[i]
+        assert partner[6] is None and donor[6] is None  # no context: no swap
+        assert (swaps.reused, swaps.generated, swaps.no_context, swaps.no_donor) == (3, 3, 1, 0)
+        assert donor[:3] == [None, None, None]
+    # The seed moves both draws: q0's two valid 3-cycles and the donor derangement both vary.
+    drawn = [_swaps(questions, users, has_context, seed) for seed in range(20)]
+    assert len({tuple(d.partner.to_list()[:3]) for d in drawn}) == 2
+    assert len({tuple(d.donor.to_list()[3:6]) for d in drawn}) > 1
+
+
+def test_context_swaps_without_another_user() -> None:
+    swaps = _swaps([0, 0], ["a", "a"], [True, True])
+    assert swaps.partner.to_list() == [None, None] and swaps.donor.to_list() == [None, None]
+    assert swaps.no_donor == 2 and swaps.generated == 0

@@ -14,6 +14,7 @@ from mipo.pairs import (
     KIND_FULL,
     KIND_NEGATIVE,
     KIND_NOCONTEXT,
+    KIND_SWAP,
     PairFilterConfig,
     PairStats,
     assemble_pairs,
@@ -170,7 +171,9 @@ def test_filters_count_each_dropped_pair_once() -> None:
     pairs = assemble_pairs(plan, responses, strategy="random", independent_negatives=False, seed=0)
     stats = PairStats()
     kept = filter_pairs(pairs, PairFilterConfig(), stats=stats)
-    assert stats.filtered == {"empty_response": 2, "identical": 1, "truncated": 1, "low_margin": 0}
+    assert stats.filtered == {
+        "empty_response": 2, "identical": 1, "near_identical": 0, "truncated": 1, "low_margin": 0
+    }  # fmt: skip
     assert kept.height == 0 and stats.pairs_written == 0
 
     stats = PairStats()
@@ -178,6 +181,71 @@ def test_filters_count_each_dropped_pair_once() -> None:
     assert stats.filtered["truncated"] == 0 and kept.height == 1
     assert kept["rejected_finish_reason"][0] == "length"
     assert stats.pairs_written_by_strategy == {"random": 1}
+
+
+def test_near_identical_pairs_are_dropped_and_length_ratios_reported() -> None:
+    plan = _plan()
+    requests = build_requests(plan, strategy="random", independent_negatives=False, seed=0)
+    # Pair 0: chosen r0, rejected r8 — equal after normalization (case, spacing).
+    # Pair 1: chosen r4, rejected r0 — 12 of 13 words shared (Jaccard 0.92 >= 0.9).
+    # Pair 2: chosen r8, rejected r12 — 10 of 14 (0.71); pair 3: r12 vs r4, 10 of 15: kept.
+    words = " ".join(f"w{i}" for i in range(10))
+    responses = _responses(
+        requests,
+        r0=f"Hello   World {words}",
+        r8=f"hello world {words}",
+        r4=f"hello world {words} extra",
+        r12=f"hello world {' '.join(f'w{i}' for i in range(8))} x y",
+    )
+    pairs = assemble_pairs(plan, responses, strategy="random", independent_negatives=False, seed=0)
+    stats = PairStats()
+    kept = filter_pairs(pairs, PairFilterConfig(keep_truncated=True), stats=stats)
+    assert stats.filtered["identical"] == 0
+    assert stats.filtered["near_identical"] == 2
+    assert kept["id"].to_list() == ["p2", "p3"]
+    ratio = stats.length_ratio["random"]
+    assert ratio["share_ratio_ge_1.5"] == 0.0 and ratio["median_ratio"] >= 1.0
+
+
+def _swap_plan() -> pl.DataFrame:
+    """Rows 0 and 1 ask one question (other users: reused), row 2 gets a generated swap, row 3
+    has no swap."""
+    return _plan().with_columns(
+        pl.Series("swap_index", [1, 0, None, None], dtype=pl.UInt32),
+        pl.Series("swap_id", ["p1", "p0", "p3", None]),
+        pl.Series("swap_source", ["reused", "reused", "generated", None]),
+        pl.Series("input_ids_swap", [None, None, [90, 91], None], dtype=pl.List(pl.UInt32)),
+    )
+
+
+def test_context_swap_requests_and_pairs() -> None:
+    plan = _swap_plan()
+    requests = build_requests(plan, strategy="context-swap", independent_negatives=False, seed=1)
+    # One full request per prompt plus the single generated swap (row 2, kind 3).
+    assert requests["request_id"].to_list() == [0, 4, 8, 11, 12]
+    assert requests.filter(pl.col("request_id") == 4 * 2 + KIND_SWAP)["input_ids"].to_list() == [
+        [90, 91]
+    ]
+    stats = PairStats()
+    pairs = assemble_pairs(
+        plan, _responses(requests), strategy="context-swap", independent_negatives=False,
+        seed=1, stats=stats,
+    )  # fmt: skip
+    assert pairs["id"].to_list() == ["p0", "p1", "p2"] and stats.no_swap_skipped == 1
+    rejected = [r[0]["content"] for r in pairs["rejected"].to_list()]
+    # Reused: rows 0 and 1 take each other's own responses; row 2 its generated swap.
+    assert rejected == ["r4", "r0", "r11"]
+    assert pairs["negative_id"].to_list() == ["p1", "p0", "p3"]
+    assert stats.swap_sources == {"reused": 2, "generated": 1}
+    # Independent negatives: the reused ones are sampled again from the partner's prompt.
+    independent = build_requests(plan, strategy="context-swap", independent_negatives=True, seed=1)
+    swap_rows = independent.filter(pl.col("request_id") % 4 == KIND_SWAP)
+    assert swap_rows["request_id"].to_list() == [3, 7, 11]
+    assert swap_rows["input_ids"].to_list() == [[11, 21], [10, 20], [90, 91]]
+    again = assemble_pairs(
+        plan, _responses(independent), strategy="context-swap", independent_negatives=True, seed=1
+    )
+    assert [r[0]["content"] for r in again["rejected"].to_list()] == ["r3", "r7", "r11"]
 
 
 def test_missing_responses_are_reported() -> None:

@@ -203,6 +203,121 @@ def test_context_drop_prompts(tmp_path: Path, tokenizer: engine.ChatTokenizer) -
     assert plan["input_ids_nocontext"][0].to_list() == expected.to_list()
 
 
+def _swap_rows() -> list[dict]:
+    """Six users; "How do I sleep?" asked by four of them (users 0-3), the rest unique."""
+    rows = []
+    for u in range(6):
+        rows.append(
+            {
+                "id": f"u{u}-own",
+                "user_id": f"u{u}",
+                "context": f"I am user {u}, I work as job {u * 11} and live in town {u * 5}.",
+                "question": f"What should user {u} do about project {u * 13}?",
+            }
+        )
+        if u < 4:
+            rows.append(
+                {
+                    "id": f"u{u}-sleep",
+                    "user_id": f"u{u}",
+                    "context": f"I am user {u}, I work as job {u * 11} and live in town {u * 5}.",
+                    "question": "How do I sleep better at night?",
+                }
+            )
+    rows.append({"id": "bare", "user_id": "u5", "context": None, "question": "Hi there?"})
+    return rows
+
+
+def test_context_swap_plan(tmp_path: Path, tokenizer: engine.ChatTokenizer) -> None:
+    rows = _swap_rows()
+    stats = build_plan(
+        _corpus(tmp_path, rows),
+        tokenizer,
+        tmp_path / "p.parquet",
+        PlanConfig(negatives="random,context-swap", seed=3),
+    )
+    plan = read_plan(tmp_path / "p.parquet")
+    by_id = {r["id"]: r for r in plan.iter_rows(named=True)}
+    assert stats.question_clusters == 8  # 6 own questions + the shared one + "Hi there?"
+    assert (stats.swaps_reused, stats.swaps_generated, stats.swaps_no_context) == (4, 6, 1)
+    # The shared question: each asker takes another asker's own prompt (reused response).
+    for u in range(4):
+        row = by_id[f"u{u}-sleep"]
+        partner = plan.row(row["swap_index"], named=True)
+        assert row["swap_source"] == "reused" and partner["id"].endswith("-sleep")
+        assert partner["user_id"] != row["user_id"] and row["swap_id"] == partner["id"]
+        assert row["input_ids_swap"] is None
+    # Unique questions: the same question with another user's context, rendered and encoded.
+    contexts = {r["user_id"]: r["context"] for r in rows if r["context"]}
+    for u in range(6):
+        row = by_id[f"u{u}-own"]
+        assert row["swap_source"] == "generated" and row["swap_index"] is None
+        donor = by_id[row["swap_id"]]
+        assert donor["user_id"] != row["user_id"]
+        swapped = [
+            {"role": "system", "content": contexts[donor["user_id"]]},
+            {"role": "user", "content": row["prompt_nocontext"][0]["content"]},
+        ]
+        expected = tokenizer.encode_chat(pl.Series([swapped]))["input_ids"][0].to_list()
+        assert row["input_ids_swap"] == expected
+        assert row["num_prompt_tokens_swap"] == len(expected)
+    assert by_id["bare"]["swap_source"] is None
+    # Same seed, same bytes; another seed, other swaps.
+    again = tmp_path / "q.parquet"
+    build_plan(
+        _corpus(tmp_path, rows),
+        tokenizer,
+        again,
+        PlanConfig(negatives="random,context-swap", seed=3),
+    )
+    assert again.read_bytes() == (tmp_path / "p.parquet").read_bytes()
+    other = tmp_path / "r.parquet"
+    build_plan(
+        _corpus(tmp_path, rows),
+        tokenizer,
+        other,
+        PlanConfig(negatives="random,context-swap", seed=4),
+    )
+    assert read_plan(other)["swap_id"].to_list() != plan["swap_id"].to_list()
+
+
+def test_context_swap_over_length_and_without_context(
+    tmp_path: Path, tokenizer: engine.ChatTokenizer
+) -> None:
+    question = "Please tell me, " + LONG[:200] + "?"
+    rows = [
+        {"id": "a", "user_id": "u0", "context": LONG[:240], "question": "Ok?"},
+        {"id": "b", "user_id": "u1", "context": "Short.", "question": question},
+        {
+            "id": "c",
+            "user_id": "u2",
+            "context": "Tiny.",
+            "question": "Could you explain, " + LONG[40:240] + "?",
+        },
+    ]
+
+    def length(context: str, text: str) -> int:
+        messages = [{"role": "system", "content": context}, {"role": "user", "content": text}]
+        return int(tokenizer.encode_chat(pl.Series([messages]))["num_tokens"][0])
+
+    limit = max(length(r["context"], r["question"]) for r in rows)
+    assert length(LONG[:240], question) > limit  # borrowing u0's context does not fit
+    config = PlanConfig(negatives="context-swap", seed=0, max_prompt_tokens=limit)
+    stats = build_plan(_corpus(tmp_path, rows), tokenizer, tmp_path / "p.parquet", config)
+    plan = read_plan(tmp_path / "p.parquet")
+    # The users form one 3-cycle of donors: exactly one of u1, u2 borrows u0's long context.
+    assert (stats.over_length, stats.swaps_over_length, stats.swaps_generated) == (0, 1, 2)
+    dropped = plan.filter(pl.col("swap_source").is_null())
+    assert dropped["id"].to_list() in (["b"], ["c"]) and dropped["swap_id"].to_list() == [None]
+    generated = plan.filter(pl.col("swap_source") == "generated")
+    assert (generated["num_prompt_tokens_swap"] <= limit).all()
+    no_column = _corpus(tmp_path, [{"question": "a?"}, {"question": "b?"}], name="a.jsonl")
+    with pytest.raises(ConfigError, match="has no context column"):
+        build_plan(
+            no_column, tokenizer, tmp_path / "x.parquet", PlanConfig(negatives="context-swap")
+        )
+
+
 def test_context_drop_without_any_context(tmp_path: Path, tokenizer: engine.ChatTokenizer) -> None:
     no_column = _corpus(tmp_path, [{"question": "a?"}, {"question": "b?"}], name="a.jsonl")
     with pytest.raises(ConfigError, match="has no context column"):

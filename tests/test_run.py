@@ -91,7 +91,10 @@ def test_run_writes_report_metrics_and_plots(finished_run: tuple[Path, str]) -> 
         assert all(math.isfinite(stat[k]) for k in ("mean", "low", "high"))
     difference = round1["vs_base"]["pmi_random"]
     assert difference["mean"] == pytest.approx(pmi["mean"] - base["mean"], abs=1e-6)
-    assert 0.0 <= difference["p_greater"] <= 1.0
+    assert "p_greater" not in difference
+    same = round1["vs_base"]["pmi_same_question"]
+    assert same["n"] == held.height and same["units"].startswith("users")
+    assert metrics["personalization"]["gain"] == same
     assert round1["judge"]["wins"] + round1["judge"]["ties"] + round1["judge"]["losses"] == (
         held.height
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import polars as pl
@@ -9,12 +10,13 @@ import pytest
 
 from mipo.errors import ConfigError, InvalidInputError
 from mipo.scoring import (
+    contrast_contexts,
     contrast_indices,
     load_model,
+    pmi_estimates,
     pmi_scores,
     score_responses,
     tokenize_prompt_response,
-    unconditional_logprobs,
 )
 
 PROMPTS = [
@@ -131,44 +133,106 @@ def test_bad_inputs_are_rejected(tiny: tuple[object, object]) -> None:
     assert score_responses(tiny, [], []).height == 0
 
 
-def test_contrast_indices_random_and_same_question() -> None:
+def test_contrast_indices_are_seeded_and_exclude_the_row() -> None:
     random_sets = contrast_indices(6, 3, seed=1)
     assert random_sets == contrast_indices(6, 3, seed=1)
     assert random_sets != contrast_indices(6, 3, seed=2)
     for i, js in enumerate(random_sets):
         assert len(js) == 3 and len(set(js)) == 3 and i not in js
     assert all(len(js) == 1 for js in contrast_indices(2, 5, seed=0))  # only one other prompt
-
-    questions = ["q1", "q1", "q1", "q2", "q2", "q3"]
-    users = ["a", "a", "b", "a", "c", "a"]
-    same = contrast_indices(6, 4, seed=0, questions=questions, users=users)
-    assert same == [[2], [2], [0, 1], [4], [3], []]
     with pytest.raises(ConfigError):
         contrast_indices(3, 0)
 
 
-def test_pmi_is_conditional_minus_mean_contrast(tiny: tuple[object, object]) -> None:
-    prompts = [*PROMPTS, [{"role": "user", "content": "How can I sleep better?"}]]
-    responses = [*RESPONSES, "Keep a fixed schedule."]
-    questions = ["sleep", "dinner", "hi", "sleep"]
+def test_contrast_contexts_come_from_other_users() -> None:
+    contexts = ["vegan", "runner", "vegan", "", "nurse", "runner"]
+    users = ["a", "b", "a", "c", "d", "b"]
+    drawn = contrast_contexts(contexts, 8, seed=0, users=users)
+    assert drawn == contrast_contexts(contexts, 8, seed=0, users=users)
+    assert sorted(drawn[0]) == ["nurse", "runner"]  # every other user's context, not its own
+    assert sorted(drawn[1]) == ["nurse", "vegan"]
+    assert drawn[3] == []  # no context, no same-question contrast
+    # A user holding two contexts never contrasts with either of them.
+    two = contrast_contexts(["x", "y", "z"], 5, seed=1, users=["a", "a", "b"])
+    assert [sorted(c) for c in two] == [["z"], ["z"], ["x", "y"]]
+    assert all(len(c) == 1 for c in contrast_contexts(["p", "q", "r"], 1, seed=3))
+    with pytest.raises(InvalidInputError):
+        contrast_contexts(["p", "q"], 1, users=["a"])
+
+
+def test_pmi_estimators_by_hand() -> None:
+    # log π(y|x) = -10; contrasts -12 and -14 (nats).
+    est = pmi_estimates(-10.0, [-12.0, -14.0])
+    lme = -10.0 - math.log((math.exp(-12.0) + math.exp(-14.0)) / 2)
+    infonce = -10.0 - math.log((math.exp(-10.0) + math.exp(-12.0) + math.exp(-14.0)) / 3)
+    assert est["lme"] == pytest.approx(lme, abs=1e-12) == pytest.approx(2.566219, abs=1e-6)
+    assert est["infonce"] == pytest.approx(infonce, abs=1e-12)
+    assert est["mean_log"] == 3.0
+    # One contrast: lme and mean of logs agree; InfoNCE is log 2 - log(1 + e^-d).
+    one = pmi_estimates(-5.0, [-7.0])
+    assert one["lme"] == one["mean_log"] == 2.0
+    assert one["infonce"] == pytest.approx(math.log(2) - math.log1p(math.exp(-2.0)))
+    assert pmi_estimates(-5.0, []) == {"lme": None, "infonce": None, "mean_log": None}
+    # Stable far from 0 (a naive exp would underflow to log(0)).
+    far = pmi_estimates(-2000.0, [-2001.0, -2003.0])
+    assert far["lme"] == pytest.approx(-math.log((math.exp(-1) + math.exp(-3)) / 2))
+
+
+def test_one_unlikely_contrast_inflates_only_the_mean_of_logs() -> None:
+    """A response very unlikely under one contrast prompt: the mean of logs runs away, the
+    log-mean-exp barely moves and the InfoNCE estimate stays below log(k + 1)."""
+    k = 4
+    typical = pmi_estimates(-20.0, [-22.0] * k)
+    outlier = pmi_estimates(-20.0, [-22.0] * (k - 1) + [-500.0])
+    assert outlier["mean_log"] - typical["mean_log"] == pytest.approx(478.0 / k)  # +119.5 nats
+    assert outlier["lme"] - typical["lme"] == pytest.approx(math.log(k / (k - 1)), abs=1e-9)
+    assert outlier["infonce"] < math.log(k + 1) and typical["infonce"] < math.log(k + 1)
+    assert abs(outlier["infonce"] - typical["infonce"]) < 0.3
+    for est in (typical, outlier):  # Jensen: mean of logs >= log-mean-exp
+        assert est["mean_log"] >= est["lme"] >= est["infonce"]
+
+
+def test_pmi_scores_match_the_reference_by_hand(tiny: tuple[object, object]) -> None:
+    contexts = ["I am a nurse on night shifts.", "I cook for four on a tight budget.", "", "I run."]
+    questions = ["How can I sleep better?", "Suggest a dinner plan.", "Hi", "Dinner ideas?"]
+    nocontext = [[{"role": "user", "content": q}] for q in questions]
+    prompts = [
+        ([{"role": "system", "content": c}] if c else []) + n
+        for c, n in zip(contexts, nocontext, strict=True)
+    ]
+    responses = ["Keep the room dark.", "Beans and rice.", "Hello!", "Pasta."]
     users = ["u1", "u2", "u3", "u4"]
-    df = pmi_scores(tiny, prompts, responses, k=2, seed=3, questions=questions, users=users)
-    contrasts = contrast_indices(4, 2, seed=3)
-    row = 1
-    cond = score_responses(tiny, [prompts[row]], [responses[row]])["logprob"][0]
-    others = score_responses(
-        tiny, [prompts[j] for j in contrasts[row]], [responses[row]] * len(contrasts[row])
-    )["logprob"].to_list()
-    assert df["pmi_random"][row] == pytest.approx(cond - sum(others) / len(others), abs=1e-4)
-    # log-mean-exp >= mean of logs (Jensen), so its PMI is <= the mean-of-logs PMI.
-    for a, b in zip(df["pmi_random"], df["pmi_random_lme"], strict=True):
-        assert b <= a + 1e-9
-    # Same question from another user exists only for rows 0 and 3.
-    assert df["num_contrasts_same_question"].to_list() == [1, 0, 0, 1]
-    assert df["pmi_same_question"].is_null().to_list() == [False, True, True, False]
-    unc = unconditional_logprobs(tiny, prompts, responses, [[3], [], [], [0]])
-    assert df["pmi_same_question"][0] == pytest.approx(
-        df["logprob"][0] - unc["mean_logprob"][0], abs=1e-4
+    df = pmi_scores(
+        tiny, prompts, responses, k=2, seed=3, contexts=contexts, nocontext=nocontext, users=users
     )
+
+    def logp(messages: list[dict[str, str]], response: str) -> float:
+        return float(score_responses(tiny, [messages], [response])["logprob"][0])
+
+    row = 1
+    cond = logp(prompts[row], responses[row])
+    assert df["logprob"][row] == pytest.approx(cond, abs=1e-4)
+    # random: the k contrast prompts drawn by contrast_indices with the same seed.
+    others = [logp(prompts[j], responses[row]) for j in contrast_indices(4, 2, seed=3)[row]]
+    expected = pmi_estimates(cond, others)
+    for estimator, column in (("lme", ""), ("infonce", "_infonce"), ("mean_log", "_mean_log")):
+        assert df[f"pmi_random{column}"][row] == pytest.approx(expected[estimator], abs=1e-4)
+    # same question, other users: row 1's question with the two other users' contexts.
+    swapped = contrast_contexts(contexts, 2, seed=4, users=users)[row]
+    assert sorted(swapped) == sorted([contexts[0], contexts[3]])
+    values = [
+        logp([{"role": "system", "content": c}, *nocontext[row]], responses[row]) for c in swapped
+    ]
+    assert df["pmi_same_question"][row] == pytest.approx(
+        pmi_estimates(cond, values)["lme"], abs=1e-4
+    )
+    # context drop: the question alone.
+    drop = logp(nocontext[row], responses[row])
+    assert df["pmi_context_drop"][row] == pytest.approx(cond - drop, abs=1e-4)
+    # The row without a context has neither contrast.
+    assert df["num_contrasts_same_question"].to_list() == [2, 2, 0, 2]
+    assert df["num_contrasts_context_drop"].to_list() == [1, 1, 0, 1]
+    assert df["pmi_same_question"][2] is None and df["pmi_context_drop"][2] is None
+    assert df["num_contrasts_random"].to_list() == [2, 2, 2, 2]
     with pytest.raises(InvalidInputError, match="at least 2"):
         pmi_scores(tiny, prompts[:1], responses[:1])

@@ -47,7 +47,7 @@ from mipo.corpus import (
 )
 from mipo.errors import ConfigError, ModelError, OutputError, TemplateError
 from mipo.lockfile import run_lock
-from mipo.negatives import NegativeStrategy, parse_strategy
+from mipo.negatives import NegativeStrategy, parse_strategy, strategy_kinds
 from mipo.pairs import PairFilterConfig, PairStats, assemble_pairs, build_requests, filter_pairs
 from mipo.plan import PlanConfig, build_plan, read_plan
 
@@ -113,7 +113,8 @@ class BuildPairsConfig:
     plan_only: bool = False
     """Stop after writing ``plan.parquet``."""
     negatives: NegativeStrategy = "random"
-    """``random``, ``context-drop`` or ``both``."""
+    """``random``, ``context-drop``, ``context-swap``, or a comma-separated list of them (one
+    pair of each per prompt; ``both`` = ``random,context-drop``)."""
     independent_negatives: bool = False
     """Sample a separate response to σ(i) for each prompt instead of reusing σ(i)'s own."""
     columns: ColumnOptions = field(default_factory=ColumnOptions)
@@ -173,14 +174,14 @@ class BuildPairsConfig:
     started on this machine with ``ray start``, else a local Ray runtime."""
 
     def __post_init__(self) -> None:
-        parse_strategy(self.negatives)
+        object.__setattr__(self, "negatives", parse_strategy(self.negatives))
         parse_shard(self.shard)
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
-        if self.independent_negatives and self.negatives == "context-drop":
+        if self.independent_negatives and strategy_kinds(self.negatives) == ("context-drop",):
             raise ConfigError(
-                "--independent-negatives applies to random negatives; it does nothing with "
-                "--negatives context-drop: drop it or use --negatives random/both"
+                "--independent-negatives applies to random and context-swap negatives; it does "
+                "nothing with --negatives context-drop: drop it or add random/context-swap"
             )
         if self.min_margin != 0.0 and not self.score:
             raise ConfigError("--min-margin needs --score (margins are computed only when scoring)")
@@ -900,6 +901,17 @@ def summary_table(stats: dict[str, Any]) -> Any:
         row("prompts planned", plan.get("prompts_planned"))
         if plan.get("users") is not None:
             row("users", plan.get("users"))
+        if plan.get("question_clusters") is not None:
+            row("question clusters", plan.get("question_clusters"))
+            row("context swaps reusing another user's response", plan.get("swaps_reused"))
+            row("context swaps generated", plan.get("swaps_generated"))
+            for key, label in (
+                ("swaps_no_context", "prompts without context (no context swap)"),
+                ("swaps_no_donor", "prompts with no other user's context"),
+                ("swaps_over_length", "generated swaps over the prompt limit"),
+            ):
+                if plan.get(key):
+                    row(label, plan[key])
     if gen:
         row("generation requests", gen.get("requests"))
         row("responses (this run's shard)", gen.get("responses"))

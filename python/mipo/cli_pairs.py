@@ -30,11 +30,12 @@ def _print_result(result: Any) -> None:
 @click.option("--plan-only", is_flag=True, help="Stop after writing plan.parquet.")
 @click.option(
     "--negatives",
-    type=click.Choice(["random", "context-drop", "both"]),
     default="random",
     show_default=True,
     help="random: a response to another prompt; context-drop: a response to the prompt without "
-    "its context; both: one pair of each.",
+    "its context; context-swap: a response to the same question with another user's context "
+    "(reused where another user asked it); a comma-separated list gives one pair of each "
+    "(e.g. random,context-swap; both = random,context-drop).",
 )
 @click.option(
     "--independent-negatives",

@@ -47,7 +47,7 @@ def _given(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--max-eval-prompts", type=int, help="Evaluate on at most N held-out prompts.")
 @click.option("--model", help="Base model: hub id, folder or .gguf  [default: built-in smollm2-135m]")  # fmt: skip
 @click.option("--seed", type=int, help="Seed of split, negatives, generation, training, eval  [default: 0]")  # fmt: skip
-@click.option("--negatives", type=click.Choice(["random", "context-drop", "both"]), help="Negative strategy  [default: random]")  # fmt: skip
+@click.option("--negatives", help="Negative strategies: random, context-drop, context-swap or a comma-separated list  [default: random]")  # fmt: skip
 @click.option("--independent-negatives", is_flag=True, default=None, help="Sample separate responses for the random negatives.")  # fmt: skip
 @click.option("--backend", type=click.Choice(["auto", "vllm", "hf"]), help="Generation backend  [default: auto]")  # fmt: skip
 @click.option("--max-new-tokens", type=int, help="Tokens per response, pairs and eval  [default: 512 / 256]")  # fmt: skip
@@ -68,9 +68,9 @@ def _given(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--grad-accum", "gradient_accumulation_steps", type=int, help="Gradient accumulation steps  [default: 1]")  # fmt: skip
 @click.option("--max-length", type=int, help="Max prompt + response tokens in training  [default: 1024]")  # fmt: skip
 @click.option("--train-config", type=click.Path(exists=True, dir_okay=False), help="YAML of training options (TrainConfig fields); flags win.")  # fmt: skip
-@click.option("-k", "--contrasts", "eval_k", type=int, help="Contrast prompts per held-out prompt for PMI  [default: 4]")  # fmt: skip
+@click.option("-k", "--contrasts", "eval_k", type=int, help="Contrast prompts per held-out prompt and contrast set for PMI  [default: 8]")  # fmt: skip
 @click.option("--eval-batch-size", type=int, help="Rows per forward pass in evaluation  [default: 16]")  # fmt: skip
-@click.option("--judge", help="Judge model for the win rate: auto (the base model), a model, or none  [default: auto]")  # fmt: skip
+@click.option("--judge", help="Judge model for the win rate: a model, auto (the base model), or none  [default: none]")  # fmt: skip
 @click.option("--extra-eval", "extra_eval_data", multiple=True, help="choice:/math: file evaluated every round (repeatable).")  # fmt: skip
 @click.option("--n-bootstrap", type=int, help="Bootstrap resamples  [default: 2000]")
 @click.option("--reuse-pairs", type=click.Path(exists=True, file_okay=False), help="Copy round 1's pairs from another run's round-1/pairs (same corpus, model, generation options).")  # fmt: skip
@@ -152,14 +152,34 @@ def _print_summary(result: Any) -> None:
     from mipo.evaluate.report import fmt_ci
 
     for entry in result.metrics["rounds"]:
-        line = f"round {entry['round']}: held-out PMI {fmt_ci(entry['pmi'].get('pmi_random'))}"
-        line += f", − base {fmt_ci(entry['vs_base'].get('pmi_random'))}"
+        for key, label in (
+            ("pmi_same_question", "same-question PMI (personalization)"),
+            ("pmi_random", "random-contrast PMI"),
+        ):
+            if not entry["pmi"].get(key):
+                continue
+            line = f"round {entry['round']}: held-out {label} {fmt_ci(entry['pmi'].get(key))}"
+            line += f", − base {fmt_ci(entry['vs_base'].get(key))}"
+            click.echo(line)
         judge = entry.get("judge")
         if judge:
-            line += f"; judged win rate (ties as half) {judge['win_rate_ties_as_half']:.3f}"
-        click.echo(line)
-    base = result.metrics["base"]["pmi"].get("pmi_random")
-    click.echo(f"base model: held-out PMI {fmt_ci(base)}")
+            click.echo(
+                f"round {entry['round']}: judged win rate (ties as half) "
+                f"{judge['win_rate_ties_as_half']:.3f}"
+            )
+        for finding in entry.get("findings", []):
+            click.echo(f"  {finding}")
+    for key, label in (("pmi_same_question", "same-question"), ("pmi_random", "random-contrast")):
+        base = result.metrics["base"]["pmi"].get(key)
+        if base:
+            click.echo(f"base model: held-out {label} PMI {fmt_ci(base)}")
+    headline = result.metrics.get("personalization")
+    if headline:
+        above = "above 0" if headline["gain_above_zero"] else "not above 0"
+        click.echo(
+            f"personalization: same-question PMI gain {fmt_ci(headline['gain'])} nats "
+            f"(95% cluster-bootstrap interval {above}; metrics.json: personalization)"
+        )
     seconds = result.metrics["total_stage_seconds"]
     click.echo(f"time: {seconds / 60:.1f} min over all stages")
     click.echo(f"report: {result.report_md} (and {result.report_html.name}, metrics.json)")

@@ -197,18 +197,17 @@ def _log_entries(path: Path) -> list[dict[str, Any]]:
 @click.option("--compare", default=None, help="Baseline model, same prompts and seeds.")
 @click.option(
     "--judge",
-    default="smollm2-135m",
-    show_default=True,
-    help="Judge model for the win rate ('none' to skip).",
+    default=None,
+    help="Judge model for the personalization win rate (needs --compare)  [default: none]",
 )
 @click.option(
     "-k",
     "--contrasts",
     "k",
-    default=4,
+    default=8,
     show_default=True,
     type=int,
-    help="Contrast prompts per prompt for PMI.",
+    help="Contrast prompts per prompt and contrast set for PMI.",
 )
 @click.option(
     "--seed",
@@ -297,10 +296,18 @@ def eval_cmd(data: tuple[str, ...], output: Path, **options: Any) -> None:
     result = run_eval(config, output)
     m = result.metrics
     for name, stats in m["pmi"].items():
-        line = f"PMI {name}: model {fmt_ci(stats['model']['pmi_random'])}"
-        if "difference" in stats:
-            line += f", model − baseline {fmt_ci(stats['difference']['pmi_random'])}"
-        click.echo(line)
+        for key, label in (
+            ("pmi_same_question", "same question, other users"),
+            ("pmi_random", "random"),
+        ):
+            if key not in stats["model"]:
+                continue
+            line = f"PMI {name} ({label}): model {fmt_ci(stats['model'][key])}"
+            if "difference" in stats:
+                line += f", model − baseline {fmt_ci(stats['difference'][key])}"
+            click.echo(line)
+        for finding in stats.get("findings", []):
+            click.echo(f"  {finding}")
     for section in ("multiple_choice", "math"):
         for name, stats in m[section].items():
             line = (

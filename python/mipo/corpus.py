@@ -12,6 +12,8 @@ per-row Python), onto one standard shape:
 - ``prompt_nocontext``: the same without the context (system messages dropped);
 - ``has_context`` (Boolean): whether there was a context to drop;
 - ``dedup_text`` (String): context and question joined, the text deduplication compares;
+- ``question_text`` / ``context_text`` (String): the text of the messages without the context /
+  of the context (system) messages, "" when there is none (``context-swap`` negatives);
 - ``is_empty`` (Boolean): no usable prompt (null or blank); such rows are dropped and counted.
 
 >>> from mipo.corpus import open_corpus
@@ -463,6 +465,8 @@ class Corpus:
             ident = _text_column(cols.id, self.schema[cols.id], "id")
         else:
             ident = row.cast(pl.String)
+        content = pl.element().struct.field("content")
+        role = pl.element().struct.field("role")
         exprs: dict[str, pl.Expr] = {
             "row": row,
             "id": ident,
@@ -470,6 +474,10 @@ class Corpus:
             "prompt_nocontext": nocontext,
             "has_context": has_context,
             "dedup_text": dedup_text,
+            "question_text": nocontext.list.eval(content).list.join("\n").fill_null(""),
+            "context_text": prompt.list.eval(content.filter(role == "system"))
+            .list.join("\n")
+            .fill_null(""),
             "is_empty": is_empty,
             "bad_message": bad,
         }

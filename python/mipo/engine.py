@@ -34,6 +34,7 @@ __all__ = [
     "derangement",
     "engine_info",
     "normalize",
+    "stratified_derangement",
 ]
 
 
@@ -388,3 +389,53 @@ def constrained_derangement(
         if col is not None and len(col) != n:
             raise InvalidInputError(f"{name} has {len(col)} rows but n is {n}; they must match")
     return _series(_engine.constrained_derangement(n, g, c, seed, sweeps), "negative")
+
+
+NO_STRATUM = 2**32 - 1
+"""Stratum code of a row that takes no part in :func:`stratified_derangement` (the engine's)."""
+
+
+def stratified_derangement(
+    strata: Any,
+    *,
+    groups: Any = None,
+    clusters: Any = None,
+    seed: int,
+    sweeps: int = 10,
+    strict: bool = False,
+) -> pl.Series:
+    """Within each stratum, a random derangement that keeps every row off its own group and
+    cluster: ``sigma[i]`` shares ``strata[i]`` and differs from i in group and cluster, and the
+    matched rows of a stratum map one to one onto themselves (each serves once as a partner).
+
+    ``strata``, ``groups``, ``clusters``: one id per row, any type; a null stratum means the row
+    takes no part. A stratum that cannot be matched whole (a single row, or a group or cluster
+    holding more than half of it) is matched on its largest feasible part: random rows of the
+    over-large class are left out until the rest is feasible. Left-out rows get null (with
+    ``strict=True`` they raise :class:`~mipo.errors.DerangementError` instead). Per stratum the
+    sample is exactly uniform up to 10 matched rows (rejection), else the Metropolis chain of
+    :func:`constrained_derangement`; each stratum has its own seeded stream, so the result
+    depends on the inputs and ``seed`` only, never on the thread count.
+
+    mipo's ``context-swap`` negatives: strata = question clusters, groups = users, so row i's
+    rejected answer is another user's answer to the same question.
+
+    >>> questions = ["q1", "q1", "q1", "q2", "q2", None]
+    >>> users = ["ann", "bob", "cid", "ann", "ann", "bob"]
+    >>> stratified_derangement(questions, groups=users, seed=0).to_list()[3:]
+    [None, None, None]
+    """
+    seed = _integer(seed, "seed", 2**64 - 1)
+    sweeps = _integer(sweeps, "sweeps", 2**64 - 1)
+    s = _as_series(strata, "strata")
+    codes = s.rank("dense").cast(pl.UInt32).fill_null(NO_STRATUM)
+    n = len(codes)
+    g = _codes(groups, "groups")
+    c = _codes(clusters, "clusters")
+    for name, col in (("groups", g), ("clusters", c)):
+        if col is not None and len(col) != n:
+            raise InvalidInputError(
+                f"{name} has {len(col)} rows but strata has {n}; they must match"
+            )
+    native = _engine.stratified_derangement(codes, g, c, seed, sweeps, bool(strict))
+    return _series(native, "partner")

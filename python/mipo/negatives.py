@@ -3,18 +3,26 @@
 - ``random``: the response to another prompt σ(i), σ a derangement drawn by the engine (no prompt
   is its own negative; with users, σ(i) belongs to another user; never a near duplicate of i);
 - ``context-drop``: the response to prompt i with its context removed;
-- ``both``: one pair of each kind per prompt.
+- ``context-swap``: the response to prompt i's question asked with *another user's* context —
+  the negative that isolates the user. Where another user asked the same question (exact or
+  near-duplicate question), that user's own response is reused (a derangement within question
+  clusters that keeps every row off its own user: :func:`assign_context_swaps`); otherwise a
+  response to (another user's context, this question) is generated;
+- any combination, comma-separated (``random,context-swap``): one pair of each kind per prompt;
+  ``both`` is ``random,context-drop``.
 
 >>> import polars as pl
 >>> from mipo.negatives import assign_negatives
 >>> sigma = assign_negatives(4, seed=0)
 >>> sorted(sigma.to_list()), any(s == i for i, s in enumerate(sigma))
 ([0, 1, 2, 3], False)
+>>> parse_strategy("context-swap,random")
+'random,context-swap'
 """
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from dataclasses import dataclass
 
 import polars as pl
 
@@ -22,36 +30,55 @@ from mipo import engine
 from mipo.errors import ConfigError, CorpusError, DerangementError, MipoError
 
 __all__ = [
+    "ALIASES",
     "STRATEGIES",
+    "ContextSwaps",
     "NegativeStrategy",
+    "assign_context_swaps",
     "assign_negatives",
     "check_negatives",
     "parse_strategy",
     "strategy_kinds",
 ]
 
-NegativeStrategy = Literal["random", "context-drop", "both"]
-STRATEGIES: tuple[str, ...] = get_args(NegativeStrategy)
-
-
-def parse_strategy(value: str) -> NegativeStrategy:
-    """Validate a ``--negatives`` value.
-
-    >>> parse_strategy("both")
-    'both'
-    """
-    if value not in STRATEGIES:
-        raise ConfigError(f"--negatives must be one of {', '.join(STRATEGIES)}, got {value!r}")
-    return value  # type: ignore[return-value]
+NegativeStrategy = str
+"""A ``--negatives`` value: one of :data:`STRATEGIES` or a comma-separated list of them."""
+STRATEGIES: tuple[str, ...] = ("random", "context-drop", "context-swap")
+"""The pair kinds, in the order a prompt's pairs are written."""
+ALIASES = {"both": "random,context-drop"}
+"""Older names of strategy lists."""
 
 
 def strategy_kinds(strategy: NegativeStrategy) -> tuple[str, ...]:
-    """The pair kinds a strategy produces, in output order.
+    """The pair kinds a ``--negatives`` value produces, in output order (validated).
 
     >>> strategy_kinds("both")
     ('random', 'context-drop')
+    >>> strategy_kinds("context-swap, context-drop")
+    ('context-drop', 'context-swap')
     """
-    return ("random", "context-drop") if strategy == "both" else (strategy,)
+    if not isinstance(strategy, str):
+        raise ConfigError(f"--negatives must be a string, got {type(strategy).__name__}")
+    text = ALIASES.get(strategy.strip(), strategy)
+    names = [part.strip() for part in text.split(",")]
+    unknown = [name for name in names if name not in STRATEGIES]
+    if unknown or not names:
+        raise ConfigError(
+            f"--negatives takes {', '.join(STRATEGIES)} or a comma-separated list of them "
+            f"(e.g. random,context-swap), got {strategy!r}"
+        )
+    if len(set(names)) < len(names):
+        raise ConfigError(f"--negatives lists a strategy twice: {strategy!r}")
+    return tuple(kind for kind in STRATEGIES if kind in names)
+
+
+def parse_strategy(value: NegativeStrategy) -> NegativeStrategy:
+    """Validate a ``--negatives`` value and return its canonical form (kinds in output order).
+
+    >>> parse_strategy("both")
+    'random,context-drop'
+    """
+    return ",".join(strategy_kinds(value))
 
 
 def _group_codes(users: pl.Series) -> pl.Series:
@@ -147,3 +174,86 @@ def check_negatives(
             problems.append(f"a negative shares its prompt's {name}")
     if problems:
         raise MipoError(f"internal error: negative assignment invalid ({'; '.join(problems)})")
+
+
+@dataclass
+class ContextSwaps:
+    """The ``context-swap`` negative of every planned prompt (frames aligned with the plan).
+
+    ``partner``: the plan index of another user's prompt with the same (or a near-duplicate)
+    question whose own response is reused, else null. ``donor``: for rows without such a partner,
+    the index (into the representatives given to :func:`assign_context_swaps`) of the user whose
+    context the question is asked with in a freshly generated response, else null. Rows without
+    a context of their own get neither.
+    """
+
+    partner: pl.Series
+    donor: pl.Series
+    reused: int
+    generated: int
+    no_context: int
+    no_donor: int
+
+
+def assign_context_swaps(
+    *,
+    question_clusters: pl.Series,
+    has_context: pl.Series,
+    groups: pl.Series,
+    prompt_clusters: pl.Series | None,
+    representative_groups: pl.Series,
+    seed: int,
+) -> ContextSwaps:
+    """Who answers each prompt's question with another user's context.
+
+    1. *Reuse*: within each question cluster, rows with a context are paired by the engine's
+       :func:`~mipo.engine.stratified_derangement` (strata = question clusters, groups = users,
+       clusters = near-duplicate prompt clusters): the partner is another user's prompt with the
+       same question, and each matched response serves exactly once as a negative, as with
+       ``random``.
+    2. *Generate*: every other row with a context takes the context of user τ(u), τ a seeded
+       derangement of the users that have a context (``representative_groups``: one entry per
+       such user, the order the caller keeps their representative contexts in).
+
+    ``groups``: the user of each row (or, without a user column, a key of its context: then
+    "another user" means another context).
+    """
+    n = len(question_clusters)
+    for name, column in (("has_context", has_context), ("groups", groups)):
+        if len(column) != n:
+            raise ValueError(f"{name} has {len(column)} rows, expected {n}")
+    strata = pl.select(
+        pl.when(has_context).then(question_clusters.cast(pl.Int64)).otherwise(None)
+    ).to_series()
+    partner = engine.stratified_derangement(
+        strata, groups=groups, clusters=prompt_clusters, seed=seed
+    ).rename("swap_partner")
+    needs = has_context & partner.is_null()
+    reps = len(representative_groups)
+    donor = pl.Series("swap_donor", [None] * n, dtype=pl.UInt32)
+    no_donor = 0
+    if reps >= 2 and bool(needs.any()):
+        tau = engine.derangement(reps, seed=seed ^ 0x5CA9_D0_0D)
+        position = pl.DataFrame(
+            {"g": representative_groups, "rep": pl.int_range(0, reps, dtype=pl.UInt32, eager=True)}
+        )
+        own = pl.DataFrame({"g": groups}).join(position, on="g", how="left", maintain_order="left")[
+            "rep"
+        ]
+        chosen = tau.gather(own.fill_null(0)).cast(pl.UInt32)
+        donor = (
+            pl.select(pl.when(needs & own.is_not_null()).then(chosen).otherwise(None))
+            .to_series()
+            .rename("swap_donor")
+        )
+        no_donor = int((needs & own.is_null()).sum())
+    elif bool(needs.any()):
+        no_donor = int(needs.sum())
+    return ContextSwaps(
+        partner=partner.cast(pl.UInt32),
+        donor=donor,
+        reused=int(partner.is_not_null().sum()),
+        generated=int(donor.is_not_null().sum()),
+        no_context=int((~has_context).sum()),
+        no_donor=no_donor,
+    )

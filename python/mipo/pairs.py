@@ -6,7 +6,10 @@ Every response the pipeline generates is one *request*, identified by ``request_
 - kind 0 (:data:`KIND_FULL`): prompt i as written (context included) — i's chosen answer, and
   with reused random negatives also the rejected answer of the prompt j with σ(j) = i;
 - kind 1 (:data:`KIND_NOCONTEXT`): prompt i with its context removed (``context-drop``);
-- kind 2 (:data:`KIND_NEGATIVE`): prompt σ(i), sampled again for i (``--independent-negatives``).
+- kind 2 (:data:`KIND_NEGATIVE`): prompt σ(i), sampled again for i (``--independent-negatives``);
+- kind 3 (:data:`KIND_SWAP`): i's question asked with another user's context (``context-swap``
+  where no other user asked it; with ``--independent-negatives`` also the partner's prompt,
+  sampled again for i).
 
 Seeds are derived per request from the run seed and the request id
 (:func:`mipo.generate.request_seeds`, SplitMix64), so a response does not depend on batch
@@ -40,6 +43,8 @@ __all__ = [
     "KIND_FULL",
     "KIND_NEGATIVE",
     "KIND_NOCONTEXT",
+    "KIND_SWAP",
+    "NEAR_IDENTICAL_JACCARD",
     "PairFilterConfig",
     "PairStats",
     "assemble_pairs",
@@ -51,9 +56,10 @@ __all__ = [
 KIND_FULL = 0
 KIND_NOCONTEXT = 1
 KIND_NEGATIVE = 2
-_KINDS = 4  # request ids leave room for one more kind per prompt
+KIND_SWAP = 3
+_KINDS = 4  # request ids: 4 * plan_index + kind
 
-FILTERS = ("empty_response", "identical", "truncated", "low_margin")
+FILTERS = ("empty_response", "identical", "near_identical", "truncated", "low_margin")
 """Pair filters in the order they apply; a pair is counted under the first one that drops it."""
 
 
@@ -73,7 +79,9 @@ def build_requests(
     (List UInt32), ``seed`` (UInt64).
 
     One request per prompt; with ``context-drop``, one more per prompt that has a context; with
-    ``--independent-negatives``, one more per prompt for σ(i)'s prompt.
+    ``context-swap``, one more per prompt whose swap is generated (every swapped prompt with
+    ``--independent-negatives``); with ``--independent-negatives`` and ``random``, one more per
+    prompt for σ(i)'s prompt.
     """
     from mipo.generate import request_seeds
 
@@ -97,6 +105,22 @@ def build_requests(
             plan.select(
                 request_ids(pl.col("plan_index"), KIND_NEGATIVE).alias("request_id"),
                 plan["input_ids"].gather(plan["negative_index"]).alias("input_ids"),
+            )
+        )
+    if "context-swap" in kinds:
+        partner_ids = plan["input_ids"].gather(plan["swap_index"].fill_null(0))
+        swapped = plan.with_columns(
+            pl.when(pl.col("swap_source") == "generated")
+            .then(pl.col("input_ids_swap"))
+            .when((pl.col("swap_source") == "reused") & pl.lit(independent_negatives))
+            .then(partner_ids)
+            .otherwise(None)
+            .alias("_swap_ids")
+        ).filter(pl.col("_swap_ids").is_not_null())
+        frames.append(
+            swapped.select(
+                request_ids(pl.col("plan_index"), KIND_SWAP).alias("request_id"),
+                pl.col("_swap_ids").alias("input_ids"),
             )
         )
     requests = pl.concat(frames).sort("request_id")
@@ -131,6 +155,9 @@ class PairStats:
     prompts: int = 0
     pairs_built: dict[str, int] = field(default_factory=dict)
     no_context_skipped: int = 0
+    no_swap_skipped: int = 0
+    swap_sources: dict[str, int] = field(default_factory=dict)
+    length_ratio: dict[str, dict[str, float]] = field(default_factory=dict)
     filtered: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FILTERS, 0))
     pairs_written: int = 0
     pairs_written_by_strategy: dict[str, int] = field(default_factory=dict)
@@ -203,7 +230,7 @@ def assemble_pairs(
                 request_ids(pl.col("plan_index"), KIND_FULL).alias("chosen_request"),
                 rejected_request.alias("rejected_request"),
             )
-        else:
+        elif kind == "context-drop":
             has = plan.filter(pl.col("input_ids_nocontext").is_not_null())
             stats.no_context_skipped = plan.height - has.height
             part = has.select(
@@ -212,6 +239,22 @@ def assemble_pairs(
                 request_ids(pl.col("plan_index"), KIND_FULL).alias("chosen_request"),
                 request_ids(pl.col("plan_index"), KIND_NOCONTEXT).alias("rejected_request"),
             )
+        else:
+            has = plan.filter(pl.col("swap_source").is_not_null())
+            stats.no_swap_skipped = plan.height - has.height
+            reused = (pl.col("swap_source") == "reused") & pl.lit(not independent_negatives)
+            part = has.select(
+                *base_cols,
+                pl.col("swap_id").alias("negative_id"),
+                request_ids(pl.col("plan_index"), KIND_FULL).alias("chosen_request"),
+                pl.when(reused)
+                .then(request_ids(pl.col("swap_index"), KIND_FULL))
+                .otherwise(request_ids(pl.col("plan_index"), KIND_SWAP))
+                .alias("rejected_request"),
+            )
+            stats.swap_sources = {
+                str(k): int(v) for k, v in has["swap_source"].value_counts(sort=True).iter_rows()
+            }
         frames.append(
             part.with_columns(pl.lit(kind).alias("strategy"), pl.lit(order, pl.UInt8).alias("_o"))
         )
@@ -290,6 +333,8 @@ def filter_pairs(
         (chosen.str.strip_chars() == "") | (rejected.str.strip_chars() == ""),
     )
     pairs = drop(pairs, "identical", chosen == rejected)
+    if pairs.height:
+        pairs = drop(pairs, "near_identical", _near_identical(pairs))
     if not config.keep_truncated:
         pairs = drop(
             pairs,
@@ -304,10 +349,60 @@ def filter_pairs(
         stats.margin_mean = float(pairs["margin"].mean())  # type: ignore[arg-type]
         pairs = drop(pairs, "low_margin", pl.col("margin") < config.min_margin)
     stats.pairs_written = pairs.height
+    stats.length_ratio = _length_ratios(pairs)
     stats.pairs_written_by_strategy = {
         str(k): int(v) for k, v in pairs["strategy"].value_counts(sort=True).iter_rows()
     }
     return pairs
+
+
+NEAR_IDENTICAL_JACCARD = 0.9
+"""Pairs whose chosen and rejected share at least this Jaccard similarity of their word sets
+(after normalization) teach nothing and are dropped as ``near_identical``."""
+
+LENGTH_RATIO_FLAG = 1.5
+"""A pair whose longer response has at least this many times the tokens of the shorter one
+differs mostly by length; ``stats.json`` reports how many such pairs each strategy has."""
+
+
+def _near_identical(pairs: pl.DataFrame) -> pl.Expr:
+    """Normalized texts equal (NFKC, case folding, whitespace) or word-set Jaccard >= 0.9."""
+    from mipo import engine
+
+    chosen = engine.normalize(pairs.select(_content("chosen")).to_series().fill_null(""))
+    rejected = engine.normalize(pairs.select(_content("rejected")).to_series().fill_null(""))
+    a, b = chosen.str.split(" "), rejected.str.split(" ")
+    both = pl.DataFrame({"a": a, "b": b, "ea": chosen == rejected})
+    jaccard = both.select(
+        (
+            pl.col("a").list.set_intersection(pl.col("b")).list.len()
+            / pl.col("a").list.set_union(pl.col("b")).list.len()
+        ).alias("j")
+    )["j"]
+    return pl.lit(((both["ea"]) | (jaccard >= NEAR_IDENTICAL_JACCARD)).fill_null(False))
+
+
+def _length_ratios(pairs: pl.DataFrame) -> dict[str, dict[str, float]]:
+    """Per strategy: median of longer/shorter response tokens, and the share of pairs whose
+    ratio is at least :data:`LENGTH_RATIO_FLAG` (pairs that differ mostly by length)."""
+    if not pairs.height:
+        return {}
+    longer = pl.max_horizontal("chosen_num_tokens", "rejected_num_tokens").cast(pl.Float64)
+    shorter = pl.min_horizontal("chosen_num_tokens", "rejected_num_tokens").cast(pl.Float64)
+    ratio = longer / pl.max_horizontal(shorter, pl.lit(1.0))
+    table = pairs.group_by("strategy", maintain_order=True).agg(
+        ratio.median().alias("median"),
+        (ratio >= LENGTH_RATIO_FLAG).mean().alias("share_ge"),
+        (pl.col("chosen_num_tokens") > pl.col("rejected_num_tokens")).mean().alias("chosen_longer"),
+    )
+    return {
+        str(row["strategy"]): {
+            "median_ratio": round(float(row["median"]), 3),
+            f"share_ratio_ge_{LENGTH_RATIO_FLAG:g}": round(float(row["share_ge"]), 4),
+            "share_chosen_longer": round(float(row["chosen_longer"]), 4),
+        }
+        for row in table.iter_rows(named=True)
+    }
 
 
 def _add_margins(pairs: pl.DataFrame, model_path: str | Path, batch_size: int) -> pl.DataFrame:

@@ -11,7 +11,9 @@ through compact global state, never through the text:
    over-long prompts dropped, and the batch written to a part file; only the id, user and
    cluster of each row stay in memory;
 4. *derange*: the engine draws σ over the whole corpus (never per batch), group-constrained by
-   user, never pairing near duplicates;
+   user, never pairing near duplicates; for ``context-swap`` it pairs prompts of other users
+   within question clusters (a second, question-only dedup) and picks a donor user's context
+   for the rest, whose swapped prompts are rendered and encoded while the plan is written;
 5. *write*: the parts are streamed into ``plan.parquet`` in fixed-size row groups (so the bytes
    do not depend on batch boundaries or thread count), through a temporary file and a rename.
 
@@ -35,9 +37,16 @@ from typing import Any
 import polars as pl
 
 from mipo import engine
-from mipo.corpus import Corpus, atomic_path, write_errors
+from mipo.corpus import MESSAGE_DTYPE, Corpus, atomic_path, write_errors
 from mipo.errors import ConfigError, CorpusError
-from mipo.negatives import NegativeStrategy, assign_negatives, parse_strategy
+from mipo.negatives import (
+    ContextSwaps,
+    NegativeStrategy,
+    assign_context_swaps,
+    assign_negatives,
+    parse_strategy,
+    strategy_kinds,
+)
 
 __all__ = ["PLAN_STEPS", "PlanConfig", "PlanStats", "build_plan", "read_plan"]
 
@@ -55,7 +64,8 @@ class PlanConfig:
     seed: int = 0
     """Seed of the negative assignment (and of everything random downstream)."""
     negatives: NegativeStrategy = "random"
-    """``random``, ``context-drop`` or ``both`` (see :mod:`mipo.negatives`)."""
+    """``random``, ``context-drop``, ``context-swap`` or a comma-separated list (see
+    :mod:`mipo.negatives`)."""
     max_prompt_tokens: int | None = None
     """Prompts with more tokens (chat template included) are dropped and counted; None: no limit."""
     dedup: bool = True
@@ -72,7 +82,7 @@ class PlanConfig:
     def __post_init__(self) -> None:
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
-        parse_strategy(self.negatives)
+        object.__setattr__(self, "negatives", parse_strategy(self.negatives))
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
             raise ConfigError(f"--max-prompt-tokens must be >= 1, got {self.max_prompt_tokens}")
         if not 0.0 < self.near_dup_threshold <= 1.0:
@@ -86,11 +96,19 @@ class PlanConfig:
 
     @property
     def needs_random(self) -> bool:
-        return self.negatives in ("random", "both")
+        return "random" in strategy_kinds(self.negatives)
 
     @property
     def needs_context_drop(self) -> bool:
-        return self.negatives in ("context-drop", "both")
+        return "context-drop" in strategy_kinds(self.negatives)
+
+    @property
+    def needs_context_swap(self) -> bool:
+        return "context-swap" in strategy_kinds(self.negatives)
+
+    @property
+    def needs_context(self) -> bool:
+        return self.needs_context_drop or self.needs_context_swap
 
 
 @dataclass
@@ -106,6 +124,12 @@ class PlanStats:
     with_context: int = 0
     without_context: int = 0
     users: int | None = None
+    question_clusters: int | None = None
+    swaps_reused: int = 0
+    swaps_generated: int = 0
+    swaps_no_context: int = 0
+    swaps_no_donor: int = 0
+    swaps_over_length: int = 0
     max_prompt_tokens: int | None = None
     prompt_tokens_total: int = 0
     prompt_tokens_max: int = 0
@@ -194,13 +218,14 @@ def _stream_pass(
     stats: PlanStats,
     clock: _Clock,
     progress: ProgressCallback | None,
-) -> tuple[list[Path], pl.DataFrame]:
+) -> tuple[list[Path], pl.DataFrame, pl.DataFrame]:
     """Read, validate, dedupe, tokenize and write each batch to a part file, in one pass.
 
     The engine's streaming :class:`~mipo.engine.Deduper` keeps the global dedup state (exact
     hashes, LSH buckets, fingerprints of kept rows), so a batch is compared against every earlier
-    row without the text of those rows staying in memory. Returns the part files and the compact
-    per-prompt state the derangement needs (``id``, ``cluster``, ``user_id``, ...).
+    row without the text of those rows staying in memory. Returns the part files, the compact
+    per-prompt state the derangement needs (``id``, ``cluster``, ``user_id``, ...) and, for
+    ``context-swap``, one representative context per user (else an empty frame).
     """
     wanted = [
         "row",
@@ -214,9 +239,16 @@ def _stream_pass(
     ]
     if corpus.has_users:
         wanted.append("user_id")
+    swap = config.needs_context_swap
+    if swap:
+        wanted += ["question_text", "context_text"]
     deduper = engine.Deduper(engine.DedupConfig(threshold=config.near_dup_threshold))
+    # context-swap: questions alone are clustered too (exact + near duplicates), so prompts of
+    # other users asking the same question can lend their responses.
+    questions = engine.Deduper(engine.DedupConfig(threshold=config.near_dup_threshold))
     parts: list[Path] = []
     compact: list[pl.DataFrame] = []
+    representatives: list[pl.DataFrame] = []
     lengths_dropped: list[int] = []
     for batch in _timed_batches(corpus, corpus.standardized(wanted), config, clock):
         seen = batch.height
@@ -247,6 +279,16 @@ def _stream_pass(
                 batch = batch.filter(found["keep"])
             del found
 
+        if swap and batch.height:
+            with clock("dedup"):
+                found = questions.add(batch["question_text"])
+                group = batch["user_id"] if corpus.has_users else batch["context_text"].hash(0)
+                batch = batch.with_columns(
+                    found["cluster"].cast(pl.UInt32).alias("question_cluster"),
+                    group.alias("swap_group"),
+                ).drop("question_text")
+                del found
+
         with clock("tokenize"):
             if batch.height:
                 encoded = tokenizer.encode_chat(batch["prompt"])
@@ -263,18 +305,28 @@ def _stream_pass(
                         batch = batch.filter(~too_long)
             if config.needs_context_drop and batch.height:
                 batch = _encode_nocontext(tokenizer, batch)
-            elif not config.needs_context_drop:
+            elif not swap:
                 batch = batch.drop("prompt_nocontext")
+        if swap and batch.height:
+            # One context per user (its first planned row's): what another user's question is
+            # asked with when no other user asked it. Kept in memory: one string per user.
+            representatives.append(
+                batch.filter(pl.col("has_context"))
+                .select("swap_group", "context_text", "id")
+                .unique("swap_group", keep="first", maintain_order=True)
+            )
+            batch = batch.drop("context_text")
         if progress:
             progress("tokenize", seen)
         if batch.height == 0:
             continue
         part = parts_dir / f"part-{len(parts):06d}.parquet"
         # A full disk fails here first (the parts hold most of the plan's bytes): one clear line.
+        swap_state = ["question_cluster", "swap_group"] if swap else []
         with clock("write"), write_errors(target, f"{target.name} (part file {part.name})"):
-            batch.write_parquet(part, compression="lz4", statistics=False)
+            batch.drop(swap_state).write_parquet(part, compression="lz4", statistics=False)
         parts.append(part)
-        keep_cols = ["id", "cluster", "has_context", "num_prompt_tokens"]
+        keep_cols = ["id", "cluster", "has_context", "num_prompt_tokens", *swap_state]
         compact.append(batch.select(keep_cols + (["user_id"] if corpus.has_users else [])))
         del batch
 
@@ -299,7 +351,88 @@ def _stream_pass(
             f"{max(lengths_dropped, default=0)}): raise --max-prompt-tokens"
             + ("" if planned == 0 else " (random negatives need at least 2 prompts)")
         )
-    return parts, state
+    reps = (
+        pl.concat(representatives).unique("swap_group", keep="first", maintain_order=True)
+        if representatives
+        else pl.DataFrame()
+    )
+    return parts, state, reps
+
+
+def _swap_columns(
+    frame: pl.DataFrame,
+    offset: int,
+    swaps: ContextSwaps,
+    ids: pl.Series,
+    reps: pl.DataFrame,
+    tokenizer: engine.ChatTokenizer,
+    max_prompt_tokens: int | None,
+) -> tuple[list[pl.Series], int]:
+    """The context-swap columns of one part: ``swap_index`` (partner whose response is reused),
+    ``swap_id`` (whose context: the partner's or the donor user's representative row),
+    ``swap_source`` (reused / generated) and, for generated ones, ``input_ids_swap`` (the
+    question asked with the donor's context, rendered and encoded). Returns the columns and the
+    number of generated swaps dropped for exceeding ``max_prompt_tokens``."""
+    n = frame.height
+    partner = swaps.partner.slice(offset, n)
+    donor = swaps.donor.slice(offset, n)
+    swapped_ids = pl.Series("input_ids_swap", [None] * n, dtype=pl.List(pl.UInt32))
+    swapped_len = pl.Series("num_prompt_tokens_swap", [None] * n, dtype=pl.UInt32)
+    over = 0
+    todo = donor.is_not_null()
+    if bool(todo.any()):
+        rows = frame.filter(todo)
+        chosen = donor.filter(todo)
+        context = reps["context_text"].gather(chosen)
+        system = pl.struct(pl.lit("system").alias("role"), pl.lit(context).alias("content"))
+        messages = rows.select(
+            pl.concat_list([system.cast(MESSAGE_DTYPE.inner), pl.col("prompt_nocontext")])  # type: ignore[attr-defined]
+            .cast(MESSAGE_DTYPE)
+            .alias("m")
+        )["m"]
+        encoded = tokenizer.encode_chat(messages)
+        lengths = encoded["num_tokens"].cast(pl.UInt32)
+        keep = (
+            pl.Series([True] * len(lengths))
+            if max_prompt_tokens is None
+            else lengths <= max_prompt_tokens
+        )
+        over = int((~keep).sum())
+        position = pl.int_range(0, n, dtype=pl.UInt32, eager=True).filter(todo)
+        ids_col = pl.select(pl.when(keep).then(encoded["input_ids"]).otherwise(None)).to_series()
+        len_col = pl.select(pl.when(keep).then(lengths).otherwise(None)).to_series()
+        scatter = pl.DataFrame({"pos": position, "ids": ids_col, "len": len_col})
+        full = pl.DataFrame({"pos": pl.int_range(0, n, dtype=pl.UInt32, eager=True)}).join(
+            scatter, on="pos", how="left", maintain_order="left"
+        )
+        swapped_ids = full["ids"].cast(pl.List(pl.UInt32)).alias("input_ids_swap")
+        swapped_len = full["len"].cast(pl.UInt32).alias("num_prompt_tokens_swap")
+        donor = pl.select(
+            pl.when(swapped_ids.is_not_null()).then(donor).otherwise(None)
+        ).to_series()
+    donor_ids = reps["id"].gather(donor.fill_null(0)) if reps.height else pl.Series([None] * n)
+    swap_id = pl.select(
+        pl.when(partner.is_not_null())
+        .then(ids.gather(partner.fill_null(0)))
+        .when(donor.is_not_null())
+        .then(donor_ids)
+        .otherwise(None)
+        .cast(pl.String)
+    ).to_series()
+    source = pl.select(
+        pl.when(partner.is_not_null())
+        .then(pl.lit("reused"))
+        .when(donor.is_not_null())
+        .then(pl.lit("generated"))
+        .otherwise(None)
+    ).to_series()
+    return [
+        partner.alias("swap_index"),
+        swap_id.alias("swap_id"),
+        source.alias("swap_source"),
+        swapped_ids,
+        swapped_len,
+    ], over
 
 
 def _write_plan(
@@ -309,10 +442,13 @@ def _write_plan(
     target: Path,
     config: PlanConfig,
     clock: _Clock,
-) -> None:
+    swaps: tuple[ContextSwaps, pl.DataFrame, engine.ChatTokenizer] | None = None,
+) -> int:
     """Stream the parts into ``target`` in fixed-size row groups, adding the plan index and the
-    negatives; temporary file + rename (a failed write raises a one-line OutputError, via
-    :func:`~mipo.corpus.atomic_path`, and leaves no temporary file)."""
+    negatives (and, with ``swaps``, the context-swap columns, see :func:`_swap_columns`);
+    temporary file + rename (a failed write raises a one-line OutputError, via
+    :func:`~mipo.corpus.atomic_path`, and leaves no temporary file). Returns the number of
+    generated context swaps dropped as over-long."""
     import pyarrow.parquet as pq
 
     with clock("write"), atomic_path(target) as tmp:
@@ -320,6 +456,7 @@ def _write_plan(
         pending: list[pl.DataFrame] = []
         pending_rows = 0
         offset = 0
+        over_length = 0
 
         def flush(frame: pl.DataFrame) -> None:
             nonlocal writer
@@ -337,6 +474,13 @@ def _write_plan(
                 if sigma is not None:
                     neg = sigma.slice(offset, n)
                     columns += [neg.alias("negative_index"), ids.gather(neg).alias("negative_id")]
+                if swaps is not None:
+                    assigned, reps, tokenizer = swaps
+                    extra, dropped = _swap_columns(
+                        frame, offset, assigned, ids, reps, tokenizer, config.max_prompt_tokens
+                    )
+                    columns += extra
+                    over_length += dropped
                 frame = frame.with_columns(columns).select("plan_index", pl.exclude("plan_index"))
                 offset += n
                 pending.append(frame)
@@ -351,6 +495,7 @@ def _write_plan(
         finally:
             if writer is not None:
                 writer.close()
+    return over_length
 
 
 def build_plan(
@@ -372,13 +517,9 @@ def build_plan(
     start = time.perf_counter()
     stats = PlanStats(max_prompt_tokens=config.max_prompt_tokens)
     clock = _Clock(stats.step_seconds)
-    if (
-        config.needs_context_drop
-        and corpus.columns.messages is None
-        and not corpus.has_context_column
-    ):
+    if config.needs_context and corpus.columns.messages is None and not corpus.has_context_column:
         raise ConfigError(
-            f"--negatives {config.negatives} drops each prompt's context, but the input has no "
+            f"--negatives {config.negatives} drops or swaps each prompt's context, but the input has no "
             "context column: pass --context-col NAME (or a --messages-col with system messages), "
             "or use --negatives random"
         )
@@ -387,7 +528,7 @@ def build_plan(
         target.parent.mkdir(parents=True, exist_ok=True)
         parts_dir = Path(tempfile.mkdtemp(prefix=".plan-parts-", dir=target.parent))
     try:
-        parts, state = _stream_pass(
+        parts, state, reps = _stream_pass(
             corpus, tokenizer, config, parts_dir, target, stats, clock, progress
         )
         stats.prompts_planned = state.height
@@ -397,9 +538,9 @@ def build_plan(
         stats.prompt_tokens_max = int(state["num_prompt_tokens"].max())  # type: ignore[arg-type]
         if corpus.has_users:
             stats.users = int(state["user_id"].n_unique())
-        if config.needs_context_drop and stats.with_context == 0:
+        if config.needs_context and stats.with_context == 0:
             raise ConfigError(
-                f"--negatives {config.negatives} drops each prompt's context, but none of the "
+                f"--negatives {config.negatives} drops or swaps each prompt's context, but none of the "
                 f"{stats.prompts_planned} prompts has one (empty context column or no system "
                 "message): fill the context, or use --negatives random"
             )
@@ -413,7 +554,27 @@ def build_plan(
                 )
             if progress:
                 progress("derange", state.height)
-        _write_plan(parts, sigma, state["id"], target, config, clock)
+        swaps = None
+        if config.needs_context_swap:
+            with clock("derange"):
+                assigned = assign_context_swaps(
+                    question_clusters=state["question_cluster"],
+                    has_context=state["has_context"],
+                    groups=state["swap_group"],
+                    prompt_clusters=state["cluster"],
+                    representative_groups=reps["swap_group"],
+                    seed=config.seed ^ 0xC0_5A_A9,
+                )
+            stats.question_clusters = int(state["question_cluster"].n_unique())
+            stats.swaps_reused = assigned.reused
+            stats.swaps_no_context = assigned.no_context
+            stats.swaps_no_donor = assigned.no_donor
+            swaps = (assigned, reps, tokenizer)
+        stats.swaps_over_length = _write_plan(
+            parts, sigma, state["id"], target, config, clock, swaps
+        )
+        if swaps is not None:
+            stats.swaps_generated = swaps[0].generated - stats.swaps_over_length
         if progress:
             progress("write", state.height)
     finally:

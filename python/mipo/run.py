@@ -133,7 +133,8 @@ class RunConfig:
     columns: ColumnOptions = field(default_factory=ColumnOptions)
     """Corpus column names; None fields are detected."""
     negatives: str = "random"
-    """Negative strategy of build-pairs: ``random``, ``context-drop`` or ``both``."""
+    """Negative strategies of build-pairs: ``random``, ``context-drop``, ``context-swap`` or a
+    comma-separated list of them."""
     independent_negatives: bool = False
     """Sample a separate response for each random negative instead of reusing one."""
     backend: str = "auto"
@@ -153,13 +154,14 @@ class RunConfig:
     """Remove exact and near-duplicate training prompts before pairing."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Training options; ``model``, ``resume`` and ``overwrite`` are set by the run itself."""
-    eval_k: int = 4
-    """Contrast prompts per held-out prompt for the PMI's estimate of log π_ref(y)."""
+    eval_k: int = 8
+    """Contrast prompts per held-out prompt (per contrast set) for the PMI's estimate of
+    log π_ref(y)."""
     eval_batch_size: int = 16
     """Rows per forward pass when generating and scoring the evaluation."""
-    judge: str | None = "auto"
-    """Judge model for the personalization win rate: ``auto`` (the base model), a model spec,
-    or None / ``none`` to skip it."""
+    judge: str | None = None
+    """Judge model for the personalization win rate: a model spec, ``auto`` (the base model),
+    or None / ``none`` (the default) to skip it."""
     extra_eval_data: tuple[str, ...] = ()
     """Further ``mipo eval`` files evaluated every round (``choice:``/``math:`` files)."""
     math_max_new_tokens: int = 256
@@ -195,7 +197,7 @@ class RunConfig:
                 raise bad(name, value, "an integer >= 2, or unset")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise bad("seed", self.seed, "an integer >= 0")
-        parse_strategy(self.negatives)
+        self.negatives = parse_strategy(self.negatives)
         for name in ("eval_k", "eval_batch_size", "n_bootstrap", "math_max_new_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

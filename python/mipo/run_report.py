@@ -28,7 +28,14 @@ __all__ = ["round_metrics", "write_run_report"]
 EVAL_NAME = "eval"
 """Stem of data/eval.parquet: it names the PMI section of every round's evaluation."""
 # Per-prompt PMI-section values compared round against round (suffix _model in the parquet).
-_PAIRED_KEYS = ("pmi_random", "pmi_same_question", "logprob", "judge_expected")
+_PAIRED_KEYS = (
+    "pmi_same_question",
+    "pmi_random",
+    "pmi_context_drop",
+    "logprob",
+    "copy_share",
+    "judge_expected",
+)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -77,15 +84,18 @@ def _per_prompt(eval_dir: Path) -> pl.DataFrame | None:
 
 
 def _paired(
-    current: pl.DataFrame, previous: pl.DataFrame, previous_role: str, ci: dict[str, int]
+    current: pl.DataFrame, previous: pl.DataFrame, previous_role: str, ci: dict[str, Any]
 ) -> dict[str, Any]:
-    """Paired bootstrap of this round's model against ``previous_role`` of another evaluation."""
-    from mipo.evaluate.stats import paired_bootstrap_ci
+    """Paired bootstrap of this round's model against ``previous_role`` of another evaluation
+    (clustered as the evaluation's own intervals: users, crossed with repeated questions)."""
+    from mipo.evaluate.stats import paired_bootstrap_ci, prompt_clusters
 
     if current["id"].to_list() != previous["id"].to_list():
         raise OutputError(
             "two rounds were evaluated on different held-out prompts; rerun with --overwrite"
         )
+    users = current["user_id"].to_list() if "user_id" in current.columns else None
+    ci = {**ci, **prompt_clusters(users, current["question"].to_list())}
     out = {}
     for key in _PAIRED_KEYS:
         mine, theirs = f"{key}_model", f"{key}_{previous_role}"
@@ -123,6 +133,8 @@ def round_metrics(out: Path, rounds: int, n_bootstrap: int, seed: int) -> list[d
             "base_pmi": pmi.get("baseline", {}),
             "vs_base": dict(pmi.get("difference", {})),
             "judge": judge,
+            "personalization": evaluation.get("personalization"),
+            "findings": pmi.get("findings", []),
             "accuracy": {
                 name: stats
                 for section in ("multiple_choice", "math")
@@ -158,8 +170,9 @@ def _plot_rounds(rounds: list[dict[str, Any]], path: Path) -> Path:
     try:
         ax = axes[0]
         for key, label, color in (
-            ("pmi_random", "PMI (random contrasts)", "C0"),
             ("pmi_same_question", "PMI (same question, other users)", "C1"),
+            ("pmi_random", "PMI (random contrasts)", "C0"),
+            ("pmi_context_drop", "PMI (context drop)", "C2"),
         ):
             stats = [rounds[0]["base_pmi"].get(key)] + [r["pmi"].get(key) for r in rounds]
             points = [(i, s) for i, s in zip(x, stats, strict=True) if s and s.get("n")]
@@ -223,24 +236,30 @@ def _table(
 
     base = rounds[0]["base_pmi"]
     for key, label in (
-        ("pmi_random", "PMI, random contrasts (nats)"),
         ("pmi_same_question", "PMI, same question / other users (nats)"),
-        ("pmi_random_per_token", "PMI per token, random contrasts"),
-        ("logprob", "log π_base(y|x)"),
+        ("pmi_random", "PMI, random contrasts (nats)"),
+        ("pmi_context_drop", "PMI, context drop (nats)"),
+        ("pmi_same_question_infonce", "PMI InfoNCE, same question / other users"),
+        ("pmi_same_question_per_token", "PMI per token, same question / other users"),
+        ("copy_share", "share of response 3-grams copied from the context"),
+        ("logprob_per_token", "log π_base(y|x) per token"),
         ("num_tokens", "response tokens"),
     ):
         if base.get(key) or any(r["pmi"].get(key) for r in rounds):
             add(label, fmt_ci(base.get(key)), [fmt_ci(r["pmi"].get(key)) for r in rounds])
     for key, label in (
-        ("pmi_random", "PMI random − base (paired)"),
         ("pmi_same_question", "PMI same question − base (paired)"),
+        ("pmi_random", "PMI random − base (paired)"),
+        ("pmi_context_drop", "PMI context drop − base (paired)"),
+        ("copy_share", "copy share − base (paired)"),
+        ("num_tokens", "response tokens − base (paired)"),
     ):
         if any(r["vs_base"].get(key) for r in rounds):
             add(label, "", [fmt_ci(r["vs_base"].get(key)) for r in rounds])
     if len(rounds) > 1:
         for key, label in (
-            ("pmi_random", "PMI random − previous round (paired)"),
             ("pmi_same_question", "PMI same question − previous round (paired)"),
+            ("pmi_random", "PMI random − previous round (paired)"),
         ):
             add(
                 label,
@@ -341,27 +360,43 @@ def write_run_report(
     )
     report.heading("Metrics per round")
     report.paragraph(
-        "Held-out prompts only (never trained on). PMI = log π_base(y|x) − mean over "
-        f"{config.eval_k} contrast prompts x' of log π_base(y|x'), scored under the base model "
-        "for every round, so rounds are comparable; higher means the response is more specific to "
-        "its prompt (what MIPO maximizes). Values are means with 95% bootstrap intervals; "
-        "differences are paired by prompt (same prompts and sampling seeds for every model). "
-        "Round r generates its pairs with, and trains from, round r−1's model."
+        "Held-out prompts only (never trained on). PMI = log π_base(y|x) − log of the mean of "
+        f"π_base(y|x') over {config.eval_k} contrast prompts x' (log-mean-exp), scored under the "
+        "base model for every round, so rounds are comparable; higher means the response is "
+        "more specific to its prompt (what MIPO maximizes). 'Same question, other users' asks "
+        "the prompt's question with other users' contexts: it isolates personalization. Values "
+        "are means with 95% cluster-bootstrap intervals (users, crossed with questions when a "
+        "question repeats); differences are paired by prompt (same prompts and sampling seeds "
+        "for every model). Round r generates its pairs with, and trains from, round r−1's model."
     )
     headers, rows = _table(rounds, seconds)
     report.table(headers, rows)
     _plot_rounds(rounds, out / "rounds.png")
     report.image("rounds.png", "held-out PMI and judged win rate across rounds")
     last = rounds[-1]
-    verdict = last["vs_base"].get("pmi_random")
-    if verdict and verdict.get("n"):
+    for key, name in (
+        ("pmi_same_question", "same-question (personalization)"),
+        ("pmi_random", "random-contrast"),
+    ):
+        verdict = last["vs_base"].get(key)
+        if not verdict or not verdict.get("n"):
+            continue
         if verdict["low"] > 0:
-            finding = "raised held-out PMI over the base model (the 95% interval excludes 0)"
+            finding = (
+                f"raised held-out {name} PMI over the base model (the 95% interval excludes 0)"
+            )
         elif verdict["high"] < 0:
-            finding = "lowered held-out PMI below the base model (the 95% interval excludes 0)"
+            finding = (
+                f"lowered held-out {name} PMI below the base model (the 95% interval excludes 0)"
+            )
         else:
-            finding = "did not change held-out PMI detectably (the 95% interval includes 0)"
+            finding = f"did not change held-out {name} PMI detectably (the 95% interval includes 0)"
         report.paragraph(f"Round {last['round']} {finding}: {fmt_ci(verdict)} nats per response.")
+    if last.get("findings"):
+        report.paragraph(
+            f"Shortcut checks of round {last['round']} (its evaluation report has the table):"
+        )
+        report.bullets(last["findings"])
     single = [r["round"] for r in rounds if (r.get("judge") or {}).get("single_score") is not None]
     if single:
         report.paragraph(
@@ -387,6 +422,7 @@ def write_run_report(
         "options": record.get("options"),
         "split": split,
         "base": {"pmi": rounds[0]["base_pmi"]},
+        "personalization": rounds[-1].get("personalization"),
         "rounds": rounds,
         "stage_seconds": seconds,
         "total_stage_seconds": round(total, 3),

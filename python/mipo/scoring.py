@@ -8,8 +8,9 @@ when the assistant message is appended (including the end-of-turn token), counte
 token where the two renderings diverge. So a margin computed here equals the one DPO optimizes.
 
 The PMI helpers estimate the pointwise mutual information the method maximizes,
-PMI(x, y) = log π(y|x) − log π(y), with π(y) estimated from k *contrast* prompts x' (other prompts
-drawn at random, or other users asking the same question).
+PMI(x, y) = log π(y|x) − log π(y), with π(y) = E_x' π(y|x') estimated from k *contrast* prompts x'
+(other prompts drawn at random, the same question with other users' contexts, or the question
+without its context) by the log of the mean probability (:func:`pmi_estimates`).
 
 >>> from mipo._testing import build_tiny_model  # doctest: +SKIP
 >>> path = build_tiny_model("/tmp/tiny")  # doctest: +SKIP
@@ -35,14 +36,17 @@ import polars as pl
 from mipo.errors import ConfigError, InvalidInputError, ModelError
 
 __all__ = [
+    "CONTRASTS",
+    "ESTIMATORS",
     "ModelSpec",
+    "contrast_contexts",
     "contrast_indices",
     "load_model",
+    "pmi_estimates",
     "pmi_scores",
     "resolve_model_path",
     "score_responses",
     "tokenize_prompt_response",
-    "unconditional_logprobs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -369,97 +373,103 @@ def score_responses(
 
 # --- PMI --------------------------------------------------------------------------------------
 
+CONTRASTS = ("random", "same_question", "context_drop")
+"""The contrast sets of :func:`pmi_scores`, in report order."""
 
-def contrast_indices(
-    n: int,
-    k: int,
-    *,
-    seed: int = 0,
-    questions: Sequence[Any] | None = None,
-    users: Sequence[Any] | None = None,
-) -> list[list[int]]:
-    """For each of ``n`` prompts, up to ``k`` other prompt indices to contrast it with.
+ESTIMATORS = ("lme", "infonce", "mean_log")
+"""How log π(y) is estimated from the contrast log-probabilities (see :func:`pmi_estimates`)."""
 
-    Without ``questions``: ``k`` distinct indices other than i, uniformly at random (fewer when
-    n - 1 < k). With ``questions`` (and optionally ``users``): only prompts with the same question
-    and, when ``users`` is given, from a different user; rows with no such prompt get ``[]``.
-    Deterministic for a given seed.
 
-    >>> contrast_indices(4, 2, seed=0)  # doctest: +SKIP
-    [[2, 3], [0, 2], [1, 3], [0, 1]]
+def pmi_estimates(logprob: float, contrast_logprobs: Sequence[float]) -> dict[str, float | None]:
+    """The three PMI estimates of one response from log π(y|x) and log π(y|x'_j), j = 1..k.
+
+    - ``lme`` (the headline): log π(y|x) − log (1/k) Σ_j π(y|x'_j), the plug-in estimate of
+      log π(y|x) − log E_x' π(y|x') = PMI(x, y), computed stably (log-sum-exp);
+    - ``infonce``: log π(y|x) − log (1/(k+1)) (π(y|x) + Σ_j π(y|x'_j)), the InfoNCE-style
+      bounded estimate: never above log(k+1), so one unlikely contrast cannot inflate it;
+    - ``mean_log``: log π(y|x) − (1/k) Σ_j log π(y|x'_j). By Jensen it is never below ``lme``
+      and grows without bound as one π(y|x'_j) goes to 0: reported only as a labelled secondary.
+
+    None for all three when there is no contrast.
+
+    >>> est = pmi_estimates(-10.0, [-12.0, -14.0])
+    >>> round(est["lme"], 4), round(est["infonce"], 4), est["mean_log"]
+    (2.5662, 0.9557, 3.0)
+    """
+    values = [float(v) for v in contrast_logprobs]
+    if not values:
+        return {"lme": None, "infonce": None, "mean_log": None}
+    return {
+        "lme": logprob - _log_mean_exp(values),
+        "infonce": logprob - _log_mean_exp([logprob, *values]),
+        "mean_log": logprob - sum(values) / len(values),
+    }
+
+
+def _log_mean_exp(values: Sequence[float]) -> float:
+    top = max(values)
+    if top == -math.inf:
+        return -math.inf
+    return top + math.log(sum(math.exp(v - top) for v in values) / len(values))
+
+
+def contrast_indices(n: int, k: int, *, seed: int = 0) -> list[list[int]]:
+    """For each of ``n`` prompts, ``k`` other prompt indices drawn uniformly without replacement
+    (all others when fewer than ``k`` exist). Deterministic for a given seed.
+
+    >>> [len(js) for js in contrast_indices(3, 5, seed=0)]
+    [2, 2, 2]
     """
     if k < 1:
         raise ConfigError(f"k (contrast prompts per prompt) must be >= 1, got {k}")
     rng = random.Random(seed)
     out: list[list[int]] = []
-    if questions is None:
-        for i in range(n):
-            others = [j for j in range(n) if j != i]
-            out.append(sorted(rng.sample(others, min(k, len(others)))))
-        return out
-    if len(questions) != n or (users is not None and len(users) != n):
-        raise InvalidInputError("questions and users must have one entry per prompt")
-    by_question: dict[Any, list[int]] = {}
-    for j, q in enumerate(questions):
-        by_question.setdefault(q, []).append(j)
     for i in range(n):
-        candidates = [
-            j
-            for j in by_question[questions[i]]
-            if j != i and (users is None or users[j] != users[i])
-        ]
-        out.append(sorted(rng.sample(candidates, min(k, len(candidates)))))
+        others = [j for j in range(n) if j != i]
+        out.append(sorted(rng.sample(others, min(k, len(others)))))
     return out
 
 
-def unconditional_logprobs(
-    model: ModelSpec,
-    prompts: Any,
-    responses: Any,
-    contrasts: list[list[int]],
+def contrast_contexts(
+    contexts: Sequence[str | None],
+    k: int,
     *,
-    batch_size: int = 8,
-    device: str | None = None,
-) -> pl.DataFrame:
-    """Estimate log π(y_i) from the contrast prompts: log π(y_i | x'_j) for j in ``contrasts[i]``.
+    seed: int = 0,
+    users: Sequence[Any] | None = None,
+) -> list[list[str]]:
+    """For each prompt with a context, ``k`` contexts of *other users* to ask its question with
+    (the "same question, other user" contrast that isolates personalization).
 
-    Returns ``mean_logprob`` (mean of the logs: the estimator the PMI report uses, as specified),
-    ``lme_logprob`` (log of the mean probability, the plug-in estimate of log E_x' π(y|x'), which
-    is ≥ the mean of logs by Jensen) and ``num_contrasts``; nulls where a row has no contrasts.
+    Drawn uniformly without replacement from the distinct non-empty contexts of the data, never
+    the prompt's own context nor (with ``users``) a context of its own user; fewer than ``k``
+    when fewer exist, none for a prompt without context.
+
+    >>> contrast_contexts(["vegan", "runner", "vegan", ""], 4, seed=0)
+    [['runner'], ['vegan'], ['runner'], []]
     """
-    messages = _messages_list(prompts)
-    if isinstance(responses, pl.Series):
-        responses = responses.to_list()
-    flat_prompts, flat_responses, owner = [], [], []
-    for i, js in enumerate(contrasts):
-        for j in js:
-            flat_prompts.append(messages[j])
-            flat_responses.append(responses[i])
-            owner.append(i)
-    scores = score_responses(
-        model, flat_prompts, flat_responses, batch_size=batch_size, device=device
-    )["logprob"].to_list()
-    per_row: list[list[float]] = [[] for _ in contrasts]
-    for i, s in zip(owner, scores, strict=True):
-        per_row[i].append(s)
-    mean_lp: list[float | None] = []
-    lme_lp: list[float | None] = []
-    for values in per_row:
-        if not values:
-            mean_lp.append(None)
-            lme_lp.append(None)
+    if k < 1:
+        raise ConfigError(f"k (contrast prompts per prompt) must be >= 1, got {k}")
+    if users is not None and len(users) != len(contexts):
+        raise InvalidInputError("users must have one entry per prompt")
+    owners: dict[str, set[Any]] = {}
+    for i, c in enumerate(contexts):
+        if c and c.strip():
+            owners.setdefault(c, set()).add(users[i] if users is not None else None)
+    pool = list(owners)
+    rng = random.Random(seed)
+    out: list[list[str]] = []
+    for i, own in enumerate(contexts):
+        if not own or not own.strip():
+            out.append([])
             continue
-        mean_lp.append(sum(values) / len(values))
-        top = max(values)
-        lme_lp.append(top + math.log(sum(math.exp(v - top) for v in values) / len(values)))
-    return pl.DataFrame(
-        {
-            "mean_logprob": mean_lp,
-            "lme_logprob": lme_lp,
-            "num_contrasts": [len(v) for v in per_row],
-        },
-        schema={"mean_logprob": pl.Float64, "lme_logprob": pl.Float64, "num_contrasts": pl.Int64},
-    )
+        user = users[i] if users is not None else None
+        candidates = [c for c in pool if c != own and (users is None or user not in owners[c])]
+        out.append(rng.sample(candidates, min(k, len(candidates))))
+    return out
+
+
+def _with_context(context: str, nocontext: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{"role": "system", "content": context}, *nocontext]
 
 
 def pmi_scores(
@@ -467,43 +477,80 @@ def pmi_scores(
     prompts: Any,
     responses: Any,
     *,
-    k: int = 4,
+    k: int = 8,
     seed: int = 0,
-    questions: Sequence[Any] | None = None,
+    contexts: Sequence[str | None] | None = None,
+    nocontext: Any = None,
     users: Sequence[Any] | None = None,
     batch_size: int = 8,
     device: str | None = None,
 ) -> pl.DataFrame:
     """Pointwise mutual information of each (prompt, response) under ``model`` (the reference).
 
-    Columns: ``logprob`` (log π(y|x)), ``num_tokens``, ``pmi_random`` = logprob − mean over k
-    random other prompts x' of log π(y|x'), ``pmi_random_lme`` (same with the log-mean-exp
-    estimate of log π(y)), and, when ``questions`` is given, ``pmi_same_question`` /
-    ``pmi_same_question_lme`` with x' from other users asking the same question (null where
-    there is none).
+    Three contrast sets x' (see :data:`CONTRASTS`):
 
-    >>> pmi_scores(ref_dir, prompts, responses, k=4, seed=0)["pmi_random"].mean()  # doctest: +SKIP
+    - ``random``: ``k`` other prompts of the data, drawn at random;
+    - ``same_question`` (needs ``contexts`` and ``nocontext``): the prompt's own question
+      (``nocontext``, its messages without the context) asked with ``k`` other users' contexts
+      (:func:`contrast_contexts`): the pointwise dependence of y on *this user*, the
+      question held fixed;
+    - ``context_drop`` (same inputs): the question without any context, a single contrast:
+      log π(y|c, q) − log π(y|q).
+
+    Columns: ``logprob`` (log π(y|x)), ``num_tokens`` (response tokens), and per contrast set
+    ``pmi_<set>`` (the log-mean-exp estimate, the headline), ``pmi_<set>_infonce`` (bounded by
+    log(k+1)), ``pmi_<set>_mean_log`` (mean of logs, secondary) and ``num_contrasts_<set>``;
+    nulls where a row has no contrast. Every contrast is scored in one batched pass.
+
+    >>> pmi_scores(ref_dir, prompts, responses, k=8, seed=0)["pmi_random"].mean()  # doctest: +SKIP
     """
     loaded = _as_loaded(model, device)
     messages = _messages_list(prompts)
     if isinstance(responses, pl.Series):
         responses = responses.to_list()
+    responses = ["" if r is None else str(r) for r in responses]
     n = len(messages)
     if n < 2:
         raise InvalidInputError(f"PMI needs at least 2 prompts to contrast, got {n}")
-    base = score_responses(loaded, messages, responses, batch_size=batch_size)
-    columns: dict[str, pl.Series] = {
-        "logprob": base["logprob"],
-        "num_tokens": base["num_tokens"],
+    if len(responses) != n:
+        raise InvalidInputError(f"got {n} prompts but {len(responses)} responses")
+    sets: dict[str, list[list[list[dict[str, str]]]]] = {
+        "random": [[messages[j] for j in js] for js in contrast_indices(n, k, seed=seed)]
     }
-    kinds: list[tuple[str, list[list[int]]]] = [("random", contrast_indices(n, k, seed=seed))]
-    if questions is not None:
-        kinds.append(
-            ("same_question", contrast_indices(n, k, seed=seed, questions=questions, users=users))
-        )
-    for name, contrasts in kinds:
-        unc = unconditional_logprobs(loaded, messages, responses, contrasts, batch_size=batch_size)
-        columns[f"pmi_{name}"] = base["logprob"] - unc["mean_logprob"]
-        columns[f"pmi_{name}_lme"] = base["logprob"] - unc["lme_logprob"]
-        columns[f"num_contrasts_{name}"] = unc["num_contrasts"]
+    if contexts is not None:
+        if nocontext is None or len(contexts) != n:
+            raise InvalidInputError("contexts and nocontext must have one entry per prompt")
+        bare = _messages_list(nocontext)
+        drawn = contrast_contexts(contexts, k, seed=seed + 1, users=users)
+        sets["same_question"] = [
+            [_with_context(c, bare[i]) for c in cs] for i, cs in enumerate(drawn)
+        ]
+        sets["context_drop"] = [[bare[i]] if (contexts[i] or "").strip() else [] for i in range(n)]
+    flat_prompts: list[list[dict[str, str]]] = list(messages)
+    flat_responses: list[str] = list(responses)
+    owners: list[tuple[str, int]] = []
+    for name, per_row in sets.items():
+        for i, contrast in enumerate(per_row):
+            for prompt in contrast:
+                flat_prompts.append(prompt)
+                flat_responses.append(responses[i])
+                owners.append((name, i))
+    scored = score_responses(loaded, flat_prompts, flat_responses, batch_size=batch_size)
+    logprobs = scored["logprob"].to_list()
+    base = logprobs[:n]
+    per_set: dict[str, list[list[float]]] = {name: [[] for _ in range(n)] for name in sets}
+    for (name, i), value in zip(owners, logprobs[n:], strict=True):
+        per_set[name][i].append(value)
+    columns: dict[str, pl.Series] = {
+        "logprob": pl.Series("logprob", base, dtype=pl.Float64),
+        "num_tokens": scored["num_tokens"].head(n),
+    }
+    for name, per_row in per_set.items():
+        estimates = [pmi_estimates(base[i], values) for i, values in enumerate(per_row)]
+        columns[f"pmi_{name}"] = pl.Series([e["lme"] for e in estimates], dtype=pl.Float64)
+        for estimator in ESTIMATORS[1:]:
+            columns[f"pmi_{name}_{estimator}"] = pl.Series(
+                [e[estimator] for e in estimates], dtype=pl.Float64
+            )
+        columns[f"num_contrasts_{name}"] = pl.Series([len(v) for v in per_row], dtype=pl.Int64)
     return pl.DataFrame({name: s.alias(name) for name, s in columns.items()})

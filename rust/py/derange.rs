@@ -79,6 +79,48 @@ fn constrained_derangement(
     Ok(PyArray::from_array_ref(u32_array(sigma)))
 }
 
+/// Within each stratum, a derangement avoiding same-group and same-cluster partners, as a UInt32
+/// Arrow array with nulls for rows left unmatched (see `mipo.engine.stratified_derangement` and
+/// `rust/derange.rs`). `strata` uses `4294967295` for rows that take no part.
+#[pyfunction]
+#[pyo3(signature = (strata, groups, clusters, seed, sweeps, strict))]
+fn stratified_derangement(
+    py: Python<'_>,
+    strata: PyChunkedArray,
+    groups: Option<PyChunkedArray>,
+    clusters: Option<PyChunkedArray>,
+    seed: u64,
+    sweeps: u64,
+    strict: bool,
+) -> PyResult<PyArray> {
+    let strata = u32_ids(&strata, "strata").py_err()?;
+    let groups = groups.map(|g| u32_ids(&g, "groups")).transpose().py_err()?;
+    let clusters = clusters
+        .map(|c| u32_ids(&c, "clusters"))
+        .transpose()
+        .py_err()?;
+    let sweeps = u32::try_from(sweeps).unwrap_or(u32::MAX);
+    let sigma = py
+        .detach(|| {
+            derange::stratified_derangement(
+                &strata,
+                groups.as_deref(),
+                clusters.as_deref(),
+                seed,
+                sweeps,
+                strict,
+            )
+        })
+        .py_err()?;
+    let values: Vec<Option<u32>> = sigma
+        .into_iter()
+        .map(|t| (t != derange::NO_STRATUM).then_some(t))
+        .collect();
+    Ok(PyArray::from_array_ref(Arc::new(
+        arrow_array::UInt32Array::from(values),
+    )))
+}
+
 /// Test helper: `count` outputs of `Rng::new(seed)` (or of `Rng::stream(seed, stream)`).
 #[pyfunction]
 #[pyo3(signature = (seed, count, stream=None))]
@@ -108,6 +150,7 @@ fn _rng_below(seed: u64, bound: u64, count: usize) -> PyResult<PyArray> {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(derangement, m)?)?;
     m.add_function(wrap_pyfunction!(constrained_derangement, m)?)?;
+    m.add_function(wrap_pyfunction!(stratified_derangement, m)?)?;
     m.add_function(wrap_pyfunction!(_rng_u64, m)?)?;
     m.add_function(wrap_pyfunction!(_rng_below, m)?)?;
     Ok(())

@@ -43,8 +43,9 @@ MATH_FEWSHOT_PATH = Path(__file__).resolve().parents[1] / "data" / "eval" / "mat
 class EvalDataset:
     """One evaluation file, loaded and standardized.
 
-    ``frame`` columns by kind: pmi: ``id``, ``prompt`` (messages), ``question`` (the prompt without
-    its context, the key for same-question contrasts), ``context`` (system text, "" if none),
+    ``frame`` columns by kind: pmi: ``id``, ``prompt`` (messages), ``prompt_nocontext`` (its
+    messages without the context), ``question`` (their text, the key for question clusters),
+    ``context`` (system text, "" if none),
     ``user_id`` (only with a user column); choice: ``question``, ``choices``, ``answer_index``;
     math: ``question``, ``answer`` (the gold text).
     """
@@ -168,6 +169,7 @@ def _load_pmi(path: Path) -> pl.DataFrame:
     columns = [
         pl.col("id"),
         pl.col("prompt"),
+        pl.col("prompt_nocontext"),
         pl.col("prompt_nocontext").list.eval(content).list.join("\n").alias("question"),
         pl.col("prompt")
         .list.eval(content.filter(role == "system"))

@@ -3,20 +3,29 @@
 For each model (the one evaluated and, with ``compare``, a baseline), on the same prompts with
 the same per-row seeds:
 
-1. **PMI** (pmi files): generate a response y to each held-out prompt x, score it under the
-   reference model: PMI = log π_ref(y|x) − mean over k contrast prompts x' of log π_ref(y|x'),
-   with x' (a) drawn at random and (b) other users asking the same question (when the data has a
-   user column). Mean, per-token mean, bootstrap 95% CI; paired bootstrap CI of model − baseline.
+1. **PMI** (pmi files): generate a response y to each held-out prompt x and score it under the
+   reference model: PMI = log π_ref(y|x) − log mean_{j<=k} π_ref(y|x'_j) (log-mean-exp), for three
+   contrast sets x': (a) *random* other prompts, (b) *same question, other users* — the question
+   asked with k other users' contexts, which isolates personalization — and (c) *context drop*,
+   the question without its context. The InfoNCE-style bounded estimate and the mean of logs sit
+   beside it; every interval is a cluster bootstrap over users (and questions, when questions
+   repeat), and model − baseline is paired by prompt. Beside the gain: the share of response
+   n-grams copied from the context, response length and log π_ref(y|x) per token, with a check
+   of whether copying or length explains the gain (:mod:`mipo.evaluate.controls`).
 2. **Multiple choice** (choice files): accuracy by summed log-likelihood of each option (and by
    per-token mean, ``accuracy_norm``).
 3. **Math** (math files): exact match of the extracted final number, after a k-shot chain of
    thought prompt (GSM8K-style: k worked examples as earlier user/assistant turns; 8 by default
    as in the paper, 0 = zero-shot).
-4. **Judged win rate** (pmi files with a user context, with ``compare``): a judge model scores
-   both responses 1-5 against the user's context; win rate with ties as wins and as half.
+4. **Judged win rate** (pmi files with a user context, with ``compare`` and ``judge``): a judge
+   model scores both responses 1-5 against the user's context; win rate with ties as wins and
+   as half.
 
 The reference defaults to the model the evaluated model was trained from (``train_config.json``
 of a ``mipo train`` output), else the baseline, else the model itself.
+
+The headline personalization result — the paired same-question PMI gain — is also written to
+``metrics.json`` under ``personalization`` (see docs/train-eval.md).
 """
 
 from __future__ import annotations
@@ -65,11 +74,12 @@ class EvalConfig:
     ``train_config.json``), else ``compare``, else ``model`` itself."""
     compare: str | None = None
     """Baseline model evaluated on the same prompts and seeds (typically the base model)."""
-    judge: str | None = "smollm2-135m"
+    judge: str | None = None
     """Judge model for the personalization win rate (needs ``compare``); ``None`` or ``"none"``
-    skips it. Default: the built-in model."""
-    k: int = 4
-    """Contrast prompts per prompt for the PMI's estimate of log π_ref(y)."""
+    skips it (the default: a judge must be asked for, and one too small to tell responses apart
+    ties every pair)."""
+    k: int = 8
+    """Contrast prompts per prompt (per contrast set) for the PMI's estimate of log π_ref(y)."""
     seed: int = 0
     """Seed of generation (per-row seeds derive from it), contrast draws and bootstrap."""
     max_new_tokens: int = 256
@@ -448,6 +458,7 @@ class _Evaluation:
             self.rows[ds.name] = frame
 
     def score_pmi(self, workdir: Path) -> None:
+        from mipo.evaluate.controls import copied_ngram_share
         from mipo.scoring import pmi_scores
 
         pmi_sets = self._of_kind("pmi")
@@ -457,23 +468,32 @@ class _Evaluation:
         self.paths["reference"] = str(reference[0].name_or_path)
         for ds in pmi_sets:
             frame = self.rows[ds.name]
-            if not ds.has_users:
+            if not ds.has_context:
                 self.notes.append(
-                    f"{ds.name}: no user column, so no same-question contrasts from other users"
+                    f"{ds.name}: no user context, so no same-question (other users' contexts) "
+                    "or context-drop contrasts"
                 )
+            contexts = frame["context"].to_list()
             for role in self.roles:
+                responses = frame[f"response_{role}"]
                 scores = pmi_scores(
                     reference,
                     frame["prompt"],
-                    frame[f"response_{role}"],
+                    responses,
                     k=self.config.k,
                     seed=self.config.seed,
-                    questions=frame["question"].to_list() if ds.has_users else None,
+                    contexts=contexts if ds.has_context else None,
+                    nocontext=frame["prompt_nocontext"] if ds.has_context else None,
                     users=frame["user_id"].to_list() if ds.has_users else None,
                     batch_size=self.config.batch_size,
                 )
+                copied = [
+                    copied_ngram_share(r, c)
+                    for r, c in zip(responses.to_list(), contexts, strict=True)
+                ]
                 frame = frame.with_columns(
-                    s.alias(f"{s.name}_{role}") for s in scores.iter_columns()
+                    *(s.alias(f"{s.name}_{role}") for s in scores.iter_columns()),
+                    pl.Series(f"copy_share_{role}", copied, dtype=pl.Float64),
                 )
             self.rows[ds.name] = frame
 
@@ -554,8 +574,10 @@ class _Evaluation:
         report.table(["role", "model"], model_rows)
         report.paragraph(
             f"Generation: temperature {c.temperature}, top-p {c.top_p}, seed {c.seed} (the same "
-            "per-row seeds for every model). Intervals: 95% percentile bootstrap over prompts "
-            f"({c.n_bootstrap} resamples); differences are paired by prompt."
+            "per-row seeds for every model). Intervals: 95% percentile bootstrap "
+            f"({c.n_bootstrap} resamples) over clusters: users (crossed with questions when a "
+            "question repeats) for prompt files, questions for choice and math files; "
+            "differences are paired by prompt."
         )
         plots: list[str] = []
         for ds in self.datasets:
@@ -568,6 +590,9 @@ class _Evaluation:
             else:
                 section = "multiple_choice" if ds.kind == "choice" else "math"
                 metrics[section][ds.name] = self._accuracy_section(ds, frame, report)
+        headline = _personalization(metrics["pmi"], self.config.k)
+        if headline is not None:
+            metrics["personalization"] = headline
         training = self._training_section(report, plots)
         if training:
             metrics["training"] = training
@@ -594,56 +619,196 @@ class _Evaluation:
             metrics=metrics,
         )
 
+    def _clusters(self, ds: EvalDataset) -> dict[str, Any]:
+        """Cluster keys of a pmi file's rows for the bootstrap (see
+        :func:`mipo.evaluate.stats.prompt_clusters`)."""
+        from mipo.evaluate.stats import prompt_clusters
+
+        frame = self.rows[ds.name]
+        users = frame["user_id"].to_list() if ds.has_users else None
+        return prompt_clusters(users, frame["question"].to_list())
+
     def _pmi_section(
         self, ds: EvalDataset, frame: pl.DataFrame, report: Any, plots: list[str]
     ) -> dict[str, Any]:
-        from mipo.evaluate.report import plot_distributions
-        from mipo.evaluate.stats import bootstrap_ci, paired_bootstrap_ci
+        from mipo.evaluate.controls import COPY_NGRAM, explain_gain
+        from mipo.evaluate.report import fmt_ci, plot_distributions
+        from mipo.evaluate.stats import bootstrap_ci, paired_bootstrap_ci, resampling_label
+        from mipo.scoring import CONTRASTS
 
-        kinds = ["random"] + (["same_question"] if ds.has_users else [])
-        keys = ["logprob", "num_tokens"]
-        for kind in kinds:
-            keys += [f"pmi_{kind}", f"pmi_{kind}_per_token", f"pmi_{kind}_lme"]
+        c = self.config
+        contrasts = [k for k in CONTRASTS if f"pmi_{k}_model" in frame.columns]
+        keys = ["logprob", "logprob_per_token", "num_tokens", "copy_share"]
+        for kind in contrasts:
+            keys += [
+                f"pmi_{kind}",
+                f"pmi_{kind}_infonce",
+                f"pmi_{kind}_mean_log",
+                f"pmi_{kind}_per_token",
+            ]
+        groups = self._clusters(ds)
+        ci = {**self.ci, **groups}
         stats: dict[str, Any] = {
-            role: {key: bootstrap_ci(_pmi_column(frame, key, role), **self.ci) for key in keys}
+            role: {key: bootstrap_ci(_pmi_column(frame, key, role), **ci) for key in keys}
             for role in self.roles
         }
+        label = resampling_label(groups["clusters"], groups["crossed"])
+        users = len(set(groups["clusters"])) if ds.has_users else None
+        questions = frame["question"].n_unique()
+        stats["resampling"] = {
+            "units": label,
+            "users": users,
+            "questions": questions,
+            "n_resamples": c.n_bootstrap,
+        }
+        counts: dict[str, Any] = {"k": c.k}
+        for kind in contrasts:
+            got = frame[f"num_contrasts_{kind}_model"]
+            wanted = 1 if kind == "context_drop" else c.k
+            counts[kind] = {
+                "fewer_than_wanted": int(((got > 0) & (got < wanted)).sum()),
+                "none": int((got == 0).sum()),
+                "wanted": wanted,
+            }
+        stats["contrasts"] = counts
         if self.has_baseline:
             stats["difference"] = {
                 key: paired_bootstrap_ci(
-                    _pmi_column(frame, key, "model"), _pmi_column(frame, key, "baseline"), **self.ci
+                    _pmi_column(frame, key, "model"), _pmi_column(frame, key, "baseline"), **ci
                 )
                 for key in keys
             }
-        report.heading(f"Pointwise mutual information — {ds.name} ({frame.height} prompts)")
+            stats["controls"] = {}
+            for kind in contrasts:
+                deltas = {
+                    name: _difference(frame, column)
+                    for name, column in (("copying", "copy_share"), ("length", "num_tokens"))
+                }
+                if all(v is None for v in deltas["copying"]):
+                    deltas.pop("copying")  # no context anywhere: nothing to copy
+                stats["controls"][kind] = explain_gain(
+                    _difference(frame, f"pmi_{kind}"),
+                    deltas,
+                    n_resamples=c.n_bootstrap,
+                    seed=c.seed,
+                    **groups,
+                )
+        units = {
+            "users and questions": f"{users} users crossed with {questions} questions",
+            "users": f"{users} users",
+            "prompts": f"{frame.height} prompts",
+        }[label]
+        title = f"Pointwise mutual information — {ds.name} ({frame.height} prompts"
+        report.heading(title + (f", {users} users)" if users else ")"))
         report.paragraph(
-            "PMI = log π_ref(y|x) − mean over k contrast prompts x' of log π_ref(y|x'), "
-            f"k = {self.config.k}, in nats; higher means the response is more specific to its "
-            "prompt. 'random': x' drawn from all other prompts; 'same question': x' from other "
-            "users asking the same question (isolates the user's context). 'lme' uses the log of "
-            "the mean probability instead of the mean log (never larger than the plain PMI)."
+            "PMI(x, y) = log π_ref(y|x) − log (1/k) Σ_j π_ref(y|x'_j), the log-mean-exp estimate "
+            f"of log π_ref(y|x) − log E_x' π_ref(y|x'), k = {c.k}, in nats; higher means the "
+            "response is more specific to its prompt. Contrasts x': 'random' — other held-out "
+            "prompts; 'same question, other users' — the prompt's own question asked with k "
+            "other users' contexts (isolates personalization); 'context drop' — the question "
+            "without its context (one contrast: log π(y|c,q) − log π(y|q)). 'InfoNCE' is the "
+            "bounded estimate log π(y|x) − log (π(y|x) + Σ_j π(y|x'_j))/(k+1) ≤ log(k+1); "
+            "'mean of logs' subtracts the mean log-probability instead (never below the "
+            "headline, unbounded: secondary). Intervals: 95% percentile cluster bootstrap over "
+            f"{units} ({c.n_bootstrap} resamples); model − baseline is paired by prompt."
         )
+        names = {
+            "random": "random",
+            "same_question": "same question, other users",
+            "context_drop": "context drop",
+        }
         table = []
-        for kind in kinds:
-            label = "random" if kind == "random" else "same question, other users"
-            table.append(_stat_row(f"PMI ({label})", stats, f"pmi_{kind}", self.has_baseline))
+        for kind in contrasts:
+            table.append(
+                _stat_row(f"**PMI ({names[kind]})**", stats, f"pmi_{kind}", self.has_baseline)
+            )
+        for kind in contrasts:
             table.append(
                 _stat_row(
-                    f"PMI per token ({label})", stats, f"pmi_{kind}_per_token", self.has_baseline
+                    f"PMI InfoNCE ({names[kind]})", stats, f"pmi_{kind}_infonce", self.has_baseline
                 )
             )
+        for kind in contrasts:
             table.append(
-                _stat_row(f"PMI lme ({label})", stats, f"pmi_{kind}_lme", self.has_baseline)
+                _stat_row(
+                    f"PMI per token ({names[kind]})",
+                    stats,
+                    f"pmi_{kind}_per_token",
+                    self.has_baseline,
+                )
             )
-        table.append(_stat_row("log π_ref(y|x)", stats, "logprob", self.has_baseline))
+        for kind in contrasts:
+            table.append(
+                _stat_row(
+                    f"secondary: mean of logs ({names[kind]})",
+                    stats,
+                    f"pmi_{kind}_mean_log",
+                    self.has_baseline,
+                )
+            )
+        table.append(
+            _stat_row(
+                f"share of response {COPY_NGRAM}-grams copied from the context",
+                stats,
+                "copy_share",
+                self.has_baseline,
+            )
+        )
         table.append(_stat_row("response tokens", stats, "num_tokens", self.has_baseline))
+        table.append(
+            _stat_row("log π_ref(y|x) per token", stats, "logprob_per_token", self.has_baseline)
+        )
+        table.append(_stat_row("log π_ref(y|x)", stats, "logprob", self.has_baseline))
         report.table(_headers(self.has_baseline), table)
+        short = [
+            f"{names[kind]}: {counts[kind]['fewer_than_wanted']} with fewer than "
+            f"{counts[kind]['wanted']}, {counts[kind]['none']} with none"
+            for kind in contrasts
+        ]
+        report.paragraph("Rows with fewer contrasts than asked for — " + "; ".join(short) + ".")
+        if self.has_baseline:
+            rows = []
+            findings = []
+            for kind in contrasts:
+                control = stats["controls"][kind]
+                adjusted = control["adjusted"]
+                row = [names[kind], fmt_ci(control["raw"])]
+                for key in ("copying", "length", "all"):
+                    row.append(fmt_ci({"n": 1, **adjusted[key]}) if key in adjusted else "–")
+                rows.append(row)
+                findings.append(_gain_finding(names[kind], control))
+            report.paragraph(
+                "Does the gain survive the shortcuts? Per prompt, ΔPMI (model − baseline) is "
+                "regressed on Δ(copy share) and Δ(response tokens); the intercept is the gain "
+                "predicted for responses that copy as much and are as long as the baseline's "
+                "(same cluster bootstrap)."
+            )
+            report.table(
+                [
+                    "contrast",
+                    "gain",
+                    "adjusted for copying",
+                    "adjusted for length",
+                    "adjusted for both",
+                ],
+                rows,
+            )
+            fluency = stats["difference"]["logprob_per_token"]
+            if fluency.get("high", 0) < 0:
+                findings.append(
+                    "the model's responses are less likely under the reference per token "
+                    f"({fmt_ci(fluency)} nats): some fluency was lost, read the gain with that "
+                    "in mind"
+                )
+            report.bullets(findings)
+            stats["findings"] = findings
+        shown = "same_question" if "same_question" in contrasts else "random"
         png = f"pmi_{ds.name}.png"
         plot_distributions(
-            {role: frame[f"pmi_random_{role}"].to_list() for role in self.roles},
+            {role: frame[f"pmi_{shown}_{role}"].to_list() for role in self.roles},
             self.outdir / png,
             title=f"PMI of generated responses under the reference — {ds.name}",
-            xlabel="PMI (random contrasts), nats",
+            xlabel=f"PMI ({names[shown]}), nats",
         )
         plots.append(png)
         report.image(png, f"PMI distributions, {ds.name}")
@@ -662,7 +827,7 @@ class _Evaluation:
             for m, b in zip(model, baseline, strict=True)
         ]
         as_wins = [None if h is None else float(h >= 0.5) for h in half]
-        ci = self.ci
+        ci = {**self.ci, **self._clusters(ds)}
         given = {score for score in (*model, *baseline) if score is not None}
         stats = {
             **rates,
@@ -807,6 +972,74 @@ def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     frame.write_parquet(tmp)
     os.replace(tmp, path)
+
+
+def _personalization(pmi: dict[str, Any], k: int) -> dict[str, Any] | None:
+    """The headline of an evaluation: the paired same-question PMI gain of the first prompt file
+    that has one (``metrics.json`` key ``personalization``, documented in docs/train-eval.md)."""
+    for name, stats in pmi.items():
+        difference = stats.get("difference", {})
+        gain = difference.get("pmi_same_question")
+        if not gain or not gain.get("n"):
+            continue
+        control = stats["controls"]["same_question"]
+        return {
+            "dataset": name,
+            "contrast": "same_question",
+            "estimator": "log-mean-exp",
+            "k": k,
+            "gain": gain,
+            "excludes_zero": bool(gain["low"] > 0 or gain["high"] < 0),
+            "gain_above_zero": bool(gain["low"] > 0),
+            "model": stats["model"]["pmi_same_question"],
+            "baseline": stats["baseline"]["pmi_same_question"],
+            "infonce_gain": difference["pmi_same_question_infonce"],
+            "adjusted_gain": control["adjusted"],
+            "explained_by": control["explained_by"],
+            "copy_share_change": difference["copy_share"],
+            "length_change": difference["num_tokens"],
+            "logprob_per_token_change": difference["logprob_per_token"],
+            "resampling": stats["resampling"],
+        }
+    return None
+
+
+def _difference(frame: pl.DataFrame, key: str) -> list[float | None]:
+    """Per-row model − baseline of a PMI-section value (None where either is missing)."""
+    return [
+        None if a is None or b is None else float(a) - float(b)
+        for a, b in zip(
+            _pmi_column(frame, key, "model"), _pmi_column(frame, key, "baseline"), strict=True
+        )
+    ]
+
+
+def _gain_finding(name: str, control: dict[str, Any]) -> str:
+    """One sentence on a contrast's gain, computed from its interval and the adjustments."""
+    from mipo.evaluate.report import fmt_ci
+
+    raw = control["raw"]
+    if not raw.get("n"):
+        return f"{name}: no rows to compare"
+    if raw["low"] > 0:
+        explained = control["explained_by"]
+        if explained:
+            which = " and ".join(
+                "copying and length together" if e == "all" else e for e in explained
+            )
+            return (
+                f"{name}: PMI rose by {fmt_ci(raw)} nats, but adjusting for {which} leaves an "
+                "interval that includes 0: the gain is explained by " + which
+            )
+        both = control["adjusted"].get("all") or next(iter(control["adjusted"].values()), None)
+        return (
+            f"{name}: PMI rose by {fmt_ci(raw)} nats (interval above 0), and the gain survives "
+            f"adjustment for {' and '.join(control['covariates'])}"
+            + (f" ({fmt_ci({'n': 1, **both})})" if both else "")
+        )
+    if raw["high"] < 0:
+        return f"{name}: PMI fell by {fmt_ci(raw)} nats (interval below 0)"
+    return f"{name}: no detectable change ({fmt_ci(raw)} nats, the interval includes 0)"
 
 
 def _pmi_column(frame: pl.DataFrame, key: str, role: str) -> list[float | None]:

@@ -1,0 +1,148 @@
+"""Shortcut controls for a PMI gain: copying the context, length, fluency.
+
+A tuned model can raise PMI without personalizing: by parroting the user's context back (a
+response that quotes the context is likely only under that context), by writing longer responses
+(summed log-probabilities grow with length, and so does their difference), or by writing text the
+reference finds unlikely everywhere. Beside every PMI gain the report puts
+
+- the share of the response's word n-grams copied from the context (:func:`copied_ngram_share`),
+- the response length in tokens,
+- log π_ref(y|x) per token (fluency under the reference),
+
+and :func:`explain_gain` asks whether the gain survives once the changes in copying and length are
+accounted for: the per-prompt gain ΔPMI is regressed on Δcopy share and Δlength (model − baseline
+on the same prompt), and the intercept — the gain predicted for responses that copy as much and
+are as long as the baseline's — gets the same cluster-bootstrap interval as the raw gain. When the
+raw gain's interval lies above 0 and an adjusted one does not, that covariate explains the gain,
+and the report says so.
+
+>>> copied_ngram_share("I am a vegan nurse so eat beans", "I am a vegan nurse on nights")
+0.5
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from mipo.evaluate.stats import bootstrap_ci, cluster_weights
+
+__all__ = ["COPY_NGRAM", "copied_ngram_share", "explain_gain"]
+
+COPY_NGRAM = 3
+"""Words per n-gram of the copy share (3: long enough that shared stop-word pairs do not count)."""
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def _ngrams(text: str, n: int) -> list[tuple[str, ...]]:
+    words = _WORD.findall(text.casefold())
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def copied_ngram_share(
+    response: str | None, context: str | None, n: int = COPY_NGRAM
+) -> float | None:
+    """Share of the response's word ``n``-grams (casefolded, with repeats) that occur in the
+    context; None when there is no context or the response has fewer than ``n`` words.
+
+    >>> copied_ngram_share("one two three four", "")  is None
+    True
+    """
+    if not context or not context.strip() or response is None:
+        return None
+    grams = _ngrams(response, n)
+    if not grams:
+        return None
+    source = set(_ngrams(context, n))
+    return sum(g in source for g in grams) / len(grams)
+
+
+def _intercepts(y: Any, x: Any, weights: Any) -> Any:
+    """Weighted least-squares intercept of ``y`` on ``x`` (columns) for each row of ``weights``."""
+    import numpy as np
+
+    design = np.column_stack([np.ones(len(y)), x])
+    out = np.full(weights.shape[0], np.nan)
+    for r, w in enumerate(weights):
+        if w.sum() <= 0:
+            continue
+        xtw = design.T * w
+        try:
+            beta = np.linalg.solve(xtw @ design, xtw @ y)
+        except np.linalg.LinAlgError:
+            continue
+        out[r] = beta[0]
+    return out
+
+
+def explain_gain(
+    gain: Sequence[float | None],
+    covariates: dict[str, Sequence[float | None]],
+    *,
+    clusters: Sequence[Any] | None = None,
+    crossed: Sequence[Any] | None = None,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Does a per-prompt gain survive adjustment for per-prompt covariate changes?
+
+    ``gain``: ΔPMI per prompt (model − baseline); ``covariates``: name -> Δcovariate per prompt
+    (e.g. ``{"copying": ..., "length": ...}``). Rows with any value missing are dropped (and
+    counted). Returns the raw gain's interval (``raw``), the intercept with each covariate alone
+    and with all of them (``adjusted``: name -> ``{"mean", "low", "high"}``, key ``"all"`` for
+    all together), and ``explained_by``: the covariates (or ``"all"``) whose adjustment moves a
+    gain whose raw interval is above 0 to one that is not. Intervals use the cluster bootstrap of
+    :mod:`mipo.evaluate.stats` (same clusters and seed as the raw gain).
+
+    >>> out = explain_gain([2.0, 4.0, 6.0, 8.0], {"length": [1.0, 2.0, 3.0, 4.0]}, seed=0)
+    >>> abs(out["adjusted"]["length"]["mean"]) < 1e-9, out["explained_by"]
+    (True, ['length'])
+    """
+    import numpy as np
+
+    names = list(covariates)
+    columns = [gain, *(covariates[name] for name in names)]
+    n = len(gain)
+    keep = [
+        i
+        for i in range(n)
+        if all(c[i] is not None and math.isfinite(float(c[i])) for c in columns)  # type: ignore[arg-type]
+    ]
+    y = np.asarray([float(gain[i]) for i in keep])  # type: ignore[arg-type]
+    x_all = np.asarray([[float(covariates[c][i]) for c in names] for i in keep])  # type: ignore[arg-type]
+    first = None if clusters is None else [clusters[i] for i in keep]
+    second = None if crossed is None else [crossed[i] for i in keep]
+    ci = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
+    raw = bootstrap_ci(y.tolist(), clusters=first, crossed=second, **ci)
+    out: dict[str, Any] = {
+        "raw": raw,
+        "adjusted": {},
+        "explained_by": [],
+        "rows_used": len(keep),
+        "rows_dropped": n - len(keep),
+        "covariates": names,
+    }
+    if len(keep) < len(names) + 2:
+        return out
+    weights = cluster_weights(len(keep), n_resamples, clusters=first, crossed=second, seed=seed)
+    tail = (1 - confidence) / 2 * 100
+    models = {name: [j] for j, name in enumerate(names)}
+    if len(names) > 1:
+        models["all"] = list(range(len(names)))
+    for label, cols in models.items():
+        x = x_all[:, cols]
+        point = _intercepts(y, x, np.ones((1, len(y))))[0]
+        replicates = _intercepts(y, x, weights)
+        replicates = replicates[np.isfinite(replicates)]
+        if not math.isfinite(point) or replicates.size == 0:
+            out["adjusted"][label] = {"mean": math.nan, "low": math.nan, "high": math.nan}
+            continue
+        low, high = np.percentile(replicates, [tail, 100 - tail])
+        out["adjusted"][label] = {"mean": float(point), "low": float(low), "high": float(high)}
+        if raw["low"] > 0 and not low > 0:
+            out["explained_by"].append(label)
+    return out
