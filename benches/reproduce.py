@@ -1,21 +1,25 @@
-"""A mini reproduction of MIPO on the CPU with the built-in SmolLM2-135M-Instruct.
+"""A mini reproduction and sweep of MIPO on the CPU with the built-in SmolLM2-135M-Instruct.
 
 Training prompts: a synthetic personalization corpus (``mipo.synth``, no planted duplicates);
-held-out prompts: ``synth_eval`` (questions never used in training corpora, each asked by several
-fresh users, so the "same question, other users" PMI isolates the user's context). Each
-configuration is one ``mipo run`` (build-pairs -> train -> eval against the base model) and
-reports base vs MIPO on every evaluation: held-out PMI (random and same-question contrasts),
-the judged personalization win rate, and the bundled multiple-choice and math samples, all with
-95% bootstrap intervals, plus the wall time. The table goes into ``benches/RESULTS.md`` under
-"Mini reproduction" (that section is replaced on rerun; other sections are kept).
+held-out prompts: ``synth_eval`` (users and questions never used in training). Each configuration
+is one ``mipo run`` (build-pairs -> train -> eval against the base model) and reports MIPO − base
+on every evaluation: held-out PMI for the three contrasts (same question with other users'
+contexts — personalization —, random prompts, context dropped; log-mean-exp, cluster-bootstrap
+intervals), the shortcut controls (copying, context words, length, fluency, and the gain with
+them regressed out), the bundled multiple-choice and math samples, and the wall time. The table
+and the verdict (computed from the numbers) go into ``benches/RESULTS.md`` under "Mini
+reproduction" (that section is replaced on rerun; other sections are kept); ``results.json`` in
+the work folder keeps every number and the best configuration.
 
-Every flag of the sweep takes several values; the script runs their cross product, reusing the
-pairs of a configuration whose generation settings (negatives, temperature) match an earlier one,
-so sweeping training options (beta, learning rate, epochs) costs training and evaluation only.
+Every sweep flag takes several values and the script runs their cross product (by default
+strategy x learning rate x beta: 4 x 3 x 2 = 24 LoRA configurations). Pairs depend only on the
+generation settings (negatives, temperature), so they are built once per strategy; the base
+model's evaluation is the same in every configuration, so it is scored once (``--eval-cache``).
+An interrupted sweep resumes where it stopped.
 
-    python benches/reproduce.py                                  # one configuration (~1 hour)
+    python benches/reproduce.py                                  # the full sweep (hours)
     python benches/reproduce.py --quick                          # a smoke-sized run (minutes)
-    python benches/reproduce.py --beta 0.1 0.5 --learning-rate 5e-5 2e-4 --negatives random both
+    python benches/reproduce.py --negatives context-swap --learning-rate 5e-4 --beta 0.1
 """
 
 from __future__ import annotations
@@ -44,31 +48,41 @@ def _learning_rate(text: str) -> float | None:
     return None if text == "default" else float(text)
 
 
+def _negatives(text: str) -> str:
+    from mipo.negatives import parse_strategy
+
+    return parse_strategy(text)
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--train-prompts", type=int, default=300, help="synthetic training prompts")
+    p.add_argument("--train-prompts", type=int, default=200, help="synthetic training prompts")
     p.add_argument("--eval-prompts", type=int, default=96, help="held-out prompts")
     p.add_argument("--users-per-question", type=int, default=4, help="held-out users per question")
-    p.add_argument("--max-new-tokens", type=int, default=96, help="tokens per response")
-    p.add_argument("--contrasts", type=int, default=4, help="contrast prompts per PMI estimate")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per response")
+    p.add_argument("--contrasts", type=int, default=8, help="contrast prompts per PMI estimate")
     p.add_argument("--rounds", type=int, default=1, help="rounds of iterated MIPO")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--full-finetune", action="store_true", help="all weights (paper) not LoRA")
-    p.add_argument("--batch-size", type=int, default=8, help="training pairs per step")
-    p.add_argument("--judge", default="auto", help="judge model (auto: the base model; none)")
+    p.add_argument("--batch-size", type=int, default=4, help="training pairs per step (paper: 4)")
+    p.add_argument("--judge", default="none", help="judge model (none; auto: the base model)")
     p.add_argument("--no-extra-evals", action="store_true", help="skip the choice/math samples")
     sweep = p.add_argument_group("sweep (each takes one or more values; the cross product runs)")
-    sweep.add_argument("--beta", type=float, nargs="+", default=[0.1])
+    sweep.add_argument("--beta", type=float, nargs="+", default=[0.1, 0.5])
     sweep.add_argument(
         "--learning-rate",
         type=_learning_rate,
         nargs="+",
-        default=[None],
-        help="a number, or 'default' (mipo train's: 5e-5 LoRA, 5e-7 full)",
+        default=[1e-4, 2e-4, 5e-4],
+        help="numbers, or 'default' (mipo train's own)",
     )
     sweep.add_argument("--epochs", type=float, nargs="+", default=[1.0])
     sweep.add_argument(
-        "--negatives", nargs="+", default=["random"], choices=["random", "context-drop", "both"]
+        "--negatives",
+        nargs="+",
+        type=_negatives,
+        default=["random", "context-drop", "context-swap", "random,context-swap"],
+        help="strategies or comma-separated lists of them",
     )
     sweep.add_argument("--temperature", type=float, nargs="+", default=[0.1])
     p.add_argument("--out", type=Path, default=HERE / "reproduce-out", help="work folder")
@@ -78,6 +92,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.train_prompts, args.eval_prompts, args.max_new_tokens = 48, 16, 32
         args.contrasts = 2
+        args.learning_rate, args.beta = args.learning_rate[:1], args.beta[:1]
+        args.negatives = args.negatives[-1:]
     return args
 
 
@@ -129,7 +145,7 @@ def _run_one(
         "beta": combo["beta"],
         "epochs": combo["epochs"],
         "batch_size": args.batch_size,
-        "max_length": 1024,
+        "max_length": 512,
         "seed": args.seed,
     }
     if combo["learning_rate"] is not None:
@@ -158,8 +174,12 @@ def _run_one(
         # Pairs depend on the generation settings only: reuse them across training sweeps
         # (build-pairs checks that they match this configuration).
         reuse_pairs=None if cached is None else str(cached),
+        # The base model's evaluation is the same in every configuration: score it once.
+        eval_cache=str(args.out / "eval-cache"),
     )
+    finished = (out / "metrics.json").is_file()
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     result = run_pipeline(config, log=lambda line: print(f"[{label}] {line}", file=sys.stderr))
     wall = time.perf_counter() - started
     pairs_cache.setdefault(key, target)
@@ -169,13 +189,71 @@ def _run_one(
         "reused_pairs": reused,
         "metrics": result.metrics,
         "out": str(out),
+        # 1-minute load average at the start and end (None when an earlier invocation ran it).
+        "load": None if finished else [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
-def _ci(stat: dict[str, Any] | None, digits: int = 2) -> str:
-    if not stat or not stat.get("n"):
+def _ci(stat: dict[str, Any] | None, digits: int = 1) -> str:
+    if not stat or not stat.get("n", 1) or stat.get("mean") is None:
         return "–"
     return f"{stat['mean']:.{digits}f} [{stat['low']:.{digits}f}, {stat['high']:.{digits}f}]"
+
+
+def _above(stat: dict[str, Any] | None) -> bool:
+    return bool(stat and stat.get("n", 1) and stat.get("low") is not None and stat["low"] > 0)
+
+
+def _below(stat: dict[str, Any] | None) -> bool:
+    return bool(stat and stat.get("n", 1) and stat.get("high") is not None and stat["high"] < 0)
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of one configuration the table and the verdict use."""
+    m = result["metrics"]
+    last = m["rounds"][-1]
+    vs = last["vs_base"]
+    headline = last.get("personalization") or {}
+    accuracy = {}
+    for name, stats in last["accuracy"].items():
+        accuracy[name] = {
+            "base": stats.get("baseline", {}).get("accuracy"),
+            "model": stats.get("model", {}).get("accuracy"),
+            "difference": stats.get("difference", {}).get("accuracy"),
+        }
+    adjusted = (headline.get("adjusted_gain") or {}).get("all")
+    reasoning_lost = [name for name, a in accuracy.items() if _below(a["difference"])]
+    gain = vs.get("pmi_same_question")
+    clean = _above(gain) and not headline.get("explained_by") and not reasoning_lost
+    return {
+        "label": result["label"],
+        "pairs": last["train"].get("pairs"),
+        "same_question": gain,
+        "adjusted_all": adjusted,
+        "explained_by": headline.get("explained_by", []),
+        "random": vs.get("pmi_random"),
+        "context_drop": vs.get("pmi_context_drop"),
+        "copy_share": vs.get("copy_share"),
+        "context_words": vs.get("context_words"),
+        "fluency": headline.get("logprob_per_token_change"),
+        "length": headline.get("length_change"),
+        "accuracy": accuracy,
+        "reasoning_lost": reasoning_lost,
+        "reward_accuracy": last["train"].get("mean_reward_accuracy"),
+        "minutes": m.get("total_stage_seconds", result["wall_s"]) / 60,
+        "reused_pairs": result["reused_pairs"],
+        "load": result.get("load"),
+        "clean": clean,
+    }
+
+
+def best_configuration(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The configuration whose same-question gain has the highest lower 95% bound among those
+    whose gain is above 0, not explained by a shortcut, and that lose no reasoning accuracy."""
+    clean = [r for r in rows if r["clean"]]
+    if not clean:
+        return None
+    return max(clean, key=lambda r: r["same_question"]["low"])
 
 
 def render(
@@ -188,86 +266,114 @@ def render(
 
     import torch
 
+    from mipo.models import cpu_has_amx_bf16
+
     command = shlex.join(
         ["python", "benches/reproduce.py", *(sys.argv[1:] if argv is None else argv)]
     )
-
+    rows = [summarize(r) for r in results]
+    loads = [r["load"] for r in rows if r["load"]]
     lines = [
         BEGIN,
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} with {os.cpu_count()} "
-        f"cores ({torch.get_num_threads()} torch threads), Python {platform.python_version()}; "
-        f"this invocation's wall time {elapsed / 60:.1f} min (a configuration finished by an "
-        "earlier invocation is resumed, and keeps the stage times it was measured with)"
-        f"{' (--quick: smoke-sized, not a measurement of the method)' if args.quick else ''}.",
+        f"cores ({torch.get_num_threads()} torch threads, "
+        f"{'bf16 on AMX' if cpu_has_amx_bf16() else 'fp32'}), Python "
+        f"{platform.python_version()}; this invocation's wall time {elapsed / 60:.1f} min (a "
+        "configuration finished by an earlier invocation is resumed, and keeps the stage times it "
+        "was measured with)"
+        + (
+            f"; 1-minute load average while configurations ran: "
+            f"{min(min(x) for x in loads):.1f}–{max(max(x) for x in loads):.1f}"
+            if loads
+            else ""
+        )
+        + f"{' (--quick: smoke-sized, not a measurement of the method)' if args.quick else ''}.",
         "",
         f"Command: `{command}`",
         "",
         f"Built-in SmolLM2-135M-Instruct; {args.train_prompts} synthetic training prompts "
-        f"(`mipo synth`), {args.eval_prompts} held-out prompts (`synth_eval`, "
-        f"{args.users_per_question} users per question, questions unseen in training); "
-        f"{'full fine-tuning' if args.full_finetune else 'LoRA'}, {args.rounds} round(s), "
-        f"{args.max_new_tokens} new tokens per response (truncated pairs kept), PMI with "
-        f"k = {args.contrasts} contrasts under the base model. Cells: mean [95% bootstrap CI]; "
-        "differences are paired by prompt. Win rate: judge = the base model, ties as half.",
+        f"(`mipo synth`), {args.eval_prompts} held-out prompts (`synth_eval`: users and questions "
+        f"never seen in training, {args.users_per_question} users per question); "
+        f"{'full fine-tuning' if args.full_finetune else 'LoRA'}, batch {args.batch_size}, "
+        f"{args.rounds} round(s), {args.max_new_tokens} new tokens per response (truncated pairs "
+        f"kept). PMI: log-mean-exp estimate with k = {args.contrasts} contrasts under the base "
+        "model; Δ = MIPO − base, paired by prompt; cells are mean [95% CI], cluster bootstrap "
+        "over users crossed with questions. 'same question' asks each held-out question with "
+        "other users' contexts (personalization); 'adjusted' is that gain with the changes in "
+        "copying, context words, length and fluency regressed out (see docs/train-eval.md); "
+        "'context words' is the change in the share of response content words found in the "
+        "context; 'fluency' the change in log π_base(y|x) per token. Choice and math: accuracy "
+        "change on the bundled 20-question samples.",
         "",
-        "| configuration | pairs | PMI base | PMI MIPO | Δ PMI random | Δ PMI same question "
-        "| win rate | choice acc base → MIPO | math acc base → MIPO | reward acc (train) "
-        "| wall (min) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| configuration | pairs | Δ PMI same question | adjusted | Δ PMI random "
+        "| Δ PMI context drop | Δ context words | Δ fluency | Δ choice acc | Δ math acc "
+        "| reward acc | wall (min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        m = r["metrics"]
-        last = m["rounds"][-1]
-        judge = last.get("judge") or {}
-        acc = {}
-        for name, stats in last["accuracy"].items():
-            acc[name] = (
-                f"{_ci(stats.get('baseline', {}).get('accuracy'))} → "
-                f"{_ci(stats.get('model', {}).get('accuracy'))}"
-            )
+    for r in rows:
+        acc = {k: _ci(v["difference"], 2) for k, v in r["accuracy"].items()}
         lines.append(
             "| "
             + " | ".join(
                 [
-                    r["label"],
-                    str(last["train"].get("pairs")),
-                    _ci(m["base"]["pmi"].get("pmi_random")),
-                    _ci(last["pmi"].get("pmi_random")),
-                    _ci(last["vs_base"].get("pmi_random")),
-                    _ci(last["vs_base"].get("pmi_same_question")),
-                    _ci(judge.get("win_rate_ties_as_half_ci")),
+                    r["label"] + (" ✓" if r["clean"] else ""),
+                    str(r["pairs"]),
+                    _ci(r["same_question"]),
+                    _ci(r["adjusted_all"]),
+                    _ci(r["random"]),
+                    _ci(r["context_drop"]),
+                    _ci(r["context_words"], 3),
+                    _ci(r["fluency"], 2),
                     acc.get("choice_sample", "–"),
                     acc.get("math_sample", "–"),
-                    "–"
-                    if last["train"].get("mean_reward_accuracy") is None
-                    else f"{last['train']['mean_reward_accuracy']:.2f}",
-                    f"{m.get('total_stage_seconds', r['wall_s']) / 60:.1f}"
-                    + (" (pairs reused)" if r["reused_pairs"] else ""),
+                    "–" if r["reward_accuracy"] is None else f"{r['reward_accuracy']:.2f}",
+                    f"{r['minutes']:.1f}" + (" (pairs reused)" if r["reused_pairs"] else ""),
                 ]
             )
             + " |"
         )
-    lines += ["", _verdict(results), END]
+    lines += ["", *_verdict(rows), END]
     return "\n".join(lines)
 
 
-def _verdict(results: list[dict[str, Any]]) -> str:
-    raised = []
-    for r in results:
-        diff = r["metrics"]["rounds"][-1]["vs_base"].get("pmi_random") or {}
-        if diff.get("n") and diff["low"] > 0:
-            raised.append(r["label"])
-    if raised:
-        return (
-            "MIPO raised held-out PMI (random contrasts; 95% interval above 0) in: "
-            + "; ".join(raised)
-            + "."
-        )
-    return (
-        "In no configuration did MIPO raise held-out PMI detectably (every 95% interval of the "
-        "difference reaches 0 or below). Sweep --beta, --learning-rate, --epochs, --negatives and "
-        "--temperature to investigate."
+def _verdict(rows: list[dict[str, Any]]) -> list[str]:
+    """Sentences computed from the numbers of the table."""
+    out = []
+    raised = [r for r in rows if _above(r["same_question"])]
+    explained = [r for r in raised if r["explained_by"]]
+    lost = [r for r in raised if r["reasoning_lost"]]
+    out.append(
+        f"Same-question PMI (personalization) rose with a 95% interval above 0 in {len(raised)} "
+        f"of {len(rows)} configurations"
+        + (f" ({'; '.join(r['label'] for r in raised)})" if raised else "")
+        + "."
     )
+    for r in explained:
+        out.append(
+            f"- {r['label']}: the gain is explained by {', '.join(r['explained_by'])} (its "
+            "adjusted interval includes 0)."
+        )
+    for r in lost:
+        out.append(f"- {r['label']}: accuracy fell on {', '.join(r['reasoning_lost'])}.")
+    fluency = [r["label"] for r in raised if _below(r["fluency"])]
+    if fluency:
+        out.append(
+            "Responses became less likely under the base model per token (fluency, interval "
+            f"below 0) in: {'; '.join(fluency)}."
+        )
+    best = best_configuration(rows)
+    if best is None:
+        out.append(
+            "No configuration raised same-question PMI with the gain surviving every shortcut "
+            "check and no loss of reasoning accuracy: nothing here qualifies as a default."
+        )
+    else:
+        out.append(
+            f"Best configuration (highest lower bound of the same-question gain among those "
+            f"marked ✓: above 0, not explained by a shortcut, no accuracy lost): {best['label']}, "
+            f"Δ {_ci(best['same_question'])} nats, adjusted {_ci(best['adjusted_all'])}."
+        )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,8 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     print(block)
     (args.out / "results.json").write_text(
         json.dumps(
-            [{k: v for k, v in r.items() if k != "metrics"} | {"rounds": r["metrics"]["rounds"]}
-             for r in results], indent=2, default=str,
+            {"summary": [summarize(r) for r in results],
+             "best": best_configuration([summarize(r) for r in results]),
+             "runs": [{k: v for k, v in r.items() if k != "metrics"}
+                      | {"rounds": r["metrics"]["rounds"]} for r in results]},
+            indent=2, default=str,
         )
     )  # fmt: skip
     if not args.no_write:

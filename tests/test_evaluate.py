@@ -504,6 +504,45 @@ def test_eval_without_baseline_skips_judge(tiny_model_dir: Path, tmp_path: Path)
         run_eval(config, tmp_path / "out")
 
 
+def test_eval_cache_reuses_a_models_results(
+    trained: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second evaluation with the same baseline reads the baseline back from the cache (no
+    generation for it) and reports the same numbers; a corrupt entry is an error."""
+    import mipo.evaluate.generation as generation
+
+    heldout = write_heldout(tmp_path / "heldout.jsonl")
+    common = {
+        "data": [str(heldout), str(DATA / "choice_sample.jsonl")], "compare": str(tiny_model_dir),
+        "limit": 4, "max_new_tokens": 6, "n_bootstrap": 100, "k": 2, "device": "cpu",
+        "cache_dir": str(tmp_path / "cache"),
+    }  # fmt: skip
+    first = run_eval(EvalConfig(model=str(trained), **common), tmp_path / "a")
+    assert len(list((tmp_path / "cache").glob("*.parquet"))) == 4  # 2 models x 2 files
+    generated: list[int] = []
+    real = generation.generate_responses
+
+    def counting(resolved: object, prompt_ids: list, **kwargs: object) -> object:
+        generated.append(len(prompt_ids))
+        return real(resolved, prompt_ids, **kwargs)
+
+    monkeypatch.setattr(generation, "generate_responses", counting)
+    second = run_eval(EvalConfig(model=str(trained), **common), tmp_path / "b")
+    assert generated == []  # both models came from the cache
+    for key in ("pmi", "multiple_choice"):
+        assert second.metrics[key] == first.metrics[key]
+    a = pl.read_parquet(tmp_path / "a" / "pmi_heldout.parquet")
+    b = pl.read_parquet(tmp_path / "b" / "pmi_heldout.parquet")
+    assert a.equals(b.select(a.columns))
+    # Other settings (a new seed) are other entries: the models are generated again.
+    run_eval(EvalConfig(model=str(trained), **{**common, "seed": 1}), tmp_path / "c")
+    assert generated == [4, 4]
+    for entry in (tmp_path / "cache").glob("*.parquet"):
+        entry.write_bytes(b"not parquet")
+    with pytest.raises(OutputError, match=r"evaluation cache entry \S+ is unreadable"):
+        run_eval(EvalConfig(model=str(trained), **common), tmp_path / "d")
+
+
 def test_eval_config_validation() -> None:
     with pytest.raises(ConfigError, match="k must be an integer >= 1, got 0"):
         EvalConfig(model="m", data=["d"], k=0)

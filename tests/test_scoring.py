@@ -36,7 +36,8 @@ RESPONSES = [
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir: Path) -> tuple[object, object]:
-    return load_model(tiny_model_dir, device="cpu")
+    # fp32: these tests pin exact values; bf16 (the default on AMX CPUs) is checked apart.
+    return load_model(tiny_model_dir, device="cpu", dtype="float32")
 
 
 def test_score_equals_hand_computed_log_softmax_sum(tiny: tuple[object, object]) -> None:
@@ -75,7 +76,9 @@ def test_accepts_polars_prompts_path_and_plain_strings(
 ) -> None:
     series = pl.Series("prompt", PROMPTS[:2])
     from_series = score_responses(tiny, series, pl.Series(RESPONSES[:2]))
-    from_path = score_responses(tiny_model_dir, PROMPTS[:2], RESPONSES[:2], device="cpu")
+    from_path = score_responses(
+        tiny_model_dir, PROMPTS[:2], RESPONSES[:2], device="cpu", dtype="float32"
+    )
     assert from_series["logprob"].to_list() == pytest.approx(from_path["logprob"].to_list())
     plain = score_responses(tiny, ["Hi"], ["Hello! 😀"])
     assert plain["logprob"][0] == pytest.approx(
@@ -131,6 +134,26 @@ def test_bad_inputs_are_rejected(tiny: tuple[object, object]) -> None:
     with pytest.raises(ConfigError, match="batch_size"):
         score_responses(tiny, PROMPTS, RESPONSES, batch_size=0)
     assert score_responses(tiny, [], []).height == 0
+
+
+def test_dtype_policy_and_bf16_scores_stay_close(tiny_model_dir: Path) -> None:
+    import torch
+
+    from mipo.models import bf16_is_fast
+
+    fp32 = load_model(tiny_model_dir, device="cpu", dtype="float32")
+    bf16 = load_model(tiny_model_dir, device="cpu", dtype="bfloat16")
+    auto = load_model(tiny_model_dir, device="cpu")
+    assert next(fp32[0].parameters()).dtype == torch.float32
+    assert next(bf16[0].parameters()).dtype == torch.bfloat16
+    expected = torch.bfloat16 if bf16_is_fast("cpu") else torch.float32
+    assert next(auto[0].parameters()).dtype == expected
+    a = score_responses(fp32, PROMPTS, RESPONSES)["logprob"].to_numpy()
+    b = score_responses(bf16, PROMPTS, RESPONSES)["logprob"].to_numpy()
+    # bf16 weights and activations, fp32 log-softmax: a few percent of the log-probability.
+    assert (abs(a - b) <= 0.05 * abs(a) + 0.5).all(), (a, b)
+    with pytest.raises(ConfigError, match="dtype must be auto, float32 or bfloat16"):
+        load_model(tiny_model_dir, device="cpu", dtype="float16")
 
 
 def test_contrast_indices_are_seeded_and_exclude_the_row() -> None:

@@ -135,9 +135,12 @@ def test_lora_training_moves_the_margin_and_saves_everything(
         r = score_responses(model, prompts, rejected)["logprob"]
         return float((c - r).mean())
 
-    before = margin(load_model(tiny_model_dir, device="cpu"))
-    after_adapter = margin(load_model(out, device="cpu"))  # train OUTDIR -> model/ adapter
-    after_merged = margin(load_model(out / "merged", device="cpu"))
+    def fp32(path: Path) -> object:
+        return load_model(path, device="cpu", dtype="float32")
+
+    before = margin(fp32(tiny_model_dir))
+    after_adapter = margin(fp32(out))  # train OUTDIR -> model/ adapter
+    after_merged = margin(fp32(out / "merged"))
     assert after_adapter > before + 0.01
     assert after_merged == pytest.approx(after_adapter, abs=1e-3)
 

@@ -145,6 +145,20 @@ class BuildPairsConfig:
     """Generation option; None: the default."""
     tensor_parallel_size: int | None = None
     """vLLM tensor parallelism; None: the default."""
+    gpu_memory_utilization: float | None = None
+    """vLLM's share of GPU memory; None: the default (0.9)."""
+    max_model_len: int | None = None
+    """vLLM context length; None: the model's."""
+    enable_prefix_caching: bool | None = None
+    """vLLM prefix caching; None: the default (on)."""
+    kv_cache_gib: float | None = None
+    """vLLM KV-cache size in GiB; None: 2 on a CPU, gpu_memory_utilization on a GPU."""
+    vllm_args: tuple[tuple[str, Any], ...] = ()
+    """Further vLLM engine arguments as (name, value) pairs (``--vllm-arg key=value``)."""
+    vllm_python: str | None = None
+    """Interpreter of an environment with vLLM, used when vLLM is not importable here."""
+    vllm_window_rows: int | None = None
+    """vLLM: rows kept in flight across chunks; None: 8 chunks."""
     shard: tuple[int, int] = (0, 1)
     """Generate only chunks ``k`` with ``k % N == I``."""
     keep_truncated: bool = False
@@ -323,9 +337,17 @@ def _generation_config(config: BuildPairsConfig) -> Any:
             "chunk_size",
             "dtype",
             "tensor_parallel_size",
+            "gpu_memory_utilization",
+            "max_model_len",
+            "enable_prefix_caching",
+            "kv_cache_gib",
+            "vllm_python",
+            "vllm_window_rows",
         )
         if getattr(config, name) is not None
     }
+    if config.vllm_args:
+        overrides["vllm_args"] = dict(config.vllm_args)
     return GenerationConfig(
         backend=config.backend,  # type: ignore[arg-type]
         seed=config.seed,
@@ -362,9 +384,13 @@ def _stage_options(
         "model_fingerprint": model.fingerprint,
         **{k: v for k, v in asdict(plan).items() if k not in ("batch_rows", "row_group_rows")},
     }
+    from mipo.generate import NOT_OUTPUT_AFFECTING
+
     gen_options = {
         "independent_negatives": config.independent_negatives,
-        **{k: v for k, v in asdict(gen).items() if k != "trust_remote_code"},
+        # Settings that cannot change the text (memory, caching, where vLLM runs) may change
+        # between a run and its continuation.
+        **{k: v for k, v in asdict(gen).items() if k not in NOT_OUTPUT_AFFECTING},
     }
     pairs_options = {
         "keep_truncated": config.keep_truncated,

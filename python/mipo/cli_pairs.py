@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from mipo.cli_options import parse_vllm_args, vllm_options
+
 
 def _print_result(result: Any) -> None:
     from rich.console import Console
@@ -79,6 +81,7 @@ def _print_result(result: Any) -> None:
 )
 @click.option("--dtype", default=None, help="auto, float32, bfloat16 or float16 [default: auto].")
 @click.option("--tensor-parallel-size", type=int, default=None, help="vLLM tensor parallelism.")
+@vllm_options
 @click.option(
     "--shard",
     default="0/1",
@@ -138,6 +141,7 @@ def build_pairs_cmd(**options: Any) -> None:
         user=options.pop("user_col"),
         id=options.pop("id_col"),
     )
+    options["vllm_args"] = parse_vllm_args(options.pop("vllm_arg"))
     config = BuildPairsConfig(
         input=options.pop("input"),
         out_dir=options.pop("out_dir"),

@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from mipo.cli_options import pop_vllm_options, vllm_options
+
 # Options that go to TrainConfig (click name -> field), the rest go to RunConfig.
 _TRAIN_OPTIONS = {
     "lora": "lora",
@@ -73,6 +75,7 @@ def _given(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--judge", help="Judge model for the win rate: a model, auto (the base model), or none  [default: none]")  # fmt: skip
 @click.option("--extra-eval", "extra_eval_data", multiple=True, help="choice:/math: file evaluated every round (repeatable).")  # fmt: skip
 @click.option("--n-bootstrap", type=int, help="Bootstrap resamples  [default: 2000]")
+@click.option("--eval-cache", help="Folder of per-model evaluation results shared across runs (a sweep scores its base model once)  [default: OUTDIR/.eval-cache]")  # fmt: skip
 @click.option("--reuse-pairs", type=click.Path(exists=True, file_okay=False), help="Copy round 1's pairs from another run's round-1/pairs (same corpus, model, generation options).")  # fmt: skip
 @click.option("--overwrite", is_flag=True, default=None, help="Discard a run with other options in OUTDIR.")  # fmt: skip
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the model's own code.")
@@ -82,6 +85,7 @@ def _given(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--context-col", help="User context column (a system message).")
 @click.option("--user-col", help="User id column.")
 @click.option("--id-col", help="Row id column.")
+@vllm_options
 @click.pass_context
 def run_cmd(
     ctx: click.Context,
@@ -109,7 +113,10 @@ def run_cmd(
     from mipo.run import RunConfig, demo_config, run_pipeline
     from mipo.train import TrainConfig
 
+    vllm = pop_vllm_options(options)
     given = _given(ctx, options)
+    if vllm:
+        given["vllm_options"] = vllm
     columns = ColumnOptions(**{c.removesuffix("_col"): given.pop(c, None) for c in _COLUMN_OPTIONS})
     train_options = {
         field: given.pop(name) for name, field in _TRAIN_OPTIONS.items() if name in given

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from mipo.cli_options import pop_vllm_options, vllm_options
+
 _ACCELERATE_NAMES = ("ddp", "zero2", "zero3", "fsdp")
 
 
@@ -201,6 +203,26 @@ def _log_entries(path: Path) -> list[dict[str, Any]]:
     help="Judge model for the personalization win rate (needs --compare)  [default: none]",
 )
 @click.option(
+    "--judge-url",
+    default=None,
+    help="OpenAI-compatible API base of a judge server (http://host:port/v1); key from "
+    "$MIPO_JUDGE_API_KEY (else $OPENAI_API_KEY).",
+)
+@click.option(
+    "--judge-model", default=None, help="The served judge model's name (with --judge-url)."
+)
+@click.option(
+    "--judge-concurrency", default=8, show_default=True, type=int, help="Judge requests in flight."
+)
+@click.option(
+    "--judge-timeout",
+    "judge_timeout_s",
+    default=60.0,
+    show_default=True,
+    type=float,
+    help="Seconds per judge request before it is retried.",
+)
+@click.option(
     "-k",
     "--contrasts",
     "k",
@@ -275,6 +297,19 @@ def _log_entries(path: Path) -> list[dict[str, Any]]:
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16"]),
+    default="auto",
+    show_default=True,
+    help="Precision of generation and scoring (auto: bf16 on GPUs and AMX CPUs, else fp32).",
+)
+@vllm_options
+@click.option(
+    "--cache-dir",
+    default=None,
+    help="Reuse per-model results across evaluations (a sweep scores its baseline once).",
+)
+@click.option(
     "--train-log", default=None, help="train_log.jsonl to plot  [default: the model's own]"
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing report.")
@@ -292,7 +327,12 @@ def eval_cmd(data: tuple[str, ...], output: Path, **options: Any) -> None:
     from mipo.evaluate import EvalConfig, run_eval
     from mipo.evaluate.report import fmt_ci
 
-    config = EvalConfig(data=list(data), **options)
+    vllm = pop_vllm_options(options)
+    config = EvalConfig(
+        data=list(data),
+        vllm_options=vllm,
+        **options,
+    )
     result = run_eval(config, output)
     m = result.metrics
     for name, stats in m["pmi"].items():
@@ -317,10 +357,13 @@ def eval_cmd(data: tuple[str, ...], output: Path, **options: Any) -> None:
                 line += f" (baseline {fmt_ci(stats['baseline']['accuracy'])})"
             click.echo(line)
     for name, stats in m["judge"].items():
-        click.echo(
+        line = (
             f"judge {name}: win rate {stats['win_rate_ties_as_wins']:.3f} (ties as wins), "
             f"{stats['win_rate_ties_as_half']:.3f} (ties as half)"
         )
+        if "unparsed" in stats:
+            line += f"; unparsed replies {sum(stats['unparsed'].values())}"
+        click.echo(line)
     click.echo(f"report: {result.report_md}")
 
 

@@ -72,6 +72,10 @@ class DependencyError(MipoError, ImportError):
     """An optional dependency is missing; the message says what to install."""
 
 
+class JudgeServerError(MipoError):
+    """A judge server cannot be used: unreachable, refusing requests, or too slow."""
+
+
 __all__ = [
     "ConfigError",
     "CorpusError",
@@ -82,6 +86,7 @@ __all__ = [
     "GenerationError",
     "InvalidInputError",
     "InvalidParameterError",
+    "JudgeServerError",
     "MipoError",
     "ModelError",
     "OutputError",

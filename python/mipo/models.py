@@ -132,6 +132,71 @@ def resolve_model(
     raise ModelError(f"model '{text}' not found: no such folder or file; pass {_ACCEPTED_FORMS}")
 
 
+def merge_adapter(
+    adapter_dir: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    *,
+    trust_remote_code: bool = False,
+) -> Path:
+    """Base model + LoRA adapter merged into a plain model folder at ``target`` (fp32, on the
+    CPU, whatever trained it; temporary folder + rename, so ``target`` is complete or absent).
+    Returns ``target``; an existing complete ``target`` is kept.
+
+    >>> merge_adapter("runs/train1/model", "runs/train1/merged")  # doctest: +SKIP
+    """
+    from mipo.scoring import load_model
+
+    target = Path(target)
+    if (target / "config.json").is_file():
+        return target
+    model, tokenizer = load_model(
+        adapter_dir, device="cpu", dtype="float32", trust_remote_code=trust_remote_code
+    )
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    del model
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX tiles: Sapphire
+    Rapids and later). There bf16 is 2-4x faster than fp32 for generation, scoring and training
+    (``benches/bench_dtype.py``); elsewhere it is slower, so fp32 stays the CPU default."""
+    import torch
+
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if probe is not None:
+        with contextlib.suppress(Exception):
+            if not probe():
+                return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        return False
+    return False
+
+
+def bf16_is_fast(device: str) -> bool:
+    """Whether ``device`` (``cpu``, ``cuda``, ``cuda:N``) should default to bfloat16: a CUDA
+    GPU that supports it, or a CPU with AMX (:func:`cpu_has_amx_bf16`).
+
+    >>> isinstance(bf16_is_fast("cpu"), bool)
+    True
+    """
+    import torch
+
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return device == "cpu" and cpu_has_amx_bf16()
+
+
 def model_fingerprint(path: str | os.PathLike[str]) -> str:
     """Short hash of ``tokenizer.json`` + ``config.json`` of a model folder (16 hex digits)."""
     folder = Path(path)
@@ -205,7 +270,8 @@ def convert_gguf(gguf_path: str | os.PathLike[str], out_dir: str | os.PathLike[s
         staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
         try:
             _write_converted(source, staging)
-            (staging / _CONVERSION_MARKER).write_text(json.dumps(stamp, indent=2) + "\n")
+            record = {**stamp, "sha256": _sha256(source)}
+            (staging / _CONVERSION_MARKER).write_text(json.dumps(record, indent=2) + "\n")
             if target.exists():  # stale: converted from another version of the source
                 shutil.rmtree(target)
             os.replace(staging, target)
@@ -325,8 +391,18 @@ def _gguf_cache_dir(path: Path) -> Path:
 
 
 def _source_stamp(source: Path) -> dict[str, Any]:
+    """What identifies a GGUF source: its size with its mtime, or its content hash (the same
+    wheel installed in two environments is one model, whatever its path or mtime)."""
     stat = source.stat()
     return {"source": str(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _conversion_done(target: Path, stamp: dict[str, Any]) -> bool:
@@ -337,8 +413,12 @@ def _conversion_done(target: Path, stamp: dict[str, Any]) -> bool:
         recorded = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
-    # The same file copied elsewhere is still the same model: compare size and mtime only.
-    return recorded.get("size") == stamp["size"] and recorded.get("mtime_ns") == stamp["mtime_ns"]
+    if recorded.get("size") != stamp["size"]:
+        return False
+    if recorded.get("mtime_ns") == stamp["mtime_ns"]:
+        return True  # the file it was converted from (or an exact copy of it)
+    # Another copy (another environment's wheel): the same model if the bytes are the same.
+    return bool(recorded.get("sha256")) and recorded["sha256"] == _sha256(Path(stamp["source"]))
 
 
 @contextlib.contextmanager
@@ -458,10 +538,13 @@ __all__ = [
     "DEFAULT_MODEL",
     "ModelSource",
     "ResolvedModel",
+    "bf16_is_fast",
     "builtin_gguf_path",
     "builtin_model_dir",
     "cache_root",
     "convert_gguf",
+    "cpu_has_amx_bf16",
+    "merge_adapter",
     "model_fingerprint",
     "resolve_model",
 ]

@@ -76,7 +76,9 @@ _TOP_OUTPUTS = (
 # Options that may change between a run and its continuation.
 # (`reuse_pairs` only saves work: build-pairs checks that the copied pairs are the ones this run
 # would build, so the outputs do not depend on it.)
-_FREE_OPTIONS = frozenset({"out_dir", "rounds", "overwrite", "progress", "reuse_pairs"})
+_FREE_OPTIONS = frozenset(
+    {"out_dir", "rounds", "overwrite", "progress", "reuse_pairs", "eval_cache"}
+)
 
 DEMO_SETTINGS: dict[str, Any] = {
     "max_prompts": 120,
@@ -180,6 +182,14 @@ class RunConfig:
     pairs this run would build, else the run stops), so a sweep over training options generates
     once."""
 
+    vllm_options: dict[str, Any] = field(default_factory=dict)
+    """vLLM engine settings for pairs and evaluation with the vllm backend (see
+    :class:`~mipo.evaluate.EvalConfig` ``vllm_options``)."""
+    eval_cache: str | None = None
+    """Folder of per-model evaluation results shared across runs (a sweep scores its base model
+    once); None: ``OUTDIR/.eval-cache`` (shared by the rounds of this run). Results do not
+    depend on it."""
+
     def __post_init__(self) -> None:
         from mipo.negatives import parse_strategy
 
@@ -248,6 +258,10 @@ class RunConfig:
             dedup=self.dedup,
             trust_remote_code=self.trust_remote_code,
             progress=self.progress,
+            **{
+                k: (tuple(v.items()) if k == "vllm_args" else v)
+                for k, v in self.vllm_options.items()
+            },
         )
 
     def options_record(self) -> dict[str, Any]:
@@ -532,22 +546,11 @@ def _train_finished(train_dir: Path) -> bool:
 def _merge_adapter(train_dir: Path, trust_remote_code: bool) -> Path:
     """Base + LoRA adapter as a plain model in ``train_dir/merged`` (build-pairs and the next
     round's training load full models only)."""
-    from mipo.scoring import load_model
+    from mipo.models import merge_adapter
 
-    target = train_dir / "merged"
-    if (target / "config.json").is_file():
-        return target
-    model, tokenizer = load_model(
-        train_dir / "model", device="cpu", trust_remote_code=trust_remote_code
+    return merge_adapter(
+        train_dir / "model", train_dir / "merged", trust_remote_code=trust_remote_code
     )
-    tmp = train_dir / ".merged.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    del model
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target
 
 
 def _check_built(
@@ -662,6 +665,8 @@ def _evaluate_round(
         backend=config.backend,
         overwrite=True,  # no metrics.json: an interrupted evaluation, redo it
         trust_remote_code=config.trust_remote_code,
+        cache_dir=config.eval_cache or str(out / ".eval-cache"),
+        vllm_options=config.vllm_options,
     )
     return run_eval(evaluation, eval_dir).metrics
 

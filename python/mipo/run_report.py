@@ -34,6 +34,7 @@ _PAIRED_KEYS = (
     "pmi_context_drop",
     "logprob",
     "copy_share",
+    "context_words",
     "judge_expected",
 )
 
@@ -242,6 +243,7 @@ def _table(
         ("pmi_same_question_infonce", "PMI InfoNCE, same question / other users"),
         ("pmi_same_question_per_token", "PMI per token, same question / other users"),
         ("copy_share", "share of response 3-grams copied from the context"),
+        ("context_words", "share of response content words found in the context"),
         ("logprob_per_token", "log π_base(y|x) per token"),
         ("num_tokens", "response tokens"),
     ):
@@ -252,6 +254,8 @@ def _table(
         ("pmi_random", "PMI random − base (paired)"),
         ("pmi_context_drop", "PMI context drop − base (paired)"),
         ("copy_share", "copy share − base (paired)"),
+        ("context_words", "context-word share − base (paired)"),
+        ("logprob_per_token", "log π_base(y|x) per token − base (paired)"),
         ("num_tokens", "response tokens − base (paired)"),
     ):
         if any(r["vs_base"].get(key) for r in rounds):

@@ -121,24 +121,34 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _dtype_for(device: str) -> Any:
+def _dtype_for(device: str, dtype: str = "auto") -> Any:
+    """The torch dtype to score with. ``auto``: bf16 where it is fast (a GPU that supports it,
+    a CPU with AMX: there it scores 3-4x faster, and per-response log-probabilities move by a
+    few tenths of a nat, far inside the spread between responses; ``benches/bench_dtype.py``),
+    else fp32. The log-softmax itself is always fp32 (see _score_batch)."""
     import torch
 
-    # fp32 on CPU: bf16 matmuls there are slow and the log-prob sums lose precision; bf16 on a GPU
-    # that supports it, with the log-softmax itself done in fp32 (see _score_batch).
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    from mipo.models import bf16_is_fast
+
+    if dtype == "auto":
+        return torch.bfloat16 if bf16_is_fast(device) else torch.float32
+    if dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"dtype must be auto, float32 or bfloat16, got {dtype!r}")
+    return getattr(torch, dtype)
 
 
 def load_model(
     spec: str | os.PathLike[str],
     *,
     device: str | None = None,
+    dtype: str = "auto",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` for scoring or generation, in eval mode, gradients off.
+
+    ``dtype``: ``auto`` (see :func:`_dtype_for`), ``float32`` or ``bfloat16``; merging an
+    adapter to save the result must ask for ``float32`` (or the checkpoint's own precision).
 
     A LoRA adapter folder (``adapter_config.json``) is loaded onto its base model and merged, so
     callers always get a plain causal LM. Pickle weights (``.bin``, model or adapter) load only
@@ -155,7 +165,7 @@ def load_model(
         weights["use_safetensors"] = True
     path = resolve_model_path(spec, **flags)
     device = device or _default_device()
-    dtype = _dtype_for(device)
+    torch_dtype = _dtype_for(device, dtype)
     try:
         if (path / "adapter_config.json").exists():
             from peft import PeftModel
@@ -168,11 +178,11 @@ def load_model(
                     "set base_model_name_or_path to the model the adapter was trained on"
                 )
             base_path = resolve_model_path(base_spec, **flags)
-            base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, **weights)
+            base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype, **weights)
             model = PeftModel.from_pretrained(base, path).merge_and_unload()
             tokenizer_path = path if (path / "tokenizer_config.json").exists() else base_path
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **weights)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **weights)
             tokenizer_path = path
         tokenizer = AutoTokenizer.from_pretrained(
             tokenizer_path, trust_remote_code=trust_remote_code
@@ -186,11 +196,11 @@ def load_model(
     return model, tokenizer
 
 
-def _as_loaded(model: ModelSpec, device: str | None) -> tuple[Any, Any]:
+def _as_loaded(model: ModelSpec, device: str | None, dtype: str = "auto") -> tuple[Any, Any]:
     if isinstance(model, tuple) and len(model) == 2:
         return model
     if isinstance(model, str | os.PathLike):
-        return load_model(model, device=device)
+        return load_model(model, device=device, dtype=dtype)
     raise ConfigError(
         f"model must be a path or a (model, tokenizer) pair, got {type(model).__name__}"
     )
@@ -324,11 +334,12 @@ def score_responses(
     *,
     batch_size: int = 8,
     device: str | None = None,
+    dtype: str = "auto",
 ) -> pl.DataFrame:
     """Summed log π(response | prompt) and the number of response tokens, one row per pair.
 
-    ``model``: a model folder / name, or an already loaded ``(model, tokenizer)`` pair (avoids a
-    reload). ``prompts``: message lists (lists of {role, content} dicts, or a Polars
+    ``model``: a model folder / name (loaded with ``device`` and ``dtype``), or an already
+    loaded ``(model, tokenizer)`` pair (avoids a reload). ``prompts``: message lists (lists of {role, content} dicts, or a Polars
     List(Struct) Series; a plain string is taken as one user message). ``responses``: strings.
     Rows are scored in batches sorted by length (less padding), then returned in input order.
 
@@ -351,7 +362,7 @@ def score_responses(
             {"logprob": [], "num_tokens": []},
             schema={"logprob": pl.Float64, "num_tokens": pl.Int64},
         )
-    lm, tokenizer = _as_loaded(model, device)
+    lm, tokenizer = _as_loaded(model, device, dtype)
     device = str(next(lm.parameters()).device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     items = [

@@ -197,7 +197,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 20-30% slower."""
     bf16: bool | None = None
-    """bf16 mixed precision. ``None``: on when a CUDA GPU supports it, off on CPU."""
+    """bf16 mixed precision. ``None``: on where it is fast (a CUDA GPU that supports it, a CPU
+    with AMX), else off."""
     model_dtype: str = "float32"
     """Dtype the weights are loaded in: ``float32`` (mixed precision keeps fp32 master weights),
     ``bfloat16`` (halves memory; pure bf16 training), or ``auto`` (the checkpoint's dtype)."""
@@ -618,18 +619,18 @@ def _cuda_available() -> bool:
 
 
 def _bf16(config: TrainConfig) -> bool:
-    if config.bf16 is not None:
-        if config.bf16:
-            import torch
-
-            if not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
-                raise ConfigError(
-                    "bf16 needs a CUDA GPU that supports it; drop --bf16 to train in fp32"
-                )
-        return config.bf16
+    """bf16 mixed precision (autocast; the trained weights stay fp32): on by default where it
+    is fast — a CUDA GPU that supports it, or a CPU with AMX (2-3x faster steps there)."""
     import torch
 
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    from mipo.models import bf16_is_fast
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if config.bf16 is not None:
+        if config.bf16 and device == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("this GPU does not support bf16; drop --bf16 to train in fp32")
+        return config.bf16
+    return bf16_is_fast(device)
 
 
 def _dpo_args(config: TrainConfig, outdir: Path) -> Any:
@@ -671,6 +672,8 @@ def _dpo_args(config: TrainConfig, outdir: Path) -> Any:
     }
     if config.lr_scheduler == "cosine_with_min_lr":
         kwargs["lr_scheduler_kwargs"] = {"min_lr_rate": config.min_lr_ratio}
+    if kwargs["bf16"] and not _cuda_available():
+        kwargs["use_cpu"] = True  # transformers: bf16 autocast on the CPU must be asked for
     kwargs.update(config.extra_dpo_args)
     try:
         return DPOConfig(**kwargs)
@@ -924,15 +927,7 @@ def _fix_adapter_base(adapter_dir: Path, base_path: Path) -> None:
 def _save_merged(adapter_dir: Path, merged_dir: Path, config: TrainConfig) -> Path:
     """Base + adapter merged into a plain model, reloaded from disk on the CPU (works the same
     whatever distributed engine trained it)."""
-    from mipo.scoring import load_model
+    from mipo.models import merge_adapter
 
-    model, tokenizer = load_model(
-        adapter_dir, device="cpu", trust_remote_code=config.trust_remote_code
-    )
-    tmp = merged_dir.with_name(f".{merged_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(merged_dir, ignore_errors=True)
-    os.replace(tmp, merged_dir)
-    return merged_dir
+    shutil.rmtree(merged_dir, ignore_errors=True)  # a new training replaces an older merge
+    return merge_adapter(adapter_dir, merged_dir, trust_remote_code=config.trust_remote_code)

@@ -5,16 +5,21 @@ response that quotes the context is likely only under that context), by writing 
 (summed log-probabilities grow with length, and so does their difference), or by writing text the
 reference finds unlikely everywhere. Beside every PMI gain the report puts
 
-- the share of the response's word n-grams copied from the context (:func:`copied_ngram_share`),
+- the share of the response's word 3-grams copied verbatim from the context
+  (:func:`copied_ngram_share`),
+- the share of the response's content words (words of 3+ letters that are not stop words) that
+  occur in the context (:func:`context_word_share`): restating the context in other words
+  ("I've got arthritis in my knees" for "I have arthritis in my knees") escapes the 3-gram share
+  but not this one,
 - the response length in tokens,
 - log π_ref(y|x) per token (fluency under the reference),
 
-and :func:`explain_gain` asks whether the gain survives once the changes in copying and length are
-accounted for: the per-prompt gain ΔPMI is regressed on Δcopy share and Δlength (model − baseline
-on the same prompt), and the intercept — the gain predicted for responses that copy as much and
-are as long as the baseline's — gets the same cluster-bootstrap interval as the raw gain. When the
-raw gain's interval lies above 0 and an adjusted one does not, that covariate explains the gain,
-and the report says so.
+and :func:`explain_gain` asks whether the gain survives once those changes are accounted for: the
+per-prompt gain ΔPMI is regressed on the per-prompt changes (model − baseline on the same
+prompt), and the intercept — the gain predicted for responses that copy as much, reuse as many
+context words, are as long and as fluent as the baseline's — gets the same cluster-bootstrap
+interval as the raw gain. When the raw gain's interval lies above 0 and an adjusted one does
+not, that covariate explains the gain, and the report says so.
 
 >>> copied_ngram_share("I am a vegan nurse so eat beans", "I am a vegan nurse on nights")
 0.5
@@ -29,7 +34,7 @@ from typing import Any
 
 from mipo.evaluate.stats import bootstrap_ci, cluster_weights
 
-__all__ = ["COPY_NGRAM", "copied_ngram_share", "explain_gain"]
+__all__ = ["COPY_NGRAM", "STOP_WORDS", "context_word_share", "copied_ngram_share", "explain_gain"]
 
 COPY_NGRAM = 3
 """Words per n-gram of the copy share (3: long enough that shared stop-word pairs do not count)."""
@@ -58,6 +63,168 @@ def copied_ngram_share(
         return None
     source = set(_ngrams(context, n))
     return sum(g in source for g in grams) / len(grams)
+
+
+STOP_WORDS = frozenset(
+    [
+        "a",
+        "about",
+        "above",
+        "after",
+        "again",
+        "against",
+        "all",
+        "also",
+        "am",
+        "an",
+        "and",
+        "any",
+        "are",
+        "as",
+        "at",
+        "be",
+        "because",
+        "been",
+        "before",
+        "being",
+        "below",
+        "between",
+        "both",
+        "but",
+        "by",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
+        "doing",
+        "down",
+        "during",
+        "each",
+        "few",
+        "for",
+        "from",
+        "further",
+        "get",
+        "got",
+        "had",
+        "has",
+        "have",
+        "having",
+        "he",
+        "her",
+        "here",
+        "hers",
+        "him",
+        "his",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "just",
+        "me",
+        "more",
+        "most",
+        "my",
+        "no",
+        "nor",
+        "not",
+        "now",
+        "of",
+        "off",
+        "on",
+        "once",
+        "only",
+        "or",
+        "other",
+        "our",
+        "ours",
+        "out",
+        "over",
+        "own",
+        "same",
+        "she",
+        "should",
+        "so",
+        "some",
+        "such",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "through",
+        "to",
+        "too",
+        "under",
+        "until",
+        "up",
+        "very",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "who",
+        "whom",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+        "yours",
+        "yourself",
+        "im",
+        "ive",
+        "youre",
+        "dont",
+        "cant",
+        "its",
+        "lets",
+        "thats",
+        "theres",
+    ]
+)
+"""English function words left out of :func:`context_word_share` (they are shared by any two
+texts, so they say nothing about copying)."""
+
+
+def _content_words(text: str) -> list[str]:
+    return [
+        w
+        for w in _WORD.findall(text.casefold().replace("'", ""))
+        if len(w) >= 3 and w not in STOP_WORDS
+    ]
+
+
+def context_word_share(response: str | None, context: str | None) -> float | None:
+    """Share of the response's content words (3+ letters, not :data:`STOP_WORDS`; with repeats)
+    that occur in the context; None without a context or without content words.
+
+    >>> context_word_share("Gardening suits arthritis in the knees", "I have arthritis in my knees.")
+    0.5
+    """
+    if not context or not context.strip() or response is None:
+        return None
+    words = _content_words(response)
+    if not words:
+        return None
+    source = set(_content_words(context))
+    return sum(w in source for w in words) / len(words)
 
 
 def _intercepts(y: Any, x: Any, weights: Any) -> Any:

@@ -8,7 +8,6 @@ folder first (the backends load full models).
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +21,15 @@ def materialize_model(spec: str, workdir: Path, *, trust_remote_code: bool = Fal
 
     >>> materialize_model("runs/train1", Path("/tmp/work"))  # doctest: +SKIP
     """
-    from mipo.models import resolve_model
-    from mipo.scoring import load_model, resolve_model_path
+    from mipo.models import merge_adapter, resolve_model
+    from mipo.scoring import resolve_model_path
 
     path = resolve_model_path(spec, trust_remote_code=trust_remote_code)
     if (path / "adapter_config.json").exists():
         digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-        target = workdir / f"merged-{digest}"
-        if not (target / "config.json").exists():
-            model, tokenizer = load_model(path, device="cpu", trust_remote_code=trust_remote_code)
-            tmp = target.with_name(target.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            tmp.rename(target)
-            del model
-        path = target
+        path = merge_adapter(
+            path, workdir / f"merged-{digest}", trust_remote_code=trust_remote_code
+        )
     return resolve_model(str(path), trust_remote_code=trust_remote_code)
 
 
@@ -78,6 +70,8 @@ def generate_responses(
     batch_size: int,
     backend: str = "auto",
     device: str = "auto",
+    dtype: str = "auto",
+    vllm_options: dict[str, Any] | None = None,
 ) -> list[Any]:
     """One :class:`~mipo.generate.GenerationResult` per prompt (chat messages, or token ids from
     :func:`render_prompts`); seeds derive from the row index and ``seed``, so two models get the
@@ -102,7 +96,9 @@ def generate_responses(
         seed=seed,
         batch_size=batch_size,
         device=device,
+        dtype=dtype,
         trust_remote_code=resolved.trust_remote_code,
+        **(vllm_options or {}),
     )
     engine = create_backend(resolved, config)
     try:

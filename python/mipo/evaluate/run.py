@@ -35,12 +35,13 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from mipo import __version__
 from mipo.errors import ConfigError, OutputError
 from mipo.evaluate.report import finite_json
 
@@ -78,6 +79,17 @@ class EvalConfig:
     """Judge model for the personalization win rate (needs ``compare``); ``None`` or ``"none"``
     skips it (the default: a judge must be asked for, and one too small to tell responses apart
     ties every pair)."""
+    judge_url: str | None = None
+    """An OpenAI-compatible API base (``http://host:port/v1``: ``vllm serve``, a hosted
+    endpoint) whose ``judge_model`` rates every response against each stated preference of the
+    user (:mod:`mipo.evaluate.judge_server`); the key comes from ``$MIPO_JUDGE_API_KEY`` (else
+    ``$OPENAI_API_KEY``). Exclusive with ``judge``."""
+    judge_model: str | None = None
+    """The served judge model's name (with ``judge_url``)."""
+    judge_concurrency: int = 8
+    """Judge requests in flight at once (with ``judge_url``)."""
+    judge_timeout_s: float = 60.0
+    """Seconds a judge request may take before it is retried (with ``judge_url``)."""
     k: int = 8
     """Contrast prompts per prompt (per contrast set) for the PMI's estimate of log π_ref(y)."""
     seed: int = 0
@@ -107,12 +119,24 @@ class EvalConfig:
     """Generation backend: ``auto``, ``hf`` or ``vllm``."""
     device: str = "auto"
     """Device for generation and scoring: ``auto``, ``cpu``, ``cuda``, ``cuda:N``."""
+    dtype: str = "auto"
+    """Precision of generation and scoring: ``auto`` (bfloat16 on a GPU that supports it and on
+    a CPU with AMX, float32 elsewhere), ``float32`` or ``bfloat16``."""
     train_log: str | None = None
     """A ``train_log.jsonl`` to plot; ``None``: the evaluated model's own, if it has one."""
     overwrite: bool = False
     """Replace an existing report in the output directory."""
     trust_remote_code: bool = False
     """Allow models that ship their own Python code."""
+    vllm_options: dict[str, Any] = field(default_factory=dict)
+    """vLLM engine settings for generation with the vllm backend, as
+    :class:`~mipo.generate.GenerationConfig` fields: ``gpu_memory_utilization``,
+    ``max_model_len``, ``enable_prefix_caching``, ``kv_cache_gib``, ``vllm_args``,
+    ``vllm_python`` (an environment with vLLM when it is not installed here)."""
+    cache_dir: str | None = None
+    """Folder of per-model results reused across evaluations (:mod:`mipo.evaluate.cache`): a
+    model already evaluated on the same data with the same settings (weights, data and
+    settings hashed) is read back instead of generated and scored again. ``None``: no cache."""
 
     def __post_init__(self) -> None:
         def bad(name: str, value: Any, rule: str) -> ConfigError:
@@ -144,8 +168,47 @@ class EvalConfig:
             raise bad("top_p", self.top_p, "in (0, 1]")
         if self.backend not in ("auto", "hf", "vllm"):
             raise bad("backend", self.backend, "auto, hf or vllm")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise bad("dtype", self.dtype, "auto, float32 or bfloat16")
+        allowed = {
+            "gpu_memory_utilization", "max_model_len", "enable_prefix_caching", "kv_cache_gib",
+            "vllm_args", "vllm_python", "vllm_window_rows",
+        }  # fmt: skip
+        unknown = sorted(set(self.vllm_options) - allowed)
+        if unknown:
+            raise bad("vllm_options", unknown, f"keys among {', '.join(sorted(allowed))}")
+        from mipo.generate import GenerationConfig
+
+        GenerationConfig(**self.vllm_options)  # validates the values
         if self.judge is not None and self.judge.lower() == "none":
             self.judge = None
+        if self.judge_url is not None:
+            if self.judge is not None:
+                raise ConfigError(
+                    "--judge (a local model) and --judge-url (a server) exclude each other: "
+                    "pass one of them"
+                )
+            self.server_judge()  # validates url, model, concurrency and timeout now
+        elif self.judge_model is not None:
+            raise ConfigError("--judge-model names the served model of --judge-url: pass both")
+
+    def server_judge(self) -> Any:
+        """The :class:`~mipo.evaluate.judge_server.ServerJudge` of ``judge_url``."""
+        from mipo.evaluate.judge_server import ServerJudge
+
+        return ServerJudge(
+            str(self.judge_url),
+            self.judge_model or "",
+            concurrency=self.judge_concurrency,
+            timeout_s=self.judge_timeout_s,
+        )
+
+    @property
+    def judge_name(self) -> str | None:
+        """How reports name the judge."""
+        if self.judge_url:
+            return f"{self.judge_model} at {self.judge_url}"
+        return self.judge
 
     def device_for_scoring(self) -> str | None:
         return None if self.device == "auto" else self.device
@@ -154,8 +217,12 @@ class EvalConfig:
         """``math_max_new_tokens``, or its device-dependent default (1024 on GPU, 512 on CPU)."""
         if self.math_max_new_tokens is not None:
             return self.math_max_new_tokens
-        if self.backend == "vllm" or self.device.startswith("cuda"):
+        if self.device.startswith("cuda"):
             return 1024
+        if self.backend == "vllm":
+            from mipo.generate import vllm_device
+
+            return 1024 if vllm_device() == "cuda" else 512
         if self.device == "auto":
             import torch
 
@@ -289,6 +356,7 @@ def run_eval(config: EvalConfig, output_dir: str | os.PathLike[str]) -> EvalResu
         run.generate_and_score_choices(workdir)
         run.grade_math()
         run.score_pmi(workdir)
+        run.save_cache()
         run.judge(workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -319,6 +387,9 @@ class _Evaluation:
         self.judged: list[str] = []
         self.paths: dict[str, str] = {}
         self.ci: dict[str, int] = {"n_resamples": config.n_bootstrap, "seed": config.seed}
+        self.cache_keys: dict[tuple[str, str], str] = {}
+        self.cached: set[tuple[str, str]] = set()
+        self.cache_notes: dict[tuple[str, str], list[str]] = {}
         shown = {q.strip() for q, _ in exemplars}
         for ds in self._of_kind("math"):
             leaked = sum(q.strip() in shown for q in ds.frame["question"])
@@ -337,7 +408,12 @@ class _Evaluation:
 
         trust = self.config.trust_remote_code
         path = materialize_model(spec, workdir, trust_remote_code=trust).path
-        return load_model(path, device=self.config.device_for_scoring(), trust_remote_code=trust)
+        return load_model(
+            path,
+            device=self.config.device_for_scoring(),
+            dtype=self.config.dtype,
+            trust_remote_code=trust,
+        )
 
     # --- steps --------------------------------------------------------------------------------
 
@@ -360,17 +436,20 @@ class _Evaluation:
                 if workdir.resolve() in path.resolve().parents
                 else str(path)
             )
+            self._read_cache(role, path)
             for ds in self.datasets:
-                if ds.kind == "choice":
+                if ds.kind == "choice" or (role, ds.name) in self.cached:
                     continue
                 prompt_ids, context = render_prompts(resolved, self._prompts(ds))
                 limit = c.max_new_tokens if ds.kind == "pmi" else c.math_token_limit()
                 too_long = sum(len(ids) + limit > context for ids in prompt_ids) if context else 0
                 if too_long:
-                    self.notes.append(
+                    self._note(
+                        role,
+                        ds,
                         f"{ds.name}, {role}: {too_long} prompt(s) plus {limit} new tokens exceed "
                         f"the model's context of {context} tokens"
-                        + (" (lower --math-shots)" if ds.kind == "math" else "")
+                        + (" (lower --math-shots)" if ds.kind == "math" else ""),
                     )
                 results = generate_responses(
                     resolved,
@@ -382,6 +461,8 @@ class _Evaluation:
                     batch_size=c.batch_size,
                     backend=c.backend,
                     device=c.device,
+                    dtype=c.dtype,
+                    vllm_options=c.vllm_options,
                 )
                 self.rows[ds.name] = self.rows[ds.name].with_columns(
                     pl.Series(f"response_{role}", [r.text for r in results], dtype=pl.String),
@@ -394,15 +475,98 @@ class _Evaluation:
                         f"prompt_tokens_{role}", [len(ids) for ids in prompt_ids], dtype=pl.Int64
                     ),
                 )
-            if self._of_kind("choice"):
+            choices = [ds for ds in self._of_kind("choice") if (role, ds.name) not in self.cached]
+            if choices:
                 loaded = load_model(
                     resolved.path,
                     device=c.device_for_scoring(),
+                    dtype=c.dtype,
                     trust_remote_code=c.trust_remote_code,
                 )
-                for ds in self._of_kind("choice"):
+                for ds in choices:
                     self._score_choices(ds, role, loaded)
                 del loaded
+
+    # --- the result cache ---------------------------------------------------------------------
+
+    def _settings(self, ds: EvalDataset) -> dict[str, Any]:
+        """Everything a role's per-row results on ``ds`` depend on, besides the weights."""
+        c = self.config
+        settings: dict[str, Any] = {
+            "mipo": __version__,
+            "kind": ds.kind,
+            "limit": c.limit,
+            "seed": c.seed,
+            "temperature": c.temperature,
+            "top_p": c.top_p,
+            "batch_size": c.batch_size,
+            "backend": c.backend,
+            "device": c.device,
+            "dtype": c.dtype,
+            "vllm": {
+                k: v for k, v in c.vllm_options.items() if k in ("max_model_len", "vllm_args")
+            },
+        }
+        if ds.kind == "pmi":
+            settings.update(max_new_tokens=c.max_new_tokens, k=c.k)
+        if ds.kind == "math":
+            settings.update(
+                max_new_tokens=c.math_token_limit(),
+                exemplars=self.exemplars,
+            )
+        return settings
+
+    def _read_cache(self, role: str, path: Path) -> None:
+        """Look up every dataset of ``role`` (the model at ``path``) in the cache."""
+        from mipo.evaluate.cache import ResultCache, content_digest
+
+        if self.config.cache_dir is None:
+            return
+        cache = ResultCache(self.config.cache_dir)
+        weights = content_digest(path, suffixes=(".safetensors", ".bin"))
+        reference = None
+        for ds in self.datasets:
+            if ds.kind == "pmi" and reference is None:
+                from mipo.scoring import resolve_model_path
+
+                reference = content_digest(
+                    resolve_model_path(
+                        self.reference, trust_remote_code=self.config.trust_remote_code
+                    ),
+                    suffixes=(".safetensors", ".bin"),
+                )
+            key = cache.key(
+                weights=weights,
+                data=content_digest(ds.path),
+                name=ds.name,
+                reference=reference if ds.kind == "pmi" else None,
+                settings=self._settings(ds),
+            )
+            self.cache_keys[(role, ds.name)] = key
+            hit = cache.load(key, role)
+            if hit is None:
+                continue
+            columns, notes = hit
+            self.rows[ds.name] = pl.concat([self.rows[ds.name], columns], how="horizontal")
+            for note in notes:
+                self._note(role, ds, note)
+            self.cached.add((role, ds.name))
+            logger.info("%s on %s: results read from the cache (%s)", role, ds.name, key)
+
+    def _note(self, role: str, ds: EvalDataset, text: str) -> None:
+        self.notes.append(text)
+        self.cache_notes.setdefault((role, ds.name), []).append(text)
+
+    def save_cache(self) -> None:
+        """Store the per-row results of every (role, dataset) computed in this run."""
+        from mipo.evaluate.cache import ResultCache
+
+        if self.config.cache_dir is None:
+            return
+        cache = ResultCache(self.config.cache_dir)
+        for (role, name), key in self.cache_keys.items():
+            if (role, name) not in self.cached:
+                cache.save(key, role, self.rows[name], self.cache_notes.get((role, name), []))
 
     def _prompts(self, ds: EvalDataset) -> list[list[dict[str, str]]]:
         """The chat prompts a pmi or math file asks the models to answer."""
@@ -458,14 +622,15 @@ class _Evaluation:
             self.rows[ds.name] = frame
 
     def score_pmi(self, workdir: Path) -> None:
-        from mipo.evaluate.controls import copied_ngram_share
+        from mipo.evaluate.controls import context_word_share, copied_ngram_share
         from mipo.scoring import pmi_scores
 
         pmi_sets = self._of_kind("pmi")
         if not pmi_sets:
             return
-        reference = self._load(self.reference, workdir)
-        self.paths["reference"] = str(reference[0].name_or_path)
+        self.paths["reference"] = str(_resolved_path(self.reference, self.config.trust_remote_code))
+        todo = [(ds, r) for ds in pmi_sets for r in self.roles if (r, ds.name) not in self.cached]
+        reference = self._load(self.reference, workdir) if todo else None
         for ds in pmi_sets:
             frame = self.rows[ds.name]
             if not ds.has_context:
@@ -475,6 +640,8 @@ class _Evaluation:
                 )
             contexts = frame["context"].to_list()
             for role in self.roles:
+                if (role, ds.name) in self.cached:
+                    continue
                 responses = frame[f"response_{role}"]
                 scores = pmi_scores(
                     reference,
@@ -487,13 +654,13 @@ class _Evaluation:
                     users=frame["user_id"].to_list() if ds.has_users else None,
                     batch_size=self.config.batch_size,
                 )
-                copied = [
-                    copied_ngram_share(r, c)
-                    for r, c in zip(responses.to_list(), contexts, strict=True)
-                ]
+                texts = responses.to_list()
+                copied = [copied_ngram_share(r, c) for r, c in zip(texts, contexts, strict=True)]
+                words = [context_word_share(r, c) for r, c in zip(texts, contexts, strict=True)]
                 frame = frame.with_columns(
                     *(s.alias(f"{s.name}_{role}") for s in scores.iter_columns()),
                     pl.Series(f"copy_share_{role}", copied, dtype=pl.Float64),
+                    pl.Series(f"context_words_{role}", words, dtype=pl.Float64),
                 )
             self.rows[ds.name] = frame
 
@@ -504,8 +671,11 @@ class _Evaluation:
         with_context = [ds for ds in pmi_sets if ds.has_context]
         if not pmi_sets:
             return
-        if not self.config.judge:
-            self.notes.append("judged win rate skipped: no judge model (--judge none)")
+        if not self.config.judge and not self.config.judge_url:
+            self.notes.append(
+                "judged win rate skipped: no judge (pass --judge MODEL, or --judge-url URL "
+                "--judge-model NAME for a server)"
+            )
             return
         if not self.has_baseline:
             self.notes.append("judged win rate skipped: it compares two models, pass --compare")
@@ -513,23 +683,35 @@ class _Evaluation:
         if not with_context:
             self.notes.append("judged win rate skipped: the prompt data holds no user context")
             return
-        judge = self._load(self.config.judge, workdir)
+        server = self.config.server_judge() if self.config.judge_url else None
+        local = None if server else self._load(str(self.config.judge), workdir)
         for ds in with_context:
             frame = self.rows[ds.name]
             for role in self.roles:
-                scores = judge_scores(
-                    judge,
+                args = (
                     frame["context"].to_list(),
                     frame["question"].to_list(),
                     frame[f"response_{role}"].to_list(),
-                    batch_size=self.config.batch_size,
                 )
-                frame = frame.with_columns(
-                    scores["score"].alias(f"judge_score_{role}"),
-                    scores["expected_score"].alias(f"judge_expected_{role}"),
-                )
+                if server is not None:
+                    scores = server.score(*args)
+                    columns = [
+                        scores["score"].alias(f"judge_score_{role}"),
+                        scores["score"].alias(f"judge_expected_{role}"),
+                        scores["unparsed"].alias(f"judge_unparsed_{role}"),
+                        scores["preferences"].alias(f"judge_preferences_{role}"),
+                    ]
+                else:
+                    scores = judge_scores(local, *args, batch_size=self.config.batch_size)
+                    columns = [
+                        scores["score"].alias(f"judge_score_{role}"),
+                        scores["expected_score"].alias(f"judge_expected_{role}"),
+                    ]
+                frame = frame.with_columns(columns)
             self.rows[ds.name] = frame
             self.judged.append(ds.name)
+        if server is not None:
+            self.server_calls = server.calls
 
     # --- summary and report -------------------------------------------------------------------
 
@@ -544,7 +726,7 @@ class _Evaluation:
                 "baseline": c.compare,
                 "reference": self.reference,
                 "reference_source": self.reference_source,
-                "judge": c.judge if self.judged else None,
+                "judge": c.judge_name if self.judged else None,
                 "paths": self.paths,
             },
             "config": asdict(c),
@@ -570,7 +752,7 @@ class _Evaluation:
         if self._of_kind("pmi"):
             model_rows.append(["reference (PMI)", f"{self.reference} — {self.reference_source}"])
         if self.judged:
-            model_rows.append(["judge", str(c.judge)])
+            model_rows.append(["judge", str(c.judge_name)])
         report.table(["role", "model"], model_rows)
         report.paragraph(
             f"Generation: temperature {c.temperature}, top-p {c.top_p}, seed {c.seed} (the same "
@@ -638,7 +820,7 @@ class _Evaluation:
 
         c = self.config
         contrasts = [k for k in CONTRASTS if f"pmi_{k}_model" in frame.columns]
-        keys = ["logprob", "logprob_per_token", "num_tokens", "copy_share"]
+        keys = ["logprob", "logprob_per_token", "num_tokens", "copy_share", "context_words"]
         for kind in contrasts:
             keys += [
                 f"pmi_{kind}",
@@ -680,12 +862,10 @@ class _Evaluation:
             }
             stats["controls"] = {}
             for kind in contrasts:
-                deltas = {
-                    name: _difference(frame, column)
-                    for name, column in (("copying", "copy_share"), ("length", "num_tokens"))
-                }
-                if all(v is None for v in deltas["copying"]):
-                    deltas.pop("copying")  # no context anywhere: nothing to copy
+                deltas = {name: _difference(frame, column) for name, column in SHORTCUTS}
+                for name in ("copying", "context words"):
+                    if all(v is None for v in deltas[name]):
+                        deltas.pop(name)  # no context anywhere: nothing to copy
                 stats["controls"][kind] = explain_gain(
                     _difference(frame, f"pmi_{kind}"),
                     deltas,
@@ -754,6 +934,14 @@ class _Evaluation:
                 self.has_baseline,
             )
         )
+        table.append(
+            _stat_row(
+                "share of response content words found in the context",
+                stats,
+                "context_words",
+                self.has_baseline,
+            )
+        )
         table.append(_stat_row("response tokens", stats, "num_tokens", self.has_baseline))
         table.append(
             _stat_row("log π_ref(y|x) per token", stats, "logprob_per_token", self.has_baseline)
@@ -773,24 +961,23 @@ class _Evaluation:
                 control = stats["controls"][kind]
                 adjusted = control["adjusted"]
                 row = [names[kind], fmt_ci(control["raw"])]
-                for key in ("copying", "length", "all"):
+                for key in [name for name, _ in SHORTCUTS] + ["all"]:
                     row.append(fmt_ci({"n": 1, **adjusted[key]}) if key in adjusted else "–")
                 rows.append(row)
                 findings.append(_gain_finding(names[kind], control))
             report.paragraph(
                 "Does the gain survive the shortcuts? Per prompt, ΔPMI (model − baseline) is "
-                "regressed on Δ(copy share) and Δ(response tokens); the intercept is the gain "
-                "predicted for responses that copy as much and are as long as the baseline's "
-                "(same cluster bootstrap)."
+                "regressed on the change in the 3-gram copy share ('copying'), in the share of "
+                "content words found in the context ('context words', which also catches the "
+                "context restated in other words), in response tokens ('length') and in "
+                "log π_ref(y|x) per token ('fluency'), one at a time and all together; the "
+                "intercept is the gain predicted for responses that copy as much, are as long "
+                "and as fluent as the baseline's (same cluster bootstrap)."
             )
             report.table(
-                [
-                    "contrast",
-                    "gain",
-                    "adjusted for copying",
-                    "adjusted for length",
-                    "adjusted for both",
-                ],
+                ["contrast", "gain"]
+                + [f"adjusted for {name}" for name, _ in SHORTCUTS]
+                + ["adjusted for all"],
                 rows,
             )
             fluency = stats["difference"]["logprob_per_token"]
@@ -849,14 +1036,34 @@ class _Evaluation:
             ),
         }
         report.heading(f"Judged personalization — {ds.name}")
-        report.paragraph(
-            f"Judge {self.config.judge} rates each response 1–5 against the user's stated context "
-            "(its most probable digit as the next token; expected score = probability-weighted "
-            "digit). Win rate: model vs baseline per prompt."
-        )
+        name = self.config.judge_name
+        if self.config.judge_url:
+            unparsed = {role: int(frame[f"judge_unparsed_{role}"].sum()) for role in self.roles}
+            asked = {role: int(frame[f"judge_preferences_{role}"].sum()) for role in self.roles}
+            stats["unparsed"] = unparsed
+            stats["ratings_asked"] = asked
+            stats["requests_made"] = getattr(self, "server_calls", None)
+            report.paragraph(
+                f"Judge {name} rates each response 1–5 against each sentence of the user's "
+                "context (one stated preference each), the ratings averaged (the paper's "
+                "metric); a reply that is not a single digit 1–5 is not scored. Unparsed "
+                + ", ".join(f"{role}: {unparsed[role]} of {asked[role]}" for role in self.roles)
+                + ". Win rate: model vs baseline per prompt."
+            )
+            if any(unparsed.values()):
+                self.notes.append(
+                    f"the judge {name} gave {sum(unparsed.values())} replies that are not a "
+                    "single digit 1-5; those ratings are left out (counted, never guessed)"
+                )
+        else:
+            report.paragraph(
+                f"Judge {name} rates each response 1–5 against the user's stated context "
+                "(its most probable digit as the next token; expected score = probability-"
+                "weighted digit). Win rate: model vs baseline per prompt."
+            )
         if stats["single_score"] is not None:  # listed under the report's Notes
             self.notes.append(
-                f"the judge {self.config.judge} gave every response the same score "
+                f"the judge {name} gave every response the same score "
                 f"({stats['single_score']}), so every comparison is a tie and the win rate says "
                 "nothing about the models: pass a stronger judge with --judge MODEL"
             )
@@ -963,6 +1170,12 @@ class _Evaluation:
         return training
 
 
+def _resolved_path(spec: str, trust_remote_code: bool) -> Path:
+    from mipo.scoring import resolve_model_path
+
+    return resolve_model_path(spec, trust_remote_code=trust_remote_code)
+
+
 def _share(mask: pl.Series) -> float:
     mean = mask.cast(pl.Float64).mean()
     return float(mean) if isinstance(mean, int | float) else 0.0
@@ -972,6 +1185,16 @@ def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     frame.write_parquet(tmp)
     os.replace(tmp, path)
+
+
+SHORTCUTS = (
+    ("copying", "copy_share"),
+    ("context words", "context_words"),
+    ("length", "num_tokens"),
+    ("fluency", "logprob_per_token"),
+)
+"""The covariates a PMI gain is checked against (:func:`mipo.evaluate.controls.explain_gain`):
+label -> per-row column."""
 
 
 def _personalization(pmi: dict[str, Any], k: int) -> dict[str, Any] | None:
@@ -997,6 +1220,7 @@ def _personalization(pmi: dict[str, Any], k: int) -> dict[str, Any] | None:
             "adjusted_gain": control["adjusted"],
             "explained_by": control["explained_by"],
             "copy_share_change": difference["copy_share"],
+            "context_words_change": difference["context_words"],
             "length_change": difference["num_tokens"],
             "logprob_per_token_change": difference["logprob_per_token"],
             "resampling": stats["resampling"],
@@ -1024,9 +1248,7 @@ def _gain_finding(name: str, control: dict[str, Any]) -> str:
     if raw["low"] > 0:
         explained = control["explained_by"]
         if explained:
-            which = " and ".join(
-                "copying and length together" if e == "all" else e for e in explained
-            )
+            which = " and ".join("all of them together" if e == "all" else e for e in explained)
             return (
                 f"{name}: PMI rose by {fmt_ci(raw)} nats, but adjusting for {which} leaves an "
                 "interval that includes 0: the gain is explained by " + which
@@ -1034,8 +1256,8 @@ def _gain_finding(name: str, control: dict[str, Any]) -> str:
         both = control["adjusted"].get("all") or next(iter(control["adjusted"].values()), None)
         return (
             f"{name}: PMI rose by {fmt_ci(raw)} nats (interval above 0), and the gain survives "
-            f"adjustment for {' and '.join(control['covariates'])}"
-            + (f" ({fmt_ci({'n': 1, **both})})" if both else "")
+            f"adjustment for {', '.join(control['covariates'])}"
+            + (f" (all together: {fmt_ci({'n': 1, **both})})" if both else "")
         )
     if raw["high"] < 0:
         return f"{name}: PMI fell by {fmt_ci(raw)} nats (interval below 0)"

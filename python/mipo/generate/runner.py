@@ -33,6 +33,7 @@ import io
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +97,17 @@ def run_generation(
     shard_index, num_shards = _check_shard(shard)
     table = _check_requests(requests)
     out = Path(out_dir)
+    if backend is None and _runs_elsewhere(config):
+        # vLLM lives in another environment: the whole stage runs there, into this folder.
+        from mipo.generate.remote import run_remote
+
+        run_remote(
+            table, out, model=model, config=config, shard=shard, overwrite=overwrite,
+            progress=progress,
+        )  # fmt: skip
+        results = load_results(out, require_complete=False)
+        mine = _chunk_ids_of(table, config, shard_index, num_shards)
+        return results.filter(pl.col("request_id").is_in(mine.implode())).sort("request_id")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -120,9 +132,8 @@ def run_generation(
                 total_rows=sum(_chunk_rows(table, k, config).height for k in mine),
                 done_rows=sum(df.height for df in done.values()),
             ) as bar:
-                for k in todo:
-                    rows = _chunk_rows(table, k, config)
-                    results = _generate_chunk(backend, rows, bar.advance)
+                chunks = ((k, _chunk_rows(table, k, config)) for k in todo)
+                for k, results in _generate_chunks(backend, chunks, bar.advance):
                     _write_chunk_atomically(out, k, results, finished=len(done))
                     done[k] = results
     if not done:
@@ -305,10 +316,53 @@ def _read_chunk(
     return df
 
 
+def _runs_elsewhere(config: GenerationConfig) -> bool:
+    from mipo.generate import resolve_backend_name, vllm_available
+
+    return (
+        resolve_backend_name(config.backend, config.vllm_python) == "vllm" and not vllm_available()
+    )
+
+
+def _chunk_ids_of(
+    table: pl.DataFrame, config: GenerationConfig, shard_index: int, num_shards: int
+) -> pl.Series:
+    """The request ids of this shard's chunks."""
+    chunk = pl.int_range(0, table.height, eager=True) // config.chunk_size
+    return table["request_id"].filter(chunk % num_shards == shard_index)
+
+
+def _generate_chunks(
+    backend: Backend, chunks: Iterator[tuple[int, pl.DataFrame]], on_batch: Any
+) -> Iterator[tuple[int, pl.DataFrame]]:
+    """``(chunk index, results)`` as chunks finish. A backend with ``generate_chunks`` (vLLM)
+    keeps several chunks in flight and yields each as soon as its rows are done, in any order;
+    others generate one chunk at a time."""
+    streaming = getattr(backend, "generate_chunks", None)
+    if streaming is None:
+        for k, rows in chunks:
+            yield k, _generate_chunk(backend, rows, on_batch)
+        return
+    frames: dict[int, pl.DataFrame] = {}
+
+    def work() -> Iterator[tuple[int, list[list[int]], list[int]]]:
+        for k, rows in chunks:
+            frames[k] = rows
+            yield k, rows["input_ids"].to_list(), rows["seed"].to_list()
+
+    for k, results in streaming(work(), on_batch=on_batch):
+        yield k, _chunk_frame(backend, frames.pop(k), results)
+
+
 def _generate_chunk(backend: Backend, rows: pl.DataFrame, on_batch: Any) -> pl.DataFrame:
-    input_ids = rows["input_ids"].to_list()
-    seeds = rows["seed"].to_list()
-    results = backend.generate(input_ids, seeds, on_batch=on_batch)
+    """One chunk's results (the Ray executor's unit of work)."""
+    results = backend.generate(
+        rows["input_ids"].to_list(), rows["seed"].to_list(), on_batch=on_batch
+    )
+    return _chunk_frame(backend, rows, results)
+
+
+def _chunk_frame(backend: Backend, rows: pl.DataFrame, results: list[Any]) -> pl.DataFrame:
     if len(results) != rows.height:
         raise GenerationError(
             f"the {backend.name} backend returned {len(results)} results for {rows.height} rows"
