@@ -587,10 +587,15 @@ def test_train_then_eval_on_the_builtin_model(smollm2_dir: Path, tmp_path: Path)
         max_new_tokens=48,
         math_max_new_tokens=96,
         n_bootstrap=500,
-    )  # the judge is the default built-in model
+        judge="smollm2-135m",  # the built-in model judges (the default is no judge)
+    )
     result = run_eval(config, tmp_path / "eval")
     metrics = result.metrics
     assert metrics["judge"]["heldout"]["n"] == 5
+    # A response generated for its own prompt is likelier under that prompt than under other
+    # users' prompts: a broken generator or scorer (shuffled rows, wrong prompt) fails this.
+    assert metrics["pmi"]["heldout"]["baseline"]["pmi_random"]["mean"] > 0
+    assert metrics["pmi"]["heldout"]["model"]["pmi_random"]["mean"] > 0
     assert metrics["multiple_choice"]["choice_sample"]["baseline"]["accuracy"]["n"] == 5
     assert metrics["pmi"]["heldout"]["model"]["pmi_random"]["n"] == 5
     rows_out = pl.read_parquet(tmp_path / "eval" / "pmi_heldout.parquet")

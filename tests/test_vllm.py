@@ -93,10 +93,11 @@ def runs(
     command = [vllm_python, "-m", "mipo", *_pairs_args(
         corpus, a, smollm2_dir, "--chunk-size", "4", "--vllm-window-rows", "4"
     )]  # fmt: skip
-    child = subprocess.Popen(
-        command, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
+    log = root / "a.log"
+    with log.open("w") as sink:
+        child = subprocess.Popen(
+            command, env=_env(), start_new_session=True, stdout=sink, stderr=subprocess.STDOUT
+        )
     gen = a / "generations"
     deadline = time.monotonic() + 900
     killed_with = None

@@ -261,7 +261,8 @@ def _log_entries(path: Path) -> list[dict[str, Any]]:
 @click.option(
     "--math-fewshot",
     default=None,
-    help="JSONL of worked examples (question, answer ending '#### N')  [default: shipped 8]",
+    help="JSONL/Parquet/CSV of worked examples (question, answer ending '#### N')  [default: "
+    "shipped 8]",
 )
 @click.option(
     "--temperature",
@@ -293,7 +294,8 @@ def _log_entries(path: Path) -> list[dict[str, Any]]:
     type=click.Choice(["auto", "hf", "vllm"]),
     default="auto",
     show_default=True,
-    help="Generation backend (auto: vLLM when installed with a GPU, else transformers).",
+    help="Generation backend (auto: vLLM when usable — installed with a GPU, its CPU build, or "
+    "through --vllm-python — else transformers).",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(

@@ -397,9 +397,10 @@ def pmi_estimates(logprob: float, contrast_logprobs: Sequence[float]) -> dict[st
     - ``lme`` (the headline): log π(y|x) − log (1/k) Σ_j π(y|x'_j), the plug-in estimate of
       log π(y|x) − log E_x' π(y|x') = PMI(x, y), computed stably (log-sum-exp);
     - ``infonce``: log π(y|x) − log (1/(k+1)) (π(y|x) + Σ_j π(y|x'_j)), the InfoNCE-style
-      bounded estimate: never above log(k+1), so one unlikely contrast cannot inflate it;
+      bounded estimate: never above log(k+1), however unlikely y is under every contrast;
     - ``mean_log``: log π(y|x) − (1/k) Σ_j log π(y|x'_j). By Jensen it is never below ``lme``
-      and grows without bound as one π(y|x'_j) goes to 0: reported only as a labelled secondary.
+      and grows without bound as one π(y|x'_j) goes to 0 (one unlikely contrast inflates it):
+      reported only as a labelled secondary.
 
     None for all three when there is no contrast.
 

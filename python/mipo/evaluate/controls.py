@@ -254,15 +254,19 @@ def explain_gain(
     n_resamples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    cluster_kind: str = "users",
 ) -> dict[str, Any]:
     """Does a per-prompt gain survive adjustment for per-prompt covariate changes?
 
     ``gain``: ΔPMI per prompt (model − baseline); ``covariates``: name -> Δcovariate per prompt
-    (e.g. ``{"copying": ..., "length": ...}``). Rows with any value missing are dropped (and
-    counted). Returns the raw gain's interval (``raw``), the intercept with each covariate alone
-    and with all of them (``adjusted``: name -> ``{"mean", "low", "high"}``, key ``"all"`` for
-    all together), and ``explained_by``: the covariates (or ``"all"``) whose adjustment moves a
-    gain whose raw interval is above 0 to one that is not. Intervals use the cluster bootstrap of
+    (e.g. ``{"copying": ..., "length": ...}``). Returns the gain's interval over every row that
+    has one (``raw``); the adjustment uses the complete rows only (every covariate present;
+    counted in ``rows_used``/``rows_dropped``): their gain (``raw_complete_rows``) and the
+    intercept with each covariate alone and with all of them (``adjusted``: name -> ``{"mean",
+    "low", "high", "n"}``, key ``"all"`` for all together); ``explained_by`` lists the
+    covariates (or ``"all"``) whose adjustment moves a gain whose interval is above 0 to one
+    that is not. With fewer than 5 complete rows per coefficient (or one cluster) nothing is
+    adjusted and ``checked`` is False. Intervals use the cluster bootstrap of
     :mod:`mipo.evaluate.stats` (same clusters and seed as the raw gain).
 
     >>> out = explain_gain([2.0, 4.0, 6.0, 8.0], {"length": [1.0, 2.0, 3.0, 4.0]}, seed=0)
@@ -283,18 +287,30 @@ def explain_gain(
     x_all = np.asarray([[float(covariates[c][i]) for c in names] for i in keep])  # type: ignore[arg-type]
     first = None if clusters is None else [clusters[i] for i in keep]
     second = None if crossed is None else [crossed[i] for i in keep]
-    ci = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
-    raw = bootstrap_ci(y.tolist(), clusters=first, crossed=second, **ci)
+    ci = {
+        "n_resamples": n_resamples,
+        "confidence": confidence,
+        "seed": seed,
+        "cluster_kind": cluster_kind,
+    }
+    # The gain itself over every row that has one; the adjustment over the complete rows only,
+    # compared with the gain of those same rows.
+    raw = bootstrap_ci(list(gain), clusters=clusters, crossed=crossed, **ci)
+    complete = bootstrap_ci(y.tolist(), clusters=first, crossed=second, **ci)
     out: dict[str, Any] = {
         "raw": raw,
+        "raw_complete_rows": complete,
         "adjusted": {},
         "explained_by": [],
+        "checked": False,
         "rows_used": len(keep),
         "rows_dropped": n - len(keep),
         "covariates": names,
     }
-    if len(keep) < len(names) + 2:
+    # At least 5 complete rows per fitted coefficient, and more than one cluster.
+    if len(keep) < 5 * (len(names) + 1) or complete["clusters"] < 2:
         return out
+    out["checked"] = True
     weights = cluster_weights(len(keep), n_resamples, clusters=first, crossed=second, seed=seed)
     tail = (1 - confidence) / 2 * 100
     models = {name: [j] for j, name in enumerate(names)}
@@ -309,7 +325,12 @@ def explain_gain(
             out["adjusted"][label] = {"mean": math.nan, "low": math.nan, "high": math.nan}
             continue
         low, high = np.percentile(replicates, [tail, 100 - tail])
-        out["adjusted"][label] = {"mean": float(point), "low": float(low), "high": float(high)}
-        if raw["low"] > 0 and not low > 0:
+        out["adjusted"][label] = {
+            "mean": float(point),
+            "low": float(low),
+            "high": float(high),
+            "n": len(keep),
+        }
+        if complete["low"] > 0 and not low > 0:
             out["explained_by"].append(label)
     return out

@@ -10,8 +10,9 @@ the same per-row seeds:
    the question without its context. The InfoNCE-style bounded estimate and the mean of logs sit
    beside it; every interval is a cluster bootstrap over users (and questions, when questions
    repeat), and model − baseline is paired by prompt. Beside the gain: the share of response
-   n-grams copied from the context, response length and log π_ref(y|x) per token, with a check
-   of whether copying or length explains the gain (:mod:`mipo.evaluate.controls`).
+   3-grams copied from the context, the share of its content words found in the context,
+   response length and log π_ref(y|x) per token, with a check of whether any of them explains
+   the gain (:mod:`mipo.evaluate.controls`).
 2. **Multiple choice** (choice files): accuracy by summed log-likelihood of each option (and by
    per-token mean, ``accuracy_norm``).
 3. **Math** (math files): exact match of the extracted final number, after a k-shot chain of
@@ -132,7 +133,8 @@ class EvalConfig:
     """vLLM engine settings for generation with the vllm backend, as
     :class:`~mipo.generate.GenerationConfig` fields: ``gpu_memory_utilization``,
     ``max_model_len``, ``enable_prefix_caching``, ``kv_cache_gib``, ``vllm_args``,
-    ``vllm_python`` (an environment with vLLM when it is not installed here)."""
+    ``vllm_window_rows``, ``vllm_python`` (an environment with vLLM when it is not installed
+    here)."""
     cache_dir: str | None = None
     """Folder of per-model results reused across evaluations (:mod:`mipo.evaluate.cache`): a
     model already evaluated on the same data with the same settings (weights, data and
@@ -834,7 +836,9 @@ class _Evaluation:
             role: {key: bootstrap_ci(_pmi_column(frame, key, role), **ci) for key in keys}
             for role in self.roles
         }
-        label = resampling_label(groups["clusters"], groups["crossed"])
+        label = resampling_label(
+            groups["clusters"], groups["crossed"], users=groups["cluster_kind"] == "users"
+        )
         users = len(set(groups["clusters"])) if ds.has_users else None
         questions = frame["question"].n_unique()
         stats["resampling"] = {
@@ -876,6 +880,7 @@ class _Evaluation:
         units = {
             "users and questions": f"{users} users crossed with {questions} questions",
             "users": f"{users} users",
+            "questions": f"{questions} questions (no user column)",
             "prompts": f"{frame.height} prompts",
         }[label]
         title = f"Pointwise mutual information — {ds.name} ({frame.height} prompts"
@@ -970,9 +975,10 @@ class _Evaluation:
                 "regressed on the change in the 3-gram copy share ('copying'), in the share of "
                 "content words found in the context ('context words', which also catches the "
                 "context restated in other words), in response tokens ('length') and in "
-                "log π_ref(y|x) per token ('fluency'), one at a time and all together; the "
-                "intercept is the gain predicted for responses that copy as much, are as long "
-                "and as fluent as the baseline's (same cluster bootstrap)."
+                "log π_ref(y|x) per token ('fluency'), one at a time and all together, over the "
+                "prompts where every measure exists; the intercept is the gain predicted for "
+                "responses that copy as much, reuse as many context words, are as long and as "
+                "fluent as the baseline's (same cluster bootstrap)."
             )
             report.table(
                 ["contrast", "gain"]
@@ -1246,6 +1252,13 @@ def _gain_finding(name: str, control: dict[str, Any]) -> str:
     if not raw.get("n"):
         return f"{name}: no rows to compare"
     if raw["low"] > 0:
+        if not control.get("checked", True):
+            return (
+                f"{name}: PMI rose by {fmt_ci(raw)} nats (interval above 0), but only "
+                f"{control['rows_used']} prompt(s) have every shortcut measure (copying needs "
+                "a context and 3+ words), too few to check whether copying, length or fluency "
+                "explain it"
+            )
         explained = control["explained_by"]
         if explained:
             which = " and ".join("all of them together" if e == "all" else e for e in explained)

@@ -56,9 +56,7 @@ def _codes(keys: Sequence[Any] | None, n: int, what: str) -> Any:
     return np.asarray([index.setdefault(k, len(index)) for k in keys], dtype=np.int64)
 
 
-def prompt_clusters(
-    users: Sequence[Any] | None, questions: Sequence[Any]
-) -> dict[str, list[Any] | None]:
+def prompt_clusters(users: Sequence[Any] | None, questions: Sequence[Any]) -> dict[str, Any]:
     """The cluster keys of held-out prompts: ``clusters`` = users (when known) and ``crossed`` =
     questions when a question is asked more than once (without users, questions alone).
 
@@ -68,19 +66,30 @@ def prompt_clusters(
     questions = list(questions)
     repeated = len(set(questions)) < len(questions)
     if users is not None:
-        return {"clusters": list(users), "crossed": questions if repeated else None}
-    return {"clusters": questions if repeated else None, "crossed": None}
+        return {
+            "clusters": list(users),
+            "crossed": questions if repeated else None,
+            "cluster_kind": "users",
+        }
+    return {
+        "clusters": questions if repeated else None,
+        "crossed": None,
+        "cluster_kind": "questions",
+    }
 
 
-def resampling_label(clusters: Sequence[Any] | None, crossed: Sequence[Any] | None) -> str:
-    """What a replicate resamples, for reports: ``users and questions``, ``users``, ``prompts``.
+def resampling_label(
+    clusters: Sequence[Any] | None, crossed: Sequence[Any] | None, *, users: bool = True
+) -> str:
+    """What a replicate resamples, for reports: ``users and questions``, ``users``,
+    ``questions`` (``clusters`` are questions: no user column) or ``prompts``.
 
     >>> resampling_label(["u1", "u2"], None)
     'users'
     """
     if clusters is not None and crossed is not None:
         return "users and questions"
-    return "users" if clusters is not None else "prompts"
+    return "prompts" if clusters is None else ("users" if users else "questions")
 
 
 def cluster_weights(
@@ -150,6 +159,7 @@ def bootstrap_ci(
     n_resamples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    cluster_kind: str = "users",
 ) -> dict[str, Any]:
     """Mean of ``values`` (None/NaN dropped) with a percentile cluster-bootstrap interval.
 
@@ -166,7 +176,7 @@ def bootstrap_ci(
         raise ConfigError(f"confidence must be in (0, 1), got {confidence}")
     array, first, second = _prepare(values, clusters, crossed)
     n = int(array.shape[0])
-    units = resampling_label(clusters, crossed)
+    units = resampling_label(clusters, crossed, users=cluster_kind == "users")
     n_clusters = len(set(first)) if first is not None else n
     out: dict[str, Any] = {"n": n, "clusters": n_clusters, "units": units}
     if n == 0:
@@ -203,6 +213,7 @@ def paired_bootstrap_ci(
     n_resamples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    cluster_kind: str = "users",
 ) -> dict[str, Any]:
     """Mean of ``a - b`` over rows where both are present, with the cluster-bootstrap interval of
     :func:`bootstrap_ci` (the same rows and weights for both, so shared variation cancels)."""
@@ -218,4 +229,5 @@ def paired_bootstrap_ci(
         n_resamples=n_resamples,
         confidence=confidence,
         seed=seed,
+        cluster_kind=cluster_kind,
     )

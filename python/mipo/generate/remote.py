@@ -89,20 +89,21 @@ def _run_child(command: list[str], python: str) -> None:
         raise GenerationError(f"cannot start {python} for vLLM generation: {exc}") from exc
     tail: deque[str] = deque(maxlen=20)
     assert child.stderr is not None
-    try:
-        for raw in iter(child.stderr.readline, b""):
-            line = raw.decode(errors="replace")
-            if line.startswith(ERROR_PREFIX):
+    with child.stderr:
+        try:
+            for raw in iter(child.stderr.readline, b""):
+                line = raw.decode(errors="replace")
+                if line.startswith(ERROR_PREFIX):
+                    tail.append(line)
+                    continue
+                sys.stderr.write(line)
+                sys.stderr.flush()
                 tail.append(line)
-                continue
-            sys.stderr.write(line)
-            sys.stderr.flush()
-            tail.append(line)
-        code = child.wait()
-    except BaseException:
-        child.kill()
-        child.wait()
-        raise
+            code = child.wait()
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
     if code != 0:
         errors = [x[len(ERROR_PREFIX) :].strip() for x in tail if x.startswith(ERROR_PREFIX)]
         last = (
