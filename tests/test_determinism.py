@@ -18,13 +18,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mipo import _engine
-
-pytestmark = pytest.mark.skipif(
-    not all(hasattr(_engine, n) for n in ("dedup", "ChatTokenizer", "derangement")),
-    reason="the native engine lacks dedup/ChatTokenizer/derangement: rebuild it (make dev)",
-)
-
 SAMPLE_CORPUS = Path(__file__).parents[1] / "python" / "mipo" / "data" / "sample_corpus.jsonl"
 FAST = [
     "--backend", "hf", "--max-new-tokens", "4", "--chunk-size", "8", "--batch-size", "4",
@@ -144,19 +137,9 @@ def test_another_seed_changes_the_outputs(
     assert (out / "pairs.parquet").read_bytes() != (runs[1] / "pairs.parquet").read_bytes()
 
 
-def _has_executor_option() -> bool:
-    from click.testing import CliRunner
-
-    from mipo.cli import cli
-
-    return "--executor" in CliRunner().invoke(cli, ["build-pairs", "--help"]).output
-
-
 def test_local_and_ray_executors_give_identical_outputs(
     runs: dict[int, Path], tmp_path: Path, corpus: Path, tiny_model_dir: Path
 ) -> None:
-    if not _has_executor_option():
-        pytest.skip("`mipo build-pairs` has no --executor option yet")
     pytest.importorskip("ray", reason="the Ray executor needs ray (pip install 'mipo[ray]')")
     out = tmp_path / "ray"
     run_build_pairs(

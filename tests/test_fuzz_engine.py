@@ -29,13 +29,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mipo import engine
-from mipo.errors import MipoError
-
-if not all(hasattr(engine._engine, name) for name in ("dedup", "ChatTokenizer", "derangement")):
-    pytest.skip(
-        "the native engine lacks dedup/ChatTokenizer/derangement: rebuild it (make dev)",
-        allow_module_level=True,
-    )
+from mipo.errors import (
+    InvalidInputError,
+    InvalidParameterError,
+    MipoError,
+    TemplateError,
+    TokenizerError,
+)
 
 # MIPO_FUZZ_EXAMPLES=2000 for a longer local campaign; the default keeps the suite fast.
 FUZZ = settings(
@@ -62,6 +62,23 @@ def outcome(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if type(exc).__name__ == "PanicException":
             pytest.fail(f"the engine panicked in {fn.__qualname__}: {exc!r}")
         raise
+
+
+def raises_typed(
+    error: type[MipoError],
+    fn: Callable[..., Any],
+    *args: Any,
+    match: str | None = None,
+    **kwargs: Any,
+) -> MipoError:
+    """Assert ``fn(*args, **kwargs)`` raises ``error`` (message matching ``match``, never empty).
+
+    A Rust panic (a ``BaseException``) or any other exception propagates and fails the test.
+    """
+    with pytest.raises(error, match=match) as info:
+        fn(*args, **kwargs)
+    assert str(info.value).strip(), f"{type(info.value).__name__} raised with an empty message"
+    return info.value
 
 
 # --- strategies --------------------------------------------------------------------------------
@@ -173,7 +190,7 @@ def test_normalize_never_crashes(values: list[str | None]) -> None:
 
 @pytest.mark.parametrize("bad", WRONG_COLUMNS, ids=repr)
 def test_normalize_wrong_types_are_typed_errors(bad: Any) -> None:
-    outcome(engine.normalize, bad)
+    raises_typed(InvalidInputError, engine.normalize, bad)
 
 
 @pytest.mark.parametrize("size", [0, 1])
@@ -232,15 +249,19 @@ def test_dedup_never_crashes(values: list[str], options: dict[str, Any]) -> None
 
 @FUZZ
 @given(st.lists(optional_texts, min_size=1, max_size=10).filter(lambda v: None in v))
-def test_dedup_nulls_are_typed_errors_or_handled(values: list[str | None]) -> None:
-    result = outcome(engine.dedup, pl.Series(values, dtype=pl.String))
-    if not isinstance(result, MipoError):
-        _check_dedup_frame(result, len(values))
+def test_dedup_nulls_are_typed_errors(values: list[str | None]) -> None:
+    first_null = values.index(None)
+    raises_typed(
+        InvalidInputError,
+        engine.dedup,
+        pl.Series(values, dtype=pl.String),
+        match=rf"null at row {first_null}\b",
+    )
 
 
 @pytest.mark.parametrize("bad", WRONG_COLUMNS, ids=repr)
 def test_dedup_wrong_types_are_typed_errors(bad: Any) -> None:
-    outcome(engine.dedup, bad)
+    raises_typed(InvalidInputError, engine.dedup, bad)
 
 
 @pytest.mark.parametrize(
@@ -262,8 +283,8 @@ def test_dedup_bad_parameters_are_typed_errors(options: dict[str, Any]) -> None:
 
 def test_dedup_empty_and_huge() -> None:
     empty = outcome(engine.dedup, pl.Series([], dtype=pl.String))
-    if not isinstance(empty, MipoError):
-        _check_dedup_frame(empty, 0)
+    assert not isinstance(empty, MipoError)
+    _check_dedup_frame(empty, 0)
     huge = outcome(engine.dedup, pl.Series([*HUGE, HUGE[1], ""]))
     assert not isinstance(huge, MipoError)
     _check_dedup_frame(huge, len(HUGE) + 2)
@@ -273,8 +294,6 @@ def test_dedup_empty_and_huge() -> None:
 @FUZZ
 @given(st.lists(st.lists(texts, max_size=8), max_size=5), st.booleans())
 def test_deduper_chunks_never_crash(chunks: list[list[str]], near: bool) -> None:
-    if not hasattr(engine, "Deduper"):
-        pytest.skip("mipo.engine has no Deduper")
     deduper = engine.Deduper(near=near)
     seen = 0
     for chunk in chunks:
@@ -292,11 +311,10 @@ def test_deduper_chunks_never_crash(chunks: list[list[str]], near: bool) -> None
 
 @pytest.mark.parametrize("bad", WRONG_COLUMNS, ids=repr)
 def test_deduper_wrong_types_are_typed_errors(bad: Any) -> None:
-    if not hasattr(engine, "Deduper"):
-        pytest.skip("mipo.engine has no Deduper")
     deduper = engine.Deduper()
-    outcome(deduper.add, bad)
-    # A rejected chunk leaves the state usable.
+    raises_typed(InvalidInputError, deduper.add, bad)
+    # A rejected chunk leaves the state untouched and usable.
+    assert deduper.rows_seen == 0
     result = outcome(deduper.add, pl.Series(["x y", "x y"]))
     assert not isinstance(result, MipoError)
     assert result["exact"].to_list() == [False, True]
@@ -373,22 +391,28 @@ WRONG_MESSAGES = [
     pl.Series([[]], dtype=MESSAGE_DTYPE),
     pl.Series([None], dtype=MESSAGE_DTYPE),
     pl.Series([[None]], dtype=MESSAGE_DTYPE),
-    pl.Series([], dtype=MESSAGE_DTYPE),
 ]
 
 
 @pytest.mark.parametrize("bad", WRONG_MESSAGES, ids=repr)
 def test_chat_wrong_types_are_typed_errors(tokenizer: engine.ChatTokenizer, bad: Any) -> None:
-    rendered = outcome(tokenizer.render, bad)
-    encoded = outcome(tokenizer.encode_chat, bad)
-    assert isinstance(rendered, MipoError) == isinstance(encoded, MipoError)
-    if not isinstance(encoded, MipoError):
-        _check_encoded(encoded, len(rendered), tokenizer.vocab_size)
+    raises_typed(InvalidInputError, tokenizer.render, bad)
+    raises_typed(InvalidInputError, tokenizer.encode_chat, bad)
+
+
+def test_chat_empty_column_gives_empty_results(tokenizer: engine.ChatTokenizer) -> None:
+    empty = pl.Series([], dtype=MESSAGE_DTYPE)
+    rendered = outcome(tokenizer.render, empty)
+    assert not isinstance(rendered, MipoError)
+    assert rendered.dtype == pl.String and rendered.len() == 0
+    encoded = outcome(tokenizer.encode_chat, empty)
+    assert not isinstance(encoded, MipoError)
+    _check_encoded(encoded, 0, tokenizer.vocab_size)
 
 
 @pytest.mark.parametrize("bad", WRONG_COLUMNS, ids=repr)
 def test_encode_wrong_types_are_typed_errors(tokenizer: engine.ChatTokenizer, bad: Any) -> None:
-    outcome(tokenizer.encode, bad)
+    raises_typed(InvalidInputError, tokenizer.encode, bad)
 
 
 def test_tokenizer_huge_strings(tokenizer: engine.ChatTokenizer) -> None:
@@ -448,13 +472,32 @@ def test_bad_model_folders_are_typed_errors(tiny_model_dir: Path, tmp_path: Path
     ]:
         (broken / name).write_bytes(content)
     assert isinstance(outcome(engine.ChatTokenizer.from_pretrained, broken), MipoError)
-    # A valid tokenizer.json beside a config that is not JSON, or binary garbage.
-    for config in (b"\xff\xfe\x00garbage", b"[]", b'{"chat_template": ["x"]}'):
+
+    # A valid tokenizer.json beside a tokenizer_config.json that is odd.
+    def folder_with_config(config: bytes) -> Path:
         folder = tmp_path / f"cfg-{len(config)}"
         folder.mkdir()
         (folder / "tokenizer.json").write_bytes((tiny_model_dir / "tokenizer.json").read_bytes())
         (folder / "tokenizer_config.json").write_bytes(config)
-        outcome(engine.ChatTokenizer.from_pretrained, folder)
+        return folder
+
+    # Not UTF-8: the config cannot be read.
+    garbage = folder_with_config(b"\xff\xfe\x00garbage")
+    raises_typed(TokenizerError, engine.ChatTokenizer.from_pretrained, garbage, match="UTF-8")
+    # A list of templates with none named "default": which one to use is ambiguous.
+    templates = folder_with_config(b'{"chat_template": ["x"]}')
+    raises_typed(TemplateError, engine.ChatTokenizer.from_pretrained, templates, match="default")
+    # JSON that is not an object holds no chat template: the tokenizer loads for encode, and
+    # render raises TemplateError, as for any folder without a template.
+    no_template = outcome(engine.ChatTokenizer.from_pretrained, folder_with_config(b"[]"))
+    assert not isinstance(no_template, MipoError)
+    assert no_template.chat_template is None
+    chat = pl.Series([[{"role": "user", "content": "hi"}]], dtype=MESSAGE_DTYPE)
+    raises_typed(TemplateError, no_template.render, chat)
+    raises_typed(TemplateError, no_template.encode_chat, chat)
+    encoded = outcome(no_template.encode, pl.Series(["hi"]))
+    assert not isinstance(encoded, MipoError)
+    _check_encoded(encoded, 1, no_template.vocab_size)
 
 
 # --- derangements ------------------------------------------------------------------------------
@@ -487,14 +530,10 @@ def test_derangement_out_of_range_scalars_are_typed_errors(n: int, seed: int) ->
 
 
 @pytest.mark.parametrize("bad", [None, "5", 5.5, [5], object()], ids=repr)
-def test_derangement_wrong_scalar_types_never_crash(bad: Any) -> None:
-    # A value Python can read as an int ("5", 5.5) may give a result; the rest a typed error.
-    for result in (
-        outcome(engine.derangement, bad, seed=0),
-        outcome(engine.derangement, 5, seed=bad),
-    ):
-        if not isinstance(result, MipoError):
-            _check_derangement(result, 5)
+def test_derangement_wrong_scalar_types_are_typed_errors(bad: Any) -> None:
+    # Only integers are accepted: not even a string or float Python could read as one.
+    raises_typed(InvalidParameterError, engine.derangement, bad, seed=0, match="^n must be")
+    raises_typed(InvalidParameterError, engine.derangement, 5, seed=bad, match="^seed must be")
 
 
 ids = st.one_of(
@@ -549,24 +588,51 @@ def _as_id_series(values: list[Any]) -> pl.Series | list[Any]:
         return values
 
 
-@pytest.mark.parametrize("bad", [*WRONG_COLUMNS, [None, 1], pl.Series([None, "a", "b"])], ids=repr)
-def test_constrained_derangement_wrong_types_are_typed_errors(bad: Any) -> None:
-    outcome(engine.constrained_derangement, 3, groups=bad, seed=0)
-    outcome(engine.constrained_derangement, 3, clusters=bad, seed=0)
+# Ids may be of any type, so a column of lists, bytes or structs is valid: the wrong inputs are
+# non-columns, frames of several columns, mixed values, nulls and a length other than n (= 3).
+WRONG_IDS = [
+    (42, "must be a Polars Series"),
+    (3.5, "must be a Polars Series"),
+    ("just a string", "must be a Polars Series"),
+    (b"bytes", "must be a Polars Series"),
+    (object(), "must be a Polars Series"),
+    ({"a": 1}, "must be a Polars Series"),
+    (pl.DataFrame({"a": ["x"], "b": ["y"]}), "single column"),
+    (pl.DataFrame(), "single column"),
+    (["a", 1, "b"], "cannot be read as one column"),
+    ([None, 1, 2], "null"),
+    (pl.Series([None, "a", "b"]), "null"),
+    (pl.Series([1.5, None, 2.5]), "null"),
+    (pl.Series([None, None, None]), "null"),
+    (pl.Series([1, 2]), "rows but n is 3"),
+    (pl.Series([], dtype=pl.Int64), "rows but n is 3"),
+]
+
+
+@pytest.mark.parametrize(("bad", "reason"), WRONG_IDS, ids=repr)
+def test_constrained_derangement_wrong_types_are_typed_errors(bad: Any, reason: str) -> None:
+    call = engine.constrained_derangement
+    raises_typed(InvalidInputError, call, 3, groups=bad, seed=0, match=f"^groups .*{reason}")
+    raises_typed(InvalidInputError, call, 3, clusters=bad, seed=0, match=f"^clusters .*{reason}")
+
+
+@pytest.mark.parametrize("ids", [None, [1, 2, 3], pl.Series([1, 2, 3])], ids=repr)
+def test_constrained_derangement_accepts_no_or_any_typed_ids(ids: Any) -> None:
+    # Either constraint is optional, and ids may be any type: three distinct ids (or none)
+    # constrain nothing beyond sigma[i] != i.
+    for kwargs in ({"groups": ids}, {"clusters": ids}):
+        result = outcome(engine.constrained_derangement, 3, seed=0, **kwargs)
+        assert not isinstance(result, MipoError), kwargs
+        _check_derangement(result, 3)
 
 
 @pytest.mark.parametrize("bad", [None, "5", 5.5, [3], -1, 2**64, 2**70], ids=repr)
-def test_constrained_derangement_bad_scalars_never_crash(bad: Any) -> None:
+def test_constrained_derangement_bad_scalars_are_typed_errors(bad: Any) -> None:
     groups = pl.Series(["a", "b", "c"])
     call = engine.constrained_derangement
-    out_of_range = isinstance(bad, int) and not 0 <= bad < 2**64
-    for kwargs in (
-        {"n": bad, "seed": 0},
-        {"n": 3, "seed": bad},
-        {"n": 3, "seed": 0, "sweeps": bad},
+    for name, kwargs in (
+        ("n", {"n": bad, "seed": 0}),
+        ("seed", {"n": 3, "seed": bad}),
+        ("sweeps", {"n": 3, "seed": 0, "sweeps": bad}),
     ):
-        result = outcome(call, groups=groups, **kwargs)
-        if out_of_range:
-            assert isinstance(result, MipoError), kwargs
-        elif not isinstance(result, MipoError):
-            _check_derangement(result, 3)
+        raises_typed(InvalidParameterError, call, groups=groups, match=f"^{name} must be", **kwargs)

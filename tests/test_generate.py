@@ -315,6 +315,15 @@ def test_runner_writes_chunks_and_manifest(tiny: ResolvedModel, tmp_path: Path) 
     ).equals(results)
 
 
+class Refuse:
+    """A backend that fails the test if any row is generated (everything must come from disk)."""
+
+    name = "refuse"
+
+    def generate(self, *args: object, **kwargs: object) -> list[Any]:
+        raise AssertionError("finished chunks were regenerated")
+
+
 def test_changed_config_is_refused_and_overwrite_starts_over(
     tiny: ResolvedModel, tmp_path: Path
 ) -> None:
@@ -331,6 +340,27 @@ def test_changed_config_is_refused_and_overwrite_starts_over(
         requests, out, model=tiny, config=config(trust_remote_code=True), progress=False
     )
     assert same.equals(first)
+    # vLLM-only options cannot change what the hf backend writes.
+    same = run_generation(
+        requests, out, model=tiny, config=config(max_model_len=64), progress=False, backend=Refuse()
+    )
+    assert same.equals(first)
+    # A manifest written before an option became ignored (its config still holds it, at any
+    # value) is the same run; a real change in such a manifest is still refused.
+    manifest = json.loads((out / "manifest.json").read_text())
+    old = {**manifest, "run_hash": "0" * 16, "config_hash": "0" * 16}
+    old["config"] = {**manifest["config"], "gpu_memory_utilization": 0.9, "vllm_args": None}
+    (out / "manifest.json").write_text(json.dumps(old))
+    same = run_generation(
+        requests, out, model=tiny, config=config(), progress=False, backend=Refuse()
+    )
+    assert same.equals(first)
+    assert json.loads((out / "manifest.json").read_text())["run_hash"] == manifest["run_hash"]
+    old["config"]["temperature"] = 0.5
+    (out / "manifest.json").write_text(json.dumps(old))
+    with pytest.raises(OutputError, match="different generation settings"):
+        run_generation(requests, out, model=tiny, config=config(), progress=False)
+    (out / "manifest.json").write_text(json.dumps(manifest))
 
     second = run_generation(
         requests, out, model=tiny, config=config(chunk_size=3), overwrite=True, progress=False

@@ -78,6 +78,20 @@ def cpu_requirements(pip: list[str], workdir: Path) -> list[str]:
     return requirements
 
 
+def write_entry_point(venv: Path) -> None:
+    """``bin/mipo`` in the venv (mipo is importable through ``mipo.pth``, not pip-installed, so
+    pip wrote no console script): the same entry point as pyproject's ``[project.scripts]``."""
+    script = venv / "bin" / "mipo"
+    text = (
+        f"#!{venv / 'bin' / 'python'}\n"
+        "import sys\n\nfrom mipo.cli import main\n\nif __name__ == '__main__':\n"
+        "    sys.exit(main())\n"
+    )
+    if not script.is_file() or script.read_text() != text:
+        script.write_text(text)
+        script.chmod(0o755)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv-vllm")
@@ -99,6 +113,7 @@ def main() -> int:
         )
         return 2
     if marker.is_file() and json.loads(marker.read_text()) == recipe and python.is_file():
+        write_entry_point(venv)
         print(f"{venv} is up to date ({flavour})")
         return 0
     started = time.perf_counter()
@@ -121,6 +136,7 @@ def main() -> int:
         check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
     (Path(site) / "mipo.pth").write_text(str(ROOT / "python") + "\n")
+    write_entry_point(venv)
     run(str(python), "-c", "import vllm, mipo, mipo.engine; print('vllm', vllm.__version__)")
     marker.write_text(json.dumps(recipe))
     print(f"{venv} ready ({flavour}) in {time.perf_counter() - started:.0f} s")

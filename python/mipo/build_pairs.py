@@ -384,13 +384,13 @@ def _stage_options(
         "model_fingerprint": model.fingerprint,
         **{k: v for k, v in asdict(plan).items() if k not in ("batch_rows", "row_group_rows")},
     }
-    from mipo.generate import NOT_OUTPUT_AFFECTING
+    from mipo.generate import comparable_options
 
     gen_options = {
         "independent_negatives": config.independent_negatives,
-        # Settings that cannot change the text (memory, caching, where vLLM runs) may change
-        # between a run and its continuation.
-        **{k: v for k, v in asdict(gen).items() if k not in NOT_OUTPUT_AFFECTING},
+        # Settings that cannot change the text (memory, caching, where vLLM runs, vLLM's options
+        # under the hf backend) may change between a run and its continuation.
+        **comparable_options(asdict(gen)),
     }
     pairs_options = {
         "keep_truncated": config.keep_truncated,
@@ -441,11 +441,22 @@ def _first_changed_stage(
 ) -> tuple[str | None, list[str]]:
     if old is None:
         return None, []
+    from mipo.generate import comparable_options
+
     old_stages = old.get("stages", {})
+    chained = ""
     for name in STAGES:
         before = old_stages.get(name, {})
+        old_options, new_options = before.get("options", {}), new["stages"][name]["options"]
         if before.get("hash") != new["stages"][name]["hash"]:
-            return name, _diff(before.get("options", {}), new["stages"][name]["options"])
+            # A record written before an option became ignored: its options, compared as
+            # today's are, may still be the same run.
+            if name == "generate" and isinstance(old_options, dict):
+                old_options = comparable_options(old_options)
+            chained = _hash([chained, old_options])
+            if chained != new["stages"][name]["hash"]:
+                return name, _diff(before.get("options", {}), new_options)
+        chained = new["stages"][name]["hash"]
     return None, []
 
 

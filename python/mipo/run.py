@@ -81,24 +81,28 @@ _FREE_OPTIONS = frozenset(
 )
 
 DEMO_SETTINGS: dict[str, Any] = {
-    "max_prompts": 120,
-    "eval_fraction": 0.15,
-    "max_eval_prompts": 40,
+    "max_prompts": 200,
+    "eval_fraction": 0.25,
+    "max_eval_prompts": 64,
+    "negatives": "context-swap",
     "max_new_tokens": 64,
     "keep_truncated": True,
-    "eval_k": 2,
-    "judge": "auto",
+    "eval_k": 8,
+    "judge": None,
     "n_bootstrap": 2000,
 }
-"""What ``--demo`` sets (explicit options win): sized so the whole run takes about 10-15 minutes
-on 2 CPU cores with the built-in SmolLM2-135M. Responses are cut at 64 tokens, so truncated
-pairs are kept (otherwise nearly all would be dropped); training is one epoch of LoRA."""
+"""What ``--demo`` sets (explicit options win): sized so the whole run takes about 15-20 minutes
+on 2 CPU cores with the built-in SmolLM2-135M. Negatives are the same question with another
+user's context (``context-swap``: what isolates personalization); held-out prompts are whole
+users, and the summary's headline is their same-question PMI gain. Responses are cut at 64
+tokens, so truncated pairs are kept (otherwise nearly all would be dropped)."""
 
 DEMO_TRAIN: dict[str, Any] = {
     "lora": True,
     "batch_size": 8,
     "max_length": 384,
-    "learning_rate": 1e-4,
+    "learning_rate": 5e-4,
+    "epochs": 2.0,
 }
 """The training options ``--demo`` sets (explicit options win)."""
 
@@ -451,6 +455,8 @@ def _input_stamp(spec: str | None) -> list[dict[str, Any]] | None:
 def _open_run(config: RunConfig, out: Path, base: Any) -> dict[str, Any]:
     """Check OUTDIR against the options, start over with ``overwrite``; return ``run.json``."""
     options = config.options_record()
+    if not options.get("vllm_options"):  # unset: hashed as before the option existed
+        options.pop("vllm_options", None)
     options["inputs"] = {
         "corpus": _input_stamp(config.corpus),
         "eval_data": _input_stamp(config.eval_data),

@@ -52,6 +52,19 @@ NOT_OUTPUT_AFFECTING = frozenset(
     }
 )
 
+# Fields only the vLLM backend reads: they cannot change what the hf backend writes.
+VLLM_ONLY = frozenset({"tensor_parallel_size", "max_model_len", "vllm_args"})
+
+
+def comparable_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Generation options as a run's record compares them: without :data:`NOT_OUTPUT_AFFECTING`,
+    and without :data:`VLLM_ONLY` when the backend is ``hf`` (so a run recorded before an option
+    existed, or with another default for it, is still the same run)."""
+    values = {k: v for k, v in options.items() if k not in NOT_OUTPUT_AFFECTING}
+    if values.get("backend") == "hf":
+        values = {k: v for k, v in values.items() if k not in VLLM_ONLY}
+    return values
+
 
 @dataclass
 class GenerationConfig:
@@ -158,8 +171,9 @@ class GenerationConfig:
         Used for the run hash in the output manifest: resuming on a machine where ``auto``
         resolves differently (another backend, CPU instead of GPU) is a different run.
         """
-        values = {k: v for k, v in asdict(self).items() if k not in NOT_OUTPUT_AFFECTING}
+        values = asdict(self)
         values["backend"] = resolve_backend_name(self.backend, self.vllm_python)
+        values = comparable_options(values)
         values["device"] = (
             resolve_device(self.device) if values["backend"] == "hf" else vllm_device()
         )
@@ -358,6 +372,8 @@ __all__ = [
     "BACKENDS",
     "DTYPES",
     "NOT_OUTPUT_AFFECTING",
+    "VLLM_ONLY",
+    "comparable_options",
     "Backend",
     "BackendName",
     "BatchCallback",

@@ -262,6 +262,9 @@ def _prepare_folder(out: Path, manifest: dict[str, Any], *, overwrite: bool) -> 
     chunks = sorted(out.glob("chunk-*.parquet"))
     if existing is not None and existing.get("run_hash") == manifest["run_hash"]:
         return
+    if existing is not None and _same_run_recorded_before(existing, manifest):
+        _write_json_atomically(out / MANIFEST, manifest)  # today's hashes for the same run
+        return
     if existing is None and not chunks:
         _write_json_atomically(out / MANIFEST, manifest)
         return
@@ -285,6 +288,22 @@ def _prepare_folder(out: Path, manifest: dict[str, Any], *, overwrite: bool) -> 
     for chunk in chunks:
         chunk.unlink(missing_ok=True)
     _write_json_atomically(out / MANIFEST, manifest)
+
+
+def _same_run_recorded_before(existing: dict[str, Any], manifest: dict[str, Any]) -> bool:
+    """Whether a manifest written before an option became ignored (:data:`NOT_OUTPUT_AFFECTING`,
+    vLLM-only options under hf) describes the same run: same model, requests and chunking, and
+    its settings equal today's once compared as today's are."""
+    from mipo.generate import comparable_options
+
+    config = existing.get("config")
+    return (
+        isinstance(config, dict)
+        and existing.get("model_fingerprint") == manifest["model_fingerprint"]
+        and existing.get("requests_hash") == manifest["requests_hash"]
+        and existing.get("chunk_size") == manifest["chunk_size"]
+        and comparable_options(config) == manifest["config"]
+    )
 
 
 def _write_json_atomically(path: Path, value: Any) -> None:
