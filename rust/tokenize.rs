@@ -127,6 +127,24 @@ impl SpecialTokens {
         }
     }
 
+    /// Replace every token `other` names (the others are kept).
+    pub fn override_with(&mut self, other: &SpecialTokens) {
+        let pairs = [
+            (&mut self.bos_token, &other.bos_token),
+            (&mut self.eos_token, &other.eos_token),
+            (&mut self.unk_token, &other.unk_token),
+            (&mut self.sep_token, &other.sep_token),
+            (&mut self.pad_token, &other.pad_token),
+            (&mut self.cls_token, &other.cls_token),
+            (&mut self.mask_token, &other.mask_token),
+        ];
+        for (mine, theirs) in pairs {
+            if theirs.is_some() {
+                mine.clone_from(theirs);
+            }
+        }
+    }
+
     fn entries(&self) -> impl Iterator<Item = (&'static str, &String)> {
         [
             ("bos_token", &self.bos_token),
@@ -207,8 +225,8 @@ impl ChatTokenizer {
             .map(|(k, v)| (k, Value::from(v.as_str())))
             .collect();
         // transformers passes these even when unused; `tools is defined` is true, `tools` is none.
-        base_context.push(("tools", Value::from(())));
-        base_context.push(("documents", Value::from(())));
+        base_context.push(("tools", template::py_none()));
+        base_context.push(("documents", template::py_none()));
         Ok(ChatTokenizer {
             tokenizer,
             template_source: chat_template,
@@ -246,10 +264,20 @@ impl ChatTokenizer {
 
         let config_path = dir.join("tokenizer_config.json");
         let config = read_json(&config_path)?;
-        let special = config
+        let mut special = config
             .as_ref()
             .map(SpecialTokens::from_config)
             .unwrap_or_default();
+        // transformers' legacy path: without `added_tokens_decoder` in tokenizer_config.json,
+        // special_tokens_map.json is read and its entries override the config's.
+        let has_decoder = config
+            .as_ref()
+            .is_some_and(|c| c.get("added_tokens_decoder").is_some());
+        if !has_decoder {
+            if let Some(map) = read_json(&dir.join("special_tokens_map.json"))? {
+                special.override_with(&SpecialTokens::from_config(&map));
+            }
+        }
 
         let template = match chat_template {
             Some(t) => Some(t.to_string()),
@@ -519,6 +547,27 @@ mod tests {
     }
 
     #[test]
+    fn tools_is_python_none() {
+        // As transformers passes it: none to tests, printing and tojson; not iterable.
+        let tok = ChatTokenizer::new(
+            word_tokenizer(),
+            Some("{% if tools is none %}N{% endif %}{% if tools is not none %}X{% endif %}{% if not tools %}F{% endif %}{{ tools }} {{ tools | tojson }} {{ documents is defined }}".into()),
+            SpecialTokens::default(),
+        )
+        .unwrap();
+        let convs: Conversations = vec![vec![user("hi")]].into_iter().collect();
+        assert_eq!(tok.render(&convs, false).unwrap(), vec!["NFNone null True"]);
+        let tok = ChatTokenizer::new(
+            word_tokenizer(),
+            Some("{% for tool in tools %}{{ tool }}{% endfor %}ok".into()),
+            SpecialTokens::default(),
+        )
+        .unwrap();
+        let err = tok.render(&convs, false).unwrap_err().to_string();
+        assert!(err.contains("not iterable") && err.contains("row 0"), "{err}");
+    }
+
+    #[test]
     fn loads_a_folder() {
         let dir = std::env::temp_dir().join(format!("mipo-tok-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -550,6 +599,23 @@ mod tests {
                 .chat_template(),
             Some("explicit")
         );
+        // special_tokens_map.json overrides the config's tokens, as in transformers, unless
+        // the config carries added_tokens_decoder (then transformers does not read the map).
+        std::fs::write(
+            dir.join("special_tokens_map.json"),
+            r#"{"eos_token": {"content": "<eos2>"}, "pad_token": "<pad>"}"#,
+        )
+        .unwrap();
+        let tok = ChatTokenizer::from_dir(&dir, None).unwrap();
+        assert_eq!(tok.special_tokens().eos_token.as_deref(), Some("<eos2>"));
+        assert_eq!(tok.special_tokens().pad_token.as_deref(), Some("<pad>"));
+        assert_eq!(tok.special_tokens().bos_token.as_deref(), Some("<s>"));
+        let mut with_decoder = config.clone();
+        with_decoder["added_tokens_decoder"] = serde_json::json!({});
+        std::fs::write(dir.join("tokenizer_config.json"), with_decoder.to_string()).unwrap();
+        let tok = ChatTokenizer::from_dir(&dir, None).unwrap();
+        assert_eq!(tok.special_tokens().eos_token.as_deref(), Some("</s>"));
+        std::fs::remove_file(dir.join("special_tokens_map.json")).unwrap();
         std::fs::write(dir.join("tokenizer_config.json"), "{not json").unwrap();
         let err = ChatTokenizer::from_dir(&dir, None).unwrap_err();
         assert!(err.to_string().contains("not valid JSON"), "{err}");

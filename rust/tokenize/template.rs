@@ -6,7 +6,9 @@
 
 use std::fmt::Write as _;
 
-use minijinja::value::{Kwargs, Value, ValueKind};
+use std::sync::Arc;
+
+use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, State};
 
 use super::pyjson::{dumps, python_str, DumpOptions};
@@ -43,6 +45,7 @@ impl ChatTemplate {
         env.add_filter("trim", trim);
         env.add_filter("title", title);
         env.add_function("raise_exception", raise_exception);
+        env.add_test("none", |value: Value| is_none(&value));
         env.add_function("strftime_now", strftime_now);
         env.add_template_owned(TEMPLATE_NAME, rewrite_generation_tags(source))
             .map_err(|e| {
@@ -121,7 +124,44 @@ fn strftime_now(format: String) -> std::result::Result<Value, Error> {
     Ok(Value::from(out))
 }
 
+/// Python's `None` as transformers passes it for `tools` and `documents`: `is none`, false,
+/// printed `None`, `tojson` null, and, as in jinja2, not iterable. (minijinja iterates a plain
+/// none as an empty loop, so a template that loops over `tools` without checking would render
+/// where transformers raises `'NoneType' object is not iterable`.)
+#[derive(Debug)]
+pub struct PyNone;
+
+impl Object for PyNone {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::NonEnumerable
+    }
+
+    fn is_true(self: &Arc<Self>) -> bool {
+        false
+    }
+
+    fn render(self: &Arc<Self>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("None")
+    }
+}
+
+/// The value to pass for a template variable transformers sets to `None`.
+pub fn py_none() -> Value {
+    Value::from_object(PyNone)
+}
+
+fn is_none(value: &Value) -> bool {
+    value.is_none() || value.downcast_object_ref::<PyNone>().is_some()
+}
+
 fn to_json(value: &Value) -> std::result::Result<serde_json::Value, Error> {
+    if is_none(value) {
+        return Ok(serde_json::Value::Null);
+    }
     serde_json::to_value(value).map_err(|e| {
         Error::new(
             ErrorKind::BadSerialization,
