@@ -564,7 +564,10 @@ mod tests {
         )
         .unwrap();
         let err = tok.render(&convs, false).unwrap_err().to_string();
-        assert!(err.contains("not iterable") && err.contains("row 0"), "{err}");
+        assert!(
+            err.contains("not iterable") && err.contains("row 0"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -371,3 +371,162 @@ def test_ddp_two_cpu_processes(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert record["resolved"]["global_steps"] == 2
     assert (out / "model" / "adapter_model.safetensors").is_file()
     assert proc.stdout.count("trained on 8 pairs") == 1  # only the main process reports
+
+
+# --- pairs as TRL users have them: JSONL, a saved `datasets` folder ------------------------------
+
+
+def pair_rows(n: int = 8) -> list[dict[str, object]]:
+    """The three DPO fields of write_pairs' rows, as Python objects."""
+    rows = []
+    for i in range(n):
+        j = (i + 1) % n
+        rows.append(
+            {
+                "prompt": [
+                    {"role": "system", "content": CONTEXTS[i % 4]},
+                    {"role": "user", "content": QUESTIONS[i % 4]},
+                ],
+                "chosen": [{"role": "assistant", "content": ANSWERS[i % 4]}],
+                "rejected": [{"role": "assistant", "content": ANSWERS[j % 4]}],
+            }
+        )
+    return rows
+
+
+def write_run_json(folder: Path, generator: Path) -> None:
+    (folder / "run.json").write_text(
+        json.dumps({"model": {"name": generator.name, "path": str(generator), "fingerprint": ""}})
+    )
+
+
+def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def test_jsonl_pairs_train(tiny_model_dir: Path, tmp_path: Path) -> None:
+    rows = pair_rows()
+    # TRL's standard (plain string) form on some rows, conversational on the rest.
+    rows[1] = {"prompt": QUESTIONS[1], "chosen": ANSWERS[1], "rejected": ANSWERS[2]}
+    rows[2]["chosen"] = ANSWERS[2]
+    pairs = write_jsonl(tmp_path / "pairs" / "train.jsonl", rows)
+    write_run_json(tmp_path / "pairs", tiny_model_dir)
+    df = read_pairs(pairs)
+    assert df.height == 8
+    assert df["prompt"][1].to_list() == [{"role": "user", "content": QUESTIONS[1]}]
+    assert df["chosen"][2].to_list() == [{"role": "assistant", "content": ANSWERS[2]}]
+
+    result = train(pairs, tmp_path / "out", TrainConfig(lora=True, **FAST))
+    assert result.global_steps == 2 and result.num_pairs == 8
+    record = json.loads(result.config_path.read_text())
+    assert record["pairs_format"] == "jsonl"
+    assert record["generator_check"]["same_model"] is True  # run.json beside the file
+    # A folder holding pairs.jsonl is a pairs folder too.
+    (tmp_path / "pairs" / "train.jsonl").rename(tmp_path / "pairs" / "pairs.jsonl")
+    assert read_pairs(tmp_path / "pairs").height == 8
+
+
+def test_bad_jsonl_pairs_are_one_line_errors(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(pair_rows(1)[0]) + "\n{not json\n")
+    with pytest.raises(CorpusError, match=r"line 2 of .* is not valid JSON"):
+        read_pairs(path)
+    path.write_text(json.dumps({"prompt": "hi", "chosen": "a"}) + "\n")
+    with pytest.raises(CorpusError, match="lacks column\\(s\\) rejected on line 1"):
+        read_pairs(path)
+    path.write_text(json.dumps({"prompt": "hi", "chosen": "a", "rejected": [{"x": 1}]}) + "\n")
+    with pytest.raises(CorpusError, match=r"rejected on line 1 .* must be a string or a non-empty"):
+        read_pairs(path)
+    path.write_text("\n")
+    with pytest.raises(CorpusError, match="no pairs"):
+        read_pairs(path)
+    with pytest.raises(CorpusError, match="not found"):
+        read_pairs(tmp_path / "missing")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(CorpusError, match=r"holds no pairs\.parquet, pairs\.jsonl or saved"):
+        read_pairs(tmp_path / "folder")
+    text = tmp_path / "pairs.txt"
+    text.write_text("prompt,chosen,rejected\n")
+    with pytest.raises(CorpusError, match=r"as Parquet .*JSON Lines \(\.jsonl\)"):
+        read_pairs(text)
+
+
+def test_datasets_folder_pairs_train(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from datasets import Dataset, DatasetDict
+
+    rows = pair_rows()
+    single = tmp_path / "single"
+    Dataset.from_list(rows).save_to_disk(str(single))
+    assert read_pairs(single).height == 8
+    assert read_pairs(single / "dataset_info.json").height == 8  # a file of the folder
+    standard = tmp_path / "standard"  # TRL's standard form: plain strings
+    Dataset.from_list([{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go."}]).save_to_disk(
+        str(standard)
+    )
+    df = read_pairs(standard)
+    assert df["prompt"][0].to_list() == [{"role": "user", "content": "Hi?"}]
+    assert df["rejected"][0].to_list() == [{"role": "assistant", "content": "Go."}]
+
+    splits = tmp_path / "splits"
+    DatasetDict(
+        {"train": Dataset.from_list(rows), "test": Dataset.from_list(rows[:2])}
+    ).save_to_disk(str(splits))
+    write_run_json(splits, tiny_model_dir)
+    result = train(splits, tmp_path / "out", TrainConfig(lora=True, **FAST))
+    assert result.num_pairs == 8 and result.global_steps == 2  # the train split
+    record = json.loads(result.config_path.read_text())
+    assert record["pairs_format"] == "datasets"
+    assert record["generator_check"]["same_model"] is True
+    assert len(record["pairs_sha256"]) == 64
+
+    DatasetDict({"a": Dataset.from_list(rows), "b": Dataset.from_list(rows)}).save_to_disk(
+        str(tmp_path / "ab")
+    )
+    with pytest.raises(CorpusError, match="splits a, b and no 'train' split"):
+        read_pairs(tmp_path / "ab")
+
+
+def test_pairs_whose_chosen_all_equal_rejected_are_refused(tmp_path: Path) -> None:
+    rows = pair_rows(4)
+    for row in rows:
+        text = row["chosen"][0]["content"]  # type: ignore[index]
+        row["rejected"] = [{"role": "assistant", "content": "  " + text.replace(" ", "\n ")}]
+    with pytest.raises(CorpusError, match=r"every chosen response .* equals its rejected one"):
+        read_pairs(write_jsonl(tmp_path / "conv.jsonl", rows))
+    strings = [{"prompt": "hi", "chosen": "Same answer.", "rejected": "Same  answer. "}] * 3
+    with pytest.raises(CorpusError, match="every chosen response"):
+        read_pairs(write_jsonl(tmp_path / "str.jsonl", strings))
+    path = write_pairs(tmp_path / "pq", n=4)
+    pl.read_parquet(path).with_columns(pl.col("chosen").alias("rejected")).write_parquet(path)
+    with pytest.raises(CorpusError, match="DPO has nothing to learn"):
+        train(path, tmp_path / "out", TrainConfig(**FAST))
+    # Only some identical: read as before (they carry no gradient, the rest train).
+    rows[0]["rejected"] = [{"role": "assistant", "content": ANSWERS[3]}]
+    assert read_pairs(write_jsonl(tmp_path / "some.jsonl", rows)).height == 4
+
+
+def test_console_is_one_progress_display_unless_verbose(
+    tiny_model_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from transformers.utils import logging as hf_logging
+
+    pairs = write_pairs(tmp_path / "pairs", generator=tiny_model_dir)
+    capfd.readouterr()
+    train(pairs, tmp_path / "out", TrainConfig(lora=True, **FAST), progress=True)
+    out, err = capfd.readouterr()
+    assert "{'loss':" not in out and "{'loss':" not in err
+    for noise in ("Loading weights", "Writing model shards", "Tokenizing train dataset"):
+        assert noise not in out + err
+    assert "training" in err and "2/2" in err and "loss 0." in err  # the rich bar, final frame
+    log = [
+        json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()
+    ]
+    assert [e["step"] for e in log if "loss" in e] == [1, 2]
+    assert hf_logging.is_progress_bar_enabled()  # restored after the run
+
+    train(pairs, tmp_path / "v", TrainConfig(lora=True, **FAST), progress=False, verbose=True)
+    out, err = capfd.readouterr()
+    assert "{'loss':" in out  # verbose: the Trainer's own log lines
+    assert "training" not in err  # progress=False: no bar

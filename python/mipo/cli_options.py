@@ -2,13 +2,186 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-__all__ = ["parse_vllm_args", "pop_vllm_options", "vllm_options"]
+__all__ = [
+    "EVAL",
+    "GENERATION",
+    "RUN",
+    "TRAIN",
+    "ConfigDefaultOption",
+    "config_default",
+    "config_value",
+    "default_beside",
+    "given_options",
+    "learning_rate_default",
+    "output_option",
+    "parse_vllm_args",
+    "pop_vllm_options",
+    "show_value",
+    "vllm_options",
+]
+
+# The config classes whose field defaults the commands' --help shows (imported only for --help
+# of a command, or when it runs: their modules load polars, and `mipo --help` must stay instant).
+GENERATION = "mipo.generate:GenerationConfig"
+EVAL = "mipo.evaluate:EvalConfig"
+RUN = "mipo.run:RunConfig"
+TRAIN = "mipo.train:TrainConfig"
+
+
+def config_value(spec: str) -> Any:
+    """The value ``spec`` names: ``"module:Class.field"`` (the default of a dataclass field) or
+    ``"module:NAME"`` (a module attribute).
+
+    >>> config_value("mipo.generate:GenerationConfig.max_new_tokens")
+    512
+    """
+    module_name, _, path = spec.partition(":")
+    owner_name, _, field_name = path.partition(".")
+    owner = getattr(importlib.import_module(module_name), owner_name)
+    if not field_name:
+        return owner
+    for f in dataclasses.fields(owner):
+        if f.name == field_name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            raise ValueError(f"{spec}: the field has no default")
+    raise ValueError(f"{spec}: no such field")
+
+
+def show_value(value: Any) -> str:
+    """``value`` as ``--help`` shows a default.
+
+    >>> show_value(5e-7), show_value(1.0), show_value(0.03), show_value((0, 1))
+    ('5e-7', '1', '0.03', '0, 1')
+    """
+    if isinstance(value, list | tuple):
+        return ", ".join(map(show_value, value))
+    if isinstance(value, float):
+        return re.sub(r"e([+-])0*(\d)", lambda m: "e" + m[1].lstrip("+") + m[2], f"{value:g}")
+    return str(value)
+
+
+class ConfigDefaultOption(click.Option):
+    """An option whose ``[default: ...]`` in ``--help`` is read from the config class when the
+    help is shown, so that each default is written once, in the config (see
+    :func:`config_default`). The click default stays None: a command passes on only the options
+    given (:func:`given_options`) and the config applies its own defaults."""
+
+    def __init__(self, *args: Any, default_from: str | Callable[[], Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.default_from = default_from
+
+    def shown_default(self) -> str:
+        source = self.default_from
+        return show_value(source() if callable(source) else config_value(source))
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        spec, text = record
+        extra = f"[default: {self.shown_default()}]"
+        return spec, f"{text}  {extra}" if text else extra
+
+
+def default_beside(spec: str, other_spec: str, other: str) -> Callable[[], str]:
+    """A shown default: the value of ``spec``, followed by that of ``other_spec`` (the option
+    ``other`` of another command) while the two differ.
+
+    >>> default_beside(EVAL + ".k", EVAL + ".math_shots", "--math-shots")()
+    '8'
+    """
+
+    def shown() -> str:
+        value, other_value = config_value(spec), config_value(other_spec)
+        if value == other_value:
+            return show_value(value)
+        return f"{show_value(value)}; {other}: {show_value(other_value)}"
+
+    return shown
+
+
+def learning_rate_default() -> str:
+    """The shown default of a training command's ``--learning-rate`` (TrainConfig picks it)."""
+    full, lora = (config_value(f"mipo.train:{n}_LEARNING_RATE") for n in ("FULL_FT", "LORA"))
+    return f"{show_value(full)}, or {show_value(lora)} with --lora"
+
+
+def config_default(source: str | Callable[[], Any]) -> dict[str, Any]:
+    """``click.option`` keywords for an option whose shown default comes from a config:
+    ``source`` is a :func:`config_value` spec, or a function returning the text to show.
+
+    >>> config_default(GENERATION + ".batch_size")["cls"].__name__
+    'ConfigDefaultOption'
+    """
+    return {"cls": ConfigDefaultOption, "default_from": source, "default": None}
+
+
+def given_options(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
+    """Only the options the user actually gave (so the config classes' defaults, or a --config
+    file's values, are not overridden by click's)."""
+    given = {}
+    for name, value in options.items():
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name != "DEFAULT":
+            given[name] = value
+    return given
+
+
+class _OutputOption(click.Option):
+    """``-o/--output``; ``old_names`` (e.g. ``--out``) still work, with a warning, and are
+    left out of ``--help`` and of the error messages."""
+
+    def __init__(self, *args: Any, old_names: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.old_names = old_names
+
+    @property
+    def _old_dest(self) -> str:
+        return f"{self.name}:old-name"
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        super().add_to_parser(parser, ctx)
+        if self.old_names:
+            parser.add_option(obj=self, opts=self.old_names, dest=self._old_dest, nargs=self.nargs)
+
+    def consume_value(self, ctx: click.Context, opts: Any) -> Any:
+        if self._old_dest in opts:
+            old = "/".join(self.old_names)
+            if self.name in opts:
+                raise click.UsageError(f"pass -o/--output once ({old} is its old name)", ctx=ctx)
+            click.echo(f"warning: {old} is deprecated; use -o/--output", err=True)
+            opts = {**opts, self.name: opts[self._old_dest]}
+        return super().consume_value(ctx, opts)
+
+
+def output_option(
+    name: str, *, help: str, old_names: tuple[str, ...] = (), **kwargs: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The ``-o/--output`` option every command that writes takes (required), as parameter
+    ``name``; ``old_names`` are deprecated spellings that keep working (hidden from --help)."""
+    return click.option(
+        "-o",
+        "--output",
+        name,
+        cls=_OutputOption,
+        old_names=old_names,
+        required=True,
+        help=help,
+        **kwargs,
+    )
+
 
 VLLM_FIELDS = (
     "gpu_memory_utilization",

@@ -7,7 +7,17 @@ from typing import Any
 
 import click
 
-from mipo.cli_options import parse_vllm_args, vllm_options
+from mipo.cli_options import (
+    GENERATION,
+    config_default,
+    config_value,
+    given_options,
+    output_option,
+    parse_vllm_args,
+    vllm_options,
+)
+
+BUILD = "mipo.build_pairs:BuildPairsConfig"
 
 
 def _print_result(result: Any) -> None:
@@ -23,7 +33,7 @@ def _print_result(result: Any) -> None:
 
 @click.command("build-pairs")
 @click.argument("input", metavar="INPUT")
-@click.option("-o", "--out", "out_dir", required=True, help="Output folder (a rerun continues).")
+@output_option("out_dir", old_names=("--out",), help="Output folder (a rerun continues).")
 @click.option(
     "--model",
     default=None,
@@ -32,8 +42,7 @@ def _print_result(result: Any) -> None:
 @click.option("--plan-only", is_flag=True, help="Stop after writing plan.parquet.")
 @click.option(
     "--negatives",
-    default="random",
-    show_default=True,
+    **config_default(BUILD + ".negatives"),
     help="random: a response to another prompt; context-drop: a response to the prompt without "
     "its context; context-swap: a response to the same question with another user's context "
     "(reused where another user asked it); a comma-separated list gives one pair of each "
@@ -47,15 +56,13 @@ def _print_result(result: Any) -> None:
 @click.option(
     "--backend",
     type=click.Choice(["auto", "vllm", "hf"]),
-    default="auto",
-    show_default=True,
+    **config_default(BUILD + ".backend"),
     help="auto: vLLM when installed and a GPU is present, else transformers.",
 )
 @click.option(
     "--executor",
     type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
+    **config_default(BUILD + ".executor"),
     help="local: generate in this process; ray: on a Ray cluster's workers, one model copy per "
     "GPU (pip install 'mipo[ray]').",
 )
@@ -71,21 +78,48 @@ def _print_result(result: Any) -> None:
     help="--executor ray: cluster address [default: $RAY_ADDRESS, else a cluster started here "
     "with `ray start`, else a local Ray runtime].",
 )
-@click.option("--max-new-tokens", type=int, default=None, help="[default: 512]")
-@click.option("--temperature", type=float, default=None, help="[default: 0.1]")
-@click.option("--top-p", type=float, default=None, help="[default: 0.9]")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=int, default=None, help="Generation batch size [default: 32].")
 @click.option(
-    "--chunk-size", type=int, default=None, help="Rows per generation chunk [default: 256]."
+    "--max-new-tokens",
+    type=int,
+    help="Most tokens per response (the paper's length; `mipo eval` defaults shorter, to keep "
+    "evaluation quick).",
+    **config_default(GENERATION + ".max_new_tokens"),
 )
-@click.option("--dtype", default=None, help="auto, float32, bfloat16 or float16 [default: auto].")
+@click.option(
+    "--temperature",
+    type=float,
+    help="Sampling temperature (0 = greedy).",
+    **config_default(GENERATION + ".temperature"),
+)
+@click.option(
+    "--top-p", type=float, help="Nucleus sampling mass.", **config_default(GENERATION + ".top_p")
+)
+@click.option(
+    "--seed",
+    type=int,
+    help="Seed of the negatives and of every sampling seed.",
+    **config_default(BUILD + ".seed"),
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    help="Prompts per generation batch (`mipo run`: --generation-batch-size).",
+    **config_default(GENERATION + ".batch_size"),
+)
+@click.option(
+    "--chunk-size",
+    type=int,
+    help="Rows per generation chunk.",
+    **config_default(GENERATION + ".chunk_size"),
+)
+@click.option(
+    "--dtype", help="auto, float32, bfloat16 or float16.", **config_default(GENERATION + ".dtype")
+)
 @click.option("--tensor-parallel-size", type=int, default=None, help="vLLM tensor parallelism.")
 @vllm_options
 @click.option(
     "--shard",
-    default="0/1",
-    show_default=True,
+    **config_default(lambda: "/".join(map(str, config_value(BUILD + ".shard")))),
     help="I/N: generate only every N-th chunk, starting at chunk I.",
 )
 @click.option(
@@ -95,7 +129,12 @@ def _print_result(result: Any) -> None:
     help="Drop longer prompts [default: model context minus --max-new-tokens].",
 )
 @click.option("--no-dedup", is_flag=True, help="Keep duplicates (never paired with each other).")
-@click.option("--near-dup-threshold", type=float, default=0.8, show_default=True)
+@click.option(
+    "--near-dup-threshold",
+    type=float,
+    help="Jaccard similarity from which two prompts are near duplicates.",
+    **config_default(BUILD + ".near_dup_threshold"),
+)
 @click.option(
     "--no-user-constraint",
     is_flag=True,
@@ -108,7 +147,12 @@ def _print_result(result: Any) -> None:
     help="Score log π(y+|x) − log π(y−|x) under the reference model; drop pairs below "
     "--min-margin.",
 )
-@click.option("--min-margin", type=float, default=0.0, show_default=True)
+@click.option(
+    "--min-margin",
+    type=float,
+    help="With --score: least margin kept.",
+    **config_default(BUILD + ".min_margin"),
+)
 @click.option(
     "--overwrite", is_flag=True, help="Redo a run with other options (from the changed stage on)."
 )
@@ -120,7 +164,8 @@ def _print_result(result: Any) -> None:
 @click.option("--user-col", default=None, help="User id column.")
 @click.option("--id-col", default=None, help="Row id column.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def build_pairs_cmd(**options: Any) -> None:
+@click.pass_context
+def build_pairs_cmd(ctx: click.Context, **options: Any) -> None:
     """Build DPO preference pairs from a prompt corpus.
 
     INPUT is a Parquet, JSONL or CSV file, a folder, or a glob of shards. Stages (each resumable):
@@ -141,16 +186,14 @@ def build_pairs_cmd(**options: Any) -> None:
         user=options.pop("user_col"),
         id=options.pop("id_col"),
     )
-    options["vllm_args"] = parse_vllm_args(options.pop("vllm_arg"))
+    given = given_options(ctx, options)  # the others keep BuildPairsConfig's defaults
+    if "shard" in given:
+        given["shard"] = parse_shard(given["shard"])
+    for name in ("no_dedup", "no_user_constraint", "no_progress"):
+        if given.pop(name, False):
+            given[name.removeprefix("no_")] = False
     config = BuildPairsConfig(
-        input=options.pop("input"),
-        out_dir=options.pop("out_dir"),
-        columns=columns,
-        shard=parse_shard(options.pop("shard")),
-        dedup=not options.pop("no_dedup"),
-        user_constraint=not options.pop("no_user_constraint"),
-        progress=not options.pop("no_progress"),
-        **options,
+        columns=columns, vllm_args=parse_vllm_args(given.pop("vllm_arg", ())), **given
     )
     _print_result(build_pairs(config))
 

@@ -7,7 +7,20 @@ from typing import Any
 
 import click
 
-from mipo.cli_options import pop_vllm_options, vllm_options
+from mipo.cli_options import (
+    EVAL,
+    GENERATION,
+    RUN,
+    TRAIN,
+    config_default,
+    config_value,
+    default_beside,
+    given_options,
+    learning_rate_default,
+    output_option,
+    pop_vllm_options,
+    vllm_options,
+)
 
 # Options that go to TrainConfig (click name -> field), the rest go to RunConfig.
 _TRAIN_OPTIONS = {
@@ -28,53 +41,50 @@ _TRAIN_OPTIONS = {
 _COLUMN_OPTIONS = ("prompt_col", "messages_col", "context_col", "user_col", "id_col")
 
 
-def _given(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
-    """The options the user actually passed (defaults stay the config classes' own)."""
-    given = {}
-    for name, value in options.items():
-        source = ctx.get_parameter_source(name)
-        if source is not None and source.name != "DEFAULT":
-            given[name] = value
-    return given
+def _pairs_and_eval(field: str) -> Any:
+    """A generation option's default for the pairs and for the evaluation (one value when the
+    two agree)."""
+    pairs, evaluation = config_value(f"{GENERATION}.{field}"), config_value(f"{EVAL}.{field}")
+    return pairs if pairs == evaluation else f"{pairs} for pairs, {evaluation} in evaluation"
 
 
 @click.command("run")
 @click.argument("corpus", required=False, metavar="[CORPUS]")
-@click.option("-o", "--out", "out_dir", required=True, help="Output folder (a rerun continues).")
-@click.option("--demo", is_flag=True, help="The bundled sample corpus, built-in model, LoRA, small sizes (~10-15 min on 2 CPU cores).")  # fmt: skip
-@click.option("--rounds", type=int, help="Rounds of build-pairs -> train -> eval  [default: 1]")
-@click.option("--eval-fraction", type=float, help="Share held out for evaluation (whole users)  [default: 0.2]")  # fmt: skip
+@output_option("out_dir", old_names=("--out",), help="Output folder (a rerun continues).")
+@click.option("--demo", is_flag=True, help="The bundled sample corpus, built-in model, context-swap negatives, LoRA, small sizes (~15-20 min on 2 CPU cores).")  # fmt: skip
+@click.option("--rounds", type=int, help="Rounds of build-pairs -> train -> eval", **config_default(RUN + ".rounds"))  # fmt: skip
+@click.option("--eval-fraction", type=float, help="Share held out for evaluation (whole users)", **config_default(RUN + ".eval_fraction"))  # fmt: skip
 @click.option("--eval-data", help="A separate held-out prompt file (then the whole corpus trains).")
 @click.option("--max-prompts", type=int, help="Train on at most N prompts (seeded sample).")
 @click.option("--max-eval-prompts", type=int, help="Evaluate on at most N held-out prompts.")
 @click.option("--model", help="Base model: hub id, folder or .gguf  [default: built-in smollm2-135m]")  # fmt: skip
-@click.option("--seed", type=int, help="Seed of split, negatives, generation, training, eval  [default: 0]")  # fmt: skip
-@click.option("--negatives", help="Negative strategies: random, context-drop, context-swap or a comma-separated list  [default: random]")  # fmt: skip
+@click.option("--seed", type=int, help="Seed of split, negatives, generation, training, eval", **config_default(RUN + ".seed"))  # fmt: skip
+@click.option("--negatives", help="Negative strategies: random, context-drop, context-swap or a comma-separated list", **config_default(RUN + ".negatives"))  # fmt: skip
 @click.option("--independent-negatives", is_flag=True, default=None, help="Sample separate responses for the random negatives.")  # fmt: skip
-@click.option("--backend", type=click.Choice(["auto", "vllm", "hf"]), help="Generation backend  [default: auto]")  # fmt: skip
-@click.option("--max-new-tokens", type=int, help="Tokens per response, pairs and eval  [default: 512 / 256]")  # fmt: skip
-@click.option("--temperature", type=float, help="Sampling temperature  [default: 0.1]")
-@click.option("--top-p", type=float, help="Nucleus sampling mass  [default: 0.9]")
-@click.option("--generation-batch-size", type=int, help="Prompts per generation batch  [default: 32]")  # fmt: skip
+@click.option("--backend", type=click.Choice(["auto", "vllm", "hf"]), help="Generation backend", **config_default(RUN + ".backend"))  # fmt: skip
+@click.option("--max-new-tokens", type=int, help="Tokens per response, pairs and eval (evaluation defaults shorter, to stay quick)", **config_default(lambda: _pairs_and_eval("max_new_tokens")))  # fmt: skip
+@click.option("--temperature", type=float, help="Sampling temperature", **config_default(lambda: _pairs_and_eval("temperature")))  # fmt: skip
+@click.option("--top-p", type=float, help="Nucleus sampling mass", **config_default(lambda: _pairs_and_eval("top_p")))  # fmt: skip
+@click.option("--generation-batch-size", type=int, help="Prompts per generation batch of the pairs (build-pairs --batch-size)", **config_default(GENERATION + ".batch_size"))  # fmt: skip
 @click.option("--keep-truncated", is_flag=True, default=None, help="Keep pairs whose responses hit --max-new-tokens.")  # fmt: skip
 @click.option("--no-dedup", "dedup", flag_value=False, default=None, help="Keep duplicate prompts.")
 @click.option("--lora/--no-lora", default=None, help="Train a LoRA adapter  [default: full fine-tuning; --demo: LoRA]")  # fmt: skip
-@click.option("--lora-r", type=int, help="LoRA rank  [default: 16]")
-@click.option("--lora-alpha", type=int, help="LoRA alpha  [default: 32]")
-@click.option("--learning-rate", "--lr", "learning_rate", type=float, help="Peak learning rate  [default: 5e-7, LoRA 5e-5]")  # fmt: skip
-@click.option("--beta", type=float, help="DPO beta  [default: 0.1]")
-@click.option("--loss-type", help="TRL DPO loss  [default: sigmoid]")
-@click.option("--epochs", type=float, help="Passes over the pairs  [default: 1]")
+@click.option("--lora-r", type=int, help="LoRA rank", **config_default(TRAIN + ".lora_r"))
+@click.option("--lora-alpha", type=int, help="LoRA alpha", **config_default(TRAIN + ".lora_alpha"))  # fmt: skip
+@click.option("--learning-rate", "--lr", "learning_rate", type=float, help="Peak learning rate", **config_default(learning_rate_default))  # fmt: skip
+@click.option("--beta", type=float, help="DPO beta", **config_default(TRAIN + ".beta"))
+@click.option("--loss-type", help="TRL DPO loss", **config_default(TRAIN + ".loss_type"))
+@click.option("--epochs", type=float, help="Passes over the pairs", **config_default(TRAIN + ".epochs"))  # fmt: skip
 @click.option("--max-steps", type=int, help="Stop training after N optimizer steps.")
-@click.option("--batch-size", type=int, help="Training pairs per step  [default: 4]")
-@click.option("--grad-accum", "gradient_accumulation_steps", type=int, help="Gradient accumulation steps  [default: 1]")  # fmt: skip
-@click.option("--max-length", type=int, help="Max prompt + response tokens in training  [default: 1024]")  # fmt: skip
+@click.option("--batch-size", type=int, help="Training pairs per device per step (mipo train --batch-size)", **config_default(TRAIN + ".batch_size"))  # fmt: skip
+@click.option("--grad-accum", "gradient_accumulation_steps", type=int, help="Gradient accumulation steps", **config_default(TRAIN + ".gradient_accumulation_steps"))  # fmt: skip
+@click.option("--max-length", type=int, help="Max prompt + response tokens in training", **config_default(TRAIN + ".max_length"))  # fmt: skip
 @click.option("--train-config", type=click.Path(exists=True, dir_okay=False), help="YAML of training options (TrainConfig fields); flags win.")  # fmt: skip
-@click.option("-k", "--contrasts", "eval_k", type=int, help="Contrast prompts per held-out prompt and contrast set for PMI  [default: 8]")  # fmt: skip
-@click.option("--eval-batch-size", type=int, help="Rows per forward pass in evaluation  [default: 16]")  # fmt: skip
+@click.option("-k", "--contrasts", "eval_k", type=int, help="Contrast prompts per held-out prompt and contrast set for PMI", **config_default(RUN + ".eval_k"))  # fmt: skip
+@click.option("--eval-batch-size", type=int, help="Rows per forward pass when generating and scoring the evaluation: speed and memory", **config_default(default_beside(RUN + ".eval_batch_size", EVAL + ".batch_size", "mipo eval --batch-size")))  # fmt: skip
 @click.option("--judge", help="Judge model for the win rate: a model, auto (the base model), or none  [default: none]")  # fmt: skip
 @click.option("--extra-eval", "extra_eval_data", multiple=True, help="choice:/math: file evaluated every round (repeatable).")  # fmt: skip
-@click.option("--n-bootstrap", type=int, help="Bootstrap resamples  [default: 2000]")
+@click.option("--n-bootstrap", type=int, help="Bootstrap resamples", **config_default(RUN + ".n_bootstrap"))  # fmt: skip
 @click.option("--eval-cache", help="Folder of per-model evaluation results shared across runs (a sweep scores its base model once)  [default: OUTDIR/.eval-cache]")  # fmt: skip
 @click.option("--reuse-pairs", type=click.Path(exists=True, file_okay=False), help="Copy round 1's pairs from another run's round-1/pairs (same corpus, model, generation options).")  # fmt: skip
 @click.option("--overwrite", is_flag=True, default=None, help="Discard a run with other options in OUTDIR.")  # fmt: skip
@@ -114,7 +124,7 @@ def run_cmd(
     from mipo.train import TrainConfig
 
     vllm = pop_vllm_options(options)
-    given = _given(ctx, options)
+    given = given_options(ctx, options)
     if vllm:
         given["vllm_options"] = vllm
     columns = ColumnOptions(**{c.removesuffix("_col"): given.pop(c, None) for c in _COLUMN_OPTIONS})

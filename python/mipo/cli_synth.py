@@ -9,17 +9,17 @@ from pathlib import Path
 
 import click
 
+from mipo.cli_options import output_option
+
 
 @click.command("synth")
 @click.option("--rows", type=int, required=True, help="Rows to write, planted duplicates included.")
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Same rows and seed, same file."
 )
-@click.option(
-    "-o",
-    "--output",
+@output_option(
+    "output",
     type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
     help="Output file (.parquet, .jsonl or .csv).",
 )
 @click.option(

@@ -8,40 +8,73 @@ from typing import Any
 
 import click
 
-from mipo.cli_options import pop_vllm_options, vllm_options
+from mipo.cli_options import (
+    EVAL,
+    RUN,
+    TRAIN,
+    config_default,
+    config_value,
+    default_beside,
+    given_options,
+    learning_rate_default,
+    output_option,
+    pop_vllm_options,
+    vllm_options,
+)
 
-_ACCELERATE_NAMES = ("ddp", "zero2", "zero3", "fsdp")
+
+def _accelerate_names() -> str:
+    return ", ".join(config_value("mipo.train:ACCELERATE_CONFIGS"))
+
+
+class _AccelerateConfigCommand(click.Command):
+    """Lists the shipped configs in its --help (read from mipo.train when the help is shown)."""
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help_text(ctx, formatter)
+        with formatter.indentation():
+            formatter.write_paragraph()
+            formatter.write_text(f"NAME is one of: {_accelerate_names()}.")
+
+
+@click.command(
+    "accelerate-config",
+    cls=_AccelerateConfigCommand,
+    short_help="Print the path of a shipped multi-GPU accelerate config.",
+)
+@click.argument("name")
+def accelerate_config_cmd(name: str) -> None:
+    """Print the path of the shipped accelerate config NAME, for `accelerate launch`.
+
+    \b
+    Example (several GPUs):
+      accelerate launch --config_file "$(mipo accelerate-config ddp)" \\
+          -m mipo train PAIRS -o OUTDIR
+    """
+    from mipo.train import accelerate_config_path
+
+    click.echo(str(accelerate_config_path(name)))  # an unknown NAME: ConfigError, one line
 
 
 def _print_accelerate_config(
     ctx: click.Context, _param: click.Parameter, value: str | None
 ) -> None:
+    """Deprecated ``mipo train --print-accelerate-config NAME`` (now ``mipo accelerate-config``)."""
     if value is None or ctx.resilient_parsing:
         return
-    from mipo.train import accelerate_config_path
-
-    click.echo(str(accelerate_config_path(value)))
+    click.echo(
+        "warning: `mipo train --print-accelerate-config` is deprecated; use "
+        "`mipo accelerate-config NAME`",
+        err=True,
+    )
+    ctx.invoke(accelerate_config_cmd, name=value)
     ctx.exit(0)
-
-
-def _explicit(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
-    """Only the options the user actually gave (so a --config file's values are not overridden
-    by click defaults)."""
-    out = {}
-    for name, value in values.items():
-        source = ctx.get_parameter_source(name)
-        if source is not None and source.name not in ("DEFAULT",):
-            out[name] = value
-    return out
 
 
 @click.command("train")
 @click.argument("pairs", type=click.Path(path_type=Path))
-@click.option(
-    "-o",
-    "--output",
+@output_option(
     "output",
-    required=True,
     type=click.Path(path_type=Path),
     help="Output directory (model/, train_config.json, train_log.jsonl).",
 )
@@ -57,38 +90,67 @@ def _explicit(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="YAML file of options (field names of TrainConfig); command-line flags win.",
 )
-@click.option("--beta", type=float, help="DPO beta  [default: 0.1]")
-@click.option("--loss-type", help="TRL DPO loss (comma-separate to combine)  [default: sigmoid]")
-@click.option("--epochs", type=float, help="Passes over the pairs  [default: 1]")
+@click.option("--beta", type=float, help="DPO beta", **config_default(TRAIN + ".beta"))
+@click.option(
+    "--loss-type",
+    help="TRL DPO loss (comma-separate to combine)",
+    **config_default(TRAIN + ".loss_type"),
+)
+@click.option(
+    "--epochs", type=float, help="Passes over the pairs", **config_default(TRAIN + ".epochs")
+)
 @click.option("--max-steps", type=int, help="Stop after N optimizer steps (overrides --epochs).")
 @click.option(
     "--learning-rate",
     "--lr",
     "learning_rate",
     type=float,
-    help="Peak learning rate  [default: 5e-7, or 5e-5 with --lora]",
+    help="Peak learning rate",
+    **config_default(learning_rate_default),
 )
 @click.option(
     "--lr-scheduler",
-    help="cosine_with_min_lr, cosine, linear, constant, ...  [default: cosine_with_min_lr]",
+    help="cosine_with_min_lr, cosine, linear, constant, ...",
+    **config_default(TRAIN + ".lr_scheduler"),
 )
 @click.option(
-    "--min-lr-ratio", type=float, help="Final lr / peak lr for cosine_with_min_lr  [default: 0.1]"
+    "--min-lr-ratio",
+    type=float,
+    help="Final lr / peak lr for cosine_with_min_lr",
+    **config_default(TRAIN + ".min_lr_ratio"),
 )
-@click.option("--warmup-ratio", type=float, help="Warmup fraction of the steps  [default: 0.03]")
-@click.option("--batch-size", type=int, help="Pairs per device per step  [default: 4]")
+@click.option(
+    "--warmup-ratio",
+    type=float,
+    help="Warmup fraction of the steps",
+    **config_default(TRAIN + ".warmup_ratio"),
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    help="Pairs per device per step",
+    **config_default(TRAIN + ".batch_size"),
+)
 @click.option(
     "--gradient-accumulation-steps",
     "--grad-accum",
     "gradient_accumulation_steps",
     type=int,
-    help="Forward passes per optimizer step  [default: 1]",
+    help="Forward passes per optimizer step",
+    **config_default(TRAIN + ".gradient_accumulation_steps"),
 )
-@click.option("--max-length", type=int, help="Max prompt + response tokens  [default: 1024]")
+@click.option(
+    "--max-length",
+    type=int,
+    help="Max prompt + response tokens",
+    **config_default(TRAIN + ".max_length"),
+)
 @click.option("--lora/--no-lora", default=None, help="Train a LoRA adapter (PEFT).")
-@click.option("--lora-r", type=int, help="LoRA rank  [default: 16]")
-@click.option("--lora-alpha", type=int, help="LoRA alpha  [default: 32]")
-@click.option("--lora-dropout", type=float, help="LoRA dropout  [default: 0.05]")
+@click.option("--lora-r", type=int, help="LoRA rank", **config_default(TRAIN + ".lora_r"))
+@click.option("--lora-alpha", type=int, help="LoRA alpha", **config_default(TRAIN + ".lora_alpha"))
+@click.option(
+    "--lora-dropout", type=float, help="LoRA dropout", **config_default(TRAIN + ".lora_dropout")
+)
 @click.option("--lora-target-modules", help="'all-linear' or comma-separated module names.")
 @click.option("--merge/--no-merge", default=None, help="With --lora, also save OUTDIR/merged.")
 @click.option(
@@ -103,14 +165,24 @@ def _explicit(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
 )
 @click.option("--bf16/--no-bf16", default=None, help="bf16 mixed precision  [default: on GPU]")
 @click.option("--report-to", type=click.Choice(["none", "tensorboard"]), help="Extra logging.")
-@click.option("--logging-steps", type=int, help="Steps between log entries  [default: 1]")
-@click.option("--save-steps", type=int, help="Steps between checkpoints  [default: 500]")
+@click.option(
+    "--logging-steps",
+    type=int,
+    help="Steps between log entries",
+    **config_default(TRAIN + ".logging_steps"),
+)
+@click.option(
+    "--save-steps",
+    type=int,
+    help="Steps between checkpoints",
+    **config_default(TRAIN + ".save_steps"),
+)
 @click.option(
     "--keep-checkpoints/--no-keep-checkpoints",
     default=None,
     help="Keep OUTDIR/checkpoints after success.",
 )
-@click.option("--seed", type=int, help="Random seed  [default: 0]")
+@click.option("--seed", type=int, help="Random seed", **config_default(TRAIN + ".seed"))
 @click.option("--resume", is_flag=True, default=None, help="Continue from the last checkpoint.")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing run in OUTDIR.")
 @click.option(
@@ -121,34 +193,43 @@ def _explicit(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
 )
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow model code.")
 @click.option(
+    "--verbose",
+    is_flag=True,
+    help="Also show transformers/datasets/TRL progress bars and the trainer's log lines.",
+)
+@click.option(
     "--print-accelerate-config",
-    type=click.Choice(_ACCELERATE_NAMES),
     expose_value=False,
     is_eager=True,
+    hidden=True,
     callback=_print_accelerate_config,
-    help="Print the path of a shipped accelerate config and exit.",
+    help="Deprecated: `mipo accelerate-config NAME`.",
 )
 @click.pass_context
 def train_cmd(
     ctx: click.Context, pairs: Path, output: Path, config_file: Path | None, **options: Any
 ) -> None:
-    """Train with DPO on PAIRS (pairs.parquet from build-pairs) and save the model to OUTPUT.
+    """Train with DPO on PAIRS and save the model to OUTPUT.
+
+    PAIRS: a build-pairs folder or its pairs.parquet, a .jsonl file (one prompt/chosen/rejected
+    object per line), or a datasets folder saved with save_to_disk.
 
     Paper defaults: beta 0.1, one epoch, full fine-tuning at lr 5e-7, cosine to 10% with 3%
     warmup, Adam betas (0.9, 0.95), batch 4, sigmoid loss on summed log-probs.
 
     \b
     Several GPUs (DDP, DeepSpeed ZeRO-2/3, FSDP):
-      accelerate launch --config_file $(mipo train x -o x --print-accelerate-config ddp) \\
+      accelerate launch --config_file "$(mipo accelerate-config ddp)" \\
           -m mipo train PAIRS -o OUTDIR
     """
     from mipo.train import TrainConfig, train
 
-    overrides = _explicit(ctx, options)
+    verbose = bool(options.pop("verbose"))
+    overrides = given_options(ctx, options)
     config = (
         TrainConfig.from_yaml(config_file, **overrides) if config_file else TrainConfig(**overrides)
     )
-    result = train(pairs, output, config)
+    result = train(pairs, output, config, verbose=verbose)
     if os.environ.get("RANK", "0") != "0":  # under accelerate/torchrun only rank 0 reports
         return
     final: dict[str, Any] = next(
@@ -183,11 +264,8 @@ def _log_entries(path: Path) -> list[dict[str, Any]]:
 @click.option(
     "--model", required=True, help="Model to evaluate (folder, train OUTDIR, adapter, name)."
 )
-@click.option(
-    "-o",
-    "--output",
+@output_option(
     "output",
-    required=True,
     type=click.Path(path_type=Path),
     help="Output directory (report.md, report.html, metrics.json, plots).",
 )
@@ -212,38 +290,38 @@ def _log_entries(path: Path) -> list[dict[str, Any]]:
     "--judge-model", default=None, help="The served judge model's name (with --judge-url)."
 )
 @click.option(
-    "--judge-concurrency", default=8, show_default=True, type=int, help="Judge requests in flight."
+    "--judge-concurrency",
+    type=int,
+    help="Judge requests in flight.",
+    **config_default(EVAL + ".judge_concurrency"),
 )
 @click.option(
     "--judge-timeout",
     "judge_timeout_s",
-    default=60.0,
-    show_default=True,
     type=float,
     help="Seconds per judge request before it is retried.",
+    **config_default(EVAL + ".judge_timeout_s"),
 )
 @click.option(
     "-k",
     "--contrasts",
     "k",
-    default=8,
-    show_default=True,
     type=int,
     help="Contrast prompts per prompt and contrast set for PMI.",
+    **config_default(EVAL + ".k"),
 )
 @click.option(
     "--seed",
-    default=0,
-    show_default=True,
     type=int,
     help="Seed of generation, contrast draws and bootstrap.",
+    **config_default(EVAL + ".seed"),
 )
 @click.option(
     "--max-new-tokens",
-    default=256,
-    show_default=True,
     type=int,
-    help="Most tokens per response to a PMI prompt (paper: 512).",
+    help="Most tokens per response to a PMI prompt (paper: 512; shorter than build-pairs' "
+    "default, to keep evaluation quick).",
+    **config_default(EVAL + ".max_new_tokens"),
 )
 @click.option(
     "--math-max-new-tokens",
@@ -253,10 +331,9 @@ def _log_entries(path: Path) -> list[dict[str, Any]]:
 )
 @click.option(
     "--math-shots",
-    default=8,
-    show_default=True,
     type=int,
     help="Worked examples before each math question (chain of thought); 0 = zero-shot.",
+    **config_default(EVAL + ".math_shots"),
 )
 @click.option(
     "--math-fewshot",
@@ -266,44 +343,41 @@ def _log_entries(path: Path) -> list[dict[str, Any]]:
 )
 @click.option(
     "--temperature",
-    default=0.1,
-    show_default=True,
     type=float,
     help="Sampling temperature (paper: 0.1; 0 = greedy).",
+    **config_default(EVAL + ".temperature"),
 )
 @click.option(
-    "--top-p", default=0.9, show_default=True, type=float, help="Nucleus mass (paper: 0.9)."
+    "--top-p", type=float, help="Nucleus mass (paper: 0.9).", **config_default(EVAL + ".top_p")
 )
 @click.option(
     "--batch-size",
-    default=8,
-    show_default=True,
     type=int,
-    help="Rows per forward pass when generating and scoring.",
+    help="Rows per forward pass when generating and scoring: speed and memory.",
+    **config_default(
+        default_beside(EVAL + ".batch_size", RUN + ".eval_batch_size", "mipo run --eval-batch-size")
+    ),
 )
 @click.option("--limit", default=None, type=int, help="At most N rows of each file.")
 @click.option(
     "--n-bootstrap",
-    default=2000,
-    show_default=True,
     type=int,
     help="Bootstrap resamples per confidence interval.",
+    **config_default(EVAL + ".n_bootstrap"),
 )
 @click.option(
     "--backend",
     type=click.Choice(["auto", "hf", "vllm"]),
-    default="auto",
-    show_default=True,
     help="Generation backend (auto: vLLM when usable — installed with a GPU, its CPU build, or "
     "through --vllm-python — else transformers).",
+    **config_default(EVAL + ".backend"),
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", help="auto, cpu, cuda or cuda:N.", **config_default(EVAL + ".device"))
 @click.option(
     "--dtype",
     type=click.Choice(["auto", "float32", "bfloat16"]),
-    default="auto",
-    show_default=True,
     help="Precision of generation and scoring (auto: bf16 on GPUs and AMX CPUs, else fp32).",
+    **config_default(EVAL + ".dtype"),
 )
 @vllm_options
 @click.option(
@@ -316,7 +390,8 @@ def _log_entries(path: Path) -> list[dict[str, Any]]:
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing report.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow models that ship Python code.")
-def eval_cmd(data: tuple[str, ...], output: Path, **options: Any) -> None:
+@click.pass_context
+def eval_cmd(ctx: click.Context, data: tuple[str, ...], output: Path, **options: Any) -> None:
     """Evaluate a model on DATA files: PMI, multiple choice, math, judged win rate.
 
     \b
@@ -330,11 +405,8 @@ def eval_cmd(data: tuple[str, ...], output: Path, **options: Any) -> None:
     from mipo.evaluate.report import fmt_ci
 
     vllm = pop_vllm_options(options)
-    config = EvalConfig(
-        data=list(data),
-        vllm_options=vllm,
-        **options,
-    )
+    # Options not given keep EvalConfig's defaults (the ones --help shows).
+    config = EvalConfig(data=list(data), vllm_options=vllm, **given_options(ctx, options))
     result = run_eval(config, output)
     m = result.metrics
     for name, stats in m["pmi"].items():
@@ -369,4 +441,4 @@ def eval_cmd(data: tuple[str, ...], output: Path, **options: Any) -> None:
     click.echo(f"report: {result.report_md}")
 
 
-COMMANDS: list[click.Command] = [train_cmd, eval_cmd]
+COMMANDS: list[click.Command] = [train_cmd, eval_cmd, accelerate_config_cmd]

@@ -638,7 +638,7 @@ def _train_round(config: RunConfig, out: Path, number: int, generator: Path, pai
     )
     # build-pairs records the generator's folder in run.json, so `train` sees that it trains
     # the model that generated the pairs (both stages get `generator`) and stays silent.
-    train(pairs, train_dir, options)
+    train(pairs, train_dir, options, progress=config.progress)
     return train_dir
 
 

@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -40,14 +41,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-
 from mipo.errors import (
     ConfigError,
     CorpusError,
     DependencyError,
     ModelError,
     OutputError,
+)
+from mipo.train_console import TrainConsole, quiet_third_party, remove_trainer_printers
+from mipo.train_pairs import (
+    REQUIRED_PAIR_COLUMNS,
+    PairsSource,
+    pairs_sha256,
+    read_pairs,
+    resolve_pairs,
 )
 
 __all__ = [
@@ -63,8 +70,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REQUIRED_PAIR_COLUMNS = ("prompt", "chosen", "rejected")
-"""Columns ``pairs.parquet`` must have (the rest are provenance and are ignored by training)."""
 
 ACCELERATE_CONFIGS = {
     "ddp": "ddp.yaml",
@@ -353,80 +358,8 @@ class TrainResult:
 # --- pairs ------------------------------------------------------------------------------------
 
 
-def _message_list_dtype(dtype: pl.DataType) -> bool:
-    if not isinstance(dtype, pl.List) or not isinstance(dtype.inner, pl.Struct):
-        return False
-    names = {f.name for f in dtype.inner.fields}
-    return {"role", "content"} <= names
-
-
-def read_pairs(path: str | os.PathLike[str]) -> pl.DataFrame:
-    """Read and check ``pairs.parquet``: the three DPO columns as message lists.
-
-    ``chosen`` / ``rejected`` given as plain strings are wrapped as one assistant message.
-    Raises :class:`CorpusError` for a missing file, missing columns (named), wrong types, nulls,
-    or no rows.
-
-    >>> read_pairs("out/pairs.parquet").columns[:3]  # doctest: +SKIP
-    ['prompt', 'chosen', 'rejected']
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "pairs.parquet"
-    if not path.is_file():
-        raise CorpusError(f"pairs file {path} not found: run `mipo build-pairs` first")
-    try:
-        schema = pl.read_parquet_schema(path)
-    except Exception as e:  # polars raises several error types for a non-Parquet file
-        raise CorpusError(f"cannot read {path} as Parquet: {e}") from e
-    missing = [c for c in REQUIRED_PAIR_COLUMNS if c not in schema]
-    if missing:
-        raise CorpusError(
-            f"pairs file {path} lacks column(s) {', '.join(missing)} (has {', '.join(schema)}); "
-            "it must be a pairs.parquet written by `mipo build-pairs`"
-        )
-    df = pl.read_parquet(path, columns=list(REQUIRED_PAIR_COLUMNS))
-    if df.height == 0:
-        raise CorpusError(f"pairs file {path} has no pairs: nothing to train on")
-    if not _message_list_dtype(df.schema["prompt"]):
-        raise CorpusError(
-            f"column 'prompt' of {path} must be a list of {{role, content}} messages, "
-            f"got {df.schema['prompt']}"
-        )
-    for name in ("chosen", "rejected"):
-        dtype = df.schema[name]
-        if dtype == pl.String:
-            df = df.with_columns(
-                pl.concat_list(
-                    pl.struct(pl.lit("assistant").alias("role"), pl.col(name).alias("content"))
-                ).alias(name)
-            )
-        elif not _message_list_dtype(dtype):
-            raise CorpusError(
-                f"column {name!r} of {path} must be a one-message assistant list or a string, "
-                f"got {dtype}"
-            )
-    nulls = {c: df[c].null_count() for c in REQUIRED_PAIR_COLUMNS}
-    empty = df.filter(
-        pl.any_horizontal(pl.col(c).list.len() == 0 for c in REQUIRED_PAIR_COLUMNS)
-    ).height
-    if any(nulls.values()) or empty:
-        raise CorpusError(
-            f"pairs file {path} has null or empty messages ({nulls}, {empty} empty lists); "
-            "rebuild it with `mipo build-pairs`"
-        )
-    # Keep only role/content: TRL renders the messages with the chat template, extra struct
-    # fields (e.g. null tool calls) would reach the template.
-    return df.with_columns(
-        pl.col(c).list.eval(
-            pl.struct(pl.element().struct.field("role"), pl.element().struct.field("content"))
-        )
-        for c in REQUIRED_PAIR_COLUMNS
-    )
-
-
-def _read_run_info(pairs_path: Path) -> dict[str, Any] | None:
-    run_json = (pairs_path if pairs_path.is_dir() else pairs_path.parent) / "run.json"
+def _read_run_info(source: PairsSource) -> dict[str, Any] | None:
+    run_json = source.folder / "run.json"
     if not run_json.is_file():
         return None
     try:
@@ -483,7 +416,7 @@ def _check_generator(
             "no run.json beside the pairs: cannot check that the model to train generated them "
             "(MIPO assumes the reference model is the generator)",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         return {"checked": False}
     generator = run_info.get("model") or {}
@@ -501,7 +434,7 @@ def _check_generator(
         f"training {model_path} but the pairs were generated by {label}: MIPO assumes the "
         "reference (the model trained) generated the pairs",
         UserWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
     theirs = None
     if gen_path is not None:
@@ -519,7 +452,7 @@ def _check_generator(
         warnings.warn(
             f"cannot find the generating model {label} locally to compare tokenizers",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     elif theirs != ours:
         message = (
@@ -531,7 +464,7 @@ def _check_generator(
                 "pairs with this model, or pass --allow-foreign-pairs"
             )
         warnings.warn(
-            f"{message}; training anyway (--allow-foreign-pairs)", UserWarning, stacklevel=3
+            f"{message}; training anyway (--allow-foreign-pairs)", UserWarning, stacklevel=4
         )
     return report
 
@@ -731,14 +664,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _last_checkpoint(outdir: Path) -> Path | None:
     found = []
     for p in (outdir / "checkpoints").glob("checkpoint-*"):
@@ -752,35 +677,62 @@ def train(
     pairs: str | os.PathLike[str],
     output_dir: str | os.PathLike[str],
     config: TrainConfig | None = None,
+    *,
+    progress: bool | None = None,
+    verbose: bool = False,
 ) -> TrainResult:
-    """Run DPO on ``pairs`` (a ``pairs.parquet`` or its folder), writing into ``output_dir``.
+    """Run DPO on ``pairs``, writing into ``output_dir``.
+
+    ``pairs``: a ``pairs.parquet``, a ``.jsonl`` file, a folder holding either, or a folder
+    saved with ``datasets``' ``save_to_disk`` (see :mod:`mipo.train_pairs`).
+    ``progress``: show the rich progress display on stderr; ``None`` (the default): only when
+    stderr is a terminal. ``verbose``: keep transformers', datasets' and TRL's own progress bars
+    and printed log dicts (off by default; the full log is in ``train_log.jsonl`` either way).
+    Neither changes what is trained, so neither is a :class:`TrainConfig` field.
 
     >>> result = train("out/pairs.parquet", "out/train", TrainConfig(lora=True, max_steps=10))  # doctest: +SKIP
     """
     config = config or TrainConfig()
-    pairs_path = Path(pairs)
-    if pairs_path.is_dir():
-        pairs_path = pairs_path / "pairs.parquet"
+    source = resolve_pairs(pairs)
     outdir = Path(output_dir)
-    df = read_pairs(pairs_path)
-    run_info = _read_run_info(pairs_path)
+    df = read_pairs(source)
+    run_info = _read_run_info(source)
 
     try:
         import torch  # noqa: F401
-        from datasets import Dataset
-        from transformers import AutoTokenizer
-        from trl import DPOTrainer
+        from datasets import Dataset  # noqa: F401
+        from transformers import AutoTokenizer  # noqa: F401
+        from trl import DPOTrainer  # noqa: F401
     except ImportError as e:
         raise DependencyError(
             f"training needs the model stack ({e}); pip install 'mipo[hf]'"
         ) from e
     if config.report_to == "tensorboard":
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
         except ImportError as e:
             raise DependencyError(
                 "--report-to tensorboard needs tensorboard: pip install tensorboard"
             ) from e
+    if progress is None:
+        progress = sys.stderr.isatty()
+    with quiet_third_party(verbose):
+        return _train(source, df, run_info, outdir, config, progress=progress, verbose=verbose)
+
+
+def _train(
+    source: PairsSource,
+    df: Any,
+    run_info: dict[str, Any] | None,
+    outdir: Path,
+    config: TrainConfig,
+    *,
+    progress: bool,
+    verbose: bool,
+) -> TrainResult:
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import DPOTrainer
 
     model_path = _resolve_model(config, run_info)
     tokenizer = AutoTokenizer.from_pretrained(
@@ -806,10 +758,10 @@ def train(
         warnings.warn(
             f"--resume: no checkpoint in {outdir / 'checkpoints'}, starting from the beginning",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     options_file = outdir / "checkpoints" / "mipo_train_options.json"
-    pairs_sha = _file_sha256(pairs_path)
+    pairs_sha = pairs_sha256(source)
     if config.resume and checkpoint is not None and options_file.is_file():
         saved = json.loads(options_file.read_text(encoding="utf-8"))
         now = json.loads(json.dumps(asdict(config), default=str))
@@ -824,95 +776,111 @@ def train(
                 "run: rerun with the same options, or --overwrite to start over"
             )
 
-    dataset = Dataset.from_polars(df)
-    callbacks = [_jsonl_log_callback(outdir / "train_log.jsonl")]
-    if config.report_to == "tensorboard" and is_main:
-        from transformers.integrations import TensorBoardCallback
-
-        callbacks.append(TensorBoardCallback(SummaryWriter(str(outdir / "tensorboard"))))
-
-    provenance = {
-        "pairs": str(pairs_path.resolve()),
-        "pairs_sha256": pairs_sha,
-        "num_pairs": df.height,
-        "generator_check": generator_check,
-    }
-    if is_main:
-        options_file.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(
-            options_file,
-            json.dumps({"options": asdict(config), **provenance}, indent=2, default=str),
+    console = TrainConsole(enabled=progress and is_main, stages=not verbose)
+    with console:
+        console.stage(
+            "loading",
+            "model and pairs"
+            + (", reference log-probs" if config.precompute_ref_log_probs else ""),
         )
-    trainer = DPOTrainer(
-        model=str(model_path),
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=_lora_config(config) if config.lora else None,
-        callbacks=callbacks,
-    )
-    started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    runtime = time.perf_counter() - started
+        dataset = Dataset.from_polars(df)
+        callbacks = [_jsonl_log_callback(outdir / "train_log.jsonl"), console.callback()]
+        if config.report_to == "tensorboard" and is_main:
+            from torch.utils.tensorboard import SummaryWriter
+            from transformers.integrations import TensorBoardCallback
 
-    model_dir = outdir / "model"
-    tmp_model = outdir / ".model.tmp"
-    if is_main:
-        shutil.rmtree(tmp_model, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(tmp_model))  # every rank: ZeRO-3 / FSDP gather the weights here
-    trainer.accelerator.wait_for_everyone()
-    merged_dir: Path | None = None
-    if is_main:
-        tokenizer.save_pretrained(tmp_model)  # chat template included
-        # Trainer pickles its arguments here; train_config.json records them as JSON instead,
-        # and a pickle in a model folder is something mipo.models refuses to load by default.
-        (tmp_model / "training_args.bin").unlink(missing_ok=True)
-        shutil.rmtree(model_dir, ignore_errors=True)
-        os.replace(tmp_model, model_dir)
-        if config.lora:
-            _fix_adapter_base(model_dir, model_path)
-        if config.lora and config.merge:
-            merged_dir = _save_merged(model_dir, outdir / "merged", config)
-        history = trainer.state.log_history
-        _atomic_write_text(
-            outdir / "train_log.jsonl",
-            "".join(json.dumps(entry) + "\n" for entry in history),
-        )
-        record = {
-            "status": "complete",
-            "options": asdict(config),
-            "resolved": {
-                "model": str(model_path),
-                "reference_model": str(model_path),
-                "learning_rate": config.resolved_learning_rate(),
-                "bf16": args.bf16,
-                "world_size": args.world_size,
-                "effective_batch_size": config.batch_size
-                * config.gradient_accumulation_steps
-                * args.world_size,
-                "global_steps": trainer.state.global_step,
-            },
-            **provenance,
-            "metrics": output.metrics,
-            "train_runtime_s": runtime,
-            "versions": _versions(),
+            callbacks.append(TensorBoardCallback(SummaryWriter(str(outdir / "tensorboard"))))
+
+        provenance = {
+            "pairs": str(source.path.resolve()),
+            "pairs_format": source.format,
+            "pairs_sha256": pairs_sha,
+            "num_pairs": df.height,
+            "generator_check": generator_check,
         }
-        _atomic_write_text(outdir / "train_config.json", json.dumps(record, indent=2, default=str))
-        if not config.keep_checkpoints:
-            shutil.rmtree(outdir / "checkpoints", ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    return TrainResult(
-        output_dir=outdir,
-        model_dir=model_dir,
-        merged_dir=merged_dir,
-        log_path=outdir / "train_log.jsonl",
-        config_path=outdir / "train_config.json",
-        num_pairs=df.height,
-        global_steps=trainer.state.global_step,
-        train_runtime_s=runtime,
-        metrics=dict(output.metrics),
-    )
+        if is_main:
+            options_file.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(
+                options_file,
+                json.dumps({"options": asdict(config), **provenance}, indent=2, default=str),
+            )
+        trainer = DPOTrainer(
+            model=str(model_path),
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=_lora_config(config) if config.lora else None,
+            callbacks=callbacks,
+        )
+        if not verbose:
+            remove_trainer_printers(trainer)  # the {'loss': ...} dicts; train_log.jsonl has them
+        started = time.perf_counter()
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        runtime = time.perf_counter() - started
+        console.stage(
+            "saving", "model" + (", merged model" if config.lora and config.merge else "")
+        )
+
+        model_dir = outdir / "model"
+        tmp_model = outdir / ".model.tmp"
+        if is_main:
+            shutil.rmtree(tmp_model, ignore_errors=True)
+        trainer.accelerator.wait_for_everyone()
+        trainer.save_model(str(tmp_model))  # every rank: ZeRO-3 / FSDP gather the weights here
+        trainer.accelerator.wait_for_everyone()
+        merged_dir: Path | None = None
+        if is_main:
+            tokenizer.save_pretrained(tmp_model)  # chat template included
+            # Trainer pickles its arguments here; train_config.json records them as JSON instead,
+            # and a pickle in a model folder is something mipo.models refuses to load by default.
+            (tmp_model / "training_args.bin").unlink(missing_ok=True)
+            shutil.rmtree(model_dir, ignore_errors=True)
+            os.replace(tmp_model, model_dir)
+            if config.lora:
+                _fix_adapter_base(model_dir, model_path)
+            if config.lora and config.merge:
+                merged_dir = _save_merged(model_dir, outdir / "merged", config)
+            history = trainer.state.log_history
+            _atomic_write_text(
+                outdir / "train_log.jsonl",
+                "".join(json.dumps(entry) + "\n" for entry in history),
+            )
+            record = {
+                "status": "complete",
+                "options": asdict(config),
+                "resolved": {
+                    "model": str(model_path),
+                    "reference_model": str(model_path),
+                    "learning_rate": config.resolved_learning_rate(),
+                    "bf16": args.bf16,
+                    "world_size": args.world_size,
+                    "effective_batch_size": config.batch_size
+                    * config.gradient_accumulation_steps
+                    * args.world_size,
+                    "global_steps": trainer.state.global_step,
+                },
+                **provenance,
+                "metrics": output.metrics,
+                "train_runtime_s": runtime,
+                "versions": _versions(),
+            }
+            _atomic_write_text(
+                outdir / "train_config.json", json.dumps(record, indent=2, default=str)
+            )
+            if not config.keep_checkpoints:
+                shutil.rmtree(outdir / "checkpoints", ignore_errors=True)
+        trainer.accelerator.wait_for_everyone()
+        return TrainResult(
+            output_dir=outdir,
+            model_dir=model_dir,
+            merged_dir=merged_dir,
+            log_path=outdir / "train_log.jsonl",
+            config_path=outdir / "train_config.json",
+            num_pairs=df.height,
+            global_steps=trainer.state.global_step,
+            train_runtime_s=runtime,
+            metrics=dict(output.metrics),
+        )
 
 
 def _fix_adapter_base(adapter_dir: Path, base_path: Path) -> None:

@@ -110,8 +110,9 @@ class EvalConfig:
     """Sampling temperature for generation (paper: 0.1; 0 = greedy)."""
     top_p: float = 0.9
     """Nucleus sampling mass (paper: 0.9)."""
-    batch_size: int = 8
-    """Rows per forward pass when generating and scoring."""
+    batch_size: int = 16
+    """Rows per forward pass when generating and scoring (``mipo run --eval-batch-size``'s
+    default too)."""
     limit: int | None = None
     """Evaluate at most this many rows of each file (quick runs)."""
     n_bootstrap: int = 2000

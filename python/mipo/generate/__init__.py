@@ -38,9 +38,12 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _MAX_SEED = 2**64 - 1
 
-# Fields that cannot change generated text; left out of the run hash so changing them does not
-# invalidate finished chunks. (Per-request seeds make vLLM's output independent of batching,
-# caching and scheduling: tests/test_vllm.py checks prefix caching on and off.)
+# Fields that do not change what is generated, only how; left out of the run hash so changing
+# them does not invalidate finished chunks. (In float32, per-request seeds make vLLM's text
+# independent of batching, caching and scheduling: tests/test_vllm.py checks prefix caching on
+# and off and other chunk sizes. In bfloat16 a row's rounding depends on what is batched with
+# it, so a token can flip where two candidates are close; that holds for any batch change, a
+# resume included, and is not a different run.)
 NOT_OUTPUT_AFFECTING = frozenset(
     {
         "trust_remote_code",
@@ -373,13 +376,13 @@ __all__ = [
     "DTYPES",
     "NOT_OUTPUT_AFFECTING",
     "VLLM_ONLY",
-    "comparable_options",
     "Backend",
     "BackendName",
     "BatchCallback",
     "FinishReason",
     "GenerationConfig",
     "GenerationResult",
+    "comparable_options",
     "create_backend",
     "cuda_available",
     "load_results",
