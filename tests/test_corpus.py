@@ -252,3 +252,159 @@ def test_atomic_writes_leave_nothing_on_failure(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
     write_json_atomic({"a": 1}, tmp_path / "x.json")
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+
+
+# --- compressed inputs and the Parquet pull reader -----------------------------------------------
+
+
+def _compress(path: Path, codec: str) -> Path:
+    """``path`` compressed beside it as ``path.gz`` / ``path.zst`` (zstd through pyarrow)."""
+    import gzip
+
+    import pyarrow as pa
+
+    data = path.read_bytes()
+    if codec == "gzip":
+        target = path.with_name(path.name + ".gz")
+        target.write_bytes(gzip.compress(data))
+    else:
+        target = path.with_name(path.name + ".zst")
+        with pa.CompressedOutputStream(str(target), "zstd") as out:
+            out.write(data)
+    return target
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_compressed_text_reads_as_the_plain_file(tmp_path: Path, suffix: str, codec: str) -> None:
+    plain = _write(_frame(), tmp_path / f"corpus{suffix}")
+    packed = _compress(plain, codec)
+    plain_corpus, packed_corpus = open_corpus(plain), open_corpus(packed)
+    assert packed_corpus.format == plain_corpus.format
+    assert packed_corpus.schema == plain_corpus.schema
+    expected = plain_corpus.collect(plain_corpus.standardized())
+    assert packed_corpus.collect(packed_corpus.standardized()).equals(expected)
+    batches = list(packed_corpus.standardized_batches(None, 3))
+    assert [b.height for b in batches] == [3, 1]
+    assert pl.concat(batches).equals(expected)
+
+
+def test_compressed_suffixes_name_the_format(tmp_path: Path) -> None:
+    plain = _write(_frame(), tmp_path / "a.jsonl")
+    packed = _compress(plain, "gzip")
+    (tmp_path / "b.ndjson.zst").write_bytes(_compress(plain, "zstd").read_bytes())
+    (tmp_path / "a.jsonl.zst").unlink()
+    assert resolve_input_files(packed) == ([packed], "ndjson")
+    # Compression is no format: plain and compressed shards of one format share an input.
+    files, fmt = resolve_input_files(tmp_path)
+    assert [p.name for p in files] == ["a.jsonl", "a.jsonl.gz", "b.ndjson.zst"] and fmt == "ndjson"
+    assert _standard(tmp_path)["id"].to_list() == ["a", "b", "c", "d"] * 3
+    _write(_frame(), tmp_path / "c.parquet")
+    with pytest.raises(CorpusError, match=r"mixes file types \(ndjson, parquet\)"):
+        resolve_input_files(tmp_path)
+    gz_parquet = tmp_path / "c.parquet.gz"
+    gz_parquet.write_bytes(b"\x1f\x8b")
+    with pytest.raises(CorpusError, match=r"unsupported type; supported: .*also as \.gz or \.zst"):
+        resolve_input_files(gz_parquet)
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+def test_bad_line_in_a_compressed_jsonl_is_named(tmp_path: Path, codec: str) -> None:
+    plain = tmp_path / "bad.jsonl"
+    plain.write_bytes(b'{"prompt": "fine"}\n{"prompt": oops}\n{"prompt": "later"}\n')
+    packed = _compress(plain, codec)
+    with pytest.raises(CorpusError, match=r"bad\.jsonl\.(gz|zst)' line 2 is not valid JSON"):
+        corpus = open_corpus(packed)
+        list(corpus.standardized_batches(None, 10))
+
+
+def test_truncated_gzip_jsonl(tmp_path: Path) -> None:
+    plain = tmp_path / "big.jsonl"
+    plain.write_text(
+        "".join(json.dumps({"prompt": f"question {i} " * 8}) + "\n" for i in range(3000))
+    )
+    packed = _compress(plain, "gzip")
+    packed.write_bytes(packed.read_bytes()[: packed.stat().st_size // 2])
+    with pytest.raises(
+        CorpusError, match=r"is not a readable gzip file after line \d+ .*truncated"
+    ):
+        corpus = open_corpus(packed)
+        list(corpus.standardized_batches(None, 1000))
+
+
+def _shards(tmp_path: Path, frame: pl.DataFrame) -> Path:
+    """``frame`` over three Parquet files with row groups of 4, 13 and 2 rows."""
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    frame.slice(0, 21).write_parquet(folder / "part-0.parquet", row_group_size=4)
+    frame.slice(21, 30).write_parquet(folder / "part-1.parquet", row_group_size=13)
+    frame.slice(51).write_parquet(folder / "part-2.parquet", row_group_size=2)
+    return folder
+
+
+def _many_rows(n: int) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "uid": list(range(n)),
+            "author": pl.Series([f"u{i % 5}" for i in range(n)], dtype=pl.Categorical),
+            "persona": [
+                None if i % 4 == 0 else ("" if i % 7 == 0 else f"ctx {i}") for i in range(n)
+            ],
+            "question": [None if i % 11 == 0 else f"question {i}?" for i in range(n)],
+        }
+    )
+
+
+@pytest.mark.parametrize("batch_rows", [1, 3, 7, 16, 64, 10_000])
+def test_parquet_pull_reader_matches_the_scan(tmp_path: Path, batch_rows: int) -> None:
+    frame = _many_rows(57)
+    corpus = open_corpus(_shards(tmp_path, frame))
+    for columns in (None, ["row", "dedup_text"], ["row"]):
+        expected = corpus.collect(corpus.standardized(columns))
+        batches = list(corpus.standardized_batches(columns, batch_rows))
+        assert [b.height for b in batches[:-1]] == [batch_rows] * (len(batches) - 1)
+        got = pl.concat(batches)
+        assert got.schema == expected.schema
+        assert got.equals(expected)
+    assert expected["row"].to_list() == list(range(57))
+
+
+def test_parquet_pull_reader_with_messages(tmp_path: Path) -> None:
+    messages = [
+        [{"role": "system", "content": f"ctx {i}"}, {"role": "user", "content": f"q {i}"}]
+        if i % 3
+        else [{"role": "user", "content": f"q {i}"}]
+        for i in range(40)
+    ]
+    frame = pl.DataFrame({"id": [f"m{i}" for i in range(40)], "messages": messages})
+    folder = tmp_path / "m"
+    folder.mkdir()
+    frame.slice(0, 25).write_parquet(folder / "a.parquet", row_group_size=6)
+    frame.slice(25).write_parquet(folder / "b.parquet", row_group_size=100)
+    corpus = open_corpus(folder)
+    expected = corpus.collect(corpus.standardized())
+    for batch_rows in (5, 9, 1000):
+        assert pl.concat(list(corpus.standardized_batches(None, batch_rows))).equals(expected)
+
+
+def test_parquet_shards_with_other_columns_are_named(tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    folder.mkdir()
+    pl.DataFrame({"id": ["1"], "question": ["a"]}).write_parquet(folder / "a.parquet")
+    pl.DataFrame({"question": ["b"]}).write_parquet(folder / "b.parquet")
+    corpus = open_corpus(folder)
+    with pytest.raises(CorpusError, match=r"b\.parquet' has no column 'id'"):
+        list(corpus.standardized_batches(None, 10))
+    pl.DataFrame({"id": [2], "question": ["b"]}).write_parquet(folder / "b.parquet")
+    with pytest.raises(CorpusError, match=r"column 'id' is Int64 in '.*b\.parquet' but String"):
+        list(corpus.standardized_batches(None, 10))
+
+
+def test_corrupt_parquet_shard_while_streaming(tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    folder.mkdir()
+    good = _write(_frame(), folder / "a.parquet")
+    corpus = open_corpus(folder)
+    (folder / "a.parquet").write_bytes(good.read_bytes()[:40])  # cut after the schema was read
+    with pytest.raises(CorpusError, match=r"a\.parquet' is not a readable Parquet file"):
+        list(corpus.standardized_batches(None, 10))

@@ -381,3 +381,31 @@ def test_plan_reads_parquet_directories(tmp_path: Path, tokenizer: engine.ChatTo
     )
     assert stats.prompts_planned == 8
     assert read_plan(tmp_path / "p.parquet")["id"].to_list() == frame["id"].to_list()
+
+
+def test_parquet_shards_and_gzip_jsonl_give_the_plan_of_the_plain_jsonl(
+    tmp_path: Path, tokenizer: engine.ChatTokenizer
+) -> None:
+    import gzip
+
+    rows = [*_rows(40, users=5), {"id": "e1", "question": None}, {"id": "e2", "question": " "}]
+    rows += [dict(r, id=f"dup{i}") for i, r in enumerate(_rows(6, users=5))]  # exact duplicates
+    frame = pl.DataFrame(rows, schema={k: pl.String for k in rows[0]})
+    plain = tmp_path / "c.jsonl"
+    plain.write_text("".join(json.dumps(r) + "\n" for r in frame.to_dicts()))
+    (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    frame.slice(0, 17).write_parquet(shards / "a.parquet", row_group_size=3)
+    frame.slice(17).write_parquet(shards / "b.parquet", row_group_size=11)
+
+    def plan_bytes(spec: Path, name: str, batch_rows: int) -> bytes:
+        config = PlanConfig(seed=4, batch_rows=batch_rows)
+        stats = build_plan(open_corpus(spec), tokenizer, tmp_path / name, config)
+        assert stats.exact_duplicates == 6 and stats.empty_dropped == 2
+        return (tmp_path / name).read_bytes()
+
+    expected = plan_bytes(plain, "plain.parquet", 1000)
+    assert plan_bytes(tmp_path / "c.jsonl.gz", "gz.parquet", 7) == expected
+    for batch_rows in (2, 5, 1000):
+        assert plan_bytes(shards, f"shards-{batch_rows}.parquet", batch_rows) == expected

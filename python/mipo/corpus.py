@@ -1,8 +1,9 @@
 """Read, validate and map an input corpus to chat messages (Polars, lazy); write outputs atomically.
 
-A corpus is a Parquet, JSONL or CSV file, a folder of them, or a glob of shards. Its columns are
-detected from common names (or named explicitly) and mapped, with Polars expressions only (no
-per-row Python), onto one standard shape:
+A corpus is a Parquet, JSONL or CSV file (JSONL and CSV also gzip- or zstd-compressed:
+``.jsonl.gz``, ``.jsonl.zst``, ``.csv.gz``...), a folder of them, or a glob of shards. Its
+columns are detected from common names (or named explicitly) and mapped, with Polars expressions
+only (no per-row Python), onto one standard shape:
 
 - ``row`` (UInt64): the row's position in the input, counted across files;
 - ``id`` (String): the id column, or the row number when there is none;
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import io
 import json
 import os
 import re
@@ -69,6 +71,10 @@ MESSAGE_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 """A conversation as TRL takes it: a list of ``{role, content}`` messages."""
 
 _FORMATS = {".parquet": "parquet", ".jsonl": "ndjson", ".ndjson": "ndjson", ".csv": "csv"}
+# Compressed text inputs (``corpus.jsonl.gz``): Polars decompresses them as a stream while it scans.
+_COMPRESSIONS = (".gz", ".zst", ".zstd")
+_COMPRESSIBLE = ("ndjson", "csv")
+_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
 _TEXT_CASTABLE = (pl.Categorical, pl.Enum, pl.Null)
 
 
@@ -188,15 +194,34 @@ def detect_columns(names: list[str], options: ColumnOptions) -> ColumnMap:
 # --- input files -------------------------------------------------------------------------------
 
 
+def _format_of(path: Path) -> str | None:
+    """The format a file name says: ``parquet``, ``ndjson`` or ``csv``; None if unsupported.
+
+    >>> [_format_of(Path(n)) for n in ("a.jsonl.gz", "b.CSV.zst", "c.parquet.gz")]
+    ['ndjson', 'csv', None]
+    """
+    suffix = path.suffix.lower()
+    if suffix in _COMPRESSIONS:
+        inner = _FORMATS.get(Path(path.stem).suffix.lower())
+        return inner if inner in _COMPRESSIBLE else None
+    return _FORMATS.get(suffix)
+
+
+def _supported() -> str:
+    return ", ".join(sorted(_FORMATS)) + " (JSONL and CSV also as .gz or .zst)"
+
+
 def resolve_input_files(spec: str | os.PathLike[str]) -> tuple[list[Path], str]:
     """The files an INPUT names (a file, a folder, or a glob) and their one format.
 
-    Returns ``(files, format)`` with format ``parquet``, ``ndjson`` or ``csv``. Folders are read
-    recursively; hidden files and markers such as ``_SUCCESS`` are skipped.
+    Returns ``(files, format)`` with format ``parquet``, ``ndjson`` or ``csv``, told by the suffix
+    (``.jsonl.gz`` and ``.jsonl.zst`` are ``ndjson``; compressed and plain files may share an
+    input). Folders are read recursively; hidden files and markers such as ``_SUCCESS`` are
+    skipped.
     """
     text = str(spec)
     path = Path(text).expanduser()
-    supported = ", ".join(sorted(_FORMATS))
+    supported = _supported()
     if path.is_file():
         files = [path]
     elif path.is_dir():
@@ -207,7 +232,7 @@ def resolve_input_files(spec: str | os.PathLike[str]) -> tuple[list[Path], str]:
             and not p.name.startswith((".", "_"))
             and not any(part.startswith(".") for part in p.relative_to(path).parts)
         )
-        files = [p for p in files if p.suffix.lower() in _FORMATS]
+        files = [p for p in files if _format_of(p) is not None]
         if not files:
             raise CorpusError(f"folder '{text}' holds no {supported} files")
     elif any(ch in text for ch in "*?["):
@@ -218,9 +243,9 @@ def resolve_input_files(spec: str | os.PathLike[str]) -> tuple[list[Path], str]:
     else:
         raise CorpusError(f"input '{text}' not found: pass a {supported} file, a folder or a glob")
 
-    formats = {_FORMATS.get(p.suffix.lower()) for p in files}
+    formats = {_format_of(p) for p in files}
     if None in formats:
-        bad = next(p for p in files if p.suffix.lower() not in _FORMATS)
+        bad = next(p for p in files if _format_of(p) is None)
         raise CorpusError(f"input file '{bad}' has an unsupported type; supported: {supported}")
     if len(formats) > 1:
         raise CorpusError(
@@ -265,44 +290,86 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
+def _compression(path: Path) -> str | None:
+    """``gzip`` or ``zstd`` when the file starts with that codec's magic bytes (as Polars tells)."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    return next((codec for magic, codec in _MAGIC.items() if head.startswith(magic)), None)
+
+
+@contextlib.contextmanager
+def _open_lines(path: Path) -> Iterator[io.BufferedIOBase]:
+    """The file's bytes, decompressed on the fly when it is gzip or zstd (nothing on disk)."""
+    codec = _compression(path)
+    if codec is None:
+        with path.open("rb") as handle:
+            yield handle
+        return
+    import pyarrow as pa
+
+    stream = pa.input_stream(str(path), compression=codec)
+    with io.BufferedReader(stream) as handle:
+        yield handle
+
+
 def _diagnose_jsonl(path: Path) -> str | None:
     """Find the first bad line of a JSONL file (run only after Polars failed, to name it)."""
-    size = path.stat().st_size
-    ends_with_newline = True
-    if size:
-        with path.open("rb") as handle:
-            handle.seek(size - 1)
-            ends_with_newline = handle.read(1) == b"\n"
+    codec = _compression(path)
     seen = 0
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                return (
-                    f"'{path}' line {number}: invalid UTF-8 (byte 0x{raw[exc.start]:02x} at "
-                    f"column {exc.start + 1}); re-encode the file as UTF-8"
-                )
-            if not line.strip():
-                continue
-            seen += 1
-            try:
-                value = json.loads(line)
-            except ValueError as exc:
-                is_last = not raw.endswith(b"\n") and not ends_with_newline
-                if is_last:
+    number = 0
+    try:
+        with _open_lines(path) as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
                     return (
-                        f"'{path}' line {number} (the last) is cut off: not valid JSON ({exc}); "
-                        "the file looks truncated: complete or remove that line"
+                        f"'{path}' line {number}: invalid UTF-8 (byte 0x{raw[exc.start]:02x} at "
+                        f"column {exc.start + 1}); re-encode the file as UTF-8"
                     )
-                return f"'{path}' line {number} is not valid JSON ({exc}); fix or remove it"
-            if not isinstance(value, dict):
-                return (
-                    f"'{path}' line {number} is a JSON {type(value).__name__}, not an object; "
-                    "each line must be one JSON object"
-                )
+                if not line.strip():
+                    continue
+                seen += 1
+                try:
+                    value = json.loads(line)
+                except ValueError as exc:
+                    if not raw.endswith(b"\n"):  # only the last line can lack its newline
+                        return (
+                            f"'{path}' line {number} (the last) is cut off: not valid JSON "
+                            f"({exc}); the file looks truncated: complete or remove that line"
+                        )
+                    return f"'{path}' line {number} is not valid JSON ({exc}); fix or remove it"
+                if not isinstance(value, dict):
+                    return (
+                        f"'{path}' line {number} is a JSON {type(value).__name__}, not an "
+                        "object; each line must be one JSON object"
+                    )
+    except (OSError, EOFError) as exc:
+        if codec is None:
+            raise
+        return (
+            f"'{path}' is not a readable {codec} file after line {number} ({_first_line(exc)}); "
+            "it may be truncated or corrupt: compress it again"
+        )
     if seen == 0:
         return f"input file '{path}' holds no JSON lines"
+    return None
+
+
+def _diagnose_stream(path: Path) -> str | None:
+    """A compressed file that does not decompress to its end (truncated, corrupt), else None."""
+    codec = _compression(path)
+    if codec is None:
+        return None
+    try:
+        with _open_lines(path) as handle:
+            while handle.read(1 << 20):
+                pass
+    except (OSError, EOFError) as exc:
+        return (
+            f"'{path}' is not a readable {codec} file ({_first_line(exc)}); it may be truncated "
+            "or corrupt: compress it again"
+        )
     return None
 
 
@@ -311,6 +378,11 @@ def _corpus_error(files: list[Path], fmt: str, error: BaseException) -> CorpusEr
     if fmt == "ndjson":
         for path in files:
             found = _diagnose_jsonl(path)
+            if found:
+                return CorpusError(found)
+    if fmt == "csv":
+        for path in files:
+            found = _diagnose_stream(path)
             if found:
                 return CorpusError(found)
     if fmt == "parquet":
@@ -345,6 +417,23 @@ def _text_column(name: str, dtype: pl.DataType, role: str) -> pl.Expr:
 
 def _blank(expr: pl.Expr) -> pl.Expr:
     return expr.is_null() | (expr.str.strip_chars() == "")
+
+
+def _check_parquet_columns(
+    path: Path, first: Path, found: pl.Schema, reference: pl.Schema, needed: list[str]
+) -> None:
+    """Refuse a Parquet shard that lacks a mapped column or holds it with another type."""
+    for name in needed:
+        if name not in found:
+            raise CorpusError(
+                f"'{path}' has no column {name!r} ('{first}' has it); "
+                f"{_columns_hint(list(found.names()))}: give every file the same columns"
+            )
+        if found[name] != reference[name]:
+            raise CorpusError(
+                f"column {name!r} is {found[name]} in '{path}' but {reference[name]} in "
+                f"'{first}': give every file the same column types"
+            )
 
 
 @dataclass
@@ -458,6 +547,10 @@ class Corpus:
         ``columns`` selects a subset, so a pass that only needs ``dedup_text`` never builds
         the messages.
         """
+        return self._lazy.with_row_index("__row").select(self._standard_exprs(columns))
+
+    def _standard_exprs(self, columns: list[str] | None = None) -> list[pl.Expr]:
+        """The expressions of :meth:`standardized`, over the input columns and ``__row``."""
         cols = self.columns
         prompt, nocontext, has_context, dedup_text, is_empty, bad = self._messages_expr()
         row = pl.col("__row").cast(pl.UInt64)
@@ -487,7 +580,71 @@ class Corpus:
         unknown = [c for c in wanted if c not in exprs]
         if unknown:
             raise ValueError(f"unknown standard columns {unknown}; known: {list(exprs)}")
-        return self._lazy.with_row_index("__row").select([exprs[c].alias(c) for c in wanted])
+        return [exprs[c].alias(c) for c in wanted]
+
+    def standardized_batches(
+        self, columns: list[str] | None, batch_rows: int
+    ) -> Iterator[pl.DataFrame]:
+        """:meth:`standardized` streamed in order, in batches of ``batch_rows`` rows (the last
+        may be shorter); read errors become :class:`CorpusError` naming the file and line.
+
+        Parquet is pulled file by file, one slice of ``batch_rows`` rows at a time and only the
+        columns the standard ones are built from (a slice reads just the row groups and pages it
+        covers), so at most about two batches of input are in memory; a streaming collect of the
+        whole scan reads ahead, and that set the plan stage's peak memory. The batches are the
+        same rows, values and dtypes as :meth:`standardized`. JSONL and CSV, compressed or not,
+        stream through Polars' own scan.
+        """
+        if self.format != "parquet":
+            yield from self.batches(self.standardized(columns), batch_rows)
+            return
+        yield from self._parquet_batches(self._standard_exprs(columns), batch_rows)
+
+    def _parquet_batches(self, exprs: list[pl.Expr], batch_rows: int) -> Iterator[pl.DataFrame]:
+        roots = {name for e in exprs for name in e.meta.root_names()}  # pl.element() is ""
+        needed = [name for name in self.schema.names() if name in roots]
+        if not needed:  # only ``row`` wanted: read one column, for the row counts
+            needed = [self.schema.names()[0]]
+        pending: list[pl.DataFrame] = []
+        buffered = start = 0
+
+        def emit(frame: pl.DataFrame) -> pl.DataFrame:
+            nonlocal start
+            frame = frame.with_row_index("__row", offset=start)
+            start += frame.height
+            return frame.lazy().select(exprs).collect()
+
+        for path in self.files:
+            try:
+                scan = pl.scan_parquet(path)
+                found = scan.collect_schema()
+                _check_parquet_columns(path, self.files[0], found, self.schema, needed)
+                scan = scan.select(needed)
+                offset = 0
+                while True:
+                    # A slice reads only the row groups (and pages) it covers: no read-ahead.
+                    frame = scan.slice(offset, batch_rows).collect()
+                    offset += frame.height
+                    if frame.height:
+                        pending.append(frame)
+                        buffered += frame.height
+                    while buffered >= batch_rows:
+                        whole = pl.concat(pending) if len(pending) > 1 else pending[0]
+                        rest = whole.slice(batch_rows)
+                        pending, buffered = ([rest] if rest.height else []), rest.height
+                        yield emit(whole.slice(0, batch_rows))
+                        del whole, rest
+                    if frame.height < batch_rows:
+                        break
+            except CorpusError:
+                raise
+            except (pl.exceptions.PolarsError, OSError) as exc:
+                raise _corpus_error([path], self.format, exc) from exc
+        if buffered:
+            try:
+                yield emit(pl.concat(pending) if len(pending) > 1 else pending[0])
+            except pl.exceptions.PolarsError as exc:
+                raise _corpus_error(self.files[-1:], self.format, exc) from exc
 
     def batches(self, lazy: pl.LazyFrame, batch_rows: int) -> Iterator[pl.DataFrame]:
         """Stream ``lazy`` in order, in batches of about ``batch_rows`` rows; read errors become

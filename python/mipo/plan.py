@@ -159,9 +159,10 @@ class _Clock:
             self.steps[step] += time.perf_counter() - start
 
 
-def _timed_batches(corpus: Corpus, lazy: pl.LazyFrame, config: PlanConfig, clock: _Clock):  # type: ignore[no-untyped-def]
-    """Yield the batches of ``lazy``, booking the time spent producing them to ``read``."""
-    iterator = corpus.batches(lazy, config.batch_rows)
+def _timed_batches(corpus: Corpus, columns: list[str], config: PlanConfig, clock: _Clock):  # type: ignore[no-untyped-def]
+    """Yield the standard ``columns`` in batches, booking the time spent producing them to
+    ``read`` (Parquet is pulled a batch at a time: see :meth:`Corpus.standardized_batches`)."""
+    iterator = corpus.standardized_batches(columns, config.batch_rows)
     while True:
         with clock("read"):
             batch = next(iterator, None)
@@ -250,7 +251,7 @@ def _stream_pass(
     compact: list[pl.DataFrame] = []
     representatives: list[pl.DataFrame] = []
     lengths_dropped: list[int] = []
-    for batch in _timed_batches(corpus, corpus.standardized(wanted), config, clock):
+    for batch in _timed_batches(corpus, wanted, config, clock):
         seen = batch.height
         stats.rows_in += seen
         bad = batch.filter(pl.col("bad_message"))
