@@ -88,6 +88,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=HERE / "reproduce-out", help="work folder")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script")
     p.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    p.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="tabulate the configurations of the grid that an earlier invocation finished, run "
+        "nothing new; the table names the ones left out",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.train_prompts, args.eval_prompts, args.max_new_tokens = 48, 16, 32
@@ -386,9 +392,21 @@ def main(argv: list[str] | None = None) -> int:
             args.beta, args.learning_rate, args.epochs, args.negatives, args.temperature
         )
     ]  # fmt: skip
+    skipped = []
+    if args.finished_only:
+        done = [
+            c for c in combos if (args.out / "runs" / _slug(_label(c)) / "metrics.json").is_file()
+        ]
+        skipped = [_label(c) for c in combos if c not in done]
+        combos = done
+        if not combos:
+            raise SystemExit("reproduce: no configuration of this grid has finished yet")
     pairs_cache: dict[Any, Path] = {}
     results = [_run_one(args, train, held, combo, pairs_cache) for combo in combos]
     block = render(args, results, time.perf_counter() - started, argv)
+    if skipped:
+        note = f"\nNot run (the grid was cut to fit the session's time): {'; '.join(skipped)}.\n"
+        block = block.replace(f"\n{END}", f"{note}\n{END}")
     print(block)
     (args.out / "results.json").write_text(
         json.dumps(
