@@ -273,7 +273,14 @@ def test_demo_configuration_on_the_builtin_model(tmp_path: Path, smollm2_dir: Pa
     (round1,) = metrics["rounds"]
     assert round1["pmi"]["pmi_random"]["n"] == 8
     assert math.isfinite(round1["vs_base"]["pmi_random"]["mean"])
-    assert round1["judge"] is not None
+    # The demo trains on context-swap negatives, asks for no judge (the built-in model ties
+    # every pair) and reports the same-question gain as its headline.
+    assert metrics["options"]["negatives"] == "context-swap"
+    assert round1["judge"] is None
+    headline = metrics["personalization"]
+    assert headline["contrast"] == "same_question" and headline["estimator"] == "log-mean-exp"
+    assert headline["gain"]["n"] == 8 and math.isfinite(headline["gain"]["mean"])
+    assert "personalization: same-question PMI gain" in result.output
     rows = pl.read_parquet(out / "round-1" / "eval" / "pmi_eval.parquet")
     # A real instruct model answers in words, and differently for different prompts.
     texts = rows["response_model"].to_list()
