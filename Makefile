@@ -76,12 +76,12 @@ fmt:  ## Format Rust and Python
 	$(VENV)/bin/ruff check --fix python tests benches
 
 .PHONY: demo
-demo: dev  ## Run the whole method on the sample corpus with the built-in model (CPU, ~10-15 min)
+demo: dev  ## Run the whole method on the sample corpus with the built-in model (CPU, ~15-20 min)
 	$(VENV)/bin/mipo run --demo -o demo-out
 
 .PHONY: reproduce
-reproduce: dev  ## Mini reproduction on the CPU (~1.5 h, two learning rates); table into benches/RESULTS.md
-	$(PY) benches/reproduce.py --train-prompts 300 --max-new-tokens 96 --learning-rate default 2e-4
+reproduce: dev  ## Mini reproduction on the CPU: strategy x LoRA lr x beta (24 runs, ~20 min each; resumable); table into benches/RESULTS.md
+	$(PY) benches/reproduce.py
 
 .PHONY: bench
 bench: dev  ## Rust criterion benches + the side-by-side comparison (writes benches/RESULTS.md)

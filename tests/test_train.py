@@ -274,7 +274,7 @@ def test_config_validation_and_yaml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="report_to"):
         TrainConfig(report_to="wandb")
     assert TrainConfig().resolved_learning_rate() == 5e-7
-    assert TrainConfig(lora=True).resolved_learning_rate() == 5e-5
+    assert TrainConfig(lora=True).resolved_learning_rate() == 5e-4
     config_file = tmp_path / "train.yaml"
     config_file.write_text("beta: 0.2\nlora: true\nlora-r: 8\nseed: 3\n")
     config = TrainConfig.from_yaml(config_file, seed=7)

@@ -62,11 +62,14 @@ def config_value(spec: str) -> Any:
 def show_value(value: Any) -> str:
     """``value`` as ``--help`` shows a default.
 
-    >>> show_value(5e-7), show_value(1.0), show_value(0.03), show_value((0, 1))
-    ('5e-7', '1', '0.03', '0, 1')
+    >>> show_value(5e-7), show_value(5e-4), show_value(1.0), show_value(0.03), show_value((0, 1))
+    ('5e-7', '5e-4', '1', '0.03', '0, 1')
     """
     if isinstance(value, list | tuple):
         return ", ".join(map(show_value, value))
+    if isinstance(value, float) and 0 < abs(value) < 1e-3:  # learning rates read as 5e-4
+        mantissa, exponent = f"{value:e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
     if isinstance(value, float):
         return re.sub(r"e([+-])0*(\d)", lambda m: "e" + m[1].lstrip("+") + m[2], f"{value:g}")
     return str(value)
