@@ -601,3 +601,25 @@ def test_builtin_model_answers_and_stops(smollm2_dir: Path, tmp_path: Path) -> N
     assert results["finish_reason"].to_list() == ["stop"] * 3
     assert "<|im_end|>" not in "".join(results["response"].to_list())
     assert (results["num_response_tokens"] < 48).all()
+
+
+def test_vllm_engine_arguments_on_a_cpu(
+    tiny: ResolvedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CPU: eager, a fixed KV cache, and whole-prompt prefill (vLLM's CPU worker cannot
+    rewind the seeded generator of a prompt split across steps)."""
+    import mipo.generate as generate
+    from mipo.generate.vllm import MIN_BATCHED_TOKENS, engine_arguments
+
+    monkeypatch.setattr(generate, "vllm_device", lambda: "cpu")
+    arguments = engine_arguments(tiny, GenerationConfig(backend="vllm"))
+    assert arguments["enforce_eager"] is True
+    assert arguments["enable_chunked_prefill"] is False
+    context = json.loads((Path(tiny.path) / "config.json").read_text())["max_position_embeddings"]
+    assert arguments["max_num_batched_tokens"] == max(context, MIN_BATCHED_TOKENS)
+    assert arguments["kv_cache_memory_bytes"] == 2 * 1024**3
+    wide = engine_arguments(tiny, GenerationConfig(backend="vllm", max_model_len=20000))
+    assert wide["max_num_batched_tokens"] == 20000
+    # --vllm-arg still wins.
+    mine = GenerationConfig(backend="vllm", vllm_args={"enable_chunked_prefill": True})
+    assert engine_arguments(tiny, mine)["enable_chunked_prefill"] is True

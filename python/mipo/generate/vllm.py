@@ -58,6 +58,22 @@ CPU_KV_CACHE_GIB = 2.0
 a share of the machine's RAM (which vLLM would otherwise take from gpu_memory_utilization)."""
 
 
+MIN_BATCHED_TOKENS = 8192  # vLLM's own floor for a step's token budget without chunked prefill
+
+
+def _model_context(path: Any) -> int:
+    """The model's context length from its config.json (0 when it does not say)."""
+    import json
+    from pathlib import Path
+
+    try:
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise GenerationError(f"cannot read {path}/config.json: {exc}") from exc
+    value = config.get("max_position_embeddings") or config.get("max_seq_len") or 0
+    return int(value) if isinstance(value, int | float) else 0
+
+
 def engine_arguments(model: ResolvedModel, config: GenerationConfig) -> dict[str, Any]:
     """The ``vllm.LLM`` arguments for ``model`` under ``config`` (see the class docstring)."""
     from mipo.generate import vllm_device
@@ -87,6 +103,14 @@ def engine_arguments(model: ResolvedModel, config: GenerationConfig) -> dict[str
     if device == "cpu":
         # Engine start 20-30 s eager instead of 80-110 s compiled; decoding ~10-15% slower.
         arguments["enforce_eager"] = True
+        # A prompt whose prefill is split across steps has its sampled token discarded and its
+        # seeded generator rewound, which only CUDA generators support: vLLM's CPU worker dies
+        # with "CPU Generator does not use offset" as soon as a step's token budget cuts a
+        # prompt. Whole prompts only, with a budget that fits the longest one.
+        arguments["enable_chunked_prefill"] = False
+        arguments["max_num_batched_tokens"] = max(
+            config.max_model_len or _model_context(model.path), MIN_BATCHED_TOKENS
+        )
     arguments.update(config.vllm_args)
     return arguments
 
