@@ -71,9 +71,9 @@ _QUESTIONS = [
 ]
 
 
-def build_prompts(model_path: str, users: int, questions: int) -> tuple[list[list[int]], int]:
-    """Token ids of USERS x QUESTIONS chat prompts (a user's context opens each of their prompts)
-    and the number of distinct contexts."""
+def build_prompts(model_path: str, users: int, questions: int) -> list[list[int]]:
+    """Token ids of USERS x QUESTIONS chat prompts (a user's context opens each of their
+    prompts)."""
     import random
 
     from transformers import AutoTokenizer
@@ -92,7 +92,7 @@ def build_prompts(model_path: str, users: int, questions: int) -> tuple[list[lis
                 messages, add_generation_prompt=True, tokenize=True, return_dict=False
             )
             prompts.append([int(t) for t in ids])
-    return prompts, users
+    return prompts
 
 
 def _requests(prompts: list[list[int]]) -> Any:
@@ -157,7 +157,7 @@ def run_side(side: str, settings: dict[str, Any]) -> dict[str, Any]:
     from mipo.models import resolve_model
 
     model = resolve_model(None)
-    prompts, _ = build_prompts(str(model.path), settings["users"], settings["questions"])
+    prompts = build_prompts(str(model.path), settings["users"], settings["questions"])
     requests = _requests(prompts)
     if side == "hf":
         from mipo.generate.hf import HFBackend

@@ -53,28 +53,21 @@ def write_pairs(
     """A pairs.parquet in build-pairs' schema (random strategy: the rejected answer is the
     response to another prompt), plus run.json naming the generating model."""
     outdir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        j = (i + 1) % n
-        rows.append(
-            {
-                "prompt": [
-                    {"role": "system", "content": CONTEXTS[i % 4]},
-                    {"role": "user", "content": QUESTIONS[i % 4]},
-                ],
-                "chosen": [{"role": "assistant", "content": ANSWERS[i % 4]}],
-                "rejected": [{"role": "assistant", "content": ANSWERS[j % 4]}],
-                "id": str(i),
-                "negative_id": str(j),
-                "user_id": f"u{i % 3}",
-                "strategy": "random",
-                "seed": i,
-                "chosen_tokens": 10,
-                "rejected_tokens": 10,
-                "chosen_finish_reason": "stop",
-                "rejected_finish_reason": "stop",
-            }
-        )
+    rows = [
+        {
+            **fields,
+            "id": str(i),
+            "negative_id": str((i + 1) % n),
+            "user_id": f"u{i % 3}",
+            "strategy": "random",
+            "seed": i,
+            "chosen_tokens": 10,
+            "rejected_tokens": 10,
+            "chosen_finish_reason": "stop",
+            "rejected_finish_reason": "stop",
+        }
+        for i, fields in enumerate(pair_rows(n))
+    ]
     df = pl.DataFrame(rows).drop(list(drop))
     path = outdir / "pairs.parquet"
     df.write_parquet(path)
@@ -377,7 +370,8 @@ def test_ddp_two_cpu_processes(tiny_model_dir: Path, tmp_path: Path) -> None:
 
 
 def pair_rows(n: int = 8) -> list[dict[str, object]]:
-    """The three DPO fields of write_pairs' rows, as Python objects."""
+    """The three DPO fields of write_pairs' rows, as Python objects (the rejected answer is
+    the next prompt's)."""
     rows = []
     for i in range(n):
         j = (i + 1) % n
