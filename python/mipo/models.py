@@ -398,11 +398,9 @@ def _source_stamp(source: Path) -> dict[str, Any]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
+    from mipo.hashing import update_from_file
+
+    return str(update_from_file(hashlib.sha256(), path).hexdigest())
 
 
 def _conversion_done(target: Path, stamp: dict[str, Any]) -> bool:

@@ -29,6 +29,7 @@ from typing import Any
 import polars as pl
 
 from mipo.errors import CorpusError, DependencyError
+from mipo.hashing import update_from_file
 
 __all__ = [
     "PAIRS_FORMATS",
@@ -127,16 +128,10 @@ def pairs_sha256(source: PairsSource) -> str:
             if not file.is_file() or file.name.startswith((".", "cache-")):
                 continue
             digest.update(name.encode() + b"\0")
-            _hash_file(file, digest)
+            update_from_file(digest, file)
     else:
-        _hash_file(source.path, digest)
+        update_from_file(digest, source.path)
     return digest.hexdigest()
-
-
-def _hash_file(path: Path, digest: Any) -> None:
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
 
 
 # --- formats ------------------------------------------------------------------------------------

@@ -23,10 +23,9 @@ from typing import Any
 import polars as pl
 
 from mipo.errors import OutputError
+from mipo.hashing import update_from_file
 
 __all__ = ["ResultCache", "content_digest"]
-
-_CHUNK = 1 << 22
 
 
 def content_digest(path: str | os.PathLike[str], *, suffixes: tuple[str, ...] = ()) -> str:
@@ -46,9 +45,7 @@ def content_digest(path: str | os.PathLike[str], *, suffixes: tuple[str, ...] = 
     for file in files:
         if root.is_dir():
             digest.update(str(file.relative_to(root)).encode() + b"\0")
-        with file.open("rb") as handle:
-            while block := handle.read(_CHUNK):
-                digest.update(block)
+        update_from_file(digest, file)
     return digest.hexdigest()
 
 
