@@ -39,25 +39,47 @@ def _fmt(x: object) -> str:
     return "" if x is None else str(x)
 
 
-def render(rows: list[dict], quick: bool, elapsed: float) -> str:
+COLUMNS = ("name", "script", "measured", "mipo_s", "baseline", "baseline_s", "speedup", "target")
+HEADER = "| comparison | script | measured | mipo (s) | baseline | baseline (s) | speedup | target | notes |"
+
+
+def kept_rows(rerun: set[str]) -> list[str]:
+    """Table rows of the current RESULTS.md written by scripts not rerun now (partial runs keep
+    the others' rows, each with the date it was measured); rows without a script column (an
+    older table layout) are dropped."""
+    if not RESULTS.is_file():
+        return []
+    text = RESULTS.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        return []
+    block = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    if HEADER not in block:
+        return []
+    rows = block.split(HEADER, 1)[1].splitlines()[2:]
+    scripts = {f"{name}.py" for name in MODULES.values()}
+    kept = []
+    for line in rows:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 1 and cells[1] in scripts and cells[1] not in rerun:
+            kept.append(line)
+    return kept
+
+
+def render(rows: list[dict], kept: list[str], quick: bool, elapsed: float) -> str:
     lines = [
         BEGIN,
-        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} with {os.cpu_count()} "
-        f"cores, Python {platform.python_version()}{' (quick mode)' if quick else ''}; "
-        f"total {elapsed:.0f} s.",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}. The rows of one script are measured together, side by "
+        f"side, on the date in their row (this run: {elapsed:.0f} s"
+        f"{', quick mode' if quick else ''}). Each row comes from `python benches/<script>`.",
         "",
-        "| comparison | mipo (s) | baseline | baseline (s) | speedup | target | notes |",
-        "|---|---|---|---|---|---|---|",
+        HEADER,
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(
-            "| "
-            + " | ".join(
-                _fmt(r.get(k))
-                for k in ("name", "mipo_s", "baseline", "baseline_s", "speedup", "target", "notes")
-            )
-            + " |"
-        )
+        cells = [_fmt(r.get(k)) for k in COLUMNS] + [_fmt(r.get("notes"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.extend(kept)
     lines.append(END)
     return "\n".join(lines)
 
@@ -74,13 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(HERE))
     rows: list[dict] = []
     start = time.perf_counter()
-    for key in args.which or list(MODULES):
+    chosen = args.which or list(MODULES)
+    today = time.strftime("%Y-%m-%d")
+    for key in chosen:
         module = importlib.import_module(MODULES[key])
         print(f"== {key}", flush=True)
         for row in module.compare(quick=args.quick):
             print("   ", row, flush=True)
-            rows.append(row)
-    block = render(rows, args.quick, time.perf_counter() - start)
+            rows.append({**row, "script": f"{MODULES[key]}.py", "measured": today})
+    kept = kept_rows({f"{MODULES[k]}.py" for k in chosen})
+    block = render(rows, kept, args.quick, time.perf_counter() - start)
     print(block)
     if not args.no_write:
         replace_section(block, BEGIN, END, "## Engine and stage comparisons")

@@ -18,8 +18,11 @@ use tokenizers::Tokenizer;
 
 use crate::error::{EngineError, Result};
 
+pub mod fast;
 pub mod pyjson;
 pub mod template;
+
+use fast::FastEncoder;
 
 pub use template::ChatTemplate;
 
@@ -169,6 +172,8 @@ pub struct ChatTokenizer {
     special: SpecialTokens,
     /// Template variables shared by every row (special tokens, `tools`, `documents`).
     base_context: Vec<(&'static str, Value)>,
+    /// The pre-token cache (byte-level BPE; `None`: every text goes through the crate).
+    fast: Option<FastEncoder>,
 }
 
 /// Pick the template out of `tokenizer_config.json`'s `chat_template`: a string, or a list of
@@ -227,13 +232,31 @@ impl ChatTokenizer {
         // transformers passes these even when unused; `tools is defined` is true, `tools` is none.
         base_context.push(("tools", template::py_none()));
         base_context.push(("documents", template::py_none()));
+        let fast = FastEncoder::new(&tokenizer);
         Ok(ChatTokenizer {
             tokenizer,
             template_source: chat_template,
             template,
             special,
             base_context,
+            fast,
         })
+    }
+
+    /// Turn the pre-token cache off (every text through the crate) or back on where the
+    /// tokenizer allows it; the ids are the same either way.
+    pub fn with_pretoken_cache(mut self, enabled: bool) -> Self {
+        self.fast = if enabled {
+            FastEncoder::new(&self.tokenizer)
+        } else {
+            None
+        };
+        self
+    }
+
+    /// Whether texts are encoded through the pre-token cache ([`fast`]).
+    pub fn uses_pretoken_cache(&self) -> bool {
+        self.fast.is_some()
     }
 
     /// Load a model folder: `tokenizer.json`, the template from `chat_template.jinja` or
@@ -351,6 +374,14 @@ impl ChatTokenizer {
     }
 
     fn encode_one(&self, text: &str, add_special_tokens: bool, row: usize) -> Result<Vec<u32>> {
+        // With add_special_tokens=False no post-processor changes the ids.
+        if let Some(fast) = &self.fast {
+            if !add_special_tokens || self.tokenizer.get_post_processor().is_none() {
+                if let Some(ids) = fast.encode(self.tokenizer.get_model(), text) {
+                    return Ok(ids);
+                }
+            }
+        }
         let encoding = self
             .tokenizer
             .encode_fast(text, add_special_tokens)

@@ -520,3 +520,101 @@ def test_template_that_does_not_compile(tiny_model_dir: Path) -> None:
     tok = ChatTokenizer.from_pretrained(tiny_model_dir, chat_template="{{ messages.nope.deeper }}")
     with pytest.raises(TemplateError, match="row 0"):
         tok.render(pl.Series([CONVERSATIONS[1]]))
+
+
+# --- the pre-token cache -----------------------------------------------------------------------
+
+# Llama 3's (and Qwen 2.5's) pre-tokenizer: a regex Split, then ByteLevel without its own regex.
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+@pytest.fixture(scope="module")
+def split_nfc_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen 2.5's layout: NFC normalizer, regex Split + ByteLevel, normalized and raw added tokens."""
+    from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
+    from tokenizers import trainers
+
+    tk = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
+    tk.normalizer = normalizers.NFC()
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=["<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(_TRAINING_TEXT.splitlines() * 4, trainer=trainer)
+    tk.add_tokens([AddedToken("<tool>", normalized=True), AddedToken("<tool>x", normalized=False)])
+    out = tmp_path_factory.mktemp("split-nfc")
+    tk.save(str(out / "tokenizer.json"))
+    return out
+
+
+_cache_text = st.lists(
+    st.one_of(
+        st.characters(blacklist_categories=("Cs",)),
+        st.sampled_from(
+            [" ", "  ", "\n", "\r\n", "\t", "'s", "'LL", "123", "<|im_end|>", "<tool>x"]
+        ),
+    ),
+    max_size=30,
+).map("".join)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texts=st.lists(_cache_text, min_size=1, max_size=20))
+def test_pretoken_cache_ids_equal_hf_tokenizers(
+    texts: list[str], qwen_dir: Path, split_nfc_dir: Path
+) -> None:
+    """The engine's cached encoder gives the ids of HF tokenizers, on both byte-level layouts."""
+    from tokenizers import Tokenizer
+
+    for folder in (qwen_dir, split_nfc_dir):
+        hf = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        cached = ChatTokenizer.from_pretrained(folder)
+        assert cached.pretoken_cache, f"{folder.name} should take the cached path"
+        expected = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
+        # Twice: the second call is served from the cache the first one filled.
+        for _ in range(2):
+            got = cached.encode(pl.Series(texts, dtype=pl.String), add_special_tokens=False)
+            assert got["input_ids"].to_list() == expected
+
+
+def test_pretoken_cache_can_be_turned_off(qwen_dir: Path) -> None:
+    texts = pl.Series([m["content"] for conv in CONVERSATIONS for m in conv])
+    on = ChatTokenizer.from_pretrained(qwen_dir)
+    off = ChatTokenizer.from_pretrained(qwen_dir, pretoken_cache=False)
+    assert on.pretoken_cache and not off.pretoken_cache
+    assert on.encode(texts)["input_ids"].to_list() == off.encode(texts)["input_ids"].to_list()
+
+
+def test_pretoken_cache_is_not_used_where_it_is_not_exact(tmp_path: Path) -> None:
+    """A Metaspace (SentencePiece-style) tokenizer and an lstrip added token use the crate."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"], show_progress=False)
+    tk.train_from_iterator(_TRAINING_TEXT.splitlines(), trainer=trainer)
+    tk.save(str(tmp_path / "tokenizer.json"))
+    assert not ChatTokenizer.from_pretrained(tmp_path).pretoken_cache
+
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.save(str(tmp_path / "tokenizer.json"))
+    assert ChatTokenizer.from_pretrained(tmp_path).pretoken_cache
+    tk.add_tokens([AddedToken("<mask>", lstrip=True)])
+    tk.save(str(tmp_path / "tokenizer.json"))
+    tok = ChatTokenizer.from_pretrained(tmp_path)
+    assert not tok.pretoken_cache
+    hf = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert tok.encode(pl.Series(["a  <mask> b"]))["input_ids"].to_list() == [
+        hf.encode("a  <mask> b", add_special_tokens=False).ids
+    ]

@@ -1,6 +1,7 @@
 //! ChatTokenizer render / encode_chat / encode on arbitrary conversations, texts and templates:
 //! no panic, only `Err`; ids inside the vocabulary; message content rendered verbatim by the
-//! ChatML template (content is data, never template code).
+//! ChatML template (content is data, never template code); the pre-token cache gives the
+//! tokenizers crate's ids on every text.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -138,5 +139,12 @@ fuzz_target!(|input: Input| {
     if let Ok(ids) = chat.encode(&input.texts, input.add_special_tokens) {
         assert_eq!(ids.len(), input.texts.len());
         assert!(ids.iter().flatten().all(|&id| id < vocab));
+        assert!(chat.uses_pretoken_cache(), "byte-level BPE takes the cached path");
+        for (text, got) in input.texts.iter().zip(&ids) {
+            let expected = base_tokenizer()
+                .encode_fast(text.as_str(), input.add_special_tokens)
+                .expect("the crate encodes what the cache encoded");
+            assert_eq!(got.as_slice(), expected.get_ids(), "pre-token cache vs crate");
+        }
     }
 });

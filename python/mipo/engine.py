@@ -267,14 +267,26 @@ class ChatTokenizer:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike[str], chat_template: str | None = None
+        cls,
+        path: str | os.PathLike[str],
+        chat_template: str | None = None,
+        *,
+        pretoken_cache: bool = True,
     ) -> ChatTokenizer:
         """Load from a model folder (``tokenizer.json`` + template); ``chat_template`` overrides.
 
         A folder without a chat template still loads (for :meth:`encode`); :meth:`render` and
         :meth:`encode_chat` then raise :class:`~mipo.errors.TemplateError`.
+        ``pretoken_cache=False`` encodes every text with the tokenizers crate instead of the
+        engine's pre-token cache (the ids are the same; for comparisons and bisecting).
         """
-        return cls(_engine.ChatTokenizer.from_dir(str(Path(path)), chat_template))
+        native = _engine.ChatTokenizer.from_dir(str(Path(path)), chat_template, pretoken_cache)
+        return cls(native)
+
+    @property
+    def pretoken_cache(self) -> bool:
+        """Whether encoding goes through the pre-token cache (byte-level BPE tokenizers)."""
+        return self._native.pretoken_cache
 
     @property
     def chat_template(self) -> str | None:

@@ -28,14 +28,27 @@ pub struct PyChatTokenizer {
 #[pymethods]
 impl PyChatTokenizer {
     /// Load `tokenizer.json`, the chat template and the special tokens from a model folder;
-    /// `chat_template` (a Jinja source) overrides the folder's template.
+    /// `chat_template` (a Jinja source) overrides the folder's template; `pretoken_cache=False`
+    /// sends every text through the tokenizers crate (same ids, slower).
     #[staticmethod]
-    #[pyo3(signature = (path, chat_template=None))]
-    fn from_dir(py: Python<'_>, path: &str, chat_template: Option<&str>) -> PyResult<Self> {
+    #[pyo3(signature = (path, chat_template=None, pretoken_cache=true))]
+    fn from_dir(
+        py: Python<'_>,
+        path: &str,
+        chat_template: Option<&str>,
+        pretoken_cache: bool,
+    ) -> PyResult<Self> {
         let inner = py
             .detach(|| ChatTokenizer::from_dir(path, chat_template))
-            .py_err()?;
+            .py_err()?
+            .with_pretoken_cache(pretoken_cache);
         Ok(PyChatTokenizer { inner })
+    }
+
+    /// Whether texts are encoded through the engine's pre-token cache (byte-level BPE).
+    #[getter]
+    fn pretoken_cache(&self) -> bool {
+        self.inner.uses_pretoken_cache()
     }
 
     #[getter]
