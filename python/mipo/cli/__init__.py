@@ -1,5 +1,9 @@
 """The ``mipo`` command line. Thin: parse options, call the stage, print the result.
 
+This package holds the click group and its error handling; each command is a module of its own
+(:mod:`mipo.cli.build_pairs`, ``train``, ``eval``, ``run``, ``synth``) and the option decorators
+they share are in :mod:`mipo.cli._options`.
+
 Heavy imports (polars, torch, transformers, trl, vllm) happen inside the commands so that
 ``mipo --help`` is instant. Every :class:`~mipo.errors.MipoError` becomes one line on stderr and a
 non-zero exit code, never a traceback; Ctrl-C exits 130.
@@ -62,10 +66,13 @@ def engine_info_cmd() -> None:
 
 
 def _register_commands() -> None:
-    """Attach the stage commands (each module keeps its heavy imports inside functions)."""
-    from mipo import commands
+    """Attach the stage commands: one module per command, each importing only click at module
+    level (the stages' heavy imports happen inside the commands)."""
+    from mipo.cli import build_pairs, eval, run, synth, train
 
-    commands.register(cli)
+    for module in (synth, build_pairs, train, eval, run):
+        for command in module.COMMANDS:
+            cli.add_command(command)
 
 
 _register_commands()

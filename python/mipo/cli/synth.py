@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from mipo.cli_options import output_option
+from mipo.cli._options import output_option
 
 
 @click.command("synth")

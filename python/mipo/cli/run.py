@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from mipo.cli_options import (
+from mipo.cli._options import (
     EVAL,
     GENERATION,
     RUN,
