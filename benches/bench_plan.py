@@ -1,7 +1,7 @@
 """Plan-stage throughput: ``mipo build-pairs --plan-only`` on synthetic rows, per step, against the
 pipeline a user would otherwise write by hand.
 
-mipo: :func:`mipo.plan.build_plan` — stream the Parquet corpus in batches, dedupe (engine exact +
+mipo: :func:`mipo.pairs.plan.build_plan` — stream the Parquet corpus in batches, dedupe (engine exact +
 MinHash/LSH), render + tokenize (engine), draw a user-constrained derangement (engine), write
 ``plan.parquet``. Time is broken down into read, dedup, tokenize, derange and write.
 
@@ -54,7 +54,7 @@ def run_mipo(corpus_path: Path, model_dir: Path, out: Path) -> dict[str, Any]:
     """One plan-stage run; returns seconds, rows/s, per-step seconds and counts."""
     from mipo import engine
     from mipo.corpus import open_corpus
-    from mipo.plan import PlanConfig, build_plan
+    from mipo.pairs.plan import PlanConfig, build_plan
 
     tokenizer = engine.ChatTokenizer.from_pretrained(model_dir)
     corpus = open_corpus(corpus_path)

@@ -49,7 +49,7 @@ def _learning_rate(text: str) -> float | None:
 
 
 def _negatives(text: str) -> str:
-    from mipo.negatives import parse_strategy
+    from mipo.pairs.negatives import parse_strategy
 
     return parse_strategy(text)
 

@@ -108,13 +108,13 @@ def test_help_defaults_come_from_the_config_classes() -> None:
 def test_no_options_means_the_config_defaults(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from mipo.build_pairs import BuildPairsConfig
     from mipo.evaluate import EvalConfig
+    from mipo.pairs.build import BuildPairsConfig
     from mipo.run import RunConfig
     from mipo.train import TrainConfig
 
     runner = CliRunner()
-    _capture(monkeypatch, "mipo.build_pairs", "build_pairs")
+    _capture(monkeypatch, "mipo.pairs.build", "build_pairs")
     result = runner.invoke(cli, ["build-pairs", "in.jsonl", "-o", "out"])
     assert isinstance(result.exception, _Stop), result.output
     assert result.exception.args[0] == BuildPairsConfig(input="in.jsonl", out_dir="out")
@@ -138,7 +138,7 @@ def test_no_options_means_the_config_defaults(
 @pytest.mark.parametrize("command", ["build-pairs", "run"])
 def test_out_still_works_with_a_warning(monkeypatch: pytest.MonkeyPatch, command: str) -> None:
     module, name = {
-        "build-pairs": ("mipo.build_pairs", "build_pairs"),
+        "build-pairs": ("mipo.pairs.build", "build_pairs"),
         "run": ("mipo.run", "run_pipeline"),
     }[command]
     _capture(monkeypatch, module, name)

@@ -1,4 +1,4 @@
-"""Negative assignment (mipo.negatives) on the engine's derangements."""
+"""Negative assignment (mipo.pairs.negatives) on the engine's derangements."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from mipo import engine
 from mipo.errors import ConfigError, CorpusError, DerangementError
-from mipo.negatives import (
+from mipo.pairs.negatives import (
     ContextSwaps,
     assign_context_swaps,
     assign_negatives,

@@ -1,4 +1,4 @@
-"""The plan stage (mipo.plan): validation, dedup, tokenization, negatives, plan.parquet."""
+"""The plan stage (mipo.pairs.plan): validation, dedup, tokenization, negatives, plan.parquet."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from mipo import engine
 from mipo.corpus import ColumnOptions, open_corpus
 from mipo.errors import ConfigError, CorpusError, DerangementError
-from mipo.plan import PLAN_STEPS, PlanConfig, build_plan, read_plan
+from mipo.pairs.plan import PLAN_STEPS, PlanConfig, build_plan, read_plan
 
 LONG = (
     "I am a retired teacher living in a small flat by the sea with my old dog and I like to "

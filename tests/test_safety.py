@@ -528,7 +528,7 @@ import sys
 from mipo import engine
 from mipo.corpus import open_corpus
 from mipo.errors import OutputError
-from mipo.plan import PlanConfig, build_plan
+from mipo.pairs.plan import PlanConfig, build_plan
 
 corpus = open_corpus(sys.argv[1])
 tokenizer = engine.ChatTokenizer.from_pretrained(sys.argv[2])

@@ -195,7 +195,7 @@ class RunConfig:
     depend on it."""
 
     def __post_init__(self) -> None:
-        from mipo.negatives import parse_strategy
+        from mipo.pairs.negatives import parse_strategy
 
         def bad(name: str, value: Any, rule: str) -> ConfigError:
             flag = "--" + name.replace("_", "-")
@@ -244,7 +244,7 @@ class RunConfig:
     def _build_config(
         self, input_path: str, out_dir: str | Path, model: str | None, *, round_number: int
     ) -> Any:
-        from mipo.build_pairs import BuildPairsConfig
+        from mipo.pairs.build import BuildPairsConfig
 
         return BuildPairsConfig(
             input=input_path,
@@ -564,7 +564,7 @@ def _check_built(
 ) -> None:
     """``build_pairs`` into ``pairs_dir`` (a no-op check on a finished folder of the same
     options)."""
-    from mipo.build_pairs import build_pairs
+    from mipo.pairs.build import build_pairs
 
     build = config._build_config(
         str(out / DATA_DIR / "train.parquet"), pairs_dir, str(generator), round_number=number

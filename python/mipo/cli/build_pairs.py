@@ -1,5 +1,5 @@
 """``mipo build-pairs`` and ``mipo merge``: click commands only (the work is in
-:mod:`mipo.build_pairs`; heavy imports happen inside the commands)."""
+:mod:`mipo.pairs.build`; heavy imports happen inside the commands)."""
 
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ from mipo.cli._options import (
     vllm_options,
 )
 
-BUILD = "mipo.build_pairs:BuildPairsConfig"
+BUILD = "mipo.pairs.build:BuildPairsConfig"
 
 
 def _print_result(result: Any) -> None:
     from rich.console import Console
 
-    from mipo.build_pairs import summary_table
+    from mipo.pairs.build import summary_table
 
     console = Console(soft_wrap=True)
     console.print(summary_table(result.stats))
@@ -176,8 +176,8 @@ def build_pairs_cmd(ctx: click.Context, **options: Any) -> None:
     Example:
       mipo build-pairs python/mipo/data/sample_corpus.jsonl -o out --max-new-tokens 64
     """
-    from mipo.build_pairs import BuildPairsConfig, build_pairs, parse_shard
     from mipo.corpus import ColumnOptions
+    from mipo.pairs.build import BuildPairsConfig, build_pairs, parse_shard
 
     columns = ColumnOptions(
         prompt=options.pop("prompt_col"),
@@ -211,7 +211,7 @@ def merge_cmd(
     OUTDIR is the output folder of one shard (or the folder all shards shared); SHARD_DIRs are
     the other shards' folders when they ran elsewhere. Missing chunks are listed.
     """
-    from mipo.build_pairs import merge_shards
+    from mipo.pairs.build import merge_shards
 
     _print_result(
         merge_shards(

@@ -14,7 +14,7 @@ changed options the run is refused unless ``overwrite``; then the outputs of the
 stage and of every later one are discarded (so changing only ``--min-margin`` keeps the
 generations). A plan that fails leaves nothing behind in a new output folder.
 
->>> from mipo.build_pairs import BuildPairsConfig, build_pairs  # doctest: +SKIP
+>>> from mipo.pairs.build import BuildPairsConfig, build_pairs  # doctest: +SKIP
 >>> result = build_pairs(BuildPairsConfig("corpus.jsonl", "out", model="smollm2-135m"))  # doctest: +SKIP
 >>> result.stats["pairs"]["pairs_written"]  # doctest: +SKIP
 298
@@ -47,9 +47,15 @@ from mipo.corpus import (
 )
 from mipo.errors import ConfigError, ModelError, OutputError, TemplateError
 from mipo.lockfile import run_lock
-from mipo.negatives import NegativeStrategy, parse_strategy, strategy_kinds
-from mipo.pairs import PairFilterConfig, PairStats, assemble_pairs, build_requests, filter_pairs
-from mipo.plan import PlanConfig, build_plan, read_plan
+from mipo.pairs.assemble import (
+    PairFilterConfig,
+    PairStats,
+    assemble_pairs,
+    build_requests,
+    filter_pairs,
+)
+from mipo.pairs.negatives import NegativeStrategy, parse_strategy, strategy_kinds
+from mipo.pairs.plan import PlanConfig, build_plan, read_plan
 
 __all__ = [
     "EXECUTORS",

@@ -17,7 +17,7 @@ through compact global state, never through the text:
 5. *write*: the parts are streamed into ``plan.parquet`` in fixed-size row groups (so the bytes
    do not depend on batch boundaries or thread count), through a temporary file and a rename.
 
->>> from mipo.plan import PlanConfig, build_plan  # doctest: +SKIP
+>>> from mipo.pairs.plan import PlanConfig, build_plan  # doctest: +SKIP
 >>> stats = build_plan(corpus, tokenizer, "out/plan.parquet", PlanConfig(seed=0))  # doctest: +SKIP
 >>> stats.prompts_planned  # doctest: +SKIP
 312
@@ -39,7 +39,7 @@ import polars as pl
 from mipo import engine
 from mipo.corpus import MESSAGE_DTYPE, Corpus, atomic_path, write_errors
 from mipo.errors import ConfigError, CorpusError
-from mipo.negatives import (
+from mipo.pairs.negatives import (
     ContextSwaps,
     NegativeStrategy,
     assign_context_swaps,
@@ -65,7 +65,7 @@ class PlanConfig:
     """Seed of the negative assignment (and of everything random downstream)."""
     negatives: NegativeStrategy = "random"
     """``random``, ``context-drop``, ``context-swap`` or a comma-separated list (see
-    :mod:`mipo.negatives`)."""
+    :mod:`mipo.pairs.negatives`)."""
     max_prompt_tokens: int | None = None
     """Prompts with more tokens (chat template included) are dropped and counted; None: no limit."""
     dedup: bool = True

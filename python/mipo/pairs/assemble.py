@@ -36,7 +36,7 @@ import polars as pl
 
 from mipo.corpus import MESSAGE_DTYPE
 from mipo.errors import ConfigError, GenerationError
-from mipo.negatives import NegativeStrategy, parse_strategy, strategy_kinds
+from mipo.pairs.negatives import NegativeStrategy, parse_strategy, strategy_kinds
 
 __all__ = [
     "FILTERS",

@@ -12,7 +12,7 @@
   ``both`` is ``random,context-drop``.
 
 >>> import polars as pl
->>> from mipo.negatives import assign_negatives
+>>> from mipo.pairs.negatives import assign_negatives
 >>> sigma = assign_negatives(4, seed=0)
 >>> sorted(sigma.to_list()), any(s == i for i, s in enumerate(sigma))
 ([0, 1, 2, 3], False)
