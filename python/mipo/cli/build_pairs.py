@@ -1,5 +1,5 @@
 """``mipo build-pairs`` and ``mipo merge``: click commands only (the work is in
-:mod:`mipo.pairs.build`; heavy imports happen inside the commands)."""
+:mod:`mipo.pairs.build` and :mod:`mipo.pairs.merge`; heavy imports happen inside the commands)."""
 
 from __future__ import annotations
 
@@ -211,7 +211,7 @@ def merge_cmd(
     OUTDIR is the output folder of one shard (or the folder all shards shared); SHARD_DIRs are
     the other shards' folders when they ran elsewhere. Missing chunks are listed.
     """
-    from mipo.pairs.build import merge_shards
+    from mipo.pairs.merge import merge_shards
 
     _print_result(
         merge_shards(

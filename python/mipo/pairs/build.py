@@ -12,7 +12,9 @@ Layout of an output folder::
 A rerun with the same options skips finished stages (and finished generation chunks). With
 changed options the run is refused unless ``overwrite``; then the outputs of the first changed
 stage and of every later one are discarded (so changing only ``--min-margin`` keeps the
-generations). A plan that fails leaves nothing behind in a new output folder.
+generations). A plan that fails leaves nothing behind in a new output folder. The records that
+decide what a rerun reuses are :mod:`mipo.pairs.manifest`; joining the shards of a ``--shard I/N``
+run is :mod:`mipo.pairs.merge`.
 
 >>> from mipo.pairs.build import BuildPairsConfig, build_pairs  # doctest: +SKIP
 >>> result = build_pairs(BuildPairsConfig("corpus.jsonl", "out", model="smollm2-135m"))  # doctest: +SKIP
@@ -23,7 +25,6 @@ generations). A plan that fails leaves nothing behind in a new output folder.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -32,20 +33,18 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mipo import __version__
 from mipo.corpus import (
     ColumnOptions,
-    input_file_stamps,
     open_corpus,
     read_json_record,
     write_json_atomic,
     write_parquet_atomic,
 )
-from mipo.errors import ConfigError, ModelError, OutputError, TemplateError
+from mipo.errors import ConfigError, OutputError, TemplateError
 from mipo.lockfile import run_lock
 from mipo.pairs.assemble import (
     PairFilterConfig,
@@ -53,6 +52,18 @@ from mipo.pairs.assemble import (
     assemble_pairs,
     build_requests,
     filter_pairs,
+)
+from mipo.pairs.manifest import (
+    GENERATIONS_DIR,
+    PAIRS_FILE,
+    PLAN_FILE,
+    RUN_FILE,
+    STAGE_OUTPUTS,
+    STAGES,
+    STATS_FILE,
+    first_changed_stage,
+    run_record,
+    stage_options,
 )
 from mipo.pairs.negatives import NegativeStrategy, parse_strategy, strategy_kinds
 from mipo.pairs.plan import PlanConfig, build_plan, read_plan
@@ -63,24 +74,11 @@ __all__ = [
     "BuildPairsConfig",
     "BuildPairsResult",
     "build_pairs",
-    "merge_shards",
     "parse_shard",
     "summary_table",
 ]
 
-STAGES = ("plan", "generate", "pairs")
 EXECUTORS = ("local", "ray")
-RUN_FILE = "run.json"
-PLAN_FILE = "plan.parquet"
-GENERATIONS_DIR = "generations"
-PAIRS_FILE = "pairs.parquet"
-STATS_FILE = "stats.json"
-# Everything mipo writes into OUTDIR; --overwrite removes these and nothing else.
-_STAGE_OUTPUTS = {
-    "plan": (PLAN_FILE,),
-    "generate": (GENERATIONS_DIR,),
-    "pairs": (PAIRS_FILE,),
-}
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
 
@@ -246,39 +244,7 @@ def _peak_rss_mb() -> float:
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
-def _hash(value: Any) -> str:
-    data = json.dumps(value, sort_keys=True, default=str).encode()
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
-def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [
-        _files_diff(old.get(k) or [], new.get(k) or [])
-        if k == "input_files"
-        else f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
-        for k in keys
-        if old.get(k) != new.get(k)
-    ]
-
-
-def _files_diff(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> str:
-    """Which input files changed, by name (a corpus may have thousands of shards)."""
-    before = {f.get("name"): f for f in old}
-    after = {f.get("name"): f for f in new}
-    parts = []
-    for label, names in (
-        ("modified", [n for n in after if n in before and after[n] != before[n]]),
-        ("added", [n for n in after if n not in before]),
-        ("removed", [n for n in before if n not in after]),
-    ):
-        if names:
-            shown = ", ".join(str(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
-            parts.append(f"{label} {shown}")
-    return "input files: " + (", ".join(parts) or "changed")
-
-
-class _Stages:
+class StageTimes:
     """Times each stage and records its seconds and the process's peak RSS in ``stats.json``."""
 
     def __init__(self, out: Path, stats: dict[str, Any]) -> None:
@@ -377,93 +343,6 @@ def _effective_max_prompt_tokens(
             f"context of {context} tokens: lower --max-new-tokens"
         )
     return room
-
-
-def _stage_options(
-    config: BuildPairsConfig, corpus: Any, model: Any, plan: PlanConfig, gen: Any
-) -> dict[str, dict[str, Any]]:
-    """The options each stage's output depends on (``shard`` and progress do not count)."""
-    plan_options = {
-        # Name, size and mtime: an in-place edit of the corpus is a changed plan option.
-        "input_files": input_file_stamps(corpus.files),
-        "columns": corpus.columns.as_dict(),
-        "model_fingerprint": model.fingerprint,
-        **{k: v for k, v in asdict(plan).items() if k not in ("batch_rows", "row_group_rows")},
-    }
-    from mipo.generate import comparable_options
-
-    gen_options = {
-        "independent_negatives": config.independent_negatives,
-        # Settings that cannot change the text (memory, caching, where vLLM runs, vLLM's options
-        # under the hf backend) may change between a run and its continuation.
-        **comparable_options(asdict(gen)),
-    }
-    pairs_options = {
-        "keep_truncated": config.keep_truncated,
-        "score": config.score,
-        "min_margin": config.min_margin,
-    }
-    return {"plan": plan_options, "generate": gen_options, "pairs": pairs_options}
-
-
-def _run_record(
-    config: BuildPairsConfig, model: Any, options: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
-    chained = ""
-    stages = {}
-    for name in STAGES:
-        chained = _hash([chained, options[name]])
-        stages[name] = {"hash": chained, "options": options[name]}
-    return {
-        "mipo_version": __version__,
-        "command": "build-pairs",
-        "input": str(config.input),
-        "model": {
-            "name": model.name,
-            "source": model.source,
-            "path": str(model.path),
-            "fingerprint": model.fingerprint,
-        },
-        "seed": config.seed,
-        "negatives": config.negatives,
-        "stages": stages,
-    }
-
-
-def _shard_identity(record: dict[str, Any]) -> list[Any]:
-    """The plan and generation options of a run, input mtimes left out: shards that ran on other
-    machines read their own copy of the corpus (same names and sizes, other mtimes), and the
-    generation manifest's hash (which covers every request) still proves they made one run."""
-    stages = record.get("stages", {})
-    plan = dict(stages.get("plan", {}).get("options", {}))
-    plan["input_files"] = [
-        {k: v for k, v in f.items() if k != "mtime_ns"} for f in plan.get("input_files", [])
-    ]
-    return [plan, stages.get("generate", {}).get("options")]
-
-
-def _first_changed_stage(
-    old: dict[str, Any] | None, new: dict[str, Any]
-) -> tuple[str | None, list[str]]:
-    if old is None:
-        return None, []
-    from mipo.generate import comparable_options
-
-    old_stages = old.get("stages", {})
-    chained = ""
-    for name in STAGES:
-        before = old_stages.get(name, {})
-        old_options, new_options = before.get("options", {}), new["stages"][name]["options"]
-        if before.get("hash") != new["stages"][name]["hash"]:
-            # A record written before an option became ignored: its options, compared as
-            # today's are, may still be the same run.
-            if name == "generate" and isinstance(old_options, dict):
-                old_options = comparable_options(old_options)
-            chained = _hash([chained, old_options])
-            if chained != new["stages"][name]["hash"]:
-                return name, _diff(before.get("options", {}), new_options)
-        chained = new["stages"][name]["hash"]
-    return None, []
 
 
 # --- progress ------------------------------------------------------------------------------------
@@ -574,7 +453,7 @@ def _refuse_input_output_overlap(files: list[Path], spec: str, out: Path) -> Non
         )
 
 
-def _refuse_linked_folder(folder: Path) -> None:
+def refuse_linked_folder(folder: Path) -> None:
     """Writes stay inside OUTDIR: a subfolder replaced by a link to elsewhere is not followed."""
     if folder.is_symlink():
         raise OutputError(
@@ -621,7 +500,7 @@ def build_pairs(config: BuildPairsConfig) -> BuildPairsResult:
         user_constraint=config.user_constraint,
         batch_rows=config.plan_batch_rows,
     )
-    record = _run_record(config, model, _stage_options(config, corpus, model, plan_config, gen))
+    record = run_record(config, model, stage_options(config, corpus, model, plan_config, gen))
 
     fresh = not out.exists() or not any(out.iterdir())
     old = None if fresh else read_json_record(out / RUN_FILE)
@@ -633,7 +512,7 @@ def build_pairs(config: BuildPairsConfig) -> BuildPairsResult:
                 f"{', ...' if len(leftovers) > 5 else ''}): choose an empty or new folder, or pass "
                 "--overwrite"
             )
-    changed, differences = _first_changed_stage(old, record)
+    changed, differences = first_changed_stage(old, record)
     if changed is not None and not config.overwrite:
         shown = "; ".join(differences[:4]) + ("; ..." if len(differences) > 4 else "")
         raise OutputError(
@@ -652,7 +531,7 @@ def build_pairs(config: BuildPairsConfig) -> BuildPairsResult:
             if old is None or changed is not None:
                 start = "plan" if old is None else changed
                 for name in STAGES[STAGES.index(start) :]:  # type: ignore[arg-type]
-                    _remove(out, _STAGE_OUTPUTS[name])
+                    _remove(out, STAGE_OUTPUTS[name])
                 if start == "plan":
                     _remove(out, (STATS_FILE, RUN_FILE))
             return _run_stages(config, out, model, tokenizer, corpus, gen, plan_config, record)
@@ -684,7 +563,7 @@ def _run_stages(
     stats.setdefault(
         "run", {"input": str(config.input), "model": record["model"], "seed": config.seed}
     )
-    stages = _Stages(out, stats)
+    stages = StageTimes(out, stats)
 
     # 1. plan
     if not (out / PLAN_FILE).is_file():
@@ -713,7 +592,7 @@ def _run_stages(
         seed=config.seed,
     )
     gen_dir = out / GENERATIONS_DIR
-    _refuse_linked_folder(gen_dir)
+    refuse_linked_folder(gen_dir)
     with stages.run("generate") as rec:
         common: dict[str, Any] = {
             "model": model,
@@ -756,7 +635,7 @@ def _run_stages(
             )
             return BuildPairsResult(out, "generate", stats, message)
         raise
-    return _pairs_stage(config, out, model, plan, responses, stats, stages)
+    return pairs_stage(config, out, model, plan, responses, stats, stages)
 
 
 def _generation_stats(results: Any, num_requests: int, stage: dict[str, Any]) -> dict[str, Any]:
@@ -780,14 +659,14 @@ def _generation_stats(results: Any, num_requests: int, stage: dict[str, Any]) ->
     }
 
 
-def _pairs_stage(
+def pairs_stage(
     config: BuildPairsConfig,
     out: Path,
     model: Any,
     plan: Any,
     responses: Any,
     stats: dict[str, Any],
-    stages: _Stages,
+    stages: StageTimes,
 ) -> BuildPairsResult:
     if (out / PAIRS_FILE).is_file() and "pairs" in stats:
         return BuildPairsResult(out, "pairs", stats, f"pairs already built: {out / PAIRS_FILE}")
@@ -813,103 +692,6 @@ def _pairs_stage(
     return BuildPairsResult(
         out, "pairs", stats, f"{pairs.height} pairs written to {out / PAIRS_FILE}"
     )
-
-
-# --- merge ---------------------------------------------------------------------------------------
-
-
-def merge_shards(
-    out_dir: str | Path,
-    shard_dirs: list[str | Path] | None = None,
-    *,
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
-) -> BuildPairsResult:
-    """Join the generation chunks of shards run in other folders into ``out_dir`` and build the
-    pairs there.
-
-    ``out_dir`` is a build-pairs output folder (e.g. shard 0's); each of ``shard_dirs`` must hold
-    a run with the same options (plan, model, generation settings). Chunk files ``out_dir``
-    lacks are copied in (temporary file + rename); when chunks are still missing the error lists
-    them.
-    """
-    from mipo.generate import load_results
-    from mipo.models import resolve_model
-
-    out = Path(out_dir)
-    record = read_json_record(out / RUN_FILE)
-    if record is None or not (out / PLAN_FILE).is_file():
-        raise OutputError(
-            f"'{out}' holds no build-pairs run (run.json and plan.parquet): pass the output "
-            "folder of one of the shards first"
-        )
-    gen_dir = out / GENERATIONS_DIR
-    _refuse_linked_folder(gen_dir)
-    manifest = read_json_record(gen_dir / "manifest.json")
-    for other in shard_dirs or []:
-        other = Path(other)
-        if other.resolve() == out.resolve():
-            continue
-        theirs = read_json_record(other / RUN_FILE)
-        if theirs is None:
-            raise OutputError(f"'{other}' holds no build-pairs run (run.json missing)")
-        if _shard_identity(theirs) != _shard_identity(record):
-            raise OutputError(
-                f"'{other}' was built with other options than '{out}' (plan or generation "
-                "settings differ): only shards of one run can be merged"
-            )
-        their_manifest = read_json_record(other / GENERATIONS_DIR / "manifest.json")
-        if their_manifest is None:
-            continue  # that shard never started generating; its chunks are reported missing
-        if manifest is None:
-            gen_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(their_manifest, gen_dir / "manifest.json")
-            manifest = their_manifest
-        elif their_manifest.get("run_hash") != manifest.get("run_hash"):
-            raise OutputError(f"the generations in '{other}' belong to another run than '{out}'")
-        for chunk in sorted((other / GENERATIONS_DIR).glob("chunk-*.parquet")):
-            target = gen_dir / chunk.name
-            if not target.exists():
-                tmp = gen_dir / f".{chunk.name}.merge-{os.getpid()}"
-                shutil.copyfile(chunk, tmp)
-                os.replace(tmp, target)
-    if manifest is None:
-        raise OutputError(
-            f"no generations found in '{out}' or the given shard folders: run the shards first"
-        )
-    responses = load_results(gen_dir, require_complete=True)
-
-    options = record["stages"]
-    gen_options = options["generate"]["options"]
-    pair_options = options["pairs"]["options"]
-    model = resolve_model(
-        record["model"]["name"], trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
-    )
-    if model.fingerprint != record["model"]["fingerprint"]:
-        raise ModelError(
-            f"model '{model.name}' now has fingerprint {model.fingerprint}, but the run was built "
-            f"with {record['model']['fingerprint']}: merge on a machine with the same model"
-        )
-    config = BuildPairsConfig(
-        input=record["input"],
-        out_dir=out,
-        model=record["model"]["name"],
-        negatives=record["negatives"],
-        independent_negatives=gen_options["independent_negatives"],
-        seed=record["seed"],
-        keep_truncated=pair_options["keep_truncated"],
-        score=pair_options["score"],
-        min_margin=pair_options["min_margin"],
-        progress=False,
-    )
-    stats = read_json_record(out / STATS_FILE) or {}
-    stats.pop("pairs", None)
-    stages = _Stages(out, stats)
-    with run_lock(out / ".mipo-merge.lock"):
-        if (out / PAIRS_FILE).exists():
-            (out / PAIRS_FILE).unlink()
-        plan = read_plan(out / PLAN_FILE)
-        return _pairs_stage(config, out, model, plan, responses, stats, stages)
 
 
 # --- summary -------------------------------------------------------------------------------------

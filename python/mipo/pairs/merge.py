@@ -1,0 +1,128 @@
+"""``mipo merge``: join the generation chunks of a sharded build-pairs run (``--shard I/N``, run
+in several folders or on several machines) and build its pairs.
+
+>>> from mipo.pairs.merge import merge_shards
+>>> merge_shards("out-0", ["out-1", "out-2"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from mipo.corpus import read_json_record, write_json_atomic
+from mipo.errors import ModelError, OutputError
+from mipo.lockfile import run_lock
+from mipo.pairs.build import (
+    BuildPairsConfig,
+    BuildPairsResult,
+    StageTimes,
+    pairs_stage,
+    refuse_linked_folder,
+)
+from mipo.pairs.manifest import (
+    GENERATIONS_DIR,
+    PAIRS_FILE,
+    PLAN_FILE,
+    RUN_FILE,
+    STATS_FILE,
+    shard_identity,
+)
+from mipo.pairs.plan import read_plan
+
+__all__ = ["merge_shards"]
+
+
+def merge_shards(
+    out_dir: str | Path,
+    shard_dirs: list[str | Path] | None = None,
+    *,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> BuildPairsResult:
+    """Join the generation chunks of shards run in other folders into ``out_dir`` and build the
+    pairs there.
+
+    ``out_dir`` is a build-pairs output folder (e.g. shard 0's); each of ``shard_dirs`` must hold
+    a run with the same options (plan, model, generation settings). Chunk files ``out_dir``
+    lacks are copied in (temporary file + rename); when chunks are still missing the error lists
+    them.
+    """
+    from mipo.generate import load_results
+    from mipo.models import resolve_model
+
+    out = Path(out_dir)
+    record = read_json_record(out / RUN_FILE)
+    if record is None or not (out / PLAN_FILE).is_file():
+        raise OutputError(
+            f"'{out}' holds no build-pairs run (run.json and plan.parquet): pass the output "
+            "folder of one of the shards first"
+        )
+    gen_dir = out / GENERATIONS_DIR
+    refuse_linked_folder(gen_dir)
+    manifest = read_json_record(gen_dir / "manifest.json")
+    for other in shard_dirs or []:
+        other = Path(other)
+        if other.resolve() == out.resolve():
+            continue
+        theirs = read_json_record(other / RUN_FILE)
+        if theirs is None:
+            raise OutputError(f"'{other}' holds no build-pairs run (run.json missing)")
+        if shard_identity(theirs) != shard_identity(record):
+            raise OutputError(
+                f"'{other}' was built with other options than '{out}' (plan or generation "
+                "settings differ): only shards of one run can be merged"
+            )
+        their_manifest = read_json_record(other / GENERATIONS_DIR / "manifest.json")
+        if their_manifest is None:
+            continue  # that shard never started generating; its chunks are reported missing
+        if manifest is None:
+            gen_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(their_manifest, gen_dir / "manifest.json")
+            manifest = their_manifest
+        elif their_manifest.get("run_hash") != manifest.get("run_hash"):
+            raise OutputError(f"the generations in '{other}' belong to another run than '{out}'")
+        for chunk in sorted((other / GENERATIONS_DIR).glob("chunk-*.parquet")):
+            target = gen_dir / chunk.name
+            if not target.exists():
+                tmp = gen_dir / f".{chunk.name}.merge-{os.getpid()}"
+                shutil.copyfile(chunk, tmp)
+                os.replace(tmp, target)
+    if manifest is None:
+        raise OutputError(
+            f"no generations found in '{out}' or the given shard folders: run the shards first"
+        )
+    responses = load_results(gen_dir, require_complete=True)
+
+    options = record["stages"]
+    gen_options = options["generate"]["options"]
+    pair_options = options["pairs"]["options"]
+    model = resolve_model(
+        record["model"]["name"], trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    )
+    if model.fingerprint != record["model"]["fingerprint"]:
+        raise ModelError(
+            f"model '{model.name}' now has fingerprint {model.fingerprint}, but the run was built "
+            f"with {record['model']['fingerprint']}: merge on a machine with the same model"
+        )
+    config = BuildPairsConfig(
+        input=record["input"],
+        out_dir=out,
+        model=record["model"]["name"],
+        negatives=record["negatives"],
+        independent_negatives=gen_options["independent_negatives"],
+        seed=record["seed"],
+        keep_truncated=pair_options["keep_truncated"],
+        score=pair_options["score"],
+        min_margin=pair_options["min_margin"],
+        progress=False,
+    )
+    stats = read_json_record(out / STATS_FILE) or {}
+    stats.pop("pairs", None)
+    stages = StageTimes(out, stats)
+    with run_lock(out / ".mipo-merge.lock"):
+        if (out / PAIRS_FILE).exists():
+            (out / PAIRS_FILE).unlink()
+        plan = read_plan(out / PLAN_FILE)
+        return pairs_stage(config, out, model, plan, responses, stats, stages)
