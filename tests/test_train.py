@@ -281,7 +281,7 @@ def test_config_validation_and_yaml(tmp_path: Path) -> None:
 def test_gradient_checkpointing_reaches_trl_without_deprecation(on: bool, tmp_path: Path) -> None:
     import warnings
 
-    from mipo.train import _dpo_args
+    from mipo.train.trainer import _dpo_args
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)

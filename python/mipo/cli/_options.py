@@ -34,7 +34,7 @@ __all__ = [
 GENERATION = "mipo.generate:GenerationConfig"
 EVAL = "mipo.evaluate:EvalConfig"
 RUN = "mipo.run:RunConfig"
-TRAIN = "mipo.train:TrainConfig"
+TRAIN = "mipo.train.config:TrainConfig"
 
 
 def config_value(spec: str) -> Any:
@@ -117,7 +117,7 @@ def default_beside(spec: str, other_spec: str, other: str) -> Callable[[], str]:
 
 def learning_rate_default() -> str:
     """The shown default of a training command's ``--learning-rate`` (TrainConfig picks it)."""
-    full, lora = (config_value(f"mipo.train:{n}_LEARNING_RATE") for n in ("FULL_FT", "LORA"))
+    full, lora = (config_value(f"mipo.train.config:{n}_LEARNING_RATE") for n in ("FULL_FT", "LORA"))
     return f"{show_value(full)}, or {show_value(lora)} with --lora"
 
 

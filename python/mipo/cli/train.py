@@ -20,11 +20,11 @@ from mipo.cli._options import (
 
 
 def _accelerate_names() -> str:
-    return ", ".join(config_value("mipo.train:ACCELERATE_CONFIGS"))
+    return ", ".join(config_value("mipo.train.config:ACCELERATE_CONFIGS"))
 
 
 class _AccelerateConfigCommand(click.Command):
-    """Lists the shipped configs in its --help (read from mipo.train when the help is shown)."""
+    """Lists the shipped configs in its --help (read from mipo.train.config when the help is shown)."""
 
     def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         super().format_help_text(ctx, formatter)

@@ -10,9 +10,9 @@ string response one assistant message (the model's chat template renders both). 
   ``DatasetDict.save_to_disk`` (``dataset_dict.json``; its ``train`` split is used).
 
 ``run.json`` beside the pairs (in the folder, or beside the file) names the generating model; the
-provenance checks in :mod:`mipo.train` are the same whatever the format.
+provenance checks in :mod:`mipo.train.provenance` are the same whatever the format.
 
->>> from mipo.train_pairs import read_pairs  # doctest: +SKIP
+>>> from mipo.train.pairs_io import read_pairs  # doctest: +SKIP
 >>> read_pairs("pairs.jsonl").columns  # doctest: +SKIP
 ['prompt', 'chosen', 'rejected']
 """

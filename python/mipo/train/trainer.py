@@ -1,0 +1,443 @@
+"""``mipo train``: DPO on MIPO pairs with TRL's ``DPOTrainer`` (full fine-tuning or PEFT LoRA).
+
+The reference model is the model that generated the pairs: the method's claim (the DPO optimum is
+beta·log(π/π_ref) = PMI(x, y) + c(x)) holds for pairs sampled from π_ref. So by default the model
+to train is read from ``run.json`` beside ``pairs.parquet``; ``--model`` overrides it with a
+warning when it differs.
+
+Output directory layout::
+
+    OUTDIR/model/            the trained model (full) or the LoRA adapter, with tokenizer + template
+    OUTDIR/merged/           LoRA only, with --merge: base + adapter merged into a plain model
+    OUTDIR/train_config.json every option, resolved values, versions, pairs provenance, status
+    OUTDIR/train_log.jsonl   TRL's log history, one JSON object per logging step
+    OUTDIR/checkpoints/      Trainer checkpoints (for --resume); removed after success unless kept
+    OUTDIR/tensorboard/      with --report-to tensorboard
+
+Multi-GPU / multi-node: ``accelerate launch --config_file CONFIG -m mipo train PAIRS -o OUTDIR``
+with one of the shipped configs (``mipo accelerate-config ddp|zero2|zero3|fsdp`` prints
+its path). Only the main process writes files other than what ``Trainer`` saves itself.
+
+>>> from mipo.train import TrainConfig, train  # doctest: +SKIP
+>>> result = train("out/pairs.parquet", "out/train", TrainConfig(lora=True))  # doctest: +SKIP
+>>> result.model_dir  # doctest: +SKIP
+PosixPath('out/train/model')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mipo.errors import ConfigError, DependencyError, ModelError, OutputError
+from mipo.train.config import TrainConfig
+from mipo.train.console import TrainConsole, quiet_third_party, remove_trainer_printers
+from mipo.train.pairs_io import PairsSource, pairs_sha256, read_pairs, resolve_pairs
+from mipo.train.provenance import check_generator, model_to_train, read_run_info, versions
+
+__all__ = ["TrainResult", "train"]
+
+# Options that may change between an interrupted run and its --resume.
+_RESUME_FREE_OPTIONS = frozenset({"resume", "overwrite", "keep_checkpoints", "report_to"})
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What ``train`` produced."""
+
+    output_dir: Path
+    model_dir: Path
+    merged_dir: Path | None
+    log_path: Path
+    config_path: Path
+    num_pairs: int
+    global_steps: int
+    train_runtime_s: float
+    metrics: dict[str, Any]
+
+
+# --- output directory -------------------------------------------------------------------------
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _prepare_output_dir(outdir: Path, config: TrainConfig) -> None:
+    checkpoints = outdir / "checkpoints"
+    finished = (outdir / "train_config.json").is_file()
+    partial = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
+    if config.overwrite:
+        for name in ("model", "merged", "checkpoints", "tensorboard"):
+            shutil.rmtree(outdir / name, ignore_errors=True)
+        for name in ("train_config.json", "train_log.jsonl"):
+            (outdir / name).unlink(missing_ok=True)
+        return
+    if finished and not config.resume:
+        raise OutputError(
+            f"{outdir} already holds a trained model: pass --overwrite to replace it, "
+            "or choose another -o"
+        )
+    if partial and not config.resume:
+        raise OutputError(
+            f"{outdir} holds checkpoints of an unfinished run: pass --resume to continue it "
+            "or --overwrite to start over"
+        )
+    if finished and config.resume:
+        raise OutputError(f"{outdir} holds a finished run: nothing to resume (use --overwrite)")
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _bf16(config: TrainConfig) -> bool:
+    """bf16 mixed precision (autocast; the trained weights stay fp32): on by default where it
+    is fast — a CUDA GPU that supports it, or a CPU with AMX (2-3x faster steps there)."""
+    import torch
+
+    from mipo.models import bf16_is_fast
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if config.bf16 is not None:
+        if config.bf16 and device == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("this GPU does not support bf16; drop --bf16 to train in fp32")
+        return config.bf16
+    return bf16_is_fast(device)
+
+
+def _dpo_args(config: TrainConfig, outdir: Path) -> Any:
+    from trl import DPOConfig
+
+    kwargs: dict[str, Any] = {
+        "output_dir": str(outdir / "checkpoints"),
+        "beta": config.beta,
+        "loss_type": config.loss_types(),
+        "num_train_epochs": config.epochs,
+        "max_steps": config.max_steps,
+        "learning_rate": config.resolved_learning_rate(),
+        "lr_scheduler_type": config.lr_scheduler,
+        "warmup_steps": config.warmup_ratio,  # < 1: a ratio of the total steps (transformers 5)
+        "adam_beta1": config.adam_beta1,
+        "adam_beta2": config.adam_beta2,
+        "weight_decay": config.weight_decay,
+        "max_grad_norm": config.max_grad_norm,
+        "per_device_train_batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "max_length": config.max_length,
+        "precompute_ref_log_probs": config.precompute_ref_log_probs,
+        _checkpointing_option(DPOConfig): config.gradient_checkpointing,
+        "bf16": _bf16(config),
+        "logging_steps": config.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": config.save_steps,
+        "save_total_limit": config.save_total_limit,
+        "seed": config.seed,
+        "report_to": "none",  # TensorBoard is attached as a callback writing to OUTDIR/tensorboard
+        "model_init_kwargs": {"dtype": config.model_dtype},
+        "trust_remote_code": config.trust_remote_code,
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": _cuda_available(),
+        # Every parameter (LoRA or full) takes part in each step; the DDP search for unused
+        # ones is a wasted autograd traversal.
+        "ddp_find_unused_parameters": False,
+    }
+    if config.lr_scheduler == "cosine_with_min_lr":
+        kwargs["lr_scheduler_kwargs"] = {"min_lr_rate": config.min_lr_ratio}
+    if kwargs["bf16"] and not _cuda_available():
+        kwargs["use_cpu"] = True  # transformers: bf16 autocast on the CPU must be asked for
+    kwargs.update(config.extra_dpo_args)
+    try:
+        return DPOConfig(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"TRL rejected the training options: {e}") from e
+
+
+def _checkpointing_option(dpo_config: type) -> str:
+    """transformers 5 renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (the old
+    name still works, with a FutureWarning); use whichever this version has."""
+    new = "activation_checkpointing"
+    return (
+        new if new in getattr(dpo_config, "__dataclass_fields__", {}) else "gradient_checkpointing"
+    )
+
+
+def _lora_config(config: TrainConfig) -> Any:
+    from peft import LoraConfig
+
+    targets: str | list[str] = config.lora_target_modules.strip()
+    if targets != "all-linear":
+        targets = [t.strip() for t in str(targets).split(",") if t.strip()]
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _jsonl_log_callback(path: Path) -> Any:
+    from transformers import TrainerCallback
+
+    class JsonlLog(TrainerCallback):  # type: ignore[misc]
+        """Append each log entry to train_log.jsonl as it happens (a crash keeps the log)."""
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if state.is_world_process_zero and logs:
+                with path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    return JsonlLog()
+
+
+def _last_checkpoint(outdir: Path) -> Path | None:
+    found = []
+    for p in (outdir / "checkpoints").glob("checkpoint-*"):
+        suffix = p.name.rsplit("-", 1)[-1]
+        if p.is_dir() and suffix.isdigit():
+            found.append((int(suffix), p))
+    return max(found)[1] if found else None
+
+
+def train(
+    pairs: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    config: TrainConfig | None = None,
+    *,
+    progress: bool | None = None,
+    verbose: bool = False,
+) -> TrainResult:
+    """Run DPO on ``pairs``, writing into ``output_dir``.
+
+    ``pairs``: a ``pairs.parquet``, a ``.jsonl`` file, a folder holding either, or a folder
+    saved with ``datasets``' ``save_to_disk`` (see :mod:`mipo.train.pairs_io`).
+    ``progress``: show the rich progress display on stderr; ``None`` (the default): only when
+    stderr is a terminal. ``verbose``: keep transformers', datasets' and TRL's own progress bars
+    and printed log dicts (off by default; the full log is in ``train_log.jsonl`` either way).
+    Neither changes what is trained, so neither is a :class:`TrainConfig` field.
+
+    >>> result = train("out/pairs.parquet", "out/train", TrainConfig(lora=True, max_steps=10))  # doctest: +SKIP
+    """
+    config = config or TrainConfig()
+    source = resolve_pairs(pairs)
+    outdir = Path(output_dir)
+    df = read_pairs(source)
+    run_info = read_run_info(source)
+
+    try:
+        import torch  # noqa: F401
+        from datasets import Dataset  # noqa: F401
+        from transformers import AutoTokenizer  # noqa: F401
+        from trl import DPOTrainer  # noqa: F401
+    except ImportError as e:
+        raise DependencyError(
+            f"training needs the model stack ({e}); pip install 'mipo[hf]'"
+        ) from e
+    if config.report_to == "tensorboard":
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        except ImportError as e:
+            raise DependencyError(
+                "--report-to tensorboard needs tensorboard: pip install tensorboard"
+            ) from e
+    if progress is None:
+        progress = sys.stderr.isatty()
+    with quiet_third_party(verbose):
+        return _train(source, df, run_info, outdir, config, progress=progress, verbose=verbose)
+
+
+def _train(
+    source: PairsSource,
+    df: Any,
+    run_info: dict[str, Any] | None,
+    outdir: Path,
+    config: TrainConfig,
+    *,
+    progress: bool,
+    verbose: bool,
+) -> TrainResult:
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import DPOTrainer
+
+    model_path = model_to_train(config, run_info)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_path, trust_remote_code=config.trust_remote_code
+    )
+    if tokenizer.chat_template is None:
+        raise ModelError(f"{model_path} has no chat template; MIPO trains instruct (chat) models")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    generator_check = check_generator(run_info, model_path, tokenizer, config)
+
+    # Distributed runs: every process builds the trainer; only the main one touches OUTDIR's
+    # own files. DPOConfig creation initialises the distributed state.
+    args = _dpo_args(config, outdir)
+    is_main = args.process_index == 0
+    if is_main:
+        outdir.mkdir(parents=True, exist_ok=True)
+        _prepare_output_dir(outdir, config)
+        if not config.resume:
+            (outdir / "train_log.jsonl").unlink(missing_ok=True)
+    checkpoint = _last_checkpoint(outdir) if config.resume else None
+    if config.resume and checkpoint is None:
+        warnings.warn(
+            f"--resume: no checkpoint in {outdir / 'checkpoints'}, starting from the beginning",
+            UserWarning,
+            stacklevel=3,
+        )
+    options_file = outdir / "checkpoints" / "mipo_train_options.json"
+    pairs_sha = pairs_sha256(source)
+    if config.resume and checkpoint is not None and options_file.is_file():
+        saved = json.loads(options_file.read_text(encoding="utf-8"))
+        now = json.loads(json.dumps(asdict(config), default=str))
+        changed = [
+            k for k in now if k not in _RESUME_FREE_OPTIONS and saved["options"].get(k) != now[k]
+        ]
+        if saved.get("pairs_sha256") != pairs_sha:
+            changed.append("pairs file contents")
+        if changed:
+            raise ConfigError(
+                f"--resume with different options ({', '.join(changed)}) than the interrupted "
+                "run: rerun with the same options, or --overwrite to start over"
+            )
+
+    console = TrainConsole(enabled=progress and is_main, stages=not verbose)
+    with console:
+        console.stage(
+            "loading",
+            "model and pairs"
+            + (", reference log-probs" if config.precompute_ref_log_probs else ""),
+        )
+        dataset = Dataset.from_polars(df)
+        callbacks = [_jsonl_log_callback(outdir / "train_log.jsonl"), console.callback()]
+        if config.report_to == "tensorboard" and is_main:
+            from torch.utils.tensorboard import SummaryWriter
+            from transformers.integrations import TensorBoardCallback
+
+            callbacks.append(TensorBoardCallback(SummaryWriter(str(outdir / "tensorboard"))))
+
+        provenance = {
+            "pairs": str(source.path.resolve()),
+            "pairs_format": source.format,
+            "pairs_sha256": pairs_sha,
+            "num_pairs": df.height,
+            "generator_check": generator_check,
+        }
+        if is_main:
+            options_file.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(
+                options_file,
+                json.dumps({"options": asdict(config), **provenance}, indent=2, default=str),
+            )
+        trainer = DPOTrainer(
+            model=str(model_path),
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=_lora_config(config) if config.lora else None,
+            callbacks=callbacks,
+        )
+        if not verbose:
+            remove_trainer_printers(trainer)  # the {'loss': ...} dicts; train_log.jsonl has them
+        started = time.perf_counter()
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        runtime = time.perf_counter() - started
+        console.stage(
+            "saving", "model" + (", merged model" if config.lora and config.merge else "")
+        )
+
+        model_dir = outdir / "model"
+        tmp_model = outdir / ".model.tmp"
+        if is_main:
+            shutil.rmtree(tmp_model, ignore_errors=True)
+        trainer.accelerator.wait_for_everyone()
+        trainer.save_model(str(tmp_model))  # every rank: ZeRO-3 / FSDP gather the weights here
+        trainer.accelerator.wait_for_everyone()
+        merged_dir: Path | None = None
+        if is_main:
+            tokenizer.save_pretrained(tmp_model)  # chat template included
+            # Trainer pickles its arguments here; train_config.json records them as JSON instead,
+            # and a pickle in a model folder is something mipo.models refuses to load by default.
+            (tmp_model / "training_args.bin").unlink(missing_ok=True)
+            shutil.rmtree(model_dir, ignore_errors=True)
+            os.replace(tmp_model, model_dir)
+            if config.lora:
+                _fix_adapter_base(model_dir, model_path)
+            if config.lora and config.merge:
+                merged_dir = _save_merged(model_dir, outdir / "merged", config)
+            history = trainer.state.log_history
+            _atomic_write_text(
+                outdir / "train_log.jsonl",
+                "".join(json.dumps(entry) + "\n" for entry in history),
+            )
+            record = {
+                "status": "complete",
+                "options": asdict(config),
+                "resolved": {
+                    "model": str(model_path),
+                    "reference_model": str(model_path),
+                    "learning_rate": config.resolved_learning_rate(),
+                    "bf16": args.bf16,
+                    "world_size": args.world_size,
+                    "effective_batch_size": config.batch_size
+                    * config.gradient_accumulation_steps
+                    * args.world_size,
+                    "global_steps": trainer.state.global_step,
+                },
+                **provenance,
+                "metrics": output.metrics,
+                "train_runtime_s": runtime,
+                "versions": versions(),
+            }
+            _atomic_write_text(
+                outdir / "train_config.json", json.dumps(record, indent=2, default=str)
+            )
+            if not config.keep_checkpoints:
+                shutil.rmtree(outdir / "checkpoints", ignore_errors=True)
+        trainer.accelerator.wait_for_everyone()
+        return TrainResult(
+            output_dir=outdir,
+            model_dir=model_dir,
+            merged_dir=merged_dir,
+            log_path=outdir / "train_log.jsonl",
+            config_path=outdir / "train_config.json",
+            num_pairs=df.height,
+            global_steps=trainer.state.global_step,
+            train_runtime_s=runtime,
+            metrics=dict(output.metrics),
+        )
+
+
+def _fix_adapter_base(adapter_dir: Path, base_path: Path) -> None:
+    """Record the base model's absolute path in adapter_config.json so the adapter loads alone."""
+    cfg_path = adapter_dir / "adapter_config.json"
+    if cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text())
+        cfg["base_model_name_or_path"] = str(Path(base_path).resolve())
+        _atomic_write_text(cfg_path, json.dumps(cfg, indent=2))
+
+
+def _save_merged(adapter_dir: Path, merged_dir: Path, config: TrainConfig) -> Path:
+    """Base + adapter merged into a plain model, reloaded from disk on the CPU (works the same
+    whatever distributed engine trained it)."""
+    from mipo.models import merge_adapter
+
+    shutil.rmtree(merged_dir, ignore_errors=True)  # a new training replaces an older merge
+    return merge_adapter(adapter_dir, merged_dir, trust_remote_code=config.trust_remote_code)
