@@ -33,7 +33,7 @@ __all__ = [
 # of a command, or when it runs: their modules load polars, and `mipo --help` must stay instant).
 GENERATION = "mipo.generate:GenerationConfig"
 EVAL = "mipo.evaluate:EvalConfig"
-RUN = "mipo.run:RunConfig"
+RUN = "mipo.run.pipeline:RunConfig"
 TRAIN = "mipo.train.config:TrainConfig"
 
 
