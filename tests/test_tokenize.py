@@ -534,8 +534,15 @@ _LLAMA3_SPLIT = (
 @pytest.fixture(scope="module")
 def split_nfc_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Qwen 2.5's layout: NFC normalizer, regex Split + ByteLevel, normalized and raw added tokens."""
-    from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
-    from tokenizers import trainers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
 
     tk = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     tk.normalizer = normalizers.NFC()
