@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import stat
 from pathlib import Path
 
 import polars as pl
@@ -16,8 +14,6 @@ from mipo.corpus import (
     detect_columns,
     open_corpus,
     resolve_input_files,
-    write_json_atomic,
-    write_parquet_atomic,
 )
 from mipo.errors import ConfigError, CorpusError
 
@@ -234,24 +230,6 @@ def test_without_id_column_the_row_number_is_the_id(tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "x"}\n{"prompt": "y"}\n')
     assert _standard(path)["id"].to_list() == ["0", "1"]
-
-
-def test_atomic_writes_leave_nothing_on_failure(tmp_path: Path) -> None:
-    target = tmp_path / "out.parquet"
-    frame = pl.DataFrame({"x": [1, 2]})
-    write_parquet_atomic(frame, target)
-    assert pl.read_parquet(target).equals(frame)
-    mode = stat.S_IMODE(target.stat().st_mode)
-    umask = os.umask(0)
-    os.umask(umask)
-    assert mode == 0o666 & ~umask
-    unwritable = pl.DataFrame({"x": [object()]}, schema={"x": pl.Object})
-    with pytest.raises(Exception):  # noqa: B017 - polars' own error type for Object columns
-        write_parquet_atomic(unwritable, target)
-    assert pl.read_parquet(target).equals(frame)  # the previous version is intact
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
-    write_json_atomic({"a": 1}, tmp_path / "x.json")
-    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
 
 
 # --- compressed inputs and the Parquet pull reader -----------------------------------------------

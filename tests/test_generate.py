@@ -25,6 +25,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+import mipo.io
 from mipo import _testing
 from mipo.errors import ConfigError, DependencyError, GenerationError, OutputError
 from mipo.generate import (
@@ -405,8 +406,7 @@ def test_bad_requests_are_refused(tiny: ResolvedModel, tmp_path: Path) -> None:
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def _lock_text(pid: int) -> str:
-    return f"{socket.gethostname()}:{pid}"
+LOCK_HOLDER = "import sys, time\nfrom mipo.io import output_lock\nwith output_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n"
 
 
 def test_live_lock_refuses_and_dead_lock_is_taken_over(tiny: ResolvedModel, tmp_path: Path) -> None:
@@ -414,16 +414,22 @@ def test_live_lock_refuses_and_dead_lock_is_taken_over(tiny: ResolvedModel, tmp_
     out = tmp_path / "gen"
     out.mkdir()
     lock = out / ".lock-shard-0-of-1"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(lock)], stdout=subprocess.PIPE, text=True
+    )
     try:
-        lock.write_text(_lock_text(holder.pid))
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         with pytest.raises(OutputError, match=rf"another mipo run \(pid {holder.pid}\)"):
             run_generation(requests, out, model=tiny, config=config(), progress=False)
-        assert lock.read_text() == _lock_text(holder.pid)  # not stolen
+        owner = lock.with_name(lock.name + ".owner")
+        assert owner.read_text() == f"{socket.gethostname()}:{holder.pid}"  # not stolen
     finally:
         holder.kill()
         holder.wait()
+        if holder.stdout:
+            holder.stdout.close()
     # The holder died without cleaning up: its lock no longer blocks.
+    assert lock.exists()
     results = run_generation(requests, out, model=tiny, config=config(), progress=False)
     assert results.height == 4 and not lock.exists()
 
@@ -555,7 +561,7 @@ def test_disk_full_keeps_earlier_chunks_and_resume_works(
         handle = real_open(path, mode, *args, **kwargs)
         return FullDisk(handle) if "chunk-000002" in str(path) else handle
 
-    monkeypatch.setattr(runner, "open", filling_open, raising=False)
+    monkeypatch.setattr(mipo.io, "open", filling_open, raising=False)
     with pytest.raises(OutputError, match=r"disk full while writing chunk-000002\.parquet"):
         run_generation(requests, out, model=tiny, config=config(), progress=False)
     assert sorted(p.name for p in out.glob("chunk-*")) == [

@@ -205,31 +205,44 @@ def test_conversion_crash_leaves_no_half_folder(
 def test_conversion_waits_for_a_live_lock_and_takes_over_a_dead_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import socket
-
     source = tmp_path / "m.gguf"
     source.write_bytes(b"GGUF")
     target = tmp_path / "cache" / "m"
     target.parent.mkdir()
     lock = target.parent / ".m.lock"
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    lock.write_text(f"{socket.gethostname()}:{dead.pid}")
+    # A holder killed mid-conversion leaves its lock file (and owner note) behind.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom mipo.io import wait_lock\n"
+            "with wait_lock(sys.argv[1], timeout_s=1, what='converting'):\n"
+            "    print('held', flush=True); time.sleep(60)\n",
+            str(lock),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    holder.stdout.close()
+    assert lock.exists()
     monkeypatch.setattr(models, "_write_converted", lambda s, o: (o / "x").write_text("1"))
     convert_gguf(source, target)  # the dead holder's lock does not block
     assert (target / "x").is_file() and not lock.exists()
 
     # A live holder blocks until its timeout.
     shutil.rmtree(target)
-    lock.write_text(f"{socket.gethostname()}:{os.getpid()}")
-    started = time.monotonic()
-    with (
-        pytest.raises(ModelError, match="timed out waiting"),
-        models._conversion_lock(lock, timeout_s=0.6),
-    ):
-        pass
-    assert time.monotonic() - started >= 0.5
-    lock.unlink()
+    with models._conversion_lock(lock):
+        started = time.monotonic()
+        with (
+            pytest.raises(ModelError, match=rf"timed out waiting .*pid {os.getpid()}"),
+            models._conversion_lock(lock, timeout_s=0.6),
+        ):
+            pass
+        assert time.monotonic() - started >= 0.5
+    assert not lock.exists()
 
 
 @pytest.mark.slow

@@ -559,8 +559,8 @@ def test_full_disk_while_writing_plan_parquet_leaves_no_temporary_file(
 
 def test_errors_that_are_not_about_the_disk_pass_through(tmp_path: Path) -> None:
     """A frame Polars cannot serialize is a program error, not "check free space"."""
-    from mipo.corpus import write_parquet_atomic
     from mipo.errors import OutputError
+    from mipo.io import write_parquet_atomic
 
     frame = pl.DataFrame({"x": [object()]}, schema={"x": pl.Object})
     with pytest.raises(pl.exceptions.PolarsError) as raised:

@@ -1,4 +1,4 @@
-"""Read, validate and map an input corpus to chat messages (Polars, lazy); write outputs atomically.
+"""Read, validate and map an input corpus to chat messages (Polars, lazy).
 
 A corpus is a Parquet, JSONL or CSV file (JSONL and CSV also gzip- or zstd-compressed:
 ``.jsonl.gz``, ``.jsonl.zst``, ``.csv.gz``...), a folder of them, or a glob of shards. Its
@@ -26,13 +26,10 @@ only (no per-row Python), onto one standard shape:
 from __future__ import annotations
 
 import contextlib
-import errno
 import glob
 import io
 import json
 import os
-import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +37,7 @@ from typing import Any
 
 import polars as pl
 
-from mipo.errors import ConfigError, CorpusError, MipoError, OutputError
+from mipo.errors import ConfigError, CorpusError
 
 __all__ = [
     "CONTEXT_NAMES",
@@ -52,13 +49,9 @@ __all__ = [
     "ColumnMap",
     "ColumnOptions",
     "Corpus",
-    "atomic_path",
     "input_file_stamps",
     "open_corpus",
     "resolve_input_files",
-    "write_errors",
-    "write_json_atomic",
-    "write_parquet_atomic",
 ]
 
 PROMPT_NAMES = ("prompt", "question", "instruction", "query", "text")
@@ -682,128 +675,3 @@ def open_corpus(spec: str | os.PathLike[str], options: ColumnOptions | None = No
     corpus = Corpus(str(spec), files, fmt, schema, columns, lazy)
     corpus._messages_expr()  # type checks of the mapped columns fail here, before any read
     return corpus
-
-
-# --- atomic outputs ----------------------------------------------------------------------------
-
-# errno values that mean "no room": a full disk, an exhausted quota, a file-size limit (ulimit -f).
-_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-# Polars reports a failed file write as a ComputeError whose text carries the OS error, e.g.
-# "parquet: File out of specification: underlying IO error: File too large (os error 27)".
-_POLARS_IO = re.compile(
-    r"io error: (?P<reason>.+?)(?: \(os error (?P<errno>\d+)\))?$", re.IGNORECASE | re.MULTILINE
-)
-
-
-def _write_failure(exc: BaseException) -> tuple[str, int | None] | None:
-    """``(reason, errno)`` when ``exc`` is a failed write to the file system, else None."""
-    if isinstance(exc, MipoError):
-        return None
-    if isinstance(exc, OSError):
-        reason = exc.strerror or str(exc)
-        # pyarrow: "Error writing bytes to file. Detail: [errno 27] File too large"
-        detail = re.search(r"\[errno (\d+)\] (.+)$", reason)
-        if detail:
-            return detail[2].strip(), exc.errno or int(detail[1])
-        return reason, exc.errno
-    if isinstance(exc, pl.exceptions.PolarsError):
-        text = str(exc)
-        match = _POLARS_IO.search(text)
-        if match:
-            code = match["errno"]
-            return match["reason"].strip(), int(code) if code else None
-        if "transport error" in text:  # older Polars: the thrift writer lost its file
-            return text.strip().splitlines()[-1], None
-    return None
-
-
-@contextlib.contextmanager
-def write_errors(target: str | os.PathLike[str], name: str | None = None) -> Iterator[None]:
-    """Turn a failed write (full disk, quota, ``ulimit -f``, permissions) into one clear
-    :class:`~mipo.errors.OutputError` naming the file and its folder.
-
-    Other errors (a frame Polars cannot serialize, mipo's own errors) pass through unchanged.
-
-    >>> with write_errors("/proc/no/such/dir/x.json"):  # doctest: +SKIP
-    ...     open("/proc/no/such/dir/x.json", "w")
-    Traceback (most recent call last):
-    mipo.errors.OutputError: cannot write x.json in '/proc/no/such/dir' (No such file ...): ...
-    """
-    target = Path(target)
-    try:
-        yield
-    except (OSError, pl.exceptions.PolarsError) as exc:
-        failure = _write_failure(exc)
-        if failure is None:
-            raise
-        reason, code = failure
-        hint = (
-            "check free space (df -h) and rerun the same command"
-            if code in _NO_ROOM or code is None
-            else "check that the folder is writable and has free space (df -h), then rerun the "
-            "same command"
-        )
-        raise OutputError(
-            f"cannot write {name or target.name} in '{target.parent}' ({reason}): {hint}"
-        ) from exc
-
-
-@contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it onto ``target`` only on success.
-
-    A crash or an exception leaves ``target`` as it was (absent or the previous version), never
-    half written. A write that fails for lack of room (or permission) raises one clear
-    :class:`~mipo.errors.OutputError` (see :func:`write_errors`).
-    """
-    target = Path(target)
-    with write_errors(target):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        tmp_path = Path(tmp)
-        try:
-            # mkstemp creates 0600; give the output the permissions a plain open() would.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp_path, 0o666 & ~umask)
-            yield tmp_path
-            os.replace(tmp_path, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp_path.unlink()
-
-
-def write_parquet_atomic(frame: pl.DataFrame, target: str | os.PathLike[str]) -> Path:
-    """Write ``frame`` to ``target`` (zstd Parquet) through a temporary file and a rename."""
-    with atomic_path(target) as tmp:
-        frame.write_parquet(tmp, compression="zstd", statistics=False)
-    return Path(target)
-
-
-def read_json_record(
-    path: str | os.PathLike[str], *, what: str = "mipo file"
-) -> dict[str, Any] | None:
-    """A JSON object mipo wrote (run.json, stats.json, manifest.json...), or None if absent.
-
-    An unreadable file or one that is not a JSON object is an OutputError suggesting --overwrite.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise OutputError(
-            f"'{path}' is unreadable ({exc}); rerun with --overwrite to start over"
-        ) from exc
-    if not isinstance(data, dict):
-        raise OutputError(f"'{path}' is not a {what}; rerun with --overwrite to start over")
-    return data
-
-
-def write_json_atomic(data: Any, target: str | os.PathLike[str]) -> Path:
-    """Write ``data`` as indented JSON through a temporary file and a rename."""
-    with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    return Path(target)

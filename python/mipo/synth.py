@@ -21,7 +21,6 @@ memory stays bounded (8 bytes per row for the id map) while rows stream to disk 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
@@ -37,6 +36,7 @@ import numpy as np
 import polars as pl
 
 from mipo.errors import ConfigError, OutputError
+from mipo.io import atomic_path
 
 DATA_DIR = Path(__file__).parent / "data"
 SAMPLE_CORPUS_PATH = DATA_DIR / "sample_corpus.jsonl"
@@ -723,33 +723,22 @@ def write_frames(
 
     path = Path(output)
     fmt = check_output(path, file_format, overwrite=overwrite)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     schema = _arrow_schema(columns)
-    try:
-        with open(tmp, "wb") as handle:
-            writer = (
-                pq.ParquetWriter(handle, schema, compression="zstd") if fmt == "parquet" else None
-            )
-            try:
-                for i, frame in enumerate(frames):
-                    if writer is not None:
-                        writer.write_table(
-                            frame.to_arrow().cast(schema), row_group_size=frame.height
-                        )
-                    elif fmt == "jsonl":
-                        frame.write_ndjson(handle)
-                    else:
-                        frame.write_csv(handle, include_header=i == 0)
-                    if on_batch is not None:
-                        on_batch(frame)
-            finally:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        writer = pq.ParquetWriter(handle, schema, compression="zstd") if fmt == "parquet" else None
+        try:
+            for i, frame in enumerate(frames):
                 if writer is not None:
-                    writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+                    writer.write_table(frame.to_arrow().cast(schema), row_group_size=frame.height)
+                elif fmt == "jsonl":
+                    frame.write_ndjson(handle)
+                else:
+                    frame.write_csv(handle, include_header=i == 0)
+                if on_batch is not None:
+                    on_batch(frame)
+        finally:
+            if writer is not None:
+                writer.close()
     return path
 
 

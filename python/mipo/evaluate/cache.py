@@ -24,6 +24,7 @@ import polars as pl
 
 from mipo.errors import OutputError
 from mipo.hashing import update_from_file
+from mipo.io import write_json_atomic, write_parquet_atomic
 
 __all__ = ["ResultCache", "content_digest"]
 
@@ -86,14 +87,6 @@ class ResultCache:
         stored = frame.select(columns).rename(
             {c: c.removesuffix(suffix) + self.SUFFIX for c in columns}
         )
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            for name, write in (
-                (f"{key}.parquet", lambda p: stored.write_parquet(p)),
-                (f"{key}.json", lambda p: p.write_text(json.dumps({"notes": notes}))),
-            ):
-                tmp = self.folder / f".{name}.tmp-{os.getpid()}"
-                write(tmp)
-                os.replace(tmp, self.folder / name)
-        except OSError as exc:
-            raise OutputError(f"cannot write to the evaluation cache {self.folder}: {exc}") from exc
+        # The table first, its notes last: load() takes an entry only when both are there.
+        write_parquet_atomic(stored, self.folder / f"{key}.parquet")
+        write_json_atomic({"notes": notes}, self.folder / f"{key}.json")

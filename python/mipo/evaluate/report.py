@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mipo.errors import CorpusError
+from mipo.io import atomic_path
 
 __all__ = [
     "Report",
@@ -167,7 +168,8 @@ def plot_distributions(
         ax.set_ylabel("prompts")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(fig)
     return path
@@ -213,7 +215,8 @@ def plot_training(entries: list[dict[str, Any]], path: Path) -> Path | None:
             ax.set_title(label)
             ax.set_xlabel("step")
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(fig)
     return path

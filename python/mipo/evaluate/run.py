@@ -43,8 +43,9 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from mipo import __version__
-from mipo.errors import ConfigError, OutputError
+from mipo.errors import ConfigError, ModelError, OutputError
 from mipo.evaluate.report import finite_json
+from mipo.io import read_json_record, write_parquet_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from mipo.evaluate.datasets import EvalDataset
@@ -254,10 +255,13 @@ def _train_record(spec: str | None) -> dict[str, Any] | None:
     path = Path(spec)
     for candidate in (path / "train_config.json", path.parent / "train_config.json"):
         if candidate.is_file():
-            try:
-                return json.loads(candidate.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                return None
+            # Fail closed: a corrupt record must not silently change the PMI reference.
+            return read_json_record(
+                candidate,
+                what="training record",
+                fix="restore it (or train again), or name the reference model with --reference",
+                error=ModelError,
+            )
     return None
 
 
@@ -767,7 +771,7 @@ class _Evaluation:
         plots: list[str] = []
         for ds in self.datasets:
             frame = self.rows[ds.name]
-            _write_parquet(frame, self.outdir / f"{ds.kind}_{ds.name}.parquet")
+            write_parquet_atomic(frame, self.outdir / f"{ds.kind}_{ds.name}.parquet")
             if ds.kind == "pmi":
                 metrics["pmi"][ds.name] = self._pmi_section(ds, frame, report, plots)
                 if ds.name in self.judged:
@@ -793,9 +797,7 @@ class _Evaluation:
             "metrics.json": json.dumps(finite_json(metrics), indent=2, default=str),
         }
         for name, text in files.items():
-            tmp = self.outdir / f".{name}.tmp"
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, self.outdir / name)
+            write_text_atomic(text, self.outdir / name)
         return EvalResult(
             output_dir=self.outdir,
             report_md=self.outdir / "report.md",
@@ -1186,12 +1188,6 @@ def _resolved_path(spec: str, trust_remote_code: bool) -> Path:
 def _share(mask: pl.Series) -> float:
     mean = mask.cast(pl.Float64).mean()
     return float(mean) if isinstance(mean, int | float) else 0.0
-
-
-def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.write_parquet(tmp)
-    os.replace(tmp, path)
 
 
 SHORTCUTS = (

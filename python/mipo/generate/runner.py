@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import json
@@ -39,10 +38,10 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from mipo.corpus import read_json_record
 from mipo.errors import ConfigError, GenerationError, OutputError
 from mipo.generate import Backend, GenerationConfig, create_backend
-from mipo.lockfile import run_lock as _run_lock
+from mipo.io import NO_ROOM, read_json_record, write_bytes_atomic, write_json_atomic
+from mipo.io import output_lock as _run_lock
 
 if TYPE_CHECKING:
     from mipo.models import ResolvedModel
@@ -59,7 +58,6 @@ RESULT_SCHEMA = {
     "finish_reason": pl.String,
     "seed": pl.UInt64,
 }
-_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def chunk_path(out_dir: str | os.PathLike[str], index: int) -> Path:
@@ -263,10 +261,12 @@ def _prepare_folder(out: Path, manifest: dict[str, Any], *, overwrite: bool) -> 
     if existing is not None and existing.get("run_hash") == manifest["run_hash"]:
         return
     if existing is not None and _same_run_recorded_before(existing, manifest):
-        _write_json_atomically(out / MANIFEST, manifest)  # today's hashes for the same run
+        write_json_atomic(
+            manifest, out / MANIFEST, sort_keys=True, durable=True
+        )  # today's hashes for the same run
         return
     if existing is None and not chunks:
-        _write_json_atomically(out / MANIFEST, manifest)
+        write_json_atomic(manifest, out / MANIFEST, sort_keys=True, durable=True)
         return
     if not overwrite:
         if existing is None:
@@ -287,7 +287,7 @@ def _prepare_folder(out: Path, manifest: dict[str, Any], *, overwrite: bool) -> 
         )
     for chunk in chunks:
         chunk.unlink(missing_ok=True)
-    _write_json_atomically(out / MANIFEST, manifest)
+    write_json_atomic(manifest, out / MANIFEST, sort_keys=True, durable=True)
 
 
 def _same_run_recorded_before(existing: dict[str, Any], manifest: dict[str, Any]) -> bool:
@@ -304,11 +304,6 @@ def _same_run_recorded_before(existing: dict[str, Any], manifest: dict[str, Any]
         and existing.get("chunk_size") == manifest["chunk_size"]
         and comparable_options(config) == manifest["config"]
     )
-
-
-def _write_json_atomically(path: Path, value: Any) -> None:
-    data = (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
-    _write_bytes_atomically(path, data)
 
 
 # --- chunks ------------------------------------------------------------------------------------
@@ -399,48 +394,20 @@ def _chunk_frame(backend: Backend, rows: pl.DataFrame, results: list[Any]) -> pl
 
 
 def _write_chunk_atomically(out: Path, index: int, df: pl.DataFrame, *, finished: int) -> None:
-    # Serialize in memory first (a chunk is small) so every write error is our own OSError.
+    # Serialize in memory first (a chunk is small) so every write error is the file system's.
     buffer = io.BytesIO()
     df.write_parquet(buffer)
     path = chunk_path(out, index)
     try:
-        _write_bytes_atomically(path, buffer.getvalue())
-    except OSError as exc:
-        if exc.errno in _DISK_FULL:
+        write_bytes_atomic(buffer.getvalue(), path, durable=True)
+    except OutputError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and cause.errno in NO_ROOM:
             raise OutputError(
                 f"disk full while writing {path.name} in '{out}': free some space and rerun the "
                 f"same command to resume ({finished} finished chunk(s) are kept)"
-            ) from exc
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-
-
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _write_bytes_atomically(path: Path, data: bytes) -> None:
-    """Temp file + fsync + rename + directory fsync; the temp file never outlives a failure."""
-    temp = _temp_name(path)
-    try:
-        with open(temp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:  # includes KeyboardInterrupt: never leave a temp file behind
-        with contextlib.suppress(OSError):
-            temp.unlink()
+            ) from cause
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _remove_temp_files(out: Path, chunks: list[int]) -> None:

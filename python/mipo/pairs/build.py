@@ -37,15 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mipo.corpus import (
-    ColumnOptions,
-    open_corpus,
-    read_json_record,
-    write_json_atomic,
-    write_parquet_atomic,
-)
+from mipo.corpus import ColumnOptions, open_corpus
 from mipo.errors import ConfigError, OutputError, TemplateError
-from mipo.lockfile import run_lock
+from mipo.io import output_lock, read_json_record, write_json_atomic, write_parquet_atomic
 from mipo.pairs.assemble import (
     PairFilterConfig,
     PairStats,
@@ -526,7 +520,7 @@ def build_pairs(config: BuildPairsConfig) -> BuildPairsResult:
     shard_index, num_shards = config.shard
     locked = False
     try:
-        with run_lock(out / f".mipo-build-shard-{shard_index}-of-{num_shards}.lock"):
+        with output_lock(out / f".mipo-build-shard-{shard_index}-of-{num_shards}.lock"):
             locked = True
             if old is None or changed is not None:
                 start = "plan" if old is None else changed

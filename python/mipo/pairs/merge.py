@@ -7,13 +7,11 @@ in several folders or on several machines) and build its pairs.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
-from mipo.corpus import read_json_record, write_json_atomic
 from mipo.errors import ModelError, OutputError
-from mipo.lockfile import run_lock
+from mipo.io import atomic_path, output_lock, read_json_record, write_json_atomic
 from mipo.pairs.build import (
     BuildPairsConfig,
     BuildPairsResult,
@@ -86,9 +84,8 @@ def merge_shards(
         for chunk in sorted((other / GENERATIONS_DIR).glob("chunk-*.parquet")):
             target = gen_dir / chunk.name
             if not target.exists():
-                tmp = gen_dir / f".{chunk.name}.merge-{os.getpid()}"
-                shutil.copyfile(chunk, tmp)
-                os.replace(tmp, target)
+                with atomic_path(target) as tmp:
+                    shutil.copyfile(chunk, tmp)
     if manifest is None:
         raise OutputError(
             f"no generations found in '{out}' or the given shard folders: run the shards first"
@@ -121,7 +118,7 @@ def merge_shards(
     stats = read_json_record(out / STATS_FILE) or {}
     stats.pop("pairs", None)
     stages = StageTimes(out, stats)
-    with run_lock(out / ".mipo-merge.lock"):
+    with output_lock(out / ".mipo-merge.lock"):
         if (out / PAIRS_FILE).exists():
             (out / PAIRS_FILE).unlink()
         plan = read_plan(out / PLAN_FILE)

@@ -37,8 +37,9 @@ from typing import Any
 import polars as pl
 
 from mipo import engine
-from mipo.corpus import MESSAGE_DTYPE, Corpus, atomic_path, write_errors
+from mipo.corpus import MESSAGE_DTYPE, Corpus
 from mipo.errors import ConfigError, CorpusError
+from mipo.io import atomic_path, write_errors
 from mipo.pairs.negatives import (
     ContextSwaps,
     NegativeStrategy,
@@ -448,7 +449,7 @@ def _write_plan(
     """Stream the parts into ``target`` in fixed-size row groups, adding the plan index and the
     negatives (and, with ``swaps``, the context-swap columns, see :func:`_swap_columns`);
     temporary file + rename (a failed write raises a one-line OutputError, via
-    :func:`~mipo.corpus.atomic_path`, and leaves no temporary file). Returns the number of
+    :func:`~mipo.io.atomic_path`, and leaves no temporary file). Returns the number of
     generated context swaps dropped as over-long."""
     import pyarrow.parquet as pq
 

@@ -40,13 +40,9 @@ from typing import Any
 import polars as pl
 
 from mipo import __version__
-from mipo.corpus import (
-    ColumnOptions,
-    open_corpus,
-    resolve_input_files,
-    write_json_atomic,
-)
+from mipo.corpus import ColumnOptions, open_corpus, resolve_input_files
 from mipo.errors import ConfigError, CorpusError, OutputError
+from mipo.io import read_json_record, replace_dir, write_json_atomic
 from mipo.run.report import EVAL_NAME, write_run_report
 from mipo.run.split import DATA_DIR, compute_split, write_split
 from mipo.train import TrainConfig
@@ -338,9 +334,11 @@ def _open_run(config: RunConfig, out: Path, base: Any) -> dict[str, Any]:
     old: dict[str, Any] | None = None
     if out.is_dir() and any(out.iterdir()):
         try:
-            old = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            old = None
+            old = read_json_record(out / RUN_FILE, what="mipo run record")
+        except OutputError:
+            if not config.overwrite:
+                raise
+            old = None  # --overwrite starts over, whatever the old record holds
         if old is None and not config.overwrite:
             raise OutputError(
                 f"output folder '{out}' is not empty and holds no mipo run: choose an empty or "
@@ -405,11 +403,13 @@ def _round_dir(out: Path, number: int) -> Path:
 
 
 def _train_finished(train_dir: Path) -> bool:
-    record = train_dir / "train_config.json"
-    try:
-        return bool(json.loads(record.read_text(encoding="utf-8")).get("status") == "complete")
-    except (OSError, ValueError):
-        return False
+    # A corrupt record is an error, not "unfinished": retraining would silently replace a model.
+    record = read_json_record(
+        train_dir / "train_config.json",
+        what="training record",
+        fix=f"delete the folder {train_dir} to train this round again, or rerun with --overwrite",
+    )
+    return record is not None and record.get("status") == "complete"
 
 
 def _merge_adapter(train_dir: Path, trust_remote_code: bool) -> Path:
@@ -442,11 +442,12 @@ def _adopt_input_stamp(pairs_dir: Path, train_file: Path) -> None:
     byte-identical to the file they were built from: build-pairs compares input files by name,
     size and mtime, and this run wrote its own copy of the same split later."""
     try:
-        record = json.loads((pairs_dir / "run.json").read_text(encoding="utf-8"))
+        # Tolerated on purpose: build-pairs reads this run.json next and reports what is wrong.
+        record = read_json_record(pairs_dir / "run.json") or {}
         source = Path(record["input"])
         (stamp,) = record["stages"]["plan"]["options"]["input_files"]
         recorded = int(stamp["mtime_ns"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OutputError, KeyError, TypeError, ValueError):
         return  # nothing to adopt: build-pairs decides
     if source.is_file() and source.read_bytes() == train_file.read_bytes():
         os.utime(train_file, ns=(time.time_ns(), recorded))
@@ -472,8 +473,7 @@ def _build_round_pairs(config: RunConfig, out: Path, number: int, generator: Pat
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        shutil.rmtree(pairs_dir, ignore_errors=True)  # an interrupted earlier attempt
-        tmp.rename(pairs_dir)
+        replace_dir(tmp, pairs_dir)  # replaces an interrupted earlier attempt
     if not pairs.is_file():
         _check_built(config, out, number, generator, pairs_dir)
     count = pl.scan_parquet(pairs).select(pl.len()).collect().item()
@@ -511,9 +511,13 @@ def _evaluate_round(
     from mipo.evaluate import EvalConfig, run_eval
 
     eval_dir = _round_dir(out, number) / "eval"
-    metrics_file = eval_dir / "metrics.json"
-    if metrics_file.is_file():
-        return json.loads(metrics_file.read_text(encoding="utf-8"))
+    finished = read_json_record(
+        eval_dir / "metrics.json",
+        what="evaluation metrics",
+        fix=f"delete the folder {eval_dir} to evaluate this round again",
+    )
+    if finished is not None:
+        return finished
     judge = config.judge
     if judge == "auto":
         judge = str(base_path)
@@ -640,5 +644,5 @@ def run_pipeline(config: RunConfig, *, log: Callable[[str], None] | None = None)
     metrics_path, md, html = write_run_report(
         out, config, record, info, base, time.perf_counter() - started
     )
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    metrics = read_json_record(metrics_path, what="run metrics") or {}
     return RunResult(out, md, html, metrics_path, metrics)

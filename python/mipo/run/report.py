@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import polars as pl
 
 from mipo.errors import OutputError
 from mipo.evaluate.report import finite_json
+from mipo.io import atomic_path, read_json_record, write_text_atomic
 
 __all__ = ["round_metrics", "write_run_report"]
 
@@ -39,20 +39,10 @@ _PAIRED_KEYS = (
 )
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise OutputError(f"'{path}' is unreadable ({exc}); rerun with --overwrite") from exc
-    return data if isinstance(data, dict) else None
-
-
 def _train_summary(train_dir: Path) -> dict[str, Any]:
     from mipo.evaluate.report import read_train_log
 
-    record = _read_json(train_dir / "train_config.json") or {}
+    record = read_json_record(train_dir / "train_config.json") or {}
     resolved = record.get("resolved", {})
     summary: dict[str, Any] = {
         "pairs": record.get("num_pairs"),
@@ -115,11 +105,11 @@ def round_metrics(out: Path, rounds: int, n_bootstrap: int, seed: int) -> list[d
     previous_rows: pl.DataFrame | None = None
     for number in range(1, rounds + 1):
         folder = out / f"round-{number}"
-        evaluation = _read_json(folder / "eval" / "metrics.json")
+        evaluation = read_json_record(folder / "eval" / "metrics.json")
         if evaluation is None:
             break
         rows = _per_prompt(folder / "eval")
-        pairs_stats = _read_json(folder / "pairs" / "stats.json") or {}
+        pairs_stats = read_json_record(folder / "pairs" / "stats.json") or {}
         pmi = evaluation.get("pmi", {}).get(EVAL_NAME, {})
         judge = evaluation.get("judge", {}).get(EVAL_NAME)
         entry: dict[str, Any] = {
@@ -218,7 +208,8 @@ def _plot_rounds(rounds: list[dict[str, Any]], path: Path) -> Path:
             ax.set_ylim(0, 1)
             ax.set_title("judged win rate vs base (ties as half)")
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(fig)
     return path
@@ -439,8 +430,5 @@ def write_run_report(
         ("report.md", report.to_markdown()),
         ("report.html", report.to_html()),
     ):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out / name)
-        paths.append(out / name)
+        paths.append(write_text_atomic(text, out / name))
     return paths[0], paths[1], paths[2]

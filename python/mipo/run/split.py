@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from mipo.corpus import open_corpus, resolve_input_files, write_json_atomic, write_parquet_atomic
+from mipo.corpus import open_corpus, resolve_input_files
 from mipo.errors import CorpusError
+from mipo.io import read_json_record, write_json_atomic, write_parquet_atomic
 from mipo.run.report import EVAL_NAME
 
 if TYPE_CHECKING:
@@ -157,8 +157,9 @@ def write_split(split: Split, out: Path) -> dict[str, Any]:
     already holds a finished split keeps it."""
     data = out / DATA_DIR
     marker = data / SPLIT_FILE
-    if marker.is_file():  # a continued run keeps the split it started with
-        return dict(json.loads(marker.read_text(encoding="utf-8")))
+    finished = read_json_record(marker, what="split record")
+    if finished is not None:  # a continued run keeps the split it started with
+        return finished
     write_parquet_atomic(split.train, data / "train.parquet")
     write_parquet_atomic(split.held_out, data / f"{EVAL_NAME}.parquet")
     write_json_atomic(split.info, marker)  # last: the split is complete

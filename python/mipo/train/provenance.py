@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mipo.errors import ConfigError, CorpusError, ModelError
+from mipo.io import read_json_record
 
 if TYPE_CHECKING:
     from mipo.train.config import TrainConfig
@@ -30,14 +31,12 @@ __all__ = [
 
 
 def read_run_info(source: PairsSource) -> dict[str, Any] | None:
-    run_json = source.folder / "run.json"
-    if not run_json.is_file():
-        return None
-    try:
-        info = json.loads(run_json.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CorpusError(f"{run_json} is not valid JSON ({e}); restore or delete it") from e
-    return info if isinstance(info, dict) else None
+    return read_json_record(
+        source.folder / "run.json",
+        what="build-pairs record",
+        fix="restore or delete it",
+        error=CorpusError,
+    )
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

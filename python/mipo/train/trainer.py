@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from mipo.errors import ConfigError, DependencyError, ModelError, OutputError
+from mipo.io import read_json_record, replace_dir, write_json_atomic, write_text_atomic
 from mipo.train.config import TrainConfig
 from mipo.train.console import TrainConsole, quiet_third_party, remove_trainer_printers
 from mipo.train.pairs_io import PairsSource, pairs_sha256, read_pairs, resolve_pairs
@@ -64,12 +65,6 @@ class TrainResult:
 
 
 # --- output directory -------------------------------------------------------------------------
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _prepare_output_dir(outdir: Path, config: TrainConfig) -> None:
@@ -304,8 +299,12 @@ def _train(
         )
     options_file = outdir / "checkpoints" / "mipo_train_options.json"
     pairs_sha = pairs_sha256(source)
-    if config.resume and checkpoint is not None and options_file.is_file():
-        saved = json.loads(options_file.read_text(encoding="utf-8"))
+    saved = (
+        read_json_record(options_file, what="options of the interrupted training")
+        if config.resume and checkpoint is not None
+        else None
+    )
+    if saved is not None:
         now = json.loads(json.dumps(asdict(config), default=str))
         changed = [
             k for k in now if k not in _RESUME_FREE_OPTIONS and saved["options"].get(k) != now[k]
@@ -342,10 +341,7 @@ def _train(
         }
         if is_main:
             options_file.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(
-                options_file,
-                json.dumps({"options": asdict(config), **provenance}, indent=2, default=str),
-            )
+            write_json_atomic({"options": asdict(config), **provenance}, options_file, default=str)
         trainer = DPOTrainer(
             model=str(model_path),
             args=args,
@@ -376,16 +372,14 @@ def _train(
             # Trainer pickles its arguments here; train_config.json records them as JSON instead,
             # and a pickle in a model folder is something mipo.models refuses to load by default.
             (tmp_model / "training_args.bin").unlink(missing_ok=True)
-            shutil.rmtree(model_dir, ignore_errors=True)
-            os.replace(tmp_model, model_dir)
+            replace_dir(tmp_model, model_dir)
             if config.lora:
                 _fix_adapter_base(model_dir, model_path)
             if config.lora and config.merge:
                 merged_dir = _save_merged(model_dir, outdir / "merged", config)
             history = trainer.state.log_history
-            _atomic_write_text(
-                outdir / "train_log.jsonl",
-                "".join(json.dumps(entry) + "\n" for entry in history),
+            write_text_atomic(
+                "".join(json.dumps(entry) + "\n" for entry in history), outdir / "train_log.jsonl"
             )
             record = {
                 "status": "complete",
@@ -406,9 +400,7 @@ def _train(
                 "train_runtime_s": runtime,
                 "versions": versions(),
             }
-            _atomic_write_text(
-                outdir / "train_config.json", json.dumps(record, indent=2, default=str)
-            )
+            write_json_atomic(record, outdir / "train_config.json", default=str)
             if not config.keep_checkpoints:
                 shutil.rmtree(outdir / "checkpoints", ignore_errors=True)
         trainer.accelerator.wait_for_everyone()
@@ -428,10 +420,10 @@ def _train(
 def _fix_adapter_base(adapter_dir: Path, base_path: Path) -> None:
     """Record the base model's absolute path in adapter_config.json so the adapter loads alone."""
     cfg_path = adapter_dir / "adapter_config.json"
-    if cfg_path.is_file():
-        cfg = json.loads(cfg_path.read_text())
+    cfg = read_json_record(cfg_path, what="adapter config", fix="train again", error=ModelError)
+    if cfg is not None:
         cfg["base_model_name_or_path"] = str(Path(base_path).resolve())
-        _atomic_write_text(cfg_path, json.dumps(cfg, indent=2))
+        write_json_atomic(cfg, cfg_path)
 
 
 def _save_merged(adapter_dir: Path, merged_dir: Path, config: TrainConfig) -> Path:
