@@ -405,7 +405,8 @@ def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 def test_eval_cli_full_report(trained: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     from mipo.cli import cli
-    from mipo.scoring import load_model, score_responses
+    from mipo.models import load_model
+    from mipo.scoring import score_responses
 
     heldout = write_heldout(tmp_path / "heldout.jsonl")
     out = tmp_path / "eval"

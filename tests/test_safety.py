@@ -399,7 +399,7 @@ def test_pickle_only_adapter_is_refused_without_the_flag(
     """An adapter folder (or a `mipo train` output holding one in model/) whose weights are a
     pickle is refused before anything unpickles it, by path resolution and by load_model."""
     from mipo.errors import ModelError
-    from mipo.scoring import load_model, resolve_model_path
+    from mipo.models import load_model, resolve_model_path
 
     root = tmp_path / "run"
     adapter = root / "model" if layout == "train-output" else root
@@ -428,7 +428,7 @@ def test_pickle_adapter_loads_with_the_flag_and_safetensors_win_without_it(
 ) -> None:
     import torch
 
-    from mipo.scoring import load_model
+    from mipo.models import load_model
 
     ids = torch.tensor([[1, 2, 3, 4]])
     base, _ = load_model(tiny_model_dir, device="cpu")

@@ -9,10 +9,10 @@ import polars as pl
 import pytest
 
 from mipo.errors import ConfigError, InvalidInputError
+from mipo.models import load_model
 from mipo.scoring import (
     contrast_contexts,
     contrast_indices,
-    load_model,
     pmi_estimates,
     pmi_scores,
     score_responses,

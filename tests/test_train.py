@@ -86,7 +86,8 @@ FAST = {"max_steps": 2, "batch_size": 2, "logging_steps": 1}
 def test_lora_training_moves_the_margin_and_saves_everything(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from mipo.scoring import load_model, score_responses
+    from mipo.models import load_model
+    from mipo.scoring import score_responses
 
     pairs = write_pairs(tmp_path / "pairs", generator=tiny_model_dir)
     config = TrainConfig(

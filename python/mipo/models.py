@@ -1,4 +1,4 @@
-"""Resolve the ``--model`` option to a local Hugging Face model folder.
+"""Resolve the ``--model`` option to a local Hugging Face model folder, and load models.
 
 Accepted forms, tried in this order:
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mipo.errors import ModelError, OutputError
+from mipo.errors import ConfigError, ModelError, OutputError
 from mipo.io import atomic_dir, read_json_record, wait_lock
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -128,6 +128,140 @@ def resolve_model(
     raise ModelError(f"model '{text}' not found: no such folder or file; pass {_ACCEPTED_FORMS}")
 
 
+# Inside a `mipo train` output directory the trained weights live here (see mipo.train).
+TRAINED_MODEL_SUBDIR = "model"
+
+
+def resolve_model_path(
+    spec: str | os.PathLike[str], *, trust_remote_code: bool = False, allow_pickle: bool = False
+) -> Path:
+    """A model argument as a checked local folder.
+
+    Accepts a ``mipo train`` output directory (its ``model/`` subfolder is used), a LoRA adapter
+    folder (``adapter_config.json``; its base model is resolved when loading), or anything
+    :func:`mipo.models.resolve_model` understands: a model folder, a ``.gguf`` file, a hub id, the
+    built-in ``smollm2-135m``.
+
+    >>> resolve_model_path("runs/train1")  # doctest: +SKIP
+    PosixPath('runs/train1/model')
+    """
+    path = Path(spec).expanduser()
+    if path.is_dir() and not (path / "config.json").exists():
+        if not (path / "adapter_config.json").exists() and (path / TRAINED_MODEL_SUBDIR).is_dir():
+            path = path / TRAINED_MODEL_SUBDIR
+        if (path / "adapter_config.json").exists():
+            # An adapter is weights too: the same pickle rule as a full model folder.
+            _check_adapter_weights(path, allow_pickle=allow_pickle)
+            return path
+    return Path(
+        resolve_model(
+            str(path) if path.exists() else str(spec),
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+        ).path
+    )
+
+
+def _check_adapter_weights(path: Path, *, allow_pickle: bool) -> None:
+    """Refuse a LoRA adapter folder whose weights exist only as pickle (``adapter_model.bin``):
+    loading it unpickles arbitrary objects. With safetensors present PEFT loads those instead."""
+    files = [p for p in path.rglob("*") if p.is_file()]
+    if any(p.name.endswith(".safetensors") for p in files):
+        return
+    pickles = [p for p in files if p.name.endswith(PICKLE_WEIGHT_SUFFIXES)]
+    if not pickles:
+        raise ModelError(
+            f"adapter folder '{path}' holds no adapter weights (adapter_model.safetensors): pass "
+            "a complete adapter folder saved with save_pretrained"
+        )
+    if not allow_pickle:
+        raise ModelError(
+            f"adapter '{path}' has only pickle weights ({pickles[0].name}); loading pickle can "
+            "execute arbitrary code: convert them to safetensors, or pass --allow-pickle if you "
+            "trust the source"
+        )
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def select_dtype(device: str, dtype: str = "auto") -> Any:
+    """The torch dtype to score with. ``auto``: bf16 where it is fast (a GPU that supports it,
+    a CPU with AMX: there it scores 3-4x faster, and per-response log-probabilities move by a
+    few tenths of a nat, far inside the spread between responses; ``benches/bench_dtype.py``),
+    else fp32. The log-softmax itself is always fp32 (see _score_batch)."""
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if bf16_is_fast(device) else torch.float32
+    if dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"dtype must be auto, float32 or bfloat16, got {dtype!r}")
+    return getattr(torch, dtype)
+
+
+def load_model(
+    spec: str | os.PathLike[str],
+    *,
+    device: str | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` for scoring or generation, in eval mode, gradients off.
+
+    ``dtype``: ``auto`` (see :func:`select_dtype`), ``float32`` or ``bfloat16``; merging an
+    adapter to save the result must ask for ``float32`` (or the checkpoint's own precision).
+
+    A LoRA adapter folder (``adapter_config.json``) is loaded onto its base model and merged, so
+    callers always get a plain causal LM. Pickle weights (``.bin``, model or adapter) load only
+    with ``allow_pickle=True``; otherwise they are refused, and never read beside safetensors.
+
+    >>> model, tokenizer = load_model("path/to/model")  # doctest: +SKIP
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    flags = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
+    # Without --allow-pickle, transformers must not fall back to a .bin beside the safetensors.
+    weights = {"trust_remote_code": trust_remote_code}
+    if not allow_pickle:
+        weights["use_safetensors"] = True
+    path = resolve_model_path(spec, **flags)
+    device = device or default_device()
+    torch_dtype = select_dtype(device, dtype)
+    try:
+        if (path / "adapter_config.json").exists():
+            from peft import PeftModel
+
+            adapter_config = json.loads((path / "adapter_config.json").read_text())
+            base_spec = adapter_config.get("base_model_name_or_path")
+            if not base_spec:
+                raise ModelError(
+                    f"{path / 'adapter_config.json'} names no base model; "
+                    "set base_model_name_or_path to the model the adapter was trained on"
+                )
+            base_path = resolve_model_path(base_spec, **flags)
+            base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype, **weights)
+            model = PeftModel.from_pretrained(base, path).merge_and_unload()
+            tokenizer_path = path if (path / "tokenizer_config.json").exists() else base_path
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **weights)
+            tokenizer_path = path
+        tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer_path, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load model from {path}: {e}") from e
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
 def merge_adapter(
     adapter_dir: str | os.PathLike[str],
     target: str | os.PathLike[str],
@@ -140,8 +274,6 @@ def merge_adapter(
 
     >>> merge_adapter("runs/train1/model", "runs/train1/merged")  # doctest: +SKIP
     """
-    from mipo.scoring import load_model
-
     target = Path(target)
     if (target / "config.json").is_file():
         return target
@@ -492,7 +624,11 @@ __all__ = [
     "cache_root",
     "convert_gguf",
     "cpu_has_amx_bf16",
+    "default_device",
+    "load_model",
     "merge_adapter",
     "model_fingerprint",
     "resolve_model",
+    "resolve_model_path",
+    "select_dtype",
 ]

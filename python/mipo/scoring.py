@@ -22,13 +22,11 @@ Float64
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import math
 import os
 import random
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -41,10 +39,8 @@ __all__ = [
     "ModelSpec",
     "contrast_contexts",
     "contrast_indices",
-    "load_model",
     "pmi_estimates",
     "pmi_scores",
-    "resolve_model_path",
     "score_responses",
     "tokenize_prompt_response",
 ]
@@ -54,152 +50,16 @@ logger = logging.getLogger(__name__)
 # A model argument: a local folder, a name mipo.models resolves, or an already loaded pair.
 ModelSpec = Any
 
-# Inside a `mipo train` output directory the trained weights live here (see mipo.train).
-TRAINED_MODEL_SUBDIR = "model"
 
-
-# --- model loading ----------------------------------------------------------------------------
-
-
-def resolve_model_path(
-    spec: str | os.PathLike[str], *, trust_remote_code: bool = False, allow_pickle: bool = False
-) -> Path:
-    """A model argument as a checked local folder.
-
-    Accepts a ``mipo train`` output directory (its ``model/`` subfolder is used), a LoRA adapter
-    folder (``adapter_config.json``; its base model is resolved when loading), or anything
-    :func:`mipo.models.resolve_model` understands: a model folder, a ``.gguf`` file, a hub id, the
-    built-in ``smollm2-135m``.
-
-    >>> resolve_model_path("runs/train1")  # doctest: +SKIP
-    PosixPath('runs/train1/model')
-    """
-    path = Path(spec).expanduser()
-    if path.is_dir() and not (path / "config.json").exists():
-        if not (path / "adapter_config.json").exists() and (path / TRAINED_MODEL_SUBDIR).is_dir():
-            path = path / TRAINED_MODEL_SUBDIR
-        if (path / "adapter_config.json").exists():
-            # An adapter is weights too: the same pickle rule as a full model folder.
-            _check_adapter_weights(path, allow_pickle=allow_pickle)
-            return path
-    from mipo.models import resolve_model
-
-    return Path(
-        resolve_model(
-            str(path) if path.exists() else str(spec),
-            trust_remote_code=trust_remote_code,
-            allow_pickle=allow_pickle,
-        ).path
-    )
-
-
-def _check_adapter_weights(path: Path, *, allow_pickle: bool) -> None:
-    """Refuse a LoRA adapter folder whose weights exist only as pickle (``adapter_model.bin``):
-    loading it unpickles arbitrary objects. With safetensors present PEFT loads those instead."""
-    from mipo.models import PICKLE_WEIGHT_SUFFIXES
-
-    files = [p for p in path.rglob("*") if p.is_file()]
-    if any(p.name.endswith(".safetensors") for p in files):
-        return
-    pickles = [p for p in files if p.name.endswith(PICKLE_WEIGHT_SUFFIXES)]
-    if not pickles:
-        raise ModelError(
-            f"adapter folder '{path}' holds no adapter weights (adapter_model.safetensors): pass "
-            "a complete adapter folder saved with save_pretrained"
-        )
-    if not allow_pickle:
-        raise ModelError(
-            f"adapter '{path}' has only pickle weights ({pickles[0].name}); loading pickle can "
-            "execute arbitrary code: convert them to safetensors, or pass --allow-pickle if you "
-            "trust the source"
-        )
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _dtype_for(device: str, dtype: str = "auto") -> Any:
-    """The torch dtype to score with. ``auto``: bf16 where it is fast (a GPU that supports it,
-    a CPU with AMX: there it scores 3-4x faster, and per-response log-probabilities move by a
-    few tenths of a nat, far inside the spread between responses; ``benches/bench_dtype.py``),
-    else fp32. The log-softmax itself is always fp32 (see _score_batch)."""
-    import torch
-
-    from mipo.models import bf16_is_fast
-
-    if dtype == "auto":
-        return torch.bfloat16 if bf16_is_fast(device) else torch.float32
-    if dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"dtype must be auto, float32 or bfloat16, got {dtype!r}")
-    return getattr(torch, dtype)
-
-
-def load_model(
-    spec: str | os.PathLike[str],
-    *,
-    device: str | None = None,
-    dtype: str = "auto",
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
-) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)`` for scoring or generation, in eval mode, gradients off.
-
-    ``dtype``: ``auto`` (see :func:`_dtype_for`), ``float32`` or ``bfloat16``; merging an
-    adapter to save the result must ask for ``float32`` (or the checkpoint's own precision).
-
-    A LoRA adapter folder (``adapter_config.json``) is loaded onto its base model and merged, so
-    callers always get a plain causal LM. Pickle weights (``.bin``, model or adapter) load only
-    with ``allow_pickle=True``; otherwise they are refused, and never read beside safetensors.
-
-    >>> model, tokenizer = load_model("path/to/model")  # doctest: +SKIP
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    flags = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
-    # Without --allow-pickle, transformers must not fall back to a .bin beside the safetensors.
-    weights = {"trust_remote_code": trust_remote_code}
-    if not allow_pickle:
-        weights["use_safetensors"] = True
-    path = resolve_model_path(spec, **flags)
-    device = device or _default_device()
-    torch_dtype = _dtype_for(device, dtype)
-    try:
-        if (path / "adapter_config.json").exists():
-            from peft import PeftModel
-
-            adapter_config = json.loads((path / "adapter_config.json").read_text())
-            base_spec = adapter_config.get("base_model_name_or_path")
-            if not base_spec:
-                raise ModelError(
-                    f"{path / 'adapter_config.json'} names no base model; "
-                    "set base_model_name_or_path to the model the adapter was trained on"
-                )
-            base_path = resolve_model_path(base_spec, **flags)
-            base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype, **weights)
-            model = PeftModel.from_pretrained(base, path).merge_and_unload()
-            tokenizer_path = path if (path / "tokenizer_config.json").exists() else base_path
-        else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **weights)
-            tokenizer_path = path
-        tokenizer = AutoTokenizer.from_pretrained(
-            tokenizer_path, trust_remote_code=trust_remote_code
-        )
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load model from {path}: {e}") from e
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.to(device)
-    model.eval()
-    return model, tokenizer
+# --- model arguments ---------------------------------------------------------------------------
 
 
 def _as_loaded(model: ModelSpec, device: str | None, dtype: str = "auto") -> tuple[Any, Any]:
     if isinstance(model, tuple) and len(model) == 2:
         return model
     if isinstance(model, str | os.PathLike):
+        from mipo.models import load_model
+
         return load_model(model, device=device, dtype=dtype)
     raise ConfigError(
         f"model must be a path or a (model, tokenizer) pair, got {type(model).__name__}"

@@ -21,8 +21,7 @@ def materialize_model(spec: str, workdir: Path, *, trust_remote_code: bool = Fal
 
     >>> materialize_model("runs/train1", Path("/tmp/work"))  # doctest: +SKIP
     """
-    from mipo.models import merge_adapter, resolve_model
-    from mipo.scoring import resolve_model_path
+    from mipo.models import merge_adapter, resolve_model, resolve_model_path
 
     path = resolve_model_path(spec, trust_remote_code=trust_remote_code)
     if (path / "adapter_config.json").exists():

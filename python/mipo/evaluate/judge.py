@@ -82,7 +82,7 @@ def judge_scores(
 ) -> pl.DataFrame:
     """Score each response: columns ``score`` (Int64, 1-5) and ``expected_score`` (Float64).
 
-    ``judge`` is a loaded ``(model, tokenizer)`` pair (see :func:`mipo.scoring.load_model`).
+    ``judge`` is a loaded ``(model, tokenizer)`` pair (see :func:`mipo.models.load_model`).
 
     >>> judge_scores(load_model("judge"), ["vegan"], ["Dinner?"], ["Tofu stir-fry."])  # doctest: +SKIP
     """

@@ -411,7 +411,7 @@ class _Evaluation:
 
     def _load(self, spec: str, workdir: Path) -> tuple[Any, Any]:
         from mipo.evaluate.generation import materialize_model
-        from mipo.scoring import load_model
+        from mipo.models import load_model
 
         trust = self.config.trust_remote_code
         path = materialize_model(spec, workdir, trust_remote_code=trust).path
@@ -431,7 +431,7 @@ class _Evaluation:
             materialize_model,
             render_prompts,
         )
-        from mipo.scoring import load_model, resolve_model_path
+        from mipo.models import load_model, resolve_model_path
 
         c = self.config
         for role, spec in self.roles.items():
@@ -534,7 +534,7 @@ class _Evaluation:
         reference = None
         for ds in self.datasets:
             if ds.kind == "pmi" and reference is None:
-                from mipo.scoring import resolve_model_path
+                from mipo.models import resolve_model_path
 
                 reference = content_digest(
                     resolve_model_path(
@@ -1180,7 +1180,7 @@ class _Evaluation:
 
 
 def _resolved_path(spec: str, trust_remote_code: bool) -> Path:
-    from mipo.scoring import resolve_model_path
+    from mipo.models import resolve_model_path
 
     return resolve_model_path(spec, trust_remote_code=trust_remote_code)
 
