@@ -42,6 +42,7 @@ import polars as pl
 from mipo import __version__
 from mipo.corpus import ColumnOptions, open_corpus, resolve_input_files
 from mipo.errors import ConfigError, CorpusError, OutputError
+from mipo.evaluate.run import EvalConfig
 from mipo.io import read_json_record, replace_dir, write_json_atomic
 from mipo.run.report import EVAL_NAME, write_run_report
 from mipo.run.split import DATA_DIR, compute_split, write_split
@@ -152,10 +153,10 @@ class RunConfig:
     """Remove exact and near-duplicate training prompts before pairing."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Training options; ``model``, ``resume`` and ``overwrite`` are set by the run itself."""
-    eval_k: int = 8
+    eval_k: int = EvalConfig.k
     """Contrast prompts per held-out prompt (per contrast set) for the PMI's estimate of
     log π_ref(y)."""
-    eval_batch_size: int = 16
+    eval_batch_size: int = EvalConfig.batch_size
     """Rows per forward pass when generating and scoring the evaluation."""
     judge: str | None = None
     """Judge model for the personalization win rate: a model spec, ``auto`` (the base model),
@@ -163,8 +164,9 @@ class RunConfig:
     extra_eval_data: tuple[str, ...] = ()
     """Further ``mipo eval`` files evaluated every round (``choice:``/``math:`` files)."""
     math_max_new_tokens: int = 256
-    """Most tokens per generated solution of a math file in ``extra_eval_data``."""
-    n_bootstrap: int = 2000
+    """Most tokens per generated solution of a math file in ``extra_eval_data`` (shorter than
+    ``mipo eval``'s device-dependent default, to keep every round quick)."""
+    n_bootstrap: int = EvalConfig.n_bootstrap
     """Bootstrap resamples of every confidence interval."""
     overwrite: bool = False
     """Discard the outputs of a run with other options in ``out_dir`` and start over."""
@@ -508,7 +510,7 @@ def _train_round(config: RunConfig, out: Path, number: int, generator: Path, pai
 def _evaluate_round(
     config: RunConfig, out: Path, number: int, train_dir: Path, base_path: Path
 ) -> dict[str, Any]:
-    from mipo.evaluate import EvalConfig, run_eval
+    from mipo.evaluate import run_eval
 
     eval_dir = _round_dir(out, number) / "eval"
     finished = read_json_record(
@@ -529,10 +531,11 @@ def _evaluate_round(
         judge=judge,
         k=config.eval_k,
         seed=config.seed,
-        max_new_tokens=config.max_new_tokens or 256,
+        # Unset options take the evaluation's own defaults (the pairs take the generation's).
+        max_new_tokens=config.max_new_tokens or EvalConfig.max_new_tokens,
         math_max_new_tokens=config.math_max_new_tokens,
-        temperature=0.1 if config.temperature is None else config.temperature,
-        top_p=0.9 if config.top_p is None else config.top_p,
+        temperature=EvalConfig.temperature if config.temperature is None else config.temperature,
+        top_p=EvalConfig.top_p if config.top_p is None else config.top_p,
         batch_size=config.eval_batch_size,
         n_bootstrap=config.n_bootstrap,
         backend=config.backend,
