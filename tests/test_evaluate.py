@@ -601,3 +601,17 @@ def test_train_then_eval_on_the_builtin_model(smollm2_dir: Path, tmp_path: Path)
     assert metrics["pmi"]["heldout"]["model"]["pmi_random"]["n"] == 5
     rows_out = pl.read_parquet(tmp_path / "eval" / "pmi_heldout.parquet")
     assert (rows_out["response_baseline"].str.len_chars() > 0).all()
+
+
+def test_a_corrupt_training_record_does_not_silently_change_the_reference(tmp_path: Path) -> None:
+    """The PMI reference comes from train_config.json; a damaged one is an error naming the file
+    and the way out (--reference), never a quiet fall back to another reference."""
+    from mipo.errors import ModelError
+    from mipo.evaluate.run import _train_record
+
+    trained = tmp_path / "train"
+    (trained / "model").mkdir(parents=True)
+    assert _train_record(str(trained / "model")) is None  # no record: the documented fallbacks
+    (trained / "train_config.json").write_text('{"resolved": {"reference_model": ')
+    with pytest.raises(ModelError, match=r"training record '.*train_config\.json' .*--reference"):
+        _train_record(str(trained / "model"))

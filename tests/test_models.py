@@ -119,6 +119,29 @@ def test_remote_code_refused_unless_trusted(
     assert trusted.from_pretrained_kwargs()["trust_remote_code"] is True
 
 
+def test_unreadable_tokenizer_config_fails_the_remote_code_check(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """An auto_map could hide in a file mipo cannot parse: refused, not taken as "no remote code"."""
+    folder = _copy_model(tiny_model_dir, tmp_path / "damaged")
+    (folder / "tokenizer_config.json").write_text('{"auto_map": {"AutoTokenizer": ')
+    with pytest.raises(ModelError, match=r"tokenizer config '.*' is not valid JSON .*re-download"):
+        resolve_model(folder)
+
+
+def test_generation_config_that_cannot_be_read_is_an_error_not_lost_stop_tokens(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from mipo.errors import GenerationError
+    from mipo.generate.stops import stop_token_ids
+
+    folder = _copy_model(tiny_model_dir, tmp_path / "m")
+    assert stop_token_ids(folder)  # the intact folder has stop tokens
+    (folder / "generation_config.json").write_text('{"eos_token_id": [2,')
+    with pytest.raises(GenerationError, match=r"generation_config\.json' is not valid JSON"):
+        stop_token_ids(folder)
+
+
 def test_hub_id_offline_and_not_cached_says_how_to_fix(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -202,6 +202,28 @@ def test_reused_pairs_are_checked_and_copied(
     assert not (out / "round-1" / ".pairs.reused.tmp").exists()
 
 
+def test_corrupt_records_fail_closed(
+    finished_run: tuple[Path, str], small_corpus: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A damaged train_config.json is an error naming it, never "not trained yet" (a silent
+    retrain); a damaged run.json is refused unless --overwrite."""
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run[0], out)
+    record = out / "round-1" / "model" / "train_config.json"
+    record.write_text('{"status": "compl')
+    result = _invoke(small_corpus, "-o", out, *_tiny_args(tiny_model_dir))
+    assert result.exit_code == 2, result.output  # type: ignore[attr-defined]
+    output = " ".join(result.output.split())  # type: ignore[attr-defined]
+    assert "training record" in output and "train_config.json" in output
+    assert "is not valid JSON" in output and "to train this round again" in output
+    assert record.read_text() == '{"status": "compl'  # nothing was retrained
+
+    (out / "run.json").write_text("[]")
+    result = _invoke(small_corpus, "-o", out, *_tiny_args(tiny_model_dir))
+    assert result.exit_code == 2, result.output  # type: ignore[attr-defined]
+    assert "is not a JSON object" in result.output  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("fraction", ["0", "1", "1.5", "-0.1"])
 def test_bad_eval_fraction(fraction: str, small_corpus: Path, tmp_path: Path) -> None:
     result = _invoke(small_corpus, "-o", tmp_path / "out", "--eval-fraction", fraction)

@@ -458,14 +458,14 @@ def _checked(
 def _needs_remote_code(path: Path, config: dict[str, Any]) -> bool:
     if config.get("auto_map"):
         return True
-    tokenizer_config = path / "tokenizer_config.json"
-    if tokenizer_config.is_file():
-        try:
-            data = json.loads(tokenizer_config.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        return isinstance(data, dict) and bool(data.get("auto_map"))
-    return False
+    # Fails closed: an unreadable tokenizer_config.json could hide an auto_map.
+    data = read_json_record(
+        path / "tokenizer_config.json",
+        what="tokenizer config",
+        fix="repair or re-download the model folder (mipo cannot check it for remote code)",
+        error=ModelError,
+    )
+    return data is not None and bool(data.get("auto_map"))
 
 
 def _download_from_hub(repo_id: str, *, allow_pickle: bool) -> Path:

@@ -6,9 +6,11 @@ always the tokenizer's EOS; generation must stop on both, in both backends alike
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from mipo.errors import GenerationError
+from mipo.io import read_json_record
 
 # End-of-turn markers of common chat templates; used only when the template mentions them.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
@@ -53,13 +55,15 @@ def stop_token_ids(model_dir: str | Path) -> list[int]:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    """A model folder's JSON file; absent: {}. Corrupt is an error, never {}: the stop tokens
+    it holds would be lost silently, and every response would run to max_new_tokens."""
+    data = read_json_record(
+        path,
+        what="model file",
+        fix="repair or re-download the model folder (generation reads its stop tokens there)",
+        error=GenerationError,
+    )
+    return data or {}
 
 
 def _token_ids(tokenizer_json: Path) -> dict[str, int]:

@@ -25,7 +25,6 @@ run is :mod:`mipo.pairs.merge`.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import resource
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from mipo.corpus import ColumnOptions, open_corpus
-from mipo.errors import ConfigError, OutputError, TemplateError
+from mipo.errors import ConfigError, ModelError, OutputError, TemplateError
 from mipo.io import output_lock, read_json_record, write_json_atomic, write_parquet_atomic
 from mipo.pairs.assemble import (
     PairFilterConfig,
@@ -279,12 +278,15 @@ def _remove(out: Path, names: tuple[str, ...]) -> None:
 
 
 def _context_length(model_path: Path) -> int | None:
-    try:
-        config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    # resolve_model checked config.json already; a file damaged since is an error, not "no limit".
+    config = read_json_record(
+        model_path / "config.json",
+        what="model config",
+        fix="repair or re-download the model folder",
+        error=ModelError,
+    )
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = config.get(key) if isinstance(config, dict) else None
+        value = config.get(key) if config is not None else None
         if isinstance(value, int) and value > 0:
             return value
     return None
