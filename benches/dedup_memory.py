@@ -5,7 +5,11 @@ earlier rows) through :class:`mipo.engine.Deduper` in chunks, as ``mipo`` does w
 big Parquet file batch by batch, and prints the wall time, the Deduper's state bytes, and the
 peak RSS of the whole process (Python, Polars, one chunk of text, the engine state).
 
-Run: ``python benches/dedup_memory.py [--rows 5000000] [--chunk 500000]``.
+With ``--parquet CORPUS`` it streams a ``mipo synth`` corpus instead (the dedup text the plan
+builds: context, newline, question; 65,536-row batches, as the plan reads it), which says how
+much of the plan stage's peak RSS (``benches/scale.py``) is the dedup state.
+
+Run: ``python benches/dedup_memory.py [--rows 5000000] [--chunk 500000] [--parquet CORPUS]``.
 """
 
 from __future__ import annotations
@@ -43,6 +47,17 @@ def chunks(rows: int, chunk: int, seed: int = 0):
         yield out
 
 
+def synth_chunks(path: str, chunk: int):
+    """The plan's dedup text of a synth corpus, pulled in ``chunk``-row batches."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(chunk, columns=["context", "question"]):
+        frame = pl.from_arrow(batch)
+        text = pl.concat_str([pl.col("context").fill_null(""), pl.col("question")], separator="\n")
+        yield frame.select(text).to_series().to_list()
+
+
 def main() -> None:
     import polars as pl
 
@@ -51,12 +66,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=5_000_000)
     ap.add_argument("--chunk", type=int, default=500_000)
+    ap.add_argument("--parquet", help="a mipo synth corpus to stream instead of generated text")
     args = ap.parse_args()
+    source = synth_chunks(args.parquet, 65_536) if args.parquet else chunks(args.rows, args.chunk)
     d = engine.Deduper()
     engine_s = 0.0
     removed = 0
     t0 = time.perf_counter()
-    for texts in chunks(args.rows, args.chunk):
+    for texts in source:
         column = pl.Series("prompt", texts)
         t1 = time.perf_counter()
         out = d.add(column)
