@@ -394,3 +394,17 @@ def test_builtin_model_on_the_sample_corpus(tmp_path: Path, smollm2_dir: Path) -
     texts = [c[0]["content"] for c in pairs["chosen"].to_list()]
     assert all(len(t.split()) >= 3 for t in texts)
     assert len(set(texts)) >= 4
+
+
+def test_model_loading_bars_only_with_verbose(
+    tmp_path: Path, corpus: Path, tiny_model_dir: Path
+) -> None:
+    """transformers' "Loading weights" bar is off unless --verbose (mipo's own output stays)."""
+    args = [corpus, "--model", tiny_model_dir, "--keep-truncated", *FAST]
+    quiet = _run(*args, "-o", tmp_path / "quiet")
+    loud = _run(*args, "-o", tmp_path / "loud", "--verbose")
+    _ok(quiet)
+    _ok(loud)
+    assert "Loading weights" in loud.stderr  # type: ignore[attr-defined]
+    assert "Loading weights" not in quiet.stderr  # type: ignore[attr-defined]
+    assert "pairs" in quiet.output  # type: ignore[attr-defined]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
+import os
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -25,7 +28,9 @@ __all__ = [
     "output_option",
     "parse_vllm_args",
     "pop_vllm_options",
+    "quiet_model_bars",
     "show_value",
+    "verbose_option",
     "vllm_options",
 ]
 
@@ -276,3 +281,41 @@ def vllm_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         command = option(command)
     return command
+
+
+verbose_option = click.option(
+    "--verbose",
+    is_flag=True,
+    help="Also show transformers' model loading and saving bars.",
+)
+
+
+@contextlib.contextmanager
+def quiet_model_bars(verbose: bool) -> Iterator[None]:
+    """transformers' "Loading weights" / "Writing model shards" bars off while a command runs
+    (mipo's own progress stays), unless ``verbose``; restored on exit.
+
+    transformers reads huggingface_hub's ``HF_HUB_DISABLE_PROGRESS_BARS`` when it is imported,
+    so before that import the variable is set (a vLLM worker environment inherits it); once
+    imported, its logging switch is used. Nothing is imported here: ``--plan-only`` stays light.
+    """
+    if verbose:
+        yield
+        return
+    variable = "HF_HUB_DISABLE_PROGRESS_BARS"
+    before = os.environ.get(variable)
+    logging_module = sys.modules.get("transformers.utils.logging")
+    bars_were_on = logging_module.is_progress_bar_enabled() if logging_module else before is None
+    os.environ[variable] = "1"
+    if logging_module:
+        logging_module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = before
+        logging_module = sys.modules.get("transformers.utils.logging")
+        if logging_module and bars_were_on:
+            logging_module.enable_progress_bar()

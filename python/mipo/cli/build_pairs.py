@@ -14,6 +14,8 @@ from mipo.cli._options import (
     given_options,
     output_option,
     parse_vllm_args,
+    quiet_model_bars,
+    verbose_option,
     vllm_options,
 )
 
@@ -164,6 +166,7 @@ def _print_result(result: Any) -> None:
 @click.option("--user-col", default=None, help="User id column.")
 @click.option("--id-col", default=None, help="Row id column.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@verbose_option
 @click.pass_context
 def build_pairs_cmd(ctx: click.Context, **options: Any) -> None:
     """Build DPO preference pairs from a prompt corpus.
@@ -192,10 +195,13 @@ def build_pairs_cmd(ctx: click.Context, **options: Any) -> None:
     for name in ("no_dedup", "no_user_constraint", "no_progress"):
         if given.pop(name, False):
             given[name.removeprefix("no_")] = False
+    verbose = bool(given.pop("verbose", False))
     config = BuildPairsConfig(
         columns=columns, vllm_args=parse_vllm_args(given.pop("vllm_arg", ())), **given
     )
-    _print_result(build_pairs(config))
+    with quiet_model_bars(verbose):
+        result = build_pairs(config)
+    _print_result(result)
 
 
 @click.command("merge")

@@ -16,6 +16,8 @@ from mipo.cli._options import (
     given_options,
     output_option,
     pop_vllm_options,
+    quiet_model_bars,
+    verbose_option,
     vllm_options,
 )
 
@@ -151,6 +153,7 @@ from mipo.cli._options import (
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing report.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow models that ship Python code.")
+@verbose_option
 @click.pass_context
 def eval_cmd(ctx: click.Context, data: tuple[str, ...], output: Path, **options: Any) -> None:
     """Evaluate a model on DATA files: PMI, multiple choice, math, judged win rate.
@@ -167,8 +170,11 @@ def eval_cmd(ctx: click.Context, data: tuple[str, ...], output: Path, **options:
 
     vllm = pop_vllm_options(options)
     # Options not given keep EvalConfig's defaults (the ones --help shows).
-    config = EvalConfig(data=list(data), vllm_options=vllm, **given_options(ctx, options))
-    result = run_eval(config, output)
+    given = given_options(ctx, options)
+    verbose = bool(given.pop("verbose", False))
+    config = EvalConfig(data=list(data), vllm_options=vllm, **given)
+    with quiet_model_bars(verbose):
+        result = run_eval(config, output)
     m = result.metrics
     for name, stats in m["pmi"].items():
         for key, label in (

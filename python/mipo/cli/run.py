@@ -19,6 +19,8 @@ from mipo.cli._options import (
     learning_rate_default,
     output_option,
     pop_vllm_options,
+    quiet_model_bars,
+    verbose_option,
     vllm_options,
 )
 
@@ -96,6 +98,7 @@ def _pairs_and_eval(field: str) -> Any:
 @click.option("--user-col", help="User id column.")
 @click.option("--id-col", help="Row id column.")
 @vllm_options
+@verbose_option
 @click.pass_context
 def run_cmd(
     ctx: click.Context,
@@ -125,6 +128,7 @@ def run_cmd(
 
     vllm = pop_vllm_options(options)
     given = given_options(ctx, options)
+    verbose = bool(given.pop("verbose", False))
     if vllm:
         given["vllm_options"] = vllm
     columns = ColumnOptions(**{c.removesuffix("_col"): given.pop(c, None) for c in _COLUMN_OPTIONS})
@@ -151,7 +155,8 @@ def run_cmd(
         )
         config = RunConfig(out_dir=out_dir, columns=columns, train=train, **given)
 
-    result = run_pipeline(config, log=lambda line: click.echo(line, err=True))
+    with quiet_model_bars(verbose):
+        result = run_pipeline(config, log=lambda line: click.echo(line, err=True))
     _print_summary(result)
 
 
