@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {key}", flush=True)
         for row in module.compare(quick=args.quick):
             print("   ", row, flush=True)
-            rows.append({**row, "script": f"{MODULES[key]}.py", "measured": today})
+            measured = f"{today} (quick)" if args.quick else today
+            rows.append({**row, "script": f"{MODULES[key]}.py", "measured": measured})
     kept = kept_rows({f"{MODULES[k]}.py" for k in chosen})
     block = render(rows, kept, args.quick, time.perf_counter() - start)
     print(block)
