@@ -5,10 +5,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import importlib.util
 import json
-import os
 import re
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -295,27 +294,19 @@ def quiet_model_bars(verbose: bool) -> Iterator[None]:
     """transformers' "Loading weights" / "Writing model shards" bars off while a command runs
     (mipo's own progress stays), unless ``verbose``; restored on exit.
 
-    transformers reads huggingface_hub's ``HF_HUB_DISABLE_PROGRESS_BARS`` when it is imported,
-    so before that import the variable is set (a vLLM worker environment inherits it); once
-    imported, its logging switch is used. Nothing is imported here: ``--plan-only`` stays light.
+    Through transformers' own logging switch (an environment variable would be read once, at
+    import, and then make every later ``enable_progress_bar()`` warn). Without transformers
+    installed (a plan-only environment) there are no such bars.
     """
-    if verbose:
+    if verbose or importlib.util.find_spec("transformers") is None:
         yield
         return
-    variable = "HF_HUB_DISABLE_PROGRESS_BARS"
-    before = os.environ.get(variable)
-    logging_module = sys.modules.get("transformers.utils.logging")
-    bars_were_on = logging_module.is_progress_bar_enabled() if logging_module else before is None
-    os.environ[variable] = "1"
-    if logging_module:
-        logging_module.disable_progress_bar()
+    from transformers.utils import logging as hf_logging
+
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(variable, None)
-        else:
-            os.environ[variable] = before
-        logging_module = sys.modules.get("transformers.utils.logging")
-        if logging_module and bars_were_on:
-            logging_module.enable_progress_bar()
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
