@@ -1,6 +1,6 @@
 """Evaluation of a (MIPO-trained) model: PMI, multiple choice, math, judged win rate, report.
 
-Modules: :mod:`~mipo.evaluate.run` (the ``mipo eval`` runner and its config),
+Modules: :mod:`~mipo.evaluate.runner` (the ``mipo eval`` runner and its config),
 :mod:`~mipo.evaluate.datasets` (evaluation files), :mod:`~mipo.evaluate.answers` (answer
 extraction), :mod:`~mipo.evaluate.judge` (judge prompts and win rates),
 :mod:`~mipo.evaluate.stats` (bootstrap intervals), :mod:`~mipo.evaluate.report` (Markdown/HTML
@@ -15,6 +15,6 @@ PosixPath('runs/eval1/report.md')
 
 from __future__ import annotations
 
-from mipo.evaluate.run import EvalConfig, EvalResult, run_eval
+from mipo.evaluate.runner import EvalConfig, EvalResult, run_eval
 
 __all__ = ["EvalConfig", "EvalResult", "run_eval"]
