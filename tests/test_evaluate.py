@@ -18,7 +18,7 @@ from mipo.evaluate.answers import choice_index, extract_number, math_correct
 from mipo.evaluate.controls import copied_ngram_share, explain_gain
 from mipo.evaluate.datasets import load_dataset, load_fewshot
 from mipo.evaluate.judge import parse_score, win_rates
-from mipo.evaluate.run import MATH_INSTRUCTION, math_messages
+from mipo.evaluate.runner import MATH_INSTRUCTION, math_messages
 from mipo.evaluate.stats import bootstrap_ci, cluster_weights, paired_bootstrap_ci
 
 DATA = Path(__file__).resolve().parents[1] / "python" / "mipo" / "data" / "eval"
@@ -607,7 +607,7 @@ def test_a_corrupt_training_record_does_not_silently_change_the_reference(tmp_pa
     """The PMI reference comes from train_config.json; a damaged one is an error naming the file
     and the way out (--reference), never a quiet fall back to another reference."""
     from mipo.errors import ModelError
-    from mipo.evaluate.run import _train_record
+    from mipo.evaluate.runner import _train_record
 
     trained = tmp_path / "train"
     (trained / "model").mkdir(parents=True)

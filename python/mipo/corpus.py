@@ -534,6 +534,12 @@ class Corpus:
         dedup_text = messages.list.eval(element.field("content")).list.join("\n")
         return messages, nocontext, has_context, dedup_text, ~usable.fill_null(False), bad
 
+    def rows(self) -> pl.LazyFrame:
+        """Every row with the file's own columns, as read (CSV cells as text), lazily: for
+        copies of a corpus that must stay a corpus (``mipo run``'s split files, which
+        build-pairs and eval map again). Collect it with :meth:`collect`."""
+        return self._lazy
+
     def standardized(self, columns: list[str] | None = None) -> pl.LazyFrame:
         """The corpus in the standard shape (see the module docstring), lazily.
 

@@ -1,6 +1,8 @@
 """Evaluation of a (MIPO-trained) model: PMI, multiple choice, math, judged win rate, report.
 
-Modules: :mod:`~mipo.evaluate.run` (the ``mipo eval`` runner and its config),
+Modules: :mod:`~mipo.evaluate.config` (the options of ``mipo eval``),
+:mod:`~mipo.evaluate.runner` (the ``mipo eval`` runner: generation, PMI, choice, math, judges),
+:mod:`~mipo.evaluate.sections` (the report's section of each dataset and its metrics),
 :mod:`~mipo.evaluate.datasets` (evaluation files), :mod:`~mipo.evaluate.answers` (answer
 extraction), :mod:`~mipo.evaluate.judge` (judge prompts and win rates),
 :mod:`~mipo.evaluate.stats` (bootstrap intervals), :mod:`~mipo.evaluate.report` (Markdown/HTML
@@ -15,6 +17,7 @@ PosixPath('runs/eval1/report.md')
 
 from __future__ import annotations
 
-from mipo.evaluate.run import EvalConfig, EvalResult, run_eval
+from mipo.evaluate.config import EvalConfig
+from mipo.evaluate.runner import EvalResult, run_eval
 
 __all__ = ["EvalConfig", "EvalResult", "run_eval"]

@@ -42,7 +42,7 @@ import polars as pl
 from mipo import __version__
 from mipo.corpus import ColumnOptions, open_corpus, resolve_input_files
 from mipo.errors import ConfigError, CorpusError, OutputError
-from mipo.evaluate.run import EvalConfig
+from mipo.evaluate.config import EvalConfig
 from mipo.io import read_json_record, replace_dir, write_json_atomic
 from mipo.run.report import EVAL_NAME, write_run_report
 from mipo.run.split import DATA_DIR, compute_split, write_split

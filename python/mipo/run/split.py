@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from mipo.corpus import open_corpus, resolve_input_files
+from mipo.corpus import open_corpus
 from mipo.errors import CorpusError
 from mipo.io import read_json_record, write_json_atomic, write_parquet_atomic
 from mipo.run.report import EVAL_NAME
@@ -29,22 +29,6 @@ __all__ = ["DATA_DIR", "SPLIT_FILE", "Split", "compute_split", "split_corpus", "
 
 DATA_DIR = "data"
 SPLIT_FILE = "split.json"
-
-
-def _read_rows(spec: str) -> pl.DataFrame:
-    """Every row of a corpus, with its own columns (so build-pairs detects the same ones)."""
-    files, fmt = resolve_input_files(spec)
-    sources = [str(p) for p in files]
-    try:
-        if fmt == "parquet":
-            return pl.read_parquet(sources)
-        if fmt == "ndjson":
-            return pl.scan_ndjson(sources, infer_schema_length=10_000).collect()
-        # Same as build-pairs: CSV cells stay text (ids and prompts that look numeric).
-        return pl.scan_csv(sources, infer_schema=False).collect()
-    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CorpusError(f"cannot read corpus '{spec}': {first}") from exc
 
 
 def _sample(frame: pl.DataFrame, limit: int | None, seed: int) -> pl.DataFrame:
@@ -119,15 +103,18 @@ class Split:
 
 def compute_split(config: RunConfig) -> Split:
     """The split in memory (nothing written): errors surface before OUTDIR is touched."""
+    # The rows are copied with all their own columns (Corpus.rows, not the standardized
+    # shape), so build-pairs and eval detect the same columns in the split files.
     corpus = open_corpus(config.corpus, config.columns)
-    rows = _read_rows(config.corpus)
+    rows = corpus.collect(corpus.rows())
     user = corpus.columns.user
     if config.eval_data is None:
         train_rows, eval_rows = split_corpus(rows, user, config.eval_fraction, config.seed)
         held_out_by = "users" if user else "rows"
     else:
-        train_rows, eval_rows = rows, _read_rows(config.eval_data)
-        user = open_corpus(config.eval_data, config.columns).columns.user
+        held = open_corpus(config.eval_data, config.columns)
+        train_rows, eval_rows = rows, held.collect(held.rows())
+        user = held.columns.user
         held_out_by = "file"
     train_rows = _sample(train_rows, config.max_prompts, config.seed)
     eval_rows = _sample(eval_rows, config.max_eval_prompts, config.seed + 1)

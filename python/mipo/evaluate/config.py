@@ -1,0 +1,189 @@
+"""The options of ``mipo eval``: :class:`EvalConfig`, its validation and its defaults.
+
+>>> EvalConfig(model="m", data=["d.jsonl"]).batch_size
+16
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mipo.errors import ConfigError
+
+__all__ = ["EvalConfig"]
+
+
+@dataclass
+class EvalConfig:
+    """Options of ``mipo eval``.
+
+    >>> EvalConfig(model="m", data=["d.jsonl"], k=0)
+    Traceback (most recent call last):
+    mipo.errors.ConfigError: k must be an integer >= 1, got 0
+    """
+
+    model: str
+    """Model to evaluate: a folder, a ``mipo train`` output directory, a LoRA adapter, a name."""
+    data: list[str]
+    """Evaluation files, each ``[kind:]path`` with kind ``pmi``, ``choice`` or ``math``."""
+    reference: str | None = None
+    """Reference model for PMI. ``None``: the model ``model`` was trained from (its
+    ``train_config.json``), else ``compare``, else ``model`` itself."""
+    compare: str | None = None
+    """Baseline model evaluated on the same prompts and seeds (typically the base model)."""
+    judge: str | None = None
+    """Judge model for the personalization win rate (needs ``compare``); ``None`` or ``"none"``
+    skips it (the default: a judge must be asked for, and one too small to tell responses apart
+    ties every pair)."""
+    judge_url: str | None = None
+    """An OpenAI-compatible API base (``http://host:port/v1``: ``vllm serve``, a hosted
+    endpoint) whose ``judge_model`` rates every response against each stated preference of the
+    user (:mod:`mipo.evaluate.judge_server`); the key comes from ``$MIPO_JUDGE_API_KEY`` (else
+    ``$OPENAI_API_KEY``). Exclusive with ``judge``."""
+    judge_model: str | None = None
+    """The served judge model's name (with ``judge_url``)."""
+    judge_concurrency: int = 8
+    """Judge requests in flight at once (with ``judge_url``)."""
+    judge_timeout_s: float = 60.0
+    """Seconds a judge request may take before it is retried (with ``judge_url``)."""
+    k: int = 8
+    """Contrast prompts per prompt (per contrast set) for the PMI's estimate of log π_ref(y)."""
+    seed: int = 0
+    """Seed of generation (per-row seeds derive from it), contrast draws and bootstrap."""
+    max_new_tokens: int = 256
+    """Most tokens per generated response for PMI / judged prompts (paper: 512)."""
+    math_max_new_tokens: int | None = None
+    """Most tokens per generated math solution. ``None``: 1024 as in the paper when generating on
+    a GPU (or with vLLM), 512 on CPU, where a rambling answer costs minutes."""
+    math_shots: int = 8
+    """Worked examples shown before each math question, as earlier user/assistant chat turns
+    (paper: GSM8K 8-shot chain of thought); 0 asks zero-shot."""
+    math_fewshot: str | None = None
+    """File of worked examples (``question``, ``answer`` ending in ``#### N``) for the math
+    prompts, the first ``math_shots`` used; ``None``: the 8 shipped with mipo."""
+    temperature: float = 0.1
+    """Sampling temperature for generation (paper: 0.1; 0 = greedy)."""
+    top_p: float = 0.9
+    """Nucleus sampling mass (paper: 0.9)."""
+    batch_size: int = 16
+    """Rows per forward pass when generating and scoring (``mipo run --eval-batch-size``'s
+    default too)."""
+    limit: int | None = None
+    """Evaluate at most this many rows of each file (quick runs)."""
+    n_bootstrap: int = 2000
+    """Bootstrap resamples for every confidence interval."""
+    backend: str = "auto"
+    """Generation backend: ``auto``, ``hf`` or ``vllm``."""
+    device: str = "auto"
+    """Device for generation and scoring: ``auto``, ``cpu``, ``cuda``, ``cuda:N``."""
+    dtype: str = "auto"
+    """Precision of generation and scoring: ``auto`` (bfloat16 on a GPU that supports it and on
+    a CPU with AMX, float32 elsewhere), ``float32`` or ``bfloat16``."""
+    train_log: str | None = None
+    """A ``train_log.jsonl`` to plot; ``None``: the evaluated model's own, if it has one."""
+    overwrite: bool = False
+    """Replace an existing report in the output directory."""
+    trust_remote_code: bool = False
+    """Allow models that ship their own Python code."""
+    vllm_options: dict[str, Any] = field(default_factory=dict)
+    """vLLM engine settings for generation with the vllm backend, as
+    :class:`~mipo.generate.GenerationConfig` fields: ``gpu_memory_utilization``,
+    ``max_model_len``, ``enable_prefix_caching``, ``kv_cache_gib``, ``vllm_args``,
+    ``vllm_window_rows``, ``vllm_python`` (an environment with vLLM when it is not installed
+    here)."""
+    cache_dir: str | None = None
+    """Folder of per-model results reused across evaluations (:mod:`mipo.evaluate.cache`): a
+    model already evaluated on the same data with the same settings (weights, data and
+    settings hashed) is read back instead of generated and scored again. ``None``: no cache."""
+
+    def __post_init__(self) -> None:
+        def bad(name: str, value: Any, rule: str) -> ConfigError:
+            return ConfigError(f"{name} must be {rule}, got {value!r}")
+
+        if not self.model:
+            raise bad("model", self.model, "a model folder or name")
+        if not self.data:
+            raise ConfigError("data: pass at least one evaluation file")
+        for name in ("k", "max_new_tokens", "batch_size", "n_bootstrap"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise bad(name, value, "an integer >= 1")
+        limit = self.math_max_new_tokens
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
+        ):
+            raise bad("math_max_new_tokens", limit, "an integer >= 1, or None")
+        shots = self.math_shots
+        if not isinstance(shots, int) or isinstance(shots, bool) or shots < 0:
+            raise bad("math_shots", shots, "an integer >= 0")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 2):
+            raise bad("limit", self.limit, "an integer >= 2, or None")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise bad("seed", self.seed, "an integer >= 0")
+        if not (isinstance(self.temperature, int | float) and self.temperature >= 0):
+            raise bad("temperature", self.temperature, ">= 0")
+        if not (isinstance(self.top_p, int | float) and 0 < self.top_p <= 1):
+            raise bad("top_p", self.top_p, "in (0, 1]")
+        if self.backend not in ("auto", "hf", "vllm"):
+            raise bad("backend", self.backend, "auto, hf or vllm")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise bad("dtype", self.dtype, "auto, float32 or bfloat16")
+        allowed = {
+            "gpu_memory_utilization", "max_model_len", "enable_prefix_caching", "kv_cache_gib",
+            "vllm_args", "vllm_python", "vllm_window_rows",
+        }  # fmt: skip
+        unknown = sorted(set(self.vllm_options) - allowed)
+        if unknown:
+            raise bad("vllm_options", unknown, f"keys among {', '.join(sorted(allowed))}")
+        from mipo.generate import GenerationConfig
+
+        GenerationConfig(**self.vllm_options)  # validates the values
+        if self.judge is not None and self.judge.lower() == "none":
+            self.judge = None
+        if self.judge_url is not None:
+            if self.judge is not None:
+                raise ConfigError(
+                    "--judge (a local model) and --judge-url (a server) exclude each other: "
+                    "pass one of them"
+                )
+            self.server_judge()  # validates url, model, concurrency and timeout now
+        elif self.judge_model is not None:
+            raise ConfigError("--judge-model names the served model of --judge-url: pass both")
+
+    def server_judge(self) -> Any:
+        """The :class:`~mipo.evaluate.judge_server.ServerJudge` of ``judge_url``."""
+        from mipo.evaluate.judge_server import ServerJudge
+
+        return ServerJudge(
+            str(self.judge_url),
+            self.judge_model or "",
+            concurrency=self.judge_concurrency,
+            timeout_s=self.judge_timeout_s,
+        )
+
+    @property
+    def judge_name(self) -> str | None:
+        """How reports name the judge."""
+        if self.judge_url:
+            return f"{self.judge_model} at {self.judge_url}"
+        return self.judge
+
+    def device_for_scoring(self) -> str | None:
+        return None if self.device == "auto" else self.device
+
+    def math_token_limit(self) -> int:
+        """``math_max_new_tokens``, or its device-dependent default (1024 on GPU, 512 on CPU)."""
+        if self.math_max_new_tokens is not None:
+            return self.math_max_new_tokens
+        if self.device.startswith("cuda"):
+            return 1024
+        if self.backend == "vllm":
+            from mipo.generate import vllm_device
+
+            return 1024 if vllm_device() == "cuda" else 512
+        if self.device == "auto":
+            import torch
+
+            return 1024 if torch.cuda.is_available() else 512
+        return 512
