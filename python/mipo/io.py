@@ -1,7 +1,7 @@
 """Atomic writes, JSON records and locks: one policy for the whole package.
 
 - **Writes**: every file mipo writes goes to a temporary name beside its target
-  (``.NAME.tmp-XXXX``) and is renamed into place (:func:`atomic_path`, :func:`atomic_dir`), so a
+  (``.NAME.tmp-`` plus a random suffix) and is renamed into place (:func:`atomic_path`, :func:`atomic_dir`), so a
   reader sees the old file or the new one, never half of one, and a failure leaves no temporary
   behind. A write that fails for lack of room or permission is one :class:`~mipo.errors.OutputError`
   naming the file (:func:`write_errors`).

@@ -146,6 +146,21 @@ def round_metrics(out: Path, rounds: int, n_bootstrap: int, seed: int) -> list[d
 # --- rendering -----------------------------------------------------------------------------------
 
 
+def _interval_points(ax: Any, points: list[tuple[int, dict[str, Any]]], **style: Any) -> None:
+    """Means with their 95% interval as error bars, at the given x positions."""
+    ax.errorbar(
+        [i for i, _ in points],
+        [s["mean"] for _, s in points],
+        yerr=[
+            [s["mean"] - s["low"] for _, s in points],
+            [s["high"] - s["mean"] for _, s in points],
+        ],
+        marker="o",
+        capsize=4,
+        **style,
+    )
+
+
 def _plot_rounds(rounds: list[dict[str, Any]], path: Path) -> Path:
     """PMI of the base and of each round with 95% intervals, and the judged win rate."""
     import matplotlib
@@ -169,18 +184,7 @@ def _plot_rounds(rounds: list[dict[str, Any]], path: Path) -> Path:
             points = [(i, s) for i, s in zip(x, stats, strict=True) if s and s.get("n")]
             if not points:
                 continue
-            ax.errorbar(
-                [i for i, _ in points],
-                [s["mean"] for _, s in points],
-                yerr=[
-                    [s["mean"] - s["low"] for _, s in points],
-                    [s["high"] - s["mean"] for _, s in points],
-                ],
-                marker="o",
-                capsize=4,
-                color=color,
-                label=label,
-            )
+            _interval_points(ax, points, color=color, label=label)
         ax.set_xticks(x, labels)
         ax.set_ylabel("nats (mean, 95% CI)")
         ax.set_title("held-out PMI under the base model")
@@ -192,17 +196,7 @@ def _plot_rounds(rounds: list[dict[str, Any]], path: Path) -> Path:
                 for i, r in enumerate(rounds)
                 if r.get("judge")
             ]
-            ax.errorbar(
-                [i for i, _ in points],
-                [s["mean"] for _, s in points],
-                yerr=[
-                    [s["mean"] - s["low"] for _, s in points],
-                    [s["high"] - s["mean"] for _, s in points],
-                ],
-                marker="o",
-                capsize=4,
-                color="C2",
-            )
+            _interval_points(ax, points, color="C2")
             ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
             ax.set_xticks(x, labels)
             ax.set_ylim(0, 1)
