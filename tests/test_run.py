@@ -13,8 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from mipo.cli import cli
+from mipo.corpus import open_corpus
 from mipo.errors import ConfigError, CorpusError
 from mipo.run import RunConfig, split_corpus
+from mipo.run.pipeline import AUTO_NEGATIVES, resolve_negatives
 from mipo.synth import SAMPLE_CORPUS_PATH, load_sample_corpus
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -261,6 +263,28 @@ def test_other_errors(small_corpus: Path, tmp_path: Path) -> None:
     result = _invoke(small_corpus, "-o", occupied)
     assert result.exit_code == 2 and "holds no mipo run" in result.output  # type: ignore[attr-defined]
     assert (occupied / "notes.txt").read_text() == "mine"
+
+
+def test_auto_negatives_follow_the_corpus(small_corpus: Path, tmp_path: Path) -> None:
+    """``auto`` (the default) is context-swap where some prompt has a user context, else
+    random: a corpus without a context column, or with blank contexts, cannot swap them."""
+    assert RunConfig(str(small_corpus), tmp_path).negatives == AUTO_NEGATIVES
+    frame = pl.read_ndjson(small_corpus)
+    blank = tmp_path / "blank.jsonl"
+    frame.with_columns(pl.lit("  ").alias("context")).write_ndjson(blank)
+    bare = tmp_path / "bare.jsonl"
+    frame.drop("context").write_ndjson(bare)
+    chosen = {
+        path.name: resolve_negatives(RunConfig(str(path), tmp_path), open_corpus(path)).negatives
+        for path in (small_corpus, blank, bare)
+    }
+    assert chosen == {
+        "corpus.jsonl": "context-swap",
+        "blank.jsonl": "random",
+        "bare.jsonl": "random",
+    }
+    # An explicit strategy is kept as given (canonical form), never replaced.
+    assert RunConfig(str(bare), tmp_path, negatives="both").negatives == "random,context-drop"
 
 
 def test_split_is_deterministic_and_keeps_users_whole() -> None:

@@ -269,6 +269,12 @@ def test_config_validation_and_yaml(tmp_path: Path) -> None:
         TrainConfig(report_to="wandb")
     assert TrainConfig().resolved_learning_rate() == 5e-7
     assert TrainConfig(lora=True).resolved_learning_rate() == 5e-4
+    # Epochs: the paper's 1 for full fine-tuning, the sweep's best 2 with LoRA; explicit wins.
+    assert TrainConfig().resolved_epochs() == 1.0
+    assert TrainConfig(lora=True).resolved_epochs() == 2.0
+    assert TrainConfig(lora=True, epochs=0.5).resolved_epochs() == 0.5
+    with pytest.raises(ConfigError, match="epochs must be > 0, got 0"):
+        TrainConfig(lora=True, epochs=0)
     config_file = tmp_path / "train.yaml"
     config_file.write_text("beta: 0.2\nlora: true\nlora-r: 8\nseed: 3\n")
     config = TrainConfig.from_yaml(config_file, seed=7)

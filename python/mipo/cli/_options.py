@@ -22,6 +22,7 @@ __all__ = [
     "config_default",
     "config_value",
     "default_beside",
+    "epochs_default",
     "given_options",
     "learning_rate_default",
     "output_option",
@@ -119,10 +120,21 @@ def default_beside(spec: str, other_spec: str, other: str) -> Callable[[], str]:
     return shown
 
 
+def _lora_dependent(name: str) -> str:
+    """The shown default of a training option TrainConfig picks by ``--lora`` (the module's
+    ``FULL_FT_<name>`` and ``LORA_<name>`` constants)."""
+    full, lora = (config_value(f"mipo.train.config:{n}_{name}") for n in ("FULL_FT", "LORA"))
+    return f"{show_value(full)}, or {show_value(lora)} with --lora"
+
+
 def learning_rate_default() -> str:
     """The shown default of a training command's ``--learning-rate`` (TrainConfig picks it)."""
-    full, lora = (config_value(f"mipo.train.config:{n}_LEARNING_RATE") for n in ("FULL_FT", "LORA"))
-    return f"{show_value(full)}, or {show_value(lora)} with --lora"
+    return _lora_dependent("LEARNING_RATE")
+
+
+def epochs_default() -> str:
+    """The shown default of a training command's ``--epochs`` (TrainConfig picks it)."""
+    return _lora_dependent("EPOCHS")
 
 
 def config_default(source: str | Callable[[], Any]) -> dict[str, Any]:

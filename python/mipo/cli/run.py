@@ -15,6 +15,7 @@ from mipo.cli._options import (
     config_default,
     config_value,
     default_beside,
+    epochs_default,
     given_options,
     learning_rate_default,
     output_option,
@@ -61,7 +62,7 @@ def _pairs_and_eval(field: str) -> Any:
 @click.option("--max-eval-prompts", type=int, help="Evaluate on at most N held-out prompts.")
 @click.option("--model", help="Base model: hub id, folder or .gguf  [default: built-in smollm2-135m]")  # fmt: skip
 @click.option("--seed", type=int, help="Seed of split, negatives, generation, training, eval", **config_default(RUN + ".seed"))  # fmt: skip
-@click.option("--negatives", help="Negative strategies: random, context-drop, context-swap or a comma-separated list", **config_default(RUN + ".negatives"))  # fmt: skip
+@click.option("--negatives", help="Negative strategies: random, context-drop, context-swap, a comma-separated list, or auto (context-swap when the corpus has user contexts, else random)", **config_default(RUN + ".negatives"))  # fmt: skip
 @click.option("--independent-negatives", is_flag=True, default=None, help="Sample separate responses for the random negatives.")  # fmt: skip
 @click.option("--backend", type=click.Choice(["auto", "vllm", "hf"]), help="Generation backend", **config_default(RUN + ".backend"))  # fmt: skip
 @click.option("--max-new-tokens", type=int, help="Tokens per response, pairs and eval (evaluation defaults shorter, to stay quick)", **config_default(lambda: _pairs_and_eval("max_new_tokens")))  # fmt: skip
@@ -76,7 +77,7 @@ def _pairs_and_eval(field: str) -> Any:
 @click.option("--learning-rate", "--lr", "learning_rate", type=float, help="Peak learning rate", **config_default(learning_rate_default))  # fmt: skip
 @click.option("--beta", type=float, help="DPO beta", **config_default(TRAIN + ".beta"))
 @click.option("--loss-type", help="TRL DPO loss", **config_default(TRAIN + ".loss_type"))
-@click.option("--epochs", type=float, help="Passes over the pairs", **config_default(TRAIN + ".epochs"))  # fmt: skip
+@click.option("--epochs", type=float, help="Passes over the pairs", **config_default(epochs_default))  # fmt: skip
 @click.option("--max-steps", type=int, help="Stop training after N optimizer steps.")
 @click.option("--batch-size", type=int, help="Training pairs per device per step (mipo train --batch-size)", **config_default(TRAIN + ".batch_size"))  # fmt: skip
 @click.option("--grad-accum", "gradient_accumulation_steps", type=int, help="Gradient accumulation steps", **config_default(TRAIN + ".gradient_accumulation_steps"))  # fmt: skip

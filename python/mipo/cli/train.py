@@ -13,6 +13,7 @@ from mipo.cli._options import (
     TRAIN,
     config_default,
     config_value,
+    epochs_default,
     given_options,
     learning_rate_default,
     output_option,
@@ -93,7 +94,7 @@ def _print_accelerate_config(
     **config_default(TRAIN + ".loss_type"),
 )
 @click.option(
-    "--epochs", type=float, help="Passes over the pairs", **config_default(TRAIN + ".epochs")
+    "--epochs", type=float, help="Passes over the pairs", **config_default(epochs_default)
 )
 @click.option("--max-steps", type=int, help="Stop after N optimizer steps (overrides --epochs).")
 @click.option(

@@ -40,7 +40,7 @@ from typing import Any
 import polars as pl
 
 from mipo import __version__
-from mipo.corpus import ColumnOptions, open_corpus, resolve_input_files
+from mipo.corpus import ColumnOptions, Corpus, open_corpus, resolve_input_files
 from mipo.errors import ConfigError, CorpusError, OutputError
 from mipo.evaluate.config import EvalConfig
 from mipo.io import read_json_record, replace_dir, write_json_atomic
@@ -49,10 +49,12 @@ from mipo.run.split import DATA_DIR, compute_split, write_split
 from mipo.train import TrainConfig
 
 __all__ = [
+    "AUTO_NEGATIVES",
     "DEMO_SETTINGS",
     "RunConfig",
     "RunResult",
     "demo_config",
+    "resolve_negatives",
     "run_pipeline",
 ]
 
@@ -72,6 +74,9 @@ _TOP_OUTPUTS = (
 _FREE_OPTIONS = frozenset(
     {"out_dir", "rounds", "overwrite", "progress", "reuse_pairs", "eval_cache"}
 )
+
+AUTO_NEGATIVES = "auto"
+"""``RunConfig.negatives`` default: chosen from the corpus by :func:`resolve_negatives`."""
 
 DEMO_SETTINGS: dict[str, Any] = {
     "max_prompts": 200,
@@ -131,9 +136,12 @@ class RunConfig:
     """Seed of the split, the negatives (plus the round number), generation and evaluation."""
     columns: ColumnOptions = field(default_factory=ColumnOptions)
     """Corpus column names; None fields are detected."""
-    negatives: str = "random"
+    negatives: str = "auto"
     """Negative strategies of build-pairs: ``random``, ``context-drop``, ``context-swap`` or a
-    comma-separated list of them."""
+    comma-separated list of them. ``auto``: ``context-swap`` when the corpus has user contexts
+    (a context column, or system messages, that is not blank everywhere), else ``random``.
+    Measured on the built-in model (benches/RESULTS.md, mini reproduction), random negatives
+    never raised the same-question PMI (personalization); context-swap did."""
     independent_negatives: bool = False
     """Sample a separate response for each random negative instead of reusing one."""
     backend: str = "auto"
@@ -205,7 +213,8 @@ class RunConfig:
                 raise bad(name, value, "an integer >= 2, or unset")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise bad("seed", self.seed, "an integer >= 0")
-        self.negatives = parse_strategy(self.negatives)
+        if self.negatives != AUTO_NEGATIVES:
+            self.negatives = parse_strategy(self.negatives)
         for name in ("eval_k", "eval_batch_size", "n_bootstrap", "math_max_new_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -233,18 +242,28 @@ class RunConfig:
                 f"got {self.reuse_pairs!r}"
             )
         # Fails now, naming the option, rather than after the split and the first round.
-        self._build_config("corpus", "out", None, round_number=1)
+        validate = "random" if self.negatives == AUTO_NEGATIVES else None
+        self._build_config("corpus", "out", None, round_number=1, negatives=validate)
 
     def _build_config(
-        self, input_path: str, out_dir: str | Path, model: str | None, *, round_number: int
+        self,
+        input_path: str,
+        out_dir: str | Path,
+        model: str | None,
+        *,
+        round_number: int,
+        negatives: str | None = None,
     ) -> Any:
         from mipo.pairs.build import BuildPairsConfig
 
+        negatives = negatives or self.negatives
+        if negatives == AUTO_NEGATIVES:
+            raise RuntimeError("negatives 'auto' must be resolved (resolve_negatives) first")
         return BuildPairsConfig(
             input=input_path,
             out_dir=out_dir,
             model=model,
-            negatives=self.negatives,  # type: ignore[arg-type]
+            negatives=negatives,  # type: ignore[arg-type]
             independent_negatives=self.independent_negatives,
             seed=self.seed + round_number - 1,  # fresh negatives and samples each round
             backend=self.backend,
@@ -266,6 +285,15 @@ class RunConfig:
         """The options the outputs depend on, as JSON-ready values (for ``run.json``)."""
         record = json.loads(json.dumps(asdict(self), default=str))
         return {k: v for k, v in record.items() if k not in _FREE_OPTIONS}
+
+
+def resolve_negatives(config: RunConfig, corpus: Corpus) -> RunConfig:
+    """``config`` with ``negatives="auto"`` resolved for ``corpus``: ``context-swap`` when some
+    prompt has a user context, else ``random``."""
+    has_context = corpus.collect(
+        corpus.standardized(["has_context"]).select(pl.col("has_context").any())
+    ).item()
+    return replace(config, negatives="context-swap" if has_context else "random")
 
 
 def demo_config(out_dir: str | Path, **overrides: Any) -> RunConfig:
@@ -620,7 +648,10 @@ def run_pipeline(config: RunConfig, *, log: Callable[[str], None] | None = None)
     say = log or (lambda _line: None)
     out = Path(config.out_dir).expanduser()
     # Reject bad input before the output folder is touched.
-    open_corpus(config.corpus, config.columns)
+    corpus = open_corpus(config.corpus, config.columns)
+    if config.negatives == AUTO_NEGATIVES:
+        config = resolve_negatives(config, corpus)
+        say(f"negatives: {config.negatives} (auto; pass --negatives to choose)")
     if config.eval_data is not None:
         open_corpus(config.eval_data, config.columns)
     for spec in config.extra_eval_data:

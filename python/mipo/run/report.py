@@ -334,7 +334,7 @@ def write_run_report(
         f"negatives '{config.negatives}'; "
         f"{'LoRA' if config.train.lora else 'full fine-tuning'} at learning rate "
         f"{config.train.resolved_learning_rate():g}, beta {config.train.beta}, "
-        f"{config.train.epochs:g} epoch(s); seed {config.seed}."
+        f"{config.train.resolved_epochs():g} epoch(s); seed {config.seed}."
     )
     report.table(
         ["data", "prompts", "users"],

@@ -2,8 +2,8 @@
 ``__post_init__``; also read from YAML), the paper's learning rates, and the shipped ``accelerate``
 configs for several GPUs.
 
->>> TrainConfig(lora=True).resolved_learning_rate()
-0.0005
+>>> TrainConfig(lora=True).resolved_learning_rate(), TrainConfig(lora=True).resolved_epochs()
+(0.0005, 2.0)
 >>> accelerate_config_path("ddp").name
 'ddp.yaml'
 """
@@ -22,7 +22,9 @@ from mipo.errors import ConfigError, DependencyError
 
 __all__ = [
     "ACCELERATE_CONFIGS",
+    "FULL_FT_EPOCHS",
     "FULL_FT_LEARNING_RATE",
+    "LORA_EPOCHS",
     "LORA_LEARNING_RATE",
     "TrainConfig",
     "accelerate_config_path",
@@ -41,10 +43,13 @@ ACCELERATE_CONFIGS = {
 # Paper: lr 5e-7 for full fine-tuning. A LoRA delta starts at zero (B = 0) and its update is
 # scaled by alpha/r, so the same step size barely moves it in one epoch. Measured on the built-in
 # SmolLM2-135M (benches/RESULTS.md, mini reproduction): 5e-5 and 1e-4 move no held-out PMI
-# contrast; 5e-4 is the one rate that moved the same-question contrast. Chosen on a 135M model:
-# sweep --lr on larger ones.
+# contrast; 5e-4 is the one rate that moved the same-question contrast, and only its 2-epoch run
+# (context-swap negatives) raised it beyond what copying the context explains. Chosen on a 135M
+# model: sweep --lr and --epochs on larger ones.
 FULL_FT_LEARNING_RATE = 5e-7
 LORA_LEARNING_RATE = 5e-4
+FULL_FT_EPOCHS = 1.0
+LORA_EPOCHS = 2.0
 
 _REPORT_TO = ("none", "tensorboard")
 _SCHEDULERS = (
@@ -114,8 +119,8 @@ class TrainConfig:
     loss_type: str = "sigmoid"
     """TRL DPO loss; comma-separate several to sum them with equal weights (``sigmoid,sft``).
     ``sigmoid`` on summed log-probabilities is the paper's loss."""
-    epochs: float = 1.0
-    """Passes over the pairs (paper: 1)."""
+    epochs: float | None = None
+    """Passes over the pairs. ``None``: 1 for full fine-tuning (paper), 2 with LoRA."""
     max_steps: int = -1
     """Stop after this many optimizer steps (> 0 overrides ``epochs``; for smoke runs)."""
     learning_rate: float | None = None
@@ -196,7 +201,7 @@ class TrainConfig:
 
         if not self.beta > 0:
             raise bad("beta", self.beta, "> 0")
-        if not self.epochs > 0:
+        if self.epochs is not None and not self.epochs > 0:
             raise bad("epochs", self.epochs, "> 0")
         if self.max_steps == 0 or self.max_steps < -1:
             raise bad("max_steps", self.max_steps, "> 0, or -1 to train for `epochs`")
@@ -263,6 +268,12 @@ class TrainConfig:
     def loss_types(self) -> list[str]:
         """``loss_type`` split on commas."""
         return [name.strip() for name in self.loss_type.split(",") if name.strip()]
+
+    def resolved_epochs(self) -> float:
+        """The number of passes over the pairs actually made (unless ``max_steps`` is set)."""
+        if self.epochs is not None:
+            return self.epochs
+        return LORA_EPOCHS if self.lora else FULL_FT_EPOCHS
 
     def resolved_learning_rate(self) -> float:
         """The peak learning rate actually used."""

@@ -122,7 +122,7 @@ def _dpo_args(config: TrainConfig, outdir: Path) -> Any:
         "output_dir": str(outdir / "checkpoints"),
         "beta": config.beta,
         "loss_type": config.loss_types(),
-        "num_train_epochs": config.epochs,
+        "num_train_epochs": config.resolved_epochs(),
         "max_steps": config.max_steps,
         "learning_rate": config.resolved_learning_rate(),
         "lr_scheduler_type": config.lr_scheduler,
