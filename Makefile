@@ -86,6 +86,7 @@ reproduce: dev  ## Mini reproduction on the CPU: strategy x LoRA lr x beta (24 r
 .PHONY: bench
 bench: dev  ## Rust criterion benches + the side-by-side comparison (writes benches/RESULTS.md)
 	cargo bench
+	$(PY) benches/criterion_md.py
 	$(PY) benches/compare.py
 
 .PHONY: wheel
