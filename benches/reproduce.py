@@ -44,6 +44,16 @@ BEGIN, END = "<!-- reproduce:begin -->", "<!-- reproduce:end -->"
 DATA = HERE.parent / "python" / "mipo" / "data" / "eval"
 
 
+def _markers(args: argparse.Namespace) -> tuple[str, str, str]:
+    """(begin, end, heading) of the RESULTS.md section this invocation writes: the main one,
+    or with ``--section NAME`` a follow-up of its own (so a later, smaller grid does not
+    replace the table of an earlier one whose runs are no longer on disk)."""
+    if not args.section:
+        return BEGIN, END, HEADING
+    tag = f"reproduce-{args.section}"
+    return f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->", f"{HEADING}: {args.section}"
+
+
 def _learning_rate(text: str) -> float | None:
     return None if text == "default" else float(text)
 
@@ -88,6 +98,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=HERE / "reproduce-out", help="work folder")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script")
     p.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    p.add_argument(
+        "--section",
+        default="",
+        help="write a RESULTS.md section of this name (a follow-up grid) instead of the main one",
+    )
     p.add_argument(
         "--finished-only",
         action="store_true",
@@ -279,8 +294,9 @@ def render(
     )
     rows = [summarize(r) for r in results]
     loads = [r["load"] for r in rows if r["load"]]
+    begin, end, _ = _markers(args)
     lines = [
-        BEGIN,
+        begin,
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} with {os.cpu_count()} "
         f"cores ({torch.get_num_threads()} torch threads, "
         f"{'bf16 on AMX' if cpu_has_amx_bf16() else 'fp32'}), Python "
@@ -338,7 +354,7 @@ def render(
             )
             + " |"
         )
-    lines += ["", *_verdict(rows), END]
+    lines += ["", *_verdict(rows), end]
     return "\n".join(lines)
 
 
@@ -406,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     block = render(args, results, time.perf_counter() - started, argv)
     if skipped:
         note = f"\nNot run (the grid was cut to fit the session's time): {'; '.join(skipped)}.\n"
-        block = block.replace(f"\n{END}", f"{note}\n{END}")
+        end = _markers(args)[1]
+        block = block.replace(f"\n{end}", f"{note}\n{end}")
     print(block)
     (args.out / "results.json").write_text(
         json.dumps(
@@ -418,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )  # fmt: skip
     if not args.no_write:
-        replace_section(block, BEGIN, END, HEADING)
+        replace_section(block, *_markers(args))
         print(f"written to {RESULTS}")
     return 0
 
