@@ -88,6 +88,7 @@ bench: dev  ## Rust criterion benches + the side-by-side comparison (writes benc
 	cargo bench
 	$(PY) benches/criterion_md.py
 	$(PY) benches/compare.py
+	$(PY) benches/bench_malloc.py
 
 .PHONY: wheel
 wheel: $(VENV)/.deps  ## Build the abi3 wheel into dist/

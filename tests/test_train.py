@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
+from mipo import _allocator
 from mipo.errors import ConfigError, CorpusError, OutputError
 from mipo.train import (
     ACCELERATE_CONFIGS,
@@ -110,6 +111,9 @@ def test_lora_training_moves_the_margin_and_saves_everything(
     assert record["status"] == "complete"
     assert record["options"]["lora"] is True
     assert record["resolved"]["reference_model"] == str(tiny_model_dir.resolve())
+    # CPU training runs with mipo's malloc settings where glibc is the C library (_allocator)
+    tuned_here = _allocator._glibc() is not None and os.environ.get(_allocator.ENV) != "0"
+    assert record["resolved"]["malloc_tuned"] is tuned_here
     assert record["num_pairs"] == 8
     assert record["generator_check"]["same_model"] is True
 

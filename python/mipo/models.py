@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from mipo._allocator import tune_cpu_allocator
 from mipo.errors import ConfigError, ModelError, OutputError
 from mipo.io import atomic_dir, read_json_record, wait_lock
 
@@ -232,6 +233,7 @@ def load_model(
     path = resolve_model_path(spec, **flags)
     device = device or default_device()
     torch_dtype = select_dtype(device, dtype)
+    tune_cpu_allocator(device)
     try:
         if (path / "adapter_config.json").exists():
             from peft import PeftModel

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mipo._allocator import tune_cpu_allocator
 from mipo.errors import ConfigError, DependencyError, ModelError, OutputError
 from mipo.io import read_json_record, replace_dir, write_json_atomic, write_text_atomic
 from mipo.train.config import TrainConfig
@@ -342,6 +343,7 @@ def _train(
         if is_main:
             options_file.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic({"options": asdict(config), **provenance}, options_file, default=str)
+        malloc_tuned = tune_cpu_allocator("cuda" if _cuda_available() else "cpu")
         trainer = DPOTrainer(
             model=str(model_path),
             args=args,
@@ -389,6 +391,7 @@ def _train(
                     "reference_model": str(model_path),
                     "learning_rate": config.resolved_learning_rate(),
                     "bf16": args.bf16,
+                    "malloc_tuned": malloc_tuned,
                     "world_size": args.world_size,
                     "effective_batch_size": config.batch_size
                     * config.gradient_accumulation_steps
