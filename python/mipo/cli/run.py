@@ -54,7 +54,7 @@ def _pairs_and_eval(field: str) -> Any:
 @click.command("run")
 @click.argument("corpus", required=False, metavar="[CORPUS]")
 @output_option("out_dir", old_names=("--out",), help="Output folder (a rerun continues).")
-@click.option("--demo", is_flag=True, help="The bundled sample corpus, built-in model, context-swap negatives, LoRA, small sizes (~15-20 min on 2 CPU cores).")  # fmt: skip
+@click.option("--demo", is_flag=True, help="The bundled sample corpus, built-in model, context-swap negatives, LoRA, small sizes (~8 min on 2 CPU cores with AMX, longer without).")  # fmt: skip
 @click.option("--rounds", type=int, help="Rounds of build-pairs -> train -> eval", **config_default(RUN + ".rounds"))  # fmt: skip
 @click.option("--eval-fraction", type=float, help="Share held out for evaluation (whole users)", **config_default(RUN + ".eval_fraction"))  # fmt: skip
 @click.option("--eval-data", help="A separate held-out prompt file (then the whole corpus trains).")
