@@ -18,7 +18,6 @@ C libraries (musl, macOS, Windows) it does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -40,7 +39,7 @@ def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL("libc.so.6")  # glibc's soname (musl's is libc.so)
         gnu_get_libc_version = libc.gnu_get_libc_version
     except (OSError, AttributeError):
         return None  # not glibc (musl has no gnu_get_libc_version)
