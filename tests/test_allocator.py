@@ -92,7 +92,7 @@ def test_refused_setting_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
         def mallopt(option: int, value: int) -> int:
             return 0
 
-    monkeypatch.setattr(_allocator, "_state", {})
+    monkeypatch.setattr(_allocator, "_applied", None)
     monkeypatch.setattr(_allocator, "_glibc", lambda: RefusingLibc())
     monkeypatch.delenv(_allocator.ENV, raising=False)
     with pytest.raises(ConfigError, match=r"glibc refused mallopt\(-3, 1073741824\).*MIPO_MALLOC"):

@@ -11,8 +11,9 @@ and writes it to ``benches/RESULTS.md``. The price is that freed memory stays wi
 (reused by its next allocations) instead of going back to the system.
 
 It is applied once per process, the first time a model is trained or loaded for scoring on the
-CPU (generation gains nothing from it: its tensors are small); CUDA runs are left alone. ``MIPO_MALLOC_TUNING=0`` keeps glibc's defaults. On other
-C libraries (musl, macOS, Windows) it does nothing.
+CPU (generation gains nothing from it: its tensors are small); CUDA runs are left alone.
+``MIPO_MALLOC_TUNING=0`` keeps glibc's defaults. On other C libraries (musl, macOS, Windows) it
+does nothing.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ TRIM_THRESHOLD = -1
 
 ENV = "MIPO_MALLOC_TUNING"
 
-_state: dict[str, bool] = {}
+_applied: bool | None = None
+"""Whether this process runs with the settings; ``None`` until a CPU caller asked."""
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -40,10 +42,9 @@ def _glibc() -> ctypes.CDLL | None:
         return None
     try:
         libc = ctypes.CDLL("libc.so.6")  # glibc's soname (musl's is libc.so)
-        gnu_get_libc_version = libc.gnu_get_libc_version
+        libc.gnu_get_libc_version  # noqa: B018 (only glibc has it)
     except (OSError, AttributeError):
-        return None  # not glibc (musl has no gnu_get_libc_version)
-    gnu_get_libc_version.restype = ctypes.c_char_p
+        return None
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     libc.mallopt.restype = ctypes.c_int
     return libc
@@ -59,21 +60,19 @@ def tune_cpu_allocator(device: str = "cpu") -> bool:
     >>> isinstance(tune_cpu_allocator("cuda"), bool)
     True
     """
-    if "applied" in _state:
-        return _state["applied"]
+    global _applied
+    if _applied is not None:
+        return _applied
     if not str(device).startswith("cpu"):
         return False
-    if os.environ.get(ENV, "1").strip() == "0":
-        _state["applied"] = False
-        return False
-    libc = _glibc()
+    libc = None if os.environ.get(ENV, "1").strip() == "0" else _glibc()
     if libc is None:
-        _state["applied"] = False
+        _applied = False
         return False
     for option, value in ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
         if libc.mallopt(option, value) != 1:
             from mipo.errors import ConfigError
 
             raise ConfigError(f"glibc refused mallopt({option}, {value}); set {ENV}=0 to skip it")
-    _state["applied"] = True
+    _applied = True
     return True

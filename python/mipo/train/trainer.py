@@ -39,6 +39,7 @@ from typing import Any
 from mipo._allocator import tune_cpu_allocator
 from mipo.errors import ConfigError, DependencyError, ModelError, OutputError
 from mipo.io import read_json_record, replace_dir, write_json_atomic, write_text_atomic
+from mipo.models import bf16_is_fast, default_device
 from mipo.train.config import TrainConfig
 from mipo.train.console import TrainConsole, quiet_third_party, remove_trainer_printers
 from mipo.train.pairs_io import PairsSource, pairs_sha256, read_pairs, resolve_pairs
@@ -106,9 +107,7 @@ def _bf16(config: TrainConfig) -> bool:
     is fast — a CUDA GPU that supports it, or a CPU with AMX (2-3x faster steps there)."""
     import torch
 
-    from mipo.models import bf16_is_fast
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     if config.bf16 is not None:
         if config.bf16 and device == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError("this GPU does not support bf16; drop --bf16 to train in fp32")
@@ -343,7 +342,7 @@ def _train(
         if is_main:
             options_file.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic({"options": asdict(config), **provenance}, options_file, default=str)
-        malloc_tuned = tune_cpu_allocator("cuda" if _cuda_available() else "cpu")
+        malloc_tuned = tune_cpu_allocator(default_device())
         trainer = DPOTrainer(
             model=str(model_path),
             args=args,
