@@ -159,7 +159,7 @@ def test_auto_resolves_to_hf_on_cpu_and_vllm_needs_the_extra(tiny: ResolvedModel
     assert resolve_backend_name("auto") == "hf"
     fields = GenerationConfig().output_fields()
     assert fields["backend"] == "hf"
-    if fields["device"] == "cpu":  # bf16 only where the CPU has AMX
+    if fields["device"] == "cpu":  # bf16 only where the CPU has bf16 arithmetic
         assert fields["dtype"] == ("bfloat16" if bf16_is_fast("cpu") else "float32")
     assert "trust_remote_code" not in fields
     with pytest.raises(DependencyError, match=r"pip install 'mipo\[vllm\]'"):

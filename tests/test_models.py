@@ -311,3 +311,34 @@ def test_generic_gguf_path_converts_once(tmp_path: Path, monkeypatch: pytest.Mon
     again = resolve_model(str(gguf))
     assert again == model
     assert time.monotonic() - started < 2  # cached: no second conversion
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("fpu avx2 avx512f avx512_bf16 avx512_vnni", True),  # Zen 4, Cooper Lake
+        ("fpu avx2 avx512f amx_tile amx_bf16 avx512_bf16", True),  # Sapphire Rapids
+        ("fpu avx2 avx512f avx512_vnni", False),  # Ice Lake, Zen 3: bf16 emulated
+    ],
+)
+def test_cpu_bf16_is_read_from_the_cpu_flags(
+    flags: str, expected: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n", encoding="utf-8")
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return real_open(cpuinfo if path == "/proc/cpuinfo" else path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    monkeypatch.delenv("MIPO_CPU_BF16", raising=False)
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: "amx_bf16" in flags)
+    assert models.cpu_bf16_is_fast() is expected
+    assert models.bf16_is_fast("cpu") is expected
+    monkeypatch.setenv("MIPO_CPU_BF16", "0")
+    assert models.bf16_is_fast("cpu") is False
+    monkeypatch.setenv("MIPO_CPU_BF16", "1")
+    assert models.bf16_is_fast("cpu") is True

@@ -36,7 +36,7 @@ RESPONSES = [
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir: Path) -> tuple[object, object]:
-    # fp32: these tests pin exact values; bf16 (the default on AMX CPUs) is checked apart.
+    # fp32: these tests pin exact values; bf16 (the default on CPUs with bf16 arithmetic) is checked apart.
     return load_model(tiny_model_dir, device="cpu", dtype="float32")
 
 

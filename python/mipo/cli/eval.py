@@ -139,7 +139,7 @@ from mipo.cli._options import (
 @click.option(
     "--dtype",
     type=click.Choice(["auto", "float32", "bfloat16"]),
-    help="Precision of generation and scoring (auto: bf16 on GPUs and AMX CPUs, else fp32).",
+    help="Precision of generation and scoring (auto: bf16 on GPUs and CPUs with AMX or AVX-512 BF16, else fp32).",
     **config_default(EVAL + ".dtype"),
 )
 @vllm_options

@@ -79,7 +79,7 @@ class EvalConfig:
     """Device for generation and scoring: ``auto``, ``cpu``, ``cuda``, ``cuda:N``."""
     dtype: str = "auto"
     """Precision of generation and scoring: ``auto`` (bfloat16 on a GPU that supports it and on
-    a CPU with AMX, float32 elsewhere), ``float32`` or ``bfloat16``."""
+    a CPU with AMX or AVX-512 BF16, float32 elsewhere), ``float32`` or ``bfloat16``."""
     train_log: str | None = None
     """A ``train_log.jsonl`` to plot; ``None``: the evaluated model's own, if it has one."""
     overwrite: bool = False

@@ -86,7 +86,7 @@ class GenerationConfig:
         batch_size: rows per ``generate`` call of the hf backend (rows are sorted by prompt
             length within a chunk first, so a batch holds prompts of similar length).
         chunk_size: rows per output chunk file; the unit of resume and of sharding.
-        dtype: ``"auto"`` (bfloat16 on a GPU and on a CPU with AMX, else float32),
+        dtype: ``"auto"`` (bfloat16 on a GPU and on a CPU with AMX or AVX-512 BF16, else float32),
             ``"float32"``, ``"bfloat16"`` or
             ``"float16"``.
         device: hf backend device: ``"auto"`` (first CUDA GPU if present, else CPU), ``"cpu"``,
@@ -308,8 +308,8 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
-    """``auto`` -> ``bfloat16`` where it is fast (a GPU that supports it, a CPU with AMX:
-    :func:`mipo.models.bf16_is_fast`), else ``float32``; other values pass through.
+    """``auto`` -> ``bfloat16`` where it is fast (a GPU that supports it, a CPU with AMX or
+    AVX-512 BF16: :func:`mipo.models.bf16_is_fast`), else ``float32``; other values pass through.
 
     >>> resolve_dtype("auto", "cpu") in ("float32", "bfloat16")
     True

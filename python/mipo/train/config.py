@@ -167,7 +167,7 @@ class TrainConfig:
     """Recompute activations in the backward pass: less memory, about 20-30% slower."""
     bf16: bool | None = None
     """bf16 mixed precision. ``None``: on where it is fast (a CUDA GPU that supports it, a CPU
-    with AMX), else off."""
+    with AMX or AVX-512 BF16), else off."""
     model_dtype: str = "float32"
     """Dtype the weights are loaded in: ``float32`` (mixed precision keeps fp32 master weights),
     ``bfloat16`` (halves memory; pure bf16 training), or ``auto`` (the checkpoint's dtype)."""
