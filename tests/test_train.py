@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -535,3 +536,30 @@ def test_console_is_one_progress_display_unless_verbose(
     out, err = capfd.readouterr()
     assert "{'loss':" in out  # verbose: the Trainer's own log lines
     assert "training" not in err  # progress=False: no bar
+
+
+def test_nll_term_on_the_chosen_answer_is_weighted(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """``sigmoid,sft`` (RPO) adds the chosen answer's NLL to DPO's loss, at its weight."""
+    pairs = write_pairs(tmp_path / "pairs", generator=tiny_model_dir)
+
+    def first_loss(name: str, **options: object) -> float:
+        config = TrainConfig(lora=True, max_steps=1, batch_size=4, logging_steps=1, **options)  # type: ignore[arg-type]
+        result = train(pairs, tmp_path / name, config)
+        record = json.loads(result.config_path.read_text())
+        assert record["options"]["loss_type"] == options.get("loss_type", "sigmoid")
+        entries = [json.loads(line) for line in result.log_path.read_text().splitlines()]
+        return float(next(e["loss"] for e in entries if "loss" in e))
+
+    dpo = first_loss("dpo")
+    half = first_loss("half", loss_type="sigmoid,sft", loss_weights="1,0.5")
+    full = first_loss("full", loss_type="sigmoid,sft", loss_weights="1,1")
+    assert dpo == pytest.approx(math.log(2), abs=0.05)  # the adapter starts at zero: policy = ref
+    # The tiny model's NLL is several nats per token: the term at weight w adds w times it.
+    assert half > dpo + 0.5
+    assert (full - dpo) == pytest.approx(2 * (half - dpo), rel=0.05)
+    with pytest.raises(ConfigError, match="loss_weights has 1 value"):
+        TrainConfig(loss_type="sigmoid,sft", loss_weights="1")
+    with pytest.raises(ConfigError, match="comma-separated numbers"):
+        TrainConfig(loss_type="sigmoid,sft", loss_weights="1,x")
+    with pytest.raises(ConfigError, match="finite numbers >= 0"):
+        TrainConfig(loss_type="sigmoid,sft", loss_weights="1,-1")

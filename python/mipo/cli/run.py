@@ -34,6 +34,7 @@ _TRAIN_OPTIONS = {
     "beta": "beta",
     "loss_type": "loss_type",
     "epochs": "epochs",
+    "loss_weights": "loss_weights",
     "max_steps": "max_steps",
     "batch_size": "batch_size",
     "gradient_accumulation_steps": "gradient_accumulation_steps",
@@ -76,7 +77,8 @@ def _pairs_and_eval(field: str) -> Any:
 @click.option("--lora-alpha", type=int, help="LoRA alpha", **config_default(TRAIN + ".lora_alpha"))  # fmt: skip
 @click.option("--learning-rate", "--lr", "learning_rate", type=float, help="Peak learning rate", **config_default(learning_rate_default))  # fmt: skip
 @click.option("--beta", type=float, help="DPO beta", **config_default(TRAIN + ".beta"))
-@click.option("--loss-type", help="TRL DPO loss", **config_default(TRAIN + ".loss_type"))
+@click.option("--loss-type", help="TRL DPO loss (comma-separate to combine: sigmoid,sft)", **config_default(TRAIN + ".loss_type"))  # fmt: skip
+@click.option("--loss-weights", help="Weights of the --loss-type terms (1,0.5)")
 @click.option("--epochs", type=float, help="Passes over the pairs", **config_default(epochs_default))  # fmt: skip
 @click.option("--max-steps", type=int, help="Stop training after N optimizer steps.")
 @click.option("--batch-size", type=int, help="Training pairs per device per step (mipo train --batch-size)", **config_default(TRAIN + ".batch_size"))  # fmt: skip

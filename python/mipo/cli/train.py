@@ -94,6 +94,10 @@ def _print_accelerate_config(
     **config_default(TRAIN + ".loss_type"),
 )
 @click.option(
+    "--loss-weights",
+    help="Weights of the --loss-type terms, comma-separated (sigmoid,sft with 1,0.5)",
+)
+@click.option(
     "--epochs", type=float, help="Passes over the pairs", **config_default(epochs_default)
 )
 @click.option("--max-steps", type=int, help="Stop after N optimizer steps (overrides --epochs).")

@@ -118,7 +118,12 @@ class TrainConfig:
     """DPO temperature: how far the policy may move from the reference (paper: 0.1)."""
     loss_type: str = "sigmoid"
     """TRL DPO loss; comma-separate several to sum them with equal weights (``sigmoid,sft``).
-    ``sigmoid`` on summed log-probabilities is the paper's loss."""
+    ``sigmoid`` on summed log-probabilities is the paper's loss; ``sigmoid,sft`` adds the
+    negative log-likelihood of the chosen answer (the RPO recipe), which keeps the tuned model
+    close to answers it already writes fluently."""
+    loss_weights: str | None = None
+    """Weights of the ``loss_type`` terms, comma-separated in the same order (``1,0.5`` with
+    ``sigmoid,sft``: the NLL term at half weight). ``None``: 1 for each."""
     epochs: float | None = None
     """Passes over the pairs. ``None``: 1 for full fine-tuning (paper), 2 with LoRA."""
     max_steps: int = -1
@@ -262,8 +267,29 @@ class TrainConfig:
                     f"loss_type {', '.join(unknown)!s} is not a TRL DPO loss; "
                     f"accepted: {', '.join(accepted)}"
                 )
+        weights = self.resolved_loss_weights()
+        if weights is not None:
+            if len(weights) != len(losses):
+                raise ConfigError(
+                    f"loss_weights has {len(weights)} value(s) for {len(losses)} loss type(s) "
+                    f"({self.loss_type}); give one weight per loss type"
+                )
+            if any(not (w >= 0 and w < float("inf")) for w in weights) or not any(weights):
+                raise bad("loss_weights", self.loss_weights, "finite numbers >= 0, not all 0")
         if not isinstance(self.extra_dpo_args, dict):
             raise bad("extra_dpo_args", self.extra_dpo_args, "a mapping of DPOConfig fields")
+
+    def resolved_loss_weights(self) -> list[float] | None:
+        """``loss_weights`` as numbers, one per loss type; None when unset."""
+        if self.loss_weights is None:
+            return None
+        parts = [p.strip() for p in str(self.loss_weights).split(",") if p.strip()]
+        try:
+            return [float(p) for p in parts]
+        except ValueError:
+            raise ConfigError(
+                f"loss_weights must be comma-separated numbers, got {self.loss_weights!r}"
+            ) from None
 
     def loss_types(self) -> list[str]:
         """``loss_type`` split on commas."""

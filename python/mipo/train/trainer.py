@@ -121,6 +121,7 @@ def _dpo_args(config: TrainConfig, outdir: Path) -> Any:
     kwargs: dict[str, Any] = {
         "output_dir": str(outdir / "checkpoints"),
         "beta": config.beta,
+        "loss_weights": config.resolved_loss_weights(),
         "loss_type": config.loss_types(),
         "num_train_epochs": config.resolved_epochs(),
         "max_steps": config.max_steps,
