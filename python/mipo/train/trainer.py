@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -216,16 +215,17 @@ def train(
     output_dir: str | os.PathLike[str],
     config: TrainConfig | None = None,
     *,
-    progress: bool | None = None,
+    progress: bool = True,
     verbose: bool = False,
 ) -> TrainResult:
     """Run DPO on ``pairs``, writing into ``output_dir``.
 
     ``pairs``: a ``pairs.parquet``, a ``.jsonl`` file, a folder holding either, or a folder
     saved with ``datasets``' ``save_to_disk`` (see :mod:`mipo.train.pairs_io`).
-    ``progress``: show the rich progress display on stderr; ``None`` (the default): only when
-    stderr is a terminal. ``verbose``: keep transformers', datasets' and TRL's own progress bars
-    and printed log dicts (off by default; the full log is in ``train_log.jsonl`` either way).
+    ``progress``: show progress on stderr (:mod:`mipo.progress`: a live display on a terminal,
+    timestamped lines in a log file); ``False``: none. ``verbose``: keep transformers',
+    datasets' and TRL's own progress bars and printed log dicts (off by default; the full log
+    is in ``train_log.jsonl`` either way).
     Neither changes what is trained, so neither is a :class:`TrainConfig` field.
 
     >>> result = train("out/pairs.parquet", "out/train", TrainConfig(lora=True, max_steps=10))  # doctest: +SKIP
@@ -252,8 +252,6 @@ def train(
             raise DependencyError(
                 "--report-to tensorboard needs tensorboard: pip install tensorboard"
             ) from e
-    if progress is None:
-        progress = sys.stderr.isatty()
     with quiet_third_party(verbose):
         return _train(source, df, run_info, outdir, config, progress=progress, verbose=verbose)
 
