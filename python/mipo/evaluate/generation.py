@@ -71,15 +71,18 @@ def generate_responses(
     device: str = "auto",
     dtype: str = "auto",
     vllm_options: dict[str, Any] | None = None,
+    progress: str | None = None,
 ) -> list[Any]:
     """One :class:`~mipo.generate.GenerationResult` per prompt (chat messages, or token ids from
     :func:`render_prompts`); seeds derive from the row index and ``seed``, so two models get the
-    same seeds.
+    same seeds. ``progress``: show the generation's progress (:mod:`mipo.progress`) under this
+    name.
 
     >>> generate_responses(resolved, [[{"role": "user", "content": "Hi"}]], seed=0,
     ...     max_new_tokens=16, temperature=0.1, top_p=0.9, batch_size=8)  # doctest: +SKIP
     """
     from mipo.generate import GenerationConfig, create_backend, request_seeds
+    from mipo.progress import track
 
     if not prompts:
         return []
@@ -101,6 +104,15 @@ def generate_responses(
     )
     engine = create_backend(resolved, config)
     try:
-        return engine.generate(input_ids, request_seeds(range(len(prompts)), seed))
+        with track(
+            progress or "",
+            total=len(input_ids),
+            unit="response",
+            tokens_label="new tok",
+            enabled=bool(progress),
+        ) as task:
+            return engine.generate(
+                input_ids, request_seeds(range(len(prompts)), seed), on_batch=task.advance
+            )
     finally:
         del engine

@@ -205,7 +205,8 @@ class GenerationResult:
 
 
 BatchCallback = Callable[[int, int], None]
-"""Called after each finished batch with (rows done, new tokens generated) for progress bars."""
+"""Called with (rows done, new tokens generated) after each finished batch, for progress; the hf
+backend also calls it with (0, tokens) at each decoding step of a batch."""
 
 
 @runtime_checkable

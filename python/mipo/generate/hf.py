@@ -114,11 +114,15 @@ class HFBackend:
             batches = in_order_batches(len(input_ids), self.config.batch_size)
         results: list[GenerationResult | None] = [None] * len(input_ids)
         for batch in batches:
-            out = self._generate_batch([input_ids[i] for i in batch], [seeds[i] for i in batch])
+            counter = _TokenCounter(on_batch, self.stop_ids) if on_batch is not None else None
+            out = self._generate_batch(
+                [input_ids[i] for i in batch], [seeds[i] for i in batch], counter
+            )
             for i, result in zip(batch, out, strict=True):
                 results[i] = result
-            if on_batch is not None:
-                on_batch(len(batch), sum(r.num_response_tokens for r in out))
+            if on_batch is not None and counter is not None:
+                tokens = sum(r.num_response_tokens for r in out)
+                on_batch(len(batch), tokens - counter.reported)
         return [r for r in results if r is not None]
 
     # --- internals -----------------------------------------------------------------------------
@@ -135,7 +139,10 @@ class HFBackend:
                 )
 
     def _generate_batch(
-        self, rows: Sequence[Sequence[int]], seeds: Sequence[int]
+        self,
+        rows: Sequence[Sequence[int]],
+        seeds: Sequence[int],
+        counter: _TokenCounter | None = None,
     ) -> list[GenerationResult]:
         import torch
         from transformers import GenerationConfig as HFGenerationConfig
@@ -160,6 +167,9 @@ class HFBackend:
             pad_token_id=self.pad_id,
         )
         processors = LogitsProcessorList()
+        if counter is not None:
+            counter.prompt_width = width
+            processors.append(counter)
         if sampling:
             processors.append(
                 PerRowGumbelSampler(
@@ -191,6 +201,28 @@ class HFBackend:
             finish_reason=reason,
             token_ids=tuple(tokens[:count]),
         )
+
+
+class _TokenCounter:
+    """A logits processor that changes nothing: at each decoding step it reports the tokens the
+    step adds (one per row still generating) as ``on_batch(0, tokens)``, so progress moves
+    while a long batch runs, not only when it ends."""
+
+    def __init__(self, on_batch: BatchCallback, stop_ids: Sequence[int]) -> None:
+        self.on_batch = on_batch
+        self.stop_ids = list(stop_ids)
+        self.prompt_width = 0
+        self.reported = 0
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        generated = input_ids[:, self.prompt_width :]
+        stops = torch.tensor(self.stop_ids, device=generated.device)
+        running = int((~torch.isin(generated, stops)).all(dim=1).sum())
+        self.reported += running
+        self.on_batch(0, running)
+        return scores
 
 
 class PerRowGumbelSampler:

@@ -55,12 +55,12 @@ from mipo.generate.runner import (
     _chunk_rows,
     _generate_chunk,
     _prepare_folder,
-    _Progress,
     _read_chunk,
     _remove_temp_files,
     _run_lock,
     _write_chunk_atomically,
     build_manifest,
+    generation_progress,
 )
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ def run_generation_ray(
             pinned = pin_config(config, manifest["config"])
             with (
                 _ray_session(ray, address),
-                _Progress(
+                generation_progress(
                     enabled=progress,
                     total_rows=sum(_chunk_rows(table, k, config).height for k in mine),
                     done_rows=sum(df.height for df in done.values()),

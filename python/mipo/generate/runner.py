@@ -31,7 +31,6 @@ import hashlib
 import io
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,7 +124,7 @@ def run_generation(
         if todo:
             if backend is None:
                 backend = create_backend(model, config)
-            with _Progress(
+            with generation_progress(
                 enabled=progress,
                 total_rows=sum(_chunk_rows(table, k, config).height for k in mine),
                 done_rows=sum(df.height for df in done.values()),
@@ -424,65 +423,14 @@ def _remove_temp_files(out: Path, chunks: list[int]) -> None:
 # --- progress ----------------------------------------------------------------------------------
 
 
-class _Progress:
-    """A rich progress bar with rows/s and new tokens/s (rates count only this run's work)."""
+def generation_progress(*, enabled: bool, total_rows: int, done_rows: int) -> Any:
+    """The progress of a generation run (:mod:`mipo.progress`): rows and new tokens per second,
+    counting only this run's work; its task's ``advance`` is a backend's ``on_batch``."""
+    from mipo.progress import track
 
-    def __init__(self, *, enabled: bool, total_rows: int, done_rows: int) -> None:
-        self.enabled = enabled
-        self.total_rows = total_rows
-        self.done_rows = done_rows
-        self.new_rows = 0
-        self.new_tokens = 0
-        self.start = time.monotonic()
-        self._bar: Any = None
-        self._task: Any = None
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("generating"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rows_s]} rows/s, {task.fields[tok_s]} new tok/s"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
-            self._bar.__enter__()
-            self._task = self._bar.add_task(
-                "generate",
-                total=self.total_rows,
-                completed=self.done_rows,
-                rows_s="-",
-                tok_s="-",
-            )
-        return self
-
-    def advance(self, rows: int, new_tokens: int) -> None:
-        self.new_rows += rows
-        self.new_tokens += new_tokens
-        if self._bar is not None:
-            elapsed = max(time.monotonic() - self.start, 1e-9)
-            self._bar.update(
-                self._task,
-                advance=rows,
-                rows_s=f"{self.new_rows / elapsed:.2f}",
-                tok_s=f"{self.new_tokens / elapsed:.1f}",
-            )
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
+    return track(
+        "generating", total=total_rows, done=done_rows, tokens_label="new tok", enabled=enabled
+    )
 
 
 __all__ = [
