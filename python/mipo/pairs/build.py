@@ -345,57 +345,48 @@ def _effective_max_prompt_tokens(
 
 
 class _PlanProgress:
-    """Rich bars for the plan's passes (rows/s), on stderr."""
+    """The plan's passes (read, tokenize, derange, write) as tasks of one progress display
+    (:mod:`mipo.progress`), rows/s each."""
 
     def __init__(self, enabled: bool, total_rows: int | None) -> None:
-        self.enabled = enabled
+        from mipo.progress import Display
+
         self.total_rows = total_rows
-        self._bar: Any = None
+        self._display = Display(enabled)
         self._tasks: dict[str, Any] = {}
         # Steps run one after another: a step's clock starts when the previous one last moved.
-        self._last = time.monotonic()
+        self._last = self._display.clock()
 
     def __enter__(self) -> _PlanProgress:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TaskProgressColumn,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("plan: {task.description:<9}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TaskProgressColumn(),
-                TextColumn("{task.fields[rate]} rows/s"),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-            )
-            self._bar.__enter__()
+        self._display.__enter__()
         return self
 
     def __call__(self, step: str, rows: int) -> None:
-        if self._bar is None:
+        if self._display.mode == "off":
             return
-        if step not in self._tasks:
-            total = self.total_rows if step in ("read", "tokenize") else rows
-            self._tasks[step] = (self._bar.add_task(step, total=total, rate="-"), self._last, [0])
-        task, start, done = self._tasks[step]
-        done[0] += rows
-        self._last = time.monotonic()
-        rate = done[0] / max(self._last - start, 1e-9)
-        self._bar.update(task, advance=rows, rate=f"{rate:,.0f}")
+        if step in self._tasks:
+            self._tasks[step].advance(rows)
+        elif step in ("read", "tokenize"):  # the two streaming passes, side by side
+            self._tasks[step] = self._display.task(
+                f"plan: {step}", total=self.total_rows, done=rows, unit="row", since=self._last
+            )
+        else:  # a step reported once, when it is over: the passes before it are over too
+            self._finish_all()
+            self._tasks[step] = self._display.task(
+                f"plan: {step}", total=rows, done=rows, unit="row", since=self._last
+            )
+        self._last = self._display.clock()
 
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            for task, _, done in self._tasks.values():
-                self._bar.update(task, total=done[0], completed=done[0])
-            self._bar.__exit__(*exc)
+    def _finish_all(self) -> None:
+        for task in self._tasks.values():
+            if not task.finished:
+                task.total = task.done  # the corpus may hold fewer rows than counted
+                task.finish()
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self._finish_all()
+        self._display.__exit__(exc_type, *exc)
 
 
 def _count_rows(corpus: Any) -> int | None:
