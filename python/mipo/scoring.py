@@ -32,6 +32,7 @@ from typing import Any
 import polars as pl
 
 from mipo.errors import ConfigError, InvalidInputError, ModelError
+from mipo.progress import track
 
 __all__ = [
     "CONTRASTS",
@@ -195,6 +196,7 @@ def score_responses(
     batch_size: int = 8,
     device: str | None = None,
     dtype: str = "auto",
+    progress: str | None = None,
 ) -> pl.DataFrame:
     """Summed log π(response | prompt) and the number of response tokens, one row per pair.
 
@@ -202,6 +204,7 @@ def score_responses(
     loaded ``(model, tokenizer)`` pair (avoids a reload). ``prompts``: message lists (lists of {role, content} dicts, or a Polars
     List(Struct) Series; a plain string is taken as one user message). ``responses``: strings.
     Rows are scored in batches sorted by length (less padding), then returned in input order.
+    ``progress``: show the scoring's progress (:mod:`mipo.progress`) under this name.
 
     >>> df = score_responses(model_dir, [[{"role": "user", "content": "2+2?"}]], ["4"])  # doctest: +SKIP
     >>> df.columns  # doctest: +SKIP
@@ -230,12 +233,14 @@ def score_responses(
     ]
     order = sorted(range(len(items)), key=lambda i: len(items[i][0]) + len(items[i][1]))
     logprobs = [math.nan] * len(items)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        for i, value in zip(
-            chunk, _score_batch(lm, pad_id, [items[i] for i in chunk], device), strict=True
-        ):
-            logprobs[i] = value
+    with track(progress or "", total=len(order), unit="sequence", enabled=bool(progress)) as task:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            for i, value in zip(
+                chunk, _score_batch(lm, pad_id, [items[i] for i in chunk], device), strict=True
+            ):
+                logprobs[i] = value
+            task.advance(len(chunk))
     return pl.DataFrame(
         {"logprob": logprobs, "num_tokens": [len(r) for _, r in items]},
         schema={"logprob": pl.Float64, "num_tokens": pl.Int64},
@@ -356,6 +361,7 @@ def pmi_scores(
     users: Sequence[Any] | None = None,
     batch_size: int = 8,
     device: str | None = None,
+    progress: str | None = None,
 ) -> pl.DataFrame:
     """Pointwise mutual information of each (prompt, response) under ``model`` (the reference).
 
@@ -372,7 +378,8 @@ def pmi_scores(
     Columns: ``logprob`` (log π(y|x)), ``num_tokens`` (response tokens), and per contrast set
     ``pmi_<set>`` (the log-mean-exp estimate, the headline), ``pmi_<set>_infonce`` (bounded by
     log(k+1)), ``pmi_<set>_mean_log`` (mean of logs, secondary) and ``num_contrasts_<set>``;
-    nulls where a row has no contrast. Every contrast is scored in one batched pass.
+    nulls where a row has no contrast. Every contrast is scored in one batched pass (its
+    progress shown under the name ``progress``, when given).
 
     >>> pmi_scores(ref_dir, prompts, responses, k=8, seed=0)["pmi_random"].mean()  # doctest: +SKIP
     """
@@ -407,7 +414,9 @@ def pmi_scores(
                 flat_prompts.append(prompt)
                 flat_responses.append(responses[i])
                 owners.append((name, i))
-    scored = score_responses(loaded, flat_prompts, flat_responses, batch_size=batch_size)
+    scored = score_responses(
+        loaded, flat_prompts, flat_responses, batch_size=batch_size, progress=progress
+    )
     logprobs = scored["logprob"].to_list()
     base = logprobs[:n]
     per_set: dict[str, list[list[float]]] = {name: [[] for _ in range(n)] for name in sets}

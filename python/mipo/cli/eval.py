@@ -153,6 +153,7 @@ from mipo.cli._options import (
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing report.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow models that ship Python code.")
+@click.option("--no-progress", is_flag=True, help="No progress display.")
 @verbose_option
 @click.pass_context
 def eval_cmd(ctx: click.Context, data: tuple[str, ...], output: Path, **options: Any) -> None:
@@ -167,13 +168,15 @@ def eval_cmd(ctx: click.Context, data: tuple[str, ...], output: Path, **options:
     """
     from mipo.evaluate import EvalConfig, run_eval
     from mipo.evaluate.report import fmt_ci
+    from mipo.progress import off
 
     vllm = pop_vllm_options(options)
     # Options not given keep EvalConfig's defaults (the ones --help shows).
     given = given_options(ctx, options)
     verbose = bool(given.pop("verbose", False))
+    no_progress = bool(given.pop("no_progress", False))
     config = EvalConfig(data=list(data), vllm_options=vllm, **given)
-    with quiet_model_bars(verbose):
+    with quiet_model_bars(verbose), off(no_progress):
         result = run_eval(config, output)
     m = result.metrics
     for name, stats in m["pmi"].items():

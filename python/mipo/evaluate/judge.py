@@ -26,6 +26,7 @@ from typing import Any
 import polars as pl
 
 from mipo.errors import InvalidInputError
+from mipo.progress import track
 
 __all__ = ["JUDGE_INSTRUCTIONS", "judge_scores", "parse_score", "win_rates"]
 
@@ -79,10 +80,12 @@ def judge_scores(
     responses: Sequence[str],
     *,
     batch_size: int = 8,
+    progress: str | None = None,
 ) -> pl.DataFrame:
     """Score each response: columns ``score`` (Int64, 1-5) and ``expected_score`` (Float64).
 
     ``judge`` is a loaded ``(model, tokenizer)`` pair (see :func:`mipo.models.load_model`).
+    ``progress``: show the judging's progress (:mod:`mipo.progress`) under this name.
 
     >>> judge_scores(load_model("judge"), ["vegan"], ["Dinner?"], ["Tofu stir-fry."])  # doctest: +SKIP
     """
@@ -105,46 +108,48 @@ def judge_scores(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     scores: list[int | None] = []
     expected: list[float | None] = []
-    for start in range(0, len(prompts), batch_size):
-        rows = [list(p) for p in prompts[start : start + batch_size]]
-        width = max(len(r) for r in rows)
-        # Left padding with explicit position ids: the next-token logits of every row sit in the
-        # last column, and positions match an unpadded run.
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row) :] = torch.tensor(row)
-            mask[i, width - len(row) :] = 1
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        with torch.inference_mode():
-            if digit_ids is not None:
-                logits = (
-                    model(
+    with track(progress or "", total=len(prompts), unit="response", enabled=bool(progress)) as task:
+        for start in range(0, len(prompts), batch_size):
+            rows = [list(p) for p in prompts[start : start + batch_size]]
+            width = max(len(r) for r in rows)
+            # Left padding with explicit position ids: the next-token logits of every row sit in the
+            # last column, and positions match an unpadded run.
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, row in enumerate(rows):
+                ids[i, width - len(row) :] = torch.tensor(row)
+                mask[i, width - len(row) :] = 1
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            with torch.inference_mode():
+                if digit_ids is not None:
+                    logits = (
+                        model(
+                            input_ids=ids.to(device),
+                            attention_mask=mask.to(device),
+                            position_ids=positions.to(device),
+                            use_cache=False,
+                            logits_to_keep=1,
+                        )
+                        .logits[:, -1, :]
+                        .float()
+                    )
+                    probs = torch.softmax(logits[:, digit_ids], dim=-1)
+                    values = torch.arange(1, 6, dtype=probs.dtype, device=probs.device)
+                    scores.extend((probs.argmax(dim=-1) + 1).tolist())
+                    expected.extend((probs * values).sum(dim=-1).tolist())
+                else:
+                    out = model.generate(
                         input_ids=ids.to(device),
                         attention_mask=mask.to(device),
-                        position_ids=positions.to(device),
-                        use_cache=False,
-                        logits_to_keep=1,
+                        max_new_tokens=8,
+                        do_sample=False,
+                        pad_token_id=pad,
                     )
-                    .logits[:, -1, :]
-                    .float()
-                )
-                probs = torch.softmax(logits[:, digit_ids], dim=-1)
-                values = torch.arange(1, 6, dtype=probs.dtype, device=probs.device)
-                scores.extend((probs.argmax(dim=-1) + 1).tolist())
-                expected.extend((probs * values).sum(dim=-1).tolist())
-            else:
-                out = model.generate(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    max_new_tokens=8,
-                    do_sample=False,
-                    pad_token_id=pad,
-                )
-                for tokens in out[:, width:].tolist():
-                    value = parse_score(tokenizer.decode(tokens, skip_special_tokens=True))
-                    scores.append(value)
-                    expected.append(None if value is None else float(value))
+                    for tokens in out[:, width:].tolist():
+                        value = parse_score(tokenizer.decode(tokens, skip_special_tokens=True))
+                        scores.append(value)
+                        expected.append(None if value is None else float(value))
+            task.advance(len(rows))
     return pl.DataFrame(
         {"score": scores, "expected_score": expected},
         schema={"score": pl.Int64, "expected_score": pl.Float64},

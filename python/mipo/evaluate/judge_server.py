@@ -40,6 +40,7 @@ from typing import Any
 import polars as pl
 
 from mipo.errors import ConfigError, JudgeServerError
+from mipo.progress import track
 
 __all__ = [
     "JudgeServerError",
@@ -196,10 +197,13 @@ class ServerJudge:
         contexts: Sequence[str | None],
         questions: Sequence[str | None],
         responses: Sequence[str | None],
+        *,
+        progress: str | None = None,
     ) -> pl.DataFrame:
         """Per response: ``score`` (mean rating over its context's preferences, Float64, null
         when none parsed), ``ratings`` (parsed ones), ``preferences`` and ``unparsed`` (counts).
-        A response whose context states nothing is rated against "(none stated)"."""
+        A response whose context states nothing is rated against "(none stated)".
+        ``progress``: show the ratings' progress (:mod:`mipo.progress`) under this name."""
         if not len(contexts) == len(questions) == len(responses):
             raise ConfigError("contexts, questions and responses must have equal lengths")
         jobs: list[tuple[int, list[dict[str, str]]]] = []
@@ -208,8 +212,14 @@ class ServerJudge:
             preferences = split_preferences(c) or ["(none stated)"]
             counts.append(len(preferences))
             jobs += [(i, self._messages(p, q or "", r or "")) for p in preferences]
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            replies = list(pool.map(lambda job: self._request(job[1]), jobs))
+        replies: list[str] = []
+        with (
+            track(progress or "", total=len(jobs), unit="rating", enabled=bool(progress)) as task,
+            ThreadPoolExecutor(max_workers=self.concurrency) as pool,
+        ):
+            for reply in pool.map(lambda job: self._request(job[1]), jobs):
+                replies.append(reply)
+                task.advance()
         ratings: list[list[int]] = [[] for _ in responses]
         unparsed = [0] * len(responses)
         for (i, _), reply in zip(jobs, replies, strict=True):

@@ -268,6 +268,7 @@ class _Evaluation:
                     device=c.device,
                     dtype=c.dtype,
                     vllm_options=c.vllm_options,
+                    progress=f"eval: generating {ds.name} ({role})",
                 )
                 self.rows[ds.name] = self.rows[ds.name].with_columns(
                     pl.Series(f"response_{role}", [r.text for r in results], dtype=pl.String),
@@ -388,7 +389,13 @@ class _Evaluation:
                 prompts.append([{"role": "user", "content": row["question"]}])
                 options.append(option)
                 owner.append(i)
-        scored = score_responses(loaded, prompts, options, batch_size=self.config.batch_size)
+        scored = score_responses(
+            loaded,
+            prompts,
+            options,
+            batch_size=self.config.batch_size,
+            progress=f"eval: scoring choices {ds.name} ({role})",
+        )
         sums: list[list[float]] = [[] for _ in range(ds.frame.height)]
         means: list[list[float]] = [[] for _ in range(ds.frame.height)]
         for i, logprob, tokens in zip(owner, scored["logprob"], scored["num_tokens"], strict=True):
@@ -458,6 +465,7 @@ class _Evaluation:
                     nocontext=frame["prompt_nocontext"] if ds.has_context else None,
                     users=frame["user_id"].to_list() if ds.has_users else None,
                     batch_size=self.config.batch_size,
+                    progress=f"eval: scoring PMI {ds.name} ({role})",
                 )
                 texts = responses.to_list()
                 copied = [copied_ngram_share(r, c) for r, c in zip(texts, contexts, strict=True)]
@@ -498,8 +506,9 @@ class _Evaluation:
                     frame["question"].to_list(),
                     frame[f"response_{role}"].to_list(),
                 )
+                label = f"eval: judging {ds.name} ({role})"
                 if server is not None:
-                    scores = server.score(*args)
+                    scores = server.score(*args, progress=label)
                     columns = [
                         scores["score"].alias(f"judge_score_{role}"),
                         scores["score"].alias(f"judge_expected_{role}"),
@@ -507,7 +516,9 @@ class _Evaluation:
                         scores["preferences"].alias(f"judge_preferences_{role}"),
                     ]
                 else:
-                    scores = judge_scores(local, *args, batch_size=self.config.batch_size)
+                    scores = judge_scores(
+                        local, *args, batch_size=self.config.batch_size, progress=label
+                    )
                     columns = [
                         scores["score"].alias(f"judge_score_{role}"),
                         scores["expected_score"].alias(f"judge_expected_{role}"),

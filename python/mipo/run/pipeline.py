@@ -540,6 +540,7 @@ def _evaluate_round(
     config: RunConfig, out: Path, number: int, train_dir: Path, base_path: Path
 ) -> dict[str, Any]:
     from mipo.evaluate import run_eval
+    from mipo.progress import off
 
     eval_dir = _round_dir(out, number) / "eval"
     finished = read_json_record(
@@ -573,7 +574,8 @@ def _evaluate_round(
         cache_dir=config.eval_cache or str(out / ".eval-cache"),
         vllm_options=config.vllm_options,
     )
-    return run_eval(evaluation, eval_dir).metrics
+    with off(not config.progress):
+        return run_eval(evaluation, eval_dir).metrics
 
 
 def _run_round(
