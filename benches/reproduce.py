@@ -95,6 +95,20 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="strategies or comma-separated lists of them",
     )
     sweep.add_argument("--temperature", type=float, nargs="+", default=[0.1])
+    sweep.add_argument(
+        "--context-format",
+        nargs="+",
+        default=["user-turn"],
+        help="where the user's context enters the prompt (mipo.prompt_format): names or templates",
+    )
+    sweep.add_argument(
+        "--sft-weight",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="weight of an NLL term on the chosen answer beside DPO's sigmoid loss (0: DPO only; "
+        "w > 0: loss_type sigmoid,sft with weights 1,w — the RPO recipe)",
+    )
     p.add_argument("--out", type=Path, default=HERE / "reproduce-out", help="work folder")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script")
     p.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
@@ -137,12 +151,30 @@ def _data(args: argparse.Namespace) -> tuple[Path, Path]:
     return train, held
 
 
+SWEEP_KEYS = (
+    "beta",
+    "learning_rate",
+    "epochs",
+    "negatives",
+    "temperature",
+    "context_format",
+    "sft_weight",
+)
+"""The sweep flags, in the order of the cross product and of the labels."""
+
+
 def _label(combo: dict[str, Any]) -> str:
     lr = combo["learning_rate"]
-    return (
+    label = (
         f"beta={combo['beta']:g} lr={'default' if lr is None else f'{lr:g}'} "
         f"epochs={combo['epochs']:g} neg={combo['negatives']} T={combo['temperature']:g}"
     )
+    # Labels (and so run folders) of the grids run before these flags existed stay the same.
+    if combo.get("context_format", "raw-system") != "raw-system":
+        label += f" fmt={combo['context_format']}"
+    if combo.get("sft_weight"):
+        label += f" sft={combo['sft_weight']:g}"
+    return label
 
 
 def _slug(text: str) -> str:
@@ -152,12 +184,13 @@ def _slug(text: str) -> str:
 def _run_one(
     args: argparse.Namespace, train: Path, held: Path, combo: dict[str, Any], pairs_cache: dict
 ) -> dict[str, Any]:
+    from mipo.corpus import ColumnOptions
     from mipo.run import RunConfig, run_pipeline
     from mipo.train import TrainConfig
 
     label = _label(combo)
     out = args.out / "runs" / _slug(label)
-    key = (combo["negatives"], combo["temperature"])
+    key = (combo["negatives"], combo["temperature"], combo["context_format"])
     cached = pairs_cache.get(key)
     target = out / "round-1" / "pairs"
     reused = cached is not None  # this configuration trains on an earlier one's pairs
@@ -169,6 +202,9 @@ def _run_one(
         "max_length": 512,
         "seed": args.seed,
     }
+    if combo["sft_weight"]:
+        train_options["loss_type"] = "sigmoid,sft"
+        train_options["loss_weights"] = f"1,{combo['sft_weight']:g}"
     if combo["learning_rate"] is not None:
         train_options["learning_rate"] = combo["learning_rate"]
     extra = () if args.no_extra_evals else (
@@ -178,6 +214,7 @@ def _run_one(
     config = RunConfig(
         corpus=str(train),
         out_dir=out,
+        columns=ColumnOptions(context_format=combo["context_format"]),
         rounds=args.rounds,
         eval_data=str(held),
         seed=args.seed,
@@ -206,6 +243,7 @@ def _run_one(
     pairs_cache.setdefault(key, target)
     return {
         "label": label,
+        "combo": combo,
         "wall_s": wall,
         "reused_pairs": reused,
         "metrics": result.metrics,
@@ -246,7 +284,26 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     reasoning_lost = [name for name, a in accuracy.items() if _below(a["difference"])]
     gain = vs.get("pmi_same_question")
     clean = _above(gain) and not headline.get("explained_by") and not reasoning_lost
+    fluency = headline.get("logprob_per_token_change")
+    persona = vs.get("persona")
+    criteria = {
+        "gain above 0": _above(gain),
+        "adjusted gain above 0": _above(adjusted),
+        f"fluency change >= {FLUENCY_FLOOR}": _mean_at_least(fluency, FLUENCY_FLOOR),
+        f"persona adoption <= base + {PERSONA_MARGIN:g}": _mean_at_most(persona, PERSONA_MARGIN),
+        "no accuracy lost": not reasoning_lost,
+    }
     return {
+        "combo": result.get("combo", {}),
+        "criteria": criteria,
+        "meets_all": all(criteria.values()),
+        "persona": persona,
+        "persona_base": last.get("base_pmi", {}).get("persona"),
+        "persona_model": last.get("pmi", {}).get("persona"),
+        "base": {
+            key: last.get("base_pmi", {}).get(key)
+            for key in ("pmi_same_question", "persona", "logprob_per_token", "copy_share")
+        },
         "label": result["label"],
         "pairs": last["train"].get("pairs"),
         "same_question": gain,
@@ -256,7 +313,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "context_drop": vs.get("pmi_context_drop"),
         "copy_share": vs.get("copy_share"),
         "context_words": vs.get("context_words"),
-        "fluency": headline.get("logprob_per_token_change"),
+        "fluency": fluency,
         "length": headline.get("length_change"),
         "accuracy": accuracy,
         "reasoning_lost": reasoning_lost,
@@ -268,6 +325,40 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+FLUENCY_FLOOR = -0.15
+"""The issue's bound on lost fluency: log π_base(y|x) per token may fall by at most this much."""
+PERSONA_MARGIN = 0.05
+"""The issue's bound on persona adoption: at most 5 points above the base model's share."""
+
+
+def _mean_at_least(stat: dict[str, Any] | None, floor: float) -> bool:
+    return bool(stat and stat.get("mean") is not None and stat["mean"] >= floor)
+
+
+def _mean_at_most(stat: dict[str, Any] | None, ceiling: float) -> bool:
+    return bool(stat and stat.get("mean") is not None and stat["mean"] <= ceiling)
+
+
+def default_choice(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, bool]:
+    """The configuration to ship and whether it meets every criterion of :func:`summarize`:
+    among those that meet all, the highest lower bound of the adjusted gain; else, among those
+    without persona adoption, the one that meets the most criteria (then the highest adjusted
+    lower bound); None when every configuration adopts the persona."""
+
+    def low(r: dict[str, Any]) -> float:
+        adjusted = r.get("adjusted_all") or {}
+        return adjusted.get("low") if adjusted.get("low") is not None else float("-inf")
+
+    meets = [r for r in rows if r["meets_all"]]
+    if meets:
+        return max(meets, key=low), True
+    persona_key = f"persona adoption <= base + {PERSONA_MARGIN:g}"
+    candidates = [r for r in rows if r["criteria"][persona_key]]
+    if not candidates:
+        return None, False
+    return max(candidates, key=lambda r: (sum(r["criteria"].values()), low(r))), False
+
+
 def best_configuration(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The configuration whose same-question gain has the highest lower 95% bound among those
     whose gain is above 0, not explained by a shortcut, and that lose no reasoning accuracy."""
@@ -275,6 +366,23 @@ def best_configuration(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not clean:
         return None
     return max(clean, key=lambda r: r["same_question"]["low"])
+
+
+def _precision(bf16: bool, amx: bool) -> str:
+    if not bf16:
+        return "fp32"
+    return "bf16 on AMX" if amx else "bf16 on AVX-512 BF16"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def render(
@@ -287,7 +395,7 @@ def render(
 
     import torch
 
-    from mipo.models import cpu_has_amx_bf16
+    from mipo.models import bf16_is_fast, cpu_has_amx_bf16
 
     command = shlex.join(
         ["python", "benches/reproduce.py", *(sys.argv[1:] if argv is None else argv)]
@@ -299,7 +407,7 @@ def render(
         begin,
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} with {os.cpu_count()} "
         f"cores ({torch.get_num_threads()} torch threads, "
-        f"{'bf16 on AMX' if cpu_has_amx_bf16() else 'fp32'}), Python "
+        f"{_precision(bf16_is_fast('cpu'), cpu_has_amx_bf16())}, CPU {_cpu_name()}), Python "
         f"{platform.python_version()}; this invocation's wall time {elapsed / 60:.1f} min (a "
         "configuration finished by an earlier invocation is resumed, and keeps the stage times it "
         "was measured with)"
@@ -328,9 +436,9 @@ def render(
         "change on the bundled 20-question samples.",
         "",
         "| configuration | pairs | Δ PMI same question | adjusted | Δ PMI random "
-        "| Δ PMI context drop | Δ context words | Δ fluency | Δ choice acc | Δ math acc "
-        "| reward acc | wall (min) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Δ PMI context drop | Δ context words | Δ persona | Δ fluency | Δ choice acc "
+        "| Δ math acc | reward acc | wall (min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         acc = {k: _ci(v["difference"], 2) for k, v in r["accuracy"].items()}
@@ -345,6 +453,7 @@ def render(
                     _ci(r["random"]),
                     _ci(r["context_drop"]),
                     _ci(r["context_words"], 3),
+                    _ci(r["persona"], 2),
                     _ci(r["fluency"], 2),
                     acc.get("choice_sample", "–"),
                     acc.get("math_sample", "–"),
@@ -354,8 +463,33 @@ def render(
             )
             + " |"
         )
-    lines += ["", *_verdict(rows), end]
+    lines += ["", *_format_table(rows), "", *_verdict(rows), end]
     return "\n".join(lines)
+
+
+def _format_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The base model under each prompt format of the grid (its own numbers in every run that
+    used the format are the same evaluation, read from the first)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        seen.setdefault(r["combo"].get("context_format", "raw-system"), r["base"])
+    if not seen:
+        return []
+    out = [
+        "The base model under each prompt format (where the user's context enters the prompt, "
+        "`--context-format`), on the same held-out prompts: same-question PMI, share of "
+        "responses that speak as the user (persona adoption, `mipo.evaluate.controls`), "
+        "log π_base(y|x) per token (fluency) and 3-gram copy share.",
+        "",
+        "| context format | PMI same question | persona adoption | log π per token | copy share |",
+        "|---|---|---|---|---|",
+    ]
+    for name, base in seen.items():
+        out.append(
+            f"| {name} | {_ci(base.get('pmi_same_question'))} | {_ci(base.get('persona'), 2)} "
+            f"| {_ci(base.get('logprob_per_token'), 2)} | {_ci(base.get('copy_share'), 3)} |"
+        )
+    return out
 
 
 def _verdict(rows: list[dict[str, Any]]) -> list[str]:
@@ -383,6 +517,25 @@ def _verdict(rows: list[dict[str, Any]]) -> list[str]:
             "Responses became less likely under the base model per token (fluency, interval "
             f"below 0) in: {'; '.join(fluency)}."
         )
+    choice, meets = default_choice(rows)
+    names = list(rows[0]["criteria"]) if rows else []
+    if rows:
+        out.append(
+            "The issue's four criteria for a default ("
+            + "; ".join(names)
+            + f"): met by {sum(r['meets_all'] for r in rows)} of {len(rows)} configurations."
+        )
+    if choice is not None:
+        missed = [name for name, ok in choice["criteria"].items() if not ok]
+        out.append(
+            f"{'Chosen' if meets else 'Closest without persona adoption'}: {choice['label']} "
+            f"(Δ same question {_ci(choice['same_question'])}, adjusted "
+            f"{_ci(choice['adjusted_all'])}, Δ fluency {_ci(choice['fluency'], 2)}, Δ persona "
+            f"{_ci(choice['persona'], 2)})"
+            + (f"; it misses: {', '.join(missed)}." if missed else ".")
+        )
+    else:
+        out.append("Every configuration raised persona adoption by more than the margin.")
     best = best_configuration(rows)
     if best is None:
         out.append(
@@ -403,11 +556,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     train, held = _data(args)
     combos = [
-        dict(zip(("beta", "learning_rate", "epochs", "negatives", "temperature"), values, strict=True))
-        for values in itertools.product(
-            args.beta, args.learning_rate, args.epochs, args.negatives, args.temperature
-        )
-    ]  # fmt: skip
+        dict(zip(SWEEP_KEYS, values, strict=True))
+        for values in itertools.product(*(getattr(args, key) for key in SWEEP_KEYS))
+    ]
     skipped = []
     if args.finished_only:
         done = [

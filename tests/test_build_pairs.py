@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from mipo.cli import cli
 from mipo.corpus import MESSAGE_DTYPE
+from mipo.prompt_format import PromptFormat
 
 QUESTIONS = [
     "What should I eat before a long run?",
@@ -231,7 +232,12 @@ def test_both_strategies_with_independent_negatives(
     assert stats["pairs"]["no_context_skipped"] == 1
     pairs = pl.read_parquet(out / "pairs.parquet")
     drop = pairs.filter(pl.col("strategy") == "context-drop")
-    assert all(p[0]["role"] == "system" for p in drop["prompt"].to_list())
+    # The pair keeps the full prompt (with its context), not the one its negative answered.
+    plan = pl.read_parquet(out / "plan.parquet")
+    full = dict(zip(plan["id"].to_list(), plan["prompt"].to_list(), strict=True))
+    bare = dict(zip(plan["id"].to_list(), plan["prompt_nocontext"].to_list(), strict=True))
+    assert all(full[i] != bare[i] for i in drop["id"].to_list())
+    assert [full[i] for i in drop["id"].to_list()] == drop["prompt"].to_list()
 
 
 def test_context_swap_pairs_end_to_end(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -267,8 +273,10 @@ def test_context_swap_pairs_end_to_end(tmp_path: Path, tiny_model_dir: Path) -> 
         else:
             source = plan.filter(pl.col("id") == row["id"])["swap_source"].item()
             assert source == "generated"
-    # The DPO pairs keep the user's own prompt for both answers.
-    assert all(p[0]["role"] == "system" for p in pairs["prompt"].to_list())
+    # The DPO pairs keep the user's own prompt (their context, the default format) for both.
+    question = {r["id"]: [{"role": "user", "content": r["question"]}] for r in rows}
+    own = {r["id"]: PromptFormat().messages(r["context"], question[r["id"]]) for r in rows}
+    assert all(own[i] == p for i, p in zip(pairs["id"], pairs["prompt"].to_list(), strict=True))
     # Rerun: nothing to do; the same pairs.
     _ok(_run(corpus, "-o", out, *args))
     assert pl.read_parquet(out / "pairs.parquet").equals(pairs)

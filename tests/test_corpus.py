@@ -50,10 +50,11 @@ def test_every_format_maps_to_the_same_messages(tmp_path: Path, suffix: str) -> 
     assert df["id"].to_list() == ["a", "b", "c", "d"]
     assert df["row"].to_list() == [0, 1, 2, 3]
     assert df.schema["prompt"] == MESSAGE_DTYPE
+    # The default format: the context opens the user's own turn (mipo.prompt_format).
     assert df["prompt"][0].to_list() == [
-        {"role": "system", "content": "I am a nurse."},
-        {"role": "user", "content": "How to sleep by day?"},
+        {"role": "user", "content": "I am a nurse.\n\nHow to sleep by day?"},
     ]
+    assert df["context_text"][0] == "I am a nurse."
     # No (or an empty) context: the user message alone, and nothing to drop.
     assert df["prompt"][1].to_list() == [{"role": "user", "content": "How do I read a CSV file?"}]
     assert df["has_context"].to_list() == [True, False, False, True]
@@ -135,7 +136,7 @@ def test_messages_column_and_its_context_drop(tmp_path: Path) -> None:
     ]
     path = tmp_path / "chat.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    df = _standard(path)
+    df = _standard(path, context_format="raw-system")
     assert df.schema["prompt"] == MESSAGE_DTYPE  # extra fields dropped: TRL takes role/content
     assert df["prompt"][0].to_list()[1] == {"role": "user", "content": "Dinner idea?"}
     assert df["prompt_nocontext"][0].to_list() == [{"role": "user", "content": "Dinner idea?"}]

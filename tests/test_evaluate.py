@@ -452,6 +452,23 @@ def test_eval_cli_full_report(trained: Path, tiny_model_dir: Path, tmp_path: Pat
         headline["gain"]["low"] > 0 or headline["gain"]["high"] < 0
     )
     assert "adjusted for copying" in report and "same question, other users" in report
+    # Persona adoption beside the other controls, in the adjustment, the headline and the table.
+    for role in ("model", "baseline"):
+        assert pmi[role]["persona"]["n"] == 4
+    assert "persona" in pmi["controls"]["same_question"]["covariates"]
+    assert headline["persona_change"] == pmi["difference"]["persona"]
+    assert "speak as the user (persona adoption)" in report
+    # Examples drawn with the seed, never chosen: all 4 rows here, in the file's order.
+    examples = pmi["examples"]
+    assert [e["id"] for e in examples] == pl.read_parquet(out / "pmi_heldout.parquet")[
+        "id"
+    ].to_list()
+    assert all({"context", "question", "model", "baseline"} <= set(e) for e in examples)
+    assert "## Examples — heldout" in report
+    # What the numbers were computed with.
+    assert metrics["context_format"] == "user-turn"
+    assert metrics["dtype"] in ("float32", "bfloat16")
+    assert f"scored in {metrics['dtype']}" in report
     judge = metrics["judge"]["heldout"]
     assert judge["wins"] + judge["ties"] + judge["losses"] == 4
     assert judge["win_rate_ties_as_wins"] >= judge["win_rate_ties_as_half"]

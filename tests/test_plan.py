@@ -12,6 +12,7 @@ from mipo import engine
 from mipo.corpus import ColumnOptions, open_corpus
 from mipo.errors import ConfigError, CorpusError, DerangementError
 from mipo.pairs.plan import PLAN_STEPS, PlanConfig, build_plan, read_plan
+from mipo.prompt_format import PromptFormat
 
 LONG = (
     "I am a retired teacher living in a small flat by the sea with my old dog and I like to "
@@ -254,10 +255,11 @@ def test_context_swap_plan(tmp_path: Path, tokenizer: engine.ChatTokenizer) -> N
         assert row["swap_source"] == "generated" and row["swap_index"] is None
         donor = by_id[row["swap_id"]]
         assert donor["user_id"] != row["user_id"]
-        swapped = [
-            {"role": "system", "content": contexts[donor["user_id"]]},
-            {"role": "user", "content": row["prompt_nocontext"][0]["content"]},
-        ]
+        # The donor's context where the corpus's format puts every context (the default).
+        swapped = PromptFormat().messages(
+            contexts[donor["user_id"]],
+            [{"role": "user", "content": row["prompt_nocontext"][0]["content"]}],
+        )
         expected = tokenizer.encode_chat(pl.Series([swapped]))["input_ids"][0].to_list()
         assert row["input_ids_swap"] == expected
         assert row["num_prompt_tokens_swap"] == len(expected)
@@ -297,7 +299,7 @@ def test_context_swap_over_length_and_without_context(
     ]
 
     def length(context: str, text: str) -> int:
-        messages = [{"role": "system", "content": context}, {"role": "user", "content": text}]
+        messages = PromptFormat().messages(context, [{"role": "user", "content": text}])
         return int(tokenizer.encode_chat(pl.Series([messages]))["num_tokens"][0])
 
     limit = max(length(r["context"], r["question"]) for r in rows)
@@ -354,9 +356,8 @@ def test_messages_column_plan(tmp_path: Path, tokenizer: engine.ChatTokenizer) -
         }
         for i in range(4)
     ]
-    build_plan(
-        _corpus(tmp_path, rows), tokenizer, tmp_path / "p.parquet", PlanConfig(negatives="both")
-    )
+    corpus = _corpus(tmp_path, rows, context_format="raw-system")
+    build_plan(corpus, tokenizer, tmp_path / "p.parquet", PlanConfig(negatives="both"))
     plan = read_plan(tmp_path / "p.parquet")
     assert plan["prompt"][1].to_list() == rows[1]["messages"]
     assert plan["prompt_nocontext"][1].to_list() == [rows[1]["messages"][1]]

@@ -74,6 +74,14 @@ def test_run_writes_report_metrics_and_plots(finished_run: tuple[Path, str]) -> 
     assert "| metric | base | round 1 |" in report and "round 2" not in report
     assert "![held-out PMI and judged win rate across rounds](rounds.png)" in report
     assert '<img src="rounds.png"' in (out / "report.html").read_text()
+    # Persona adoption beside the other controls, and the last round's seeded examples.
+    assert "persona adoption − base (paired)" in report
+    assert "## Examples — round 1 vs base" in report
+    evaluation = json.loads((out / "round-1" / "eval" / "metrics.json").read_text())
+    assert evaluation["context_format"] == "user-turn"  # the run's prompts, passed to eval
+    assert len(evaluation["pmi"]["eval"]["examples"]) == min(
+        4, evaluation["pmi"]["eval"]["model"]["persona"]["n"]
+    )
 
     # The split: whole users on one side, nothing trained on is evaluated.
     train = pl.read_parquet(out / "data" / "train.parquet")

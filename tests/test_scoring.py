@@ -10,6 +10,7 @@ import pytest
 
 from mipo.errors import ConfigError, InvalidInputError
 from mipo.models import load_model
+from mipo.prompt_format import PromptFormat
 from mipo.scoring import (
     contrast_contexts,
     contrast_indices,
@@ -219,10 +220,8 @@ def test_pmi_scores_match_the_reference_by_hand(tiny: tuple[object, object]) -> 
     contexts = ["I am a nurse on night shifts.", "I cook for four on a tight budget.", "", "I run."]
     questions = ["How can I sleep better?", "Suggest a dinner plan.", "Hi", "Dinner ideas?"]
     nocontext = [[{"role": "user", "content": q}] for q in questions]
-    prompts = [
-        ([{"role": "system", "content": c}] if c else []) + n
-        for c, n in zip(contexts, nocontext, strict=True)
-    ]
+    fmt = PromptFormat()  # the default: the context opens the user's turn
+    prompts = [fmt.messages(c, n) for c, n in zip(contexts, nocontext, strict=True)]
     responses = ["Keep the room dark.", "Beans and rice.", "Hello!", "Pasta."]
     users = ["u1", "u2", "u3", "u4"]
     df = pmi_scores(
@@ -243,11 +242,27 @@ def test_pmi_scores_match_the_reference_by_hand(tiny: tuple[object, object]) -> 
     # same question, other users: row 1's question with the two other users' contexts.
     swapped = contrast_contexts(contexts, 2, seed=4, users=users)[row]
     assert sorted(swapped) == sorted([contexts[0], contexts[3]])
-    values = [
-        logp([{"role": "system", "content": c}, *nocontext[row]], responses[row]) for c in swapped
-    ]
+    values = [logp(fmt.messages(c, nocontext[row]), responses[row]) for c in swapped]
     assert df["pmi_same_question"][row] == pytest.approx(
         pmi_estimates(cond, values)["lme"], abs=1e-4
+    )
+    # Another format puts the other users' contexts where it puts every context.
+    raw = PromptFormat("raw-system")
+    raw_df = pmi_scores(
+        tiny,
+        [raw.messages(c, n) for c, n in zip(contexts, nocontext, strict=True)],
+        responses,
+        k=2,
+        seed=3,
+        contexts=contexts,
+        nocontext=nocontext,
+        users=users,
+        prompt_format=raw,
+    )
+    raw_cond = logp(raw.messages(contexts[row], nocontext[row]), responses[row])
+    raw_values = [logp(raw.messages(c, nocontext[row]), responses[row]) for c in swapped]
+    assert raw_df["pmi_same_question"][row] == pytest.approx(
+        pmi_estimates(raw_cond, raw_values)["lme"], abs=1e-4
     )
     # context drop: the question alone.
     drop = logp(nocontext[row], responses[row])

@@ -8,13 +8,15 @@ only (no per-row Python), onto one standard shape:
 - ``row`` (UInt64): the row's position in the input, counted across files;
 - ``id`` (String): the id column, or the row number when there is none;
 - ``user_id`` (String, only with a user column);
-- ``prompt``: the chat messages ``List(Struct{role, content})`` — the context as a system message,
-  then the question as a user message (or the messages column as given);
-- ``prompt_nocontext``: the same without the context (system messages dropped);
+- ``prompt``: the chat messages ``List(Struct{role, content})``: the context and the question
+  put together as the :class:`~mipo.prompt_format.PromptFormat` says (``--context-format``; by
+  default the context opens the user's turn), or the messages column as given;
+- ``prompt_nocontext``: the question alone (a messages column without its system messages);
 - ``has_context`` (Boolean): whether there was a context to drop;
 - ``dedup_text`` (String): context and question joined, the text deduplication compares;
 - ``question_text`` / ``context_text`` (String): the text of the messages without the context /
-  of the context (system) messages, "" when there is none (``context-swap`` negatives);
+  the context itself (a messages column: its system messages), "" when there is none
+  (``context-swap`` negatives);
 - ``is_empty`` (Boolean): no usable prompt (null or blank); such rows are dropped and counted.
 
 >>> from mipo.corpus import open_corpus
@@ -31,13 +33,14 @@ import io
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from mipo.errors import ConfigError, CorpusError
+from mipo.prompt_format import DEFAULT_CONTEXT_FORMAT, PromptFormat
 
 __all__ = [
     "CONTEXT_NAMES",
@@ -83,22 +86,26 @@ class ColumnOptions:
     messages: str | None = None
     """Chat messages column, ``[{role, content}, ...]`` (``--messages-col``)."""
     context: str | None = None
-    """The user's context, rendered as a system message (``--context-col``)."""
+    """The user's context; ``context_format`` says where it goes (``--context-col``)."""
     user: str | None = None
     """User id, used to keep negatives from the same user (``--user-col``)."""
     id: str | None = None
     """Row id carried into the plan and the pairs (``--id-col``)."""
+    context_format: str = DEFAULT_CONTEXT_FORMAT
+    """How the context enters the prompt (``--context-format``): ``user-turn``, ``about-user``,
+    ``raw-system`` or a template holding ``{context}`` (:mod:`mipo.prompt_format`)."""
 
     def __post_init__(self) -> None:
+        PromptFormat(self.context_format)  # a bad format fails here, naming the choices
         if self.prompt is not None and self.messages is not None:
             raise ConfigError(
                 f"--prompt-col ({self.prompt!r}) and --messages-col ({self.messages!r}) both given: "
                 "pass only one of them"
             )
-        for field in ("prompt", "messages", "context", "user", "id"):
-            value = getattr(self, field)
+        for role in ("prompt", "messages", "context", "user", "id"):
+            value = getattr(self, role)
             if value is not None and not value.strip():
-                raise ConfigError(f"--{field}-col must name a column, got an empty string")
+                raise ConfigError(f"--{role}-col must name a column, got an empty string")
 
 
 @dataclass(frozen=True)
@@ -439,6 +446,7 @@ class Corpus:
     schema: pl.Schema
     columns: ColumnMap
     _lazy: pl.LazyFrame
+    prompt_format: PromptFormat = field(default_factory=PromptFormat)
 
     @property
     def has_context_column(self) -> bool:
@@ -448,8 +456,11 @@ class Corpus:
     def has_users(self) -> bool:
         return self.columns.user is not None
 
-    def _messages_expr(self) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr, pl.Expr, pl.Expr]:
-        """(prompt, prompt_nocontext, has_context, dedup_text, is_empty, bad_message)."""
+    def _messages_expr(
+        self,
+    ) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr, pl.Expr, pl.Expr, pl.Expr]:
+        """(prompt, prompt_nocontext, has_context, context_text, dedup_text, is_empty,
+        bad_message); the prompt puts the context where :attr:`prompt_format` says."""
         cols = self.columns
         ctx: pl.Expr | None = None
         if cols.context is not None:
@@ -465,23 +476,22 @@ class Corpus:
             question = pl.col(cols.prompt).cast(pl.String)
             user_msg = pl.struct(pl.lit("user").alias("role"), question.alias("content"))
             nocontext = pl.concat_list([user_msg])
+            nocontext = nocontext.cast(MESSAGE_DTYPE)
             if ctx is None:
                 has_context = pl.lit(False)
                 prompt = nocontext
+                context_text = pl.lit("")
                 dedup_text = question
             else:
                 has_context = ~_blank(ctx)
-                system_msg = pl.struct(pl.lit("system").alias("role"), ctx.alias("content"))
-                prompt = (
-                    pl.when(has_context)
-                    .then(pl.concat_list([system_msg, user_msg]))
-                    .otherwise(nocontext)
-                )
+                prompt = self.prompt_format.messages_expr(ctx, nocontext, MESSAGE_DTYPE)
+                context_text = pl.when(has_context).then(ctx).otherwise(pl.lit(""))
                 dedup_text = pl.concat_str([ctx.fill_null(""), question], separator="\n")
             return (
                 prompt.cast(MESSAGE_DTYPE),
-                nocontext.cast(MESSAGE_DTYPE),
+                nocontext,
                 has_context.fill_null(False),
+                context_text.fill_null(""),
                 dedup_text,
                 _blank(question),
                 pl.lit(False),
@@ -532,7 +542,23 @@ class Corpus:
         )
         usable = nocontext.list.eval(element.field("content").str.strip_chars() != "").list.any()
         dedup_text = messages.list.eval(element.field("content")).list.join("\n")
-        return messages, nocontext, has_context, dedup_text, ~usable.fill_null(False), bad
+        context_text = (
+            messages.list.eval(element.field("content").filter(element.field("role") == "system"))
+            .list.join("\n")
+            .fill_null("")
+        )
+        if self.prompt_format.spec != "raw-system":
+            # The system messages are the context: put it where the format says.
+            messages = self.prompt_format.messages_expr(context_text, nocontext, MESSAGE_DTYPE)
+        return (
+            messages,
+            nocontext,
+            has_context,
+            context_text,
+            dedup_text,
+            ~usable.fill_null(False),
+            bad,
+        )
 
     def rows(self) -> pl.LazyFrame:
         """Every row with the file's own columns, as read (CSV cells as text), lazily: for
@@ -551,14 +577,15 @@ class Corpus:
     def _standard_exprs(self, columns: list[str] | None = None) -> list[pl.Expr]:
         """The expressions of :meth:`standardized`, over the input columns and ``__row``."""
         cols = self.columns
-        prompt, nocontext, has_context, dedup_text, is_empty, bad = self._messages_expr()
+        prompt, nocontext, has_context, context_text, dedup_text, is_empty, bad = (
+            self._messages_expr()
+        )
         row = pl.col("__row").cast(pl.UInt64)
         if cols.id is not None:
             ident = _text_column(cols.id, self.schema[cols.id], "id")
         else:
             ident = row.cast(pl.String)
         content = pl.element().struct.field("content")
-        role = pl.element().struct.field("role")
         exprs: dict[str, pl.Expr] = {
             "row": row,
             "id": ident,
@@ -567,9 +594,7 @@ class Corpus:
             "has_context": has_context,
             "dedup_text": dedup_text,
             "question_text": nocontext.list.eval(content).list.join("\n").fill_null(""),
-            "context_text": prompt.list.eval(content.filter(role == "system"))
-            .list.join("\n")
-            .fill_null(""),
+            "context_text": context_text,
             "is_empty": is_empty,
             "bad_message": bad,
         }
@@ -678,6 +703,9 @@ def open_corpus(spec: str | os.PathLike[str], options: ColumnOptions | None = No
     if not names:
         raise CorpusError(f"input '{spec}' has no columns")
     columns = detect_columns(names, options or ColumnOptions())
-    corpus = Corpus(str(spec), files, fmt, schema, columns, lazy)
+    options = options or ColumnOptions()
+    corpus = Corpus(
+        str(spec), files, fmt, schema, columns, lazy, PromptFormat(options.context_format)
+    )
     corpus._messages_expr()  # type checks of the mapped columns fail here, before any read
     return corpus

@@ -236,6 +236,25 @@ def parse_vllm_args(items: tuple[str, ...] | list[str] | None) -> tuple[tuple[st
     return tuple(out)
 
 
+CONTEXT_FORMAT_HELP = (
+    "Where the user's context goes in the prompt: user-turn (opens the user's own turn), "
+    "about-user (a system message about the user), raw-system (the context as the system "
+    "message), or a template with {context} (and {question} to make it the user turn)."
+)
+
+
+def context_format_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--context-format``: the one option for :mod:`mipo.prompt_format` on every command."""
+    from mipo.prompt_format import DEFAULT_CONTEXT_FORMAT
+
+    return click.option(
+        "--context-format",
+        help=CONTEXT_FORMAT_HELP,
+        default=None,
+        show_default=DEFAULT_CONTEXT_FORMAT,
+    )(command)
+
+
 def pop_vllm_options(options: dict[str, Any]) -> dict[str, Any]:
     """Take the :func:`vllm_options` values out of a command's ``options`` as
     :class:`~mipo.generate.GenerationConfig` fields (only those given)."""

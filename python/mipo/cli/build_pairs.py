@@ -11,6 +11,7 @@ from mipo.cli._options import (
     GENERATION,
     config_default,
     config_value,
+    context_format_option,
     given_options,
     output_option,
     parse_vllm_args,
@@ -20,6 +21,10 @@ from mipo.cli._options import (
 )
 
 BUILD = "mipo.pairs.build:BuildPairsConfig"
+
+
+def _given_format(value: str | None) -> dict[str, str]:
+    return {} if value is None else {"context_format": value}
 
 
 def _print_result(result: Any) -> None:
@@ -162,7 +167,8 @@ def _print_result(result: Any) -> None:
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle-based (.bin) weights.")
 @click.option("--prompt-col", default=None, help="Plain-text prompt column.")
 @click.option("--messages-col", default=None, help="Chat messages column.")
-@click.option("--context-col", default=None, help="User context column (a system message).")
+@click.option("--context-col", default=None, help="User context column (see --context-format).")
+@context_format_option
 @click.option("--user-col", default=None, help="User id column.")
 @click.option("--id-col", default=None, help="Row id column.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
@@ -188,6 +194,7 @@ def build_pairs_cmd(ctx: click.Context, **options: Any) -> None:
         context=options.pop("context_col"),
         user=options.pop("user_col"),
         id=options.pop("id_col"),
+        **_given_format(options.pop("context_format")),
     )
     given = given_options(ctx, options)  # the others keep BuildPairsConfig's defaults
     if "shard" in given:

@@ -12,6 +12,7 @@ from mipo.cli._options import (
     EVAL,
     RUN,
     config_default,
+    context_format_option,
     default_beside,
     given_options,
     output_option,
@@ -65,6 +66,7 @@ from mipo.cli._options import (
     help="Seconds per judge request before it is retried.",
     **config_default(EVAL + ".judge_timeout_s"),
 )
+@context_format_option
 @click.option(
     "-k",
     "--contrasts",

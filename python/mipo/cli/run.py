@@ -14,6 +14,7 @@ from mipo.cli._options import (
     TRAIN,
     config_default,
     config_value,
+    context_format_option,
     default_beside,
     epochs_default,
     given_options,
@@ -33,8 +34,8 @@ _TRAIN_OPTIONS = {
     "learning_rate": "learning_rate",
     "beta": "beta",
     "loss_type": "loss_type",
-    "epochs": "epochs",
     "loss_weights": "loss_weights",
+    "epochs": "epochs",
     "max_steps": "max_steps",
     "batch_size": "batch_size",
     "gradient_accumulation_steps": "gradient_accumulation_steps",
@@ -43,6 +44,9 @@ _TRAIN_OPTIONS = {
     "trust_remote_code": "trust_remote_code",
 }
 _COLUMN_OPTIONS = ("prompt_col", "messages_col", "context_col", "user_col", "id_col")
+_CORPUS_OPTIONS = {c: c.removesuffix("_col") for c in _COLUMN_OPTIONS} | {
+    "context_format": "context_format"
+}
 
 
 def _pairs_and_eval(field: str) -> Any:
@@ -97,7 +101,8 @@ def _pairs_and_eval(field: str) -> Any:
 @click.option("--no-progress", "progress", flag_value=False, default=None, help="No progress bars.")
 @click.option("--prompt-col", help="Plain-text prompt column.")
 @click.option("--messages-col", help="Chat messages column.")
-@click.option("--context-col", help="User context column (a system message).")
+@click.option("--context-col", help="User context column (see --context-format).")
+@context_format_option
 @click.option("--user-col", help="User id column.")
 @click.option("--id-col", help="Row id column.")
 @vllm_options
@@ -134,7 +139,9 @@ def run_cmd(
     verbose = bool(given.pop("verbose", False))
     if vllm:
         given["vllm_options"] = vllm
-    columns = ColumnOptions(**{c.removesuffix("_col"): given.pop(c, None) for c in _COLUMN_OPTIONS})
+    columns = ColumnOptions(
+        **{field: given.pop(name) for name, field in _CORPUS_OPTIONS.items() if name in given}
+    )
     train_options = {
         field: given.pop(name) for name, field in _TRAIN_OPTIONS.items() if name in given
     }

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mipo.errors import ConfigError
+from mipo.prompt_format import DEFAULT_CONTEXT_FORMAT, PromptFormat
 
 __all__ = ["EvalConfig"]
 
@@ -47,6 +48,10 @@ class EvalConfig:
     """Judge requests in flight at once (with ``judge_url``)."""
     judge_timeout_s: float = 60.0
     """Seconds a judge request may take before it is retried (with ``judge_url``)."""
+    context_format: str = DEFAULT_CONTEXT_FORMAT
+    """How a pmi file's user context enters its prompts and contrasts: ``user-turn``,
+    ``about-user``, ``raw-system`` or a template holding ``{context}``
+    (:mod:`mipo.prompt_format`); use the format the model was trained with."""
     k: int = 8
     """Contrast prompts per prompt (per contrast set) for the PMI's estimate of log π_ref(y)."""
     seed: int = 0
@@ -127,6 +132,7 @@ class EvalConfig:
             raise bad("top_p", self.top_p, "in (0, 1]")
         if self.backend not in ("auto", "hf", "vllm"):
             raise bad("backend", self.backend, "auto, hf or vllm")
+        PromptFormat(self.context_format)
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise bad("dtype", self.dtype, "auto, float32 or bfloat16")
         allowed = {

@@ -11,6 +11,9 @@ reference finds unlikely everywhere. Beside every PMI gain the report puts
   occur in the context (:func:`context_word_share`): restating the context in other words
   ("I've got arthritis in my knees" for "I have arthritis in my knees") escapes the 3-gram share
   but not this one,
+- whether the response *speaks as the user* (:func:`speaks_as_user`, persona adoption):
+  restating the user's context in the first person ("I'm a retired teacher, 71, ...") is the
+  cheapest way to be specific to the context, and a reader calls it worse, not more personal,
 - the response length in tokens,
 - log π_ref(y|x) per token (fluency under the reference),
 
@@ -34,7 +37,15 @@ from typing import Any
 
 from mipo.evaluate.stats import bootstrap_ci, cluster_weights
 
-__all__ = ["COPY_NGRAM", "STOP_WORDS", "context_word_share", "copied_ngram_share", "explain_gain"]
+__all__ = [
+    "COPY_NGRAM",
+    "STOP_WORDS",
+    "context_word_share",
+    "copied_ngram_share",
+    "explain_gain",
+    "persona_sentence",
+    "speaks_as_user",
+]
 
 COPY_NGRAM = 3
 """Words per n-gram of the copy share (3: long enough that shared stop-word pairs do not count)."""
@@ -225,6 +236,183 @@ def context_word_share(response: str | None, context: str | None) -> float | Non
         return None
     source = set(_content_words(context))
     return sum(w in source for w in words) / len(words)
+
+
+# --- persona adoption ----------------------------------------------------------------------------
+
+_SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+_SECOND_PERSON = frozenset(
+    ["you", "your", "yours", "yourself", "yourselves", "you're", "you've", "you'd", "you'll", "u"]
+)
+_I_FORMS = frozenset(["i", "i'm", "i've", "i'd", "i'll", "im", "ive"])
+_MY_FORMS = frozenset(["my", "mine", "myself", "me"])
+# What an assistant says of itself while helping: "I'd recommend", "I'm happy to", "I'm not a
+# doctor", "I can", "my suggestion". A first-person word followed by one of these is the
+# assistant speaking, not the user's details claimed as its own.
+_HELPER_AFTER_I = frozenset(
+    [
+        "recommend",
+        "recommends",
+        "suggest",
+        "suggests",
+        "would",
+        "could",
+        "can",
+        "cannot",
+        "can't",
+        "couldn't",
+        "should",
+        "might",
+        "may",
+        "will",
+        "think",
+        "believe",
+        "hope",
+        "understand",
+        "know",
+        "see",
+        "hear",
+        "encourage",
+        "advise",
+        "apologize",
+        "appreciate",
+        "agree",
+        "guess",
+        "wonder",
+        "imagine",
+        "happy",
+        "glad",
+        "sorry",
+        "here",
+        "not",
+        "afraid",
+        "unable",
+        "able",
+        "just",
+        "also",
+        "really",
+        "strongly",
+        "highly",
+        "definitely",
+        "personally",
+    ]
+)
+_HELPER_AFTER_MY = frozenset(
+    [
+        "recommendation",
+        "recommendations",
+        "suggestion",
+        "suggestions",
+        "advice",
+        "answer",
+        "response",
+        "pleasure",
+        "apologies",
+        "best",
+        "guess",
+        "opinion",
+        "view",
+        "understanding",
+        "knowledge",
+        "goal",
+        "aim",
+        "hope",
+    ]
+)
+
+_HELPER_BEFORE_ME = frozenset(
+    ["let", "ask", "tell", "contact", "message", "allow", "email", "call"]
+)
+
+
+def _tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text.casefold().replace("\u2019", "'").replace("\u2018", "'"))
+
+
+def _self_description(tokens: list[str]) -> tuple[bool, bool]:
+    """(first-person self-description, strong claim) in a sentence's tokens.
+
+    A self-description is "my/me/mine/myself" (not "my suggestion", not "let me") or an I-form
+    not followed by a helper word ("I'm a retired teacher", "I live in Chicago", "I've got
+    twins" — not "I'd recommend" or "I'm happy to"). A strong claim is an identity ("I am / I'm
+    / I was a(n) ...", "as a(n) ..., I ...": the user's identity taken as the speaker's,
+    whatever verb follows) or a possessive ("my knees", "just me and the twins")."""
+    described = identity = as_a = False
+    for i, word in enumerate(tokens):
+        following = tokens[i + 1] if i + 1 < len(tokens) else ""
+        if word == "as" and following in ("a", "an"):
+            as_a = True
+        if word in _MY_FORMS:
+            asked = word == "me" and i > 0 and tokens[i - 1] in _HELPER_BEFORE_ME
+            if following not in _HELPER_AFTER_MY and not asked:
+                described = identity = True
+            continue
+        if word not in _I_FORMS:
+            continue
+        after_be: str | None = None  # the word after "I am" / "I'm" / "I was"
+        if word == "i" and following in ("am", "was"):
+            after_be = tokens[i + 2] if i + 2 < len(tokens) else ""
+        elif word in ("i'm", "im"):
+            after_be = following
+        if after_be in ("a", "an") or as_a:
+            identity = True
+        if following not in _HELPER_AFTER_I and (
+            after_be is None or after_be not in _HELPER_AFTER_I
+        ):
+            described = True
+    return described or identity, identity
+
+
+def persona_sentence(response: str | None, context: str | None) -> str | None:
+    """The first sentence of ``response`` that speaks *as* the user rather than *to* them, or
+    None. A sentence does when all of these hold:
+
+    1. it addresses no one: no second-person word (you, your, you're, ...) — "As a paramedic,
+       you ..." talks *to* the user and never counts;
+    2. it describes the speaker in the first person: "my/me/mine/myself" (but not "my
+       suggestion", "my advice"), or "I/I'm/I've/I'd" not followed by what an assistant says
+       of itself while helping ("I'd recommend", "I'm happy to", "I'm not a doctor", "I can");
+    3. it carries the user's details: at least 2 distinct content words of the context (words
+       of 3+ letters that are not stop words), or 1 when the claim is strong: an identity
+       ("I'm a(n) ...", "As a(n) ..., I ...") or a possessive ("my knees", "me and the
+       twins"; not "let me", "ask me").
+
+    >>> ctx = "I'm a retired teacher, 71, living alone in Chicago. I have arthritis in my knees."
+    >>> persona_sentence("I'm a retired teacher living in Chicago. Gardening is great.", ctx)
+    "I'm a retired teacher living in Chicago."
+    >>> persona_sentence("As a retired teacher with arthritis, you might enjoy gardening.", ctx)
+    >>> persona_sentence("I'd recommend gentle gardening; it is easy on arthritic knees.", ctx)
+    """
+    if not context or not context.strip() or not response:
+        return None
+    source = set(_content_words(context))
+    for match in _SENTENCE.finditer(response):
+        sentence = match.group(0).strip()
+        tokens = _tokens(sentence)
+        if not tokens or any(t in _SECOND_PERSON for t in tokens):
+            continue
+        described, identity = _self_description(tokens)
+        if not described:
+            continue
+        shared = {w for w in _content_words(sentence) if w in source}
+        if len(shared) >= (1 if identity else 2):
+            return sentence
+    return None
+
+
+def speaks_as_user(response: str | None, context: str | None) -> float | None:
+    """1.0 when the response speaks as the user (:func:`persona_sentence` finds a sentence),
+    0.0 when it does not, None without a context (nothing to adopt).
+
+    >>> speaks_as_user("It's just me and the twins after a long day.", "Stay-at-home dad, twins")
+    1.0
+    >>> speaks_as_user("With twins at home, try a short walk after dinner.", "Stay-at-home dad, twins")
+    0.0
+    """
+    if not context or not context.strip() or response is None:
+        return None
+    return 0.0 if persona_sentence(response, context) is None else 1.0
 
 
 def _intercepts(y: Any, x: Any, weights: Any) -> Any:

@@ -16,13 +16,14 @@ A file's kind is detected from its columns, or given as a prefix: ``choice:path`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from mipo.errors import CorpusError
+from mipo.prompt_format import DEFAULT_CONTEXT_FORMAT, PromptFormat
 
 __all__ = [
     "KINDS",
@@ -45,7 +46,7 @@ class EvalDataset:
 
     ``frame`` columns by kind: pmi: ``id``, ``prompt`` (messages), ``prompt_nocontext`` (its
     messages without the context), ``question`` (their text, the key for question clusters),
-    ``context`` (system text, "" if none),
+    ``context`` (the user's context, "" if none),
     ``user_id`` (only with a user column); choice: ``question``, ``choices``, ``answer_index``;
     math: ``question``, ``answer`` (the gold text).
     """
@@ -54,6 +55,8 @@ class EvalDataset:
     kind: str
     path: Path
     frame: pl.DataFrame
+    prompt_format: PromptFormat = field(default_factory=PromptFormat)
+    """Where the context sits in ``prompt`` (and so in every contrast built from it)."""
 
     @property
     def has_users(self) -> bool:
@@ -154,36 +157,33 @@ def _load_math(path: Path) -> pl.DataFrame:
     return df
 
 
-def _load_pmi(path: Path) -> pl.DataFrame:
-    from mipo.corpus import open_corpus
+def _load_pmi(path: Path, context_format: str = DEFAULT_CONTEXT_FORMAT) -> pl.DataFrame:
+    from mipo.corpus import ColumnOptions, open_corpus
 
-    corpus = open_corpus(str(path))
-    wanted = ["id", "prompt", "prompt_nocontext", "is_empty"]
+    corpus = open_corpus(str(path), ColumnOptions(context_format=context_format))
+    wanted = ["id", "prompt", "prompt_nocontext", "question_text", "context_text", "is_empty"]
     if corpus.has_users:
         wanted.append("user_id")
     df = corpus.collect(corpus.standardized(wanted)).filter(~pl.col("is_empty"))
     if df.height == 0:
         raise CorpusError(f"prompt file {path} has no usable prompts")
-    content = pl.element().struct.field("content")
-    role = pl.element().struct.field("role")
     columns = [
         pl.col("id"),
         pl.col("prompt"),
         pl.col("prompt_nocontext"),
-        pl.col("prompt_nocontext").list.eval(content).list.join("\n").alias("question"),
-        pl.col("prompt")
-        .list.eval(content.filter(role == "system"))
-        .list.join("\n")
-        .fill_null("")
-        .alias("context"),
+        pl.col("question_text").alias("question"),
+        pl.col("context_text").alias("context"),
     ]
     if corpus.has_users:
         columns.append(pl.col("user_id"))
     return df.select(columns)
 
 
-def load_dataset(spec: str, *, limit: int | None = None) -> EvalDataset:
-    """Load one DATA argument (``[kind:]path``), keeping at most ``limit`` rows.
+def load_dataset(
+    spec: str, *, limit: int | None = None, context_format: str = DEFAULT_CONTEXT_FORMAT
+) -> EvalDataset:
+    """Load one DATA argument (``[kind:]path``), keeping at most ``limit`` rows;
+    ``context_format`` puts a pmi file's contexts into its prompts (:mod:`mipo.prompt_format`).
 
     >>> load_dataset("choice:python/mipo/data/eval/choice_sample.jsonl").kind  # doctest: +SKIP
     'choice'
@@ -193,14 +193,20 @@ def load_dataset(spec: str, *, limit: int | None = None) -> EvalDataset:
     if not path.exists():
         raise CorpusError(f"evaluation data {path} not found")
     kind = kind or _detect_kind(path)
-    loader: dict[str, Any] = {"pmi": _load_pmi, "choice": _load_choice, "math": _load_math}
+    loader: dict[str, Any] = {
+        "pmi": lambda p: _load_pmi(p, context_format),
+        "choice": _load_choice,
+        "math": _load_math,
+    }
     frame = loader[kind](path)
     if frame.height == 0:
         raise CorpusError(f"evaluation data {path} has no rows")
     if limit is not None:
         frame = frame.head(limit)
     name = path.stem if path.is_file() else path.name
-    return EvalDataset(name=name, kind=kind, path=path, frame=frame)
+    return EvalDataset(
+        name=name, kind=kind, path=path, frame=frame, prompt_format=PromptFormat(context_format)
+    )
 
 
 def load_fewshot(path: str | Path | None, shots: int) -> list[tuple[str, str]]:

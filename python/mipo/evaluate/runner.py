@@ -140,7 +140,10 @@ def run_eval(config: EvalConfig, output_dir: str | os.PathLike[str]) -> EvalResu
     outdir = Path(output_dir)
     if (outdir / "metrics.json").exists() and not config.overwrite:
         raise OutputError(f"{outdir} already holds an evaluation: pass --overwrite or another -o")
-    datasets = [load_dataset(spec, limit=config.limit) for spec in config.data]
+    datasets = [
+        load_dataset(spec, limit=config.limit, context_format=config.context_format)
+        for spec in config.data
+    ]
     has_math = any(ds.kind == "math" for ds in datasets)
     exemplars = load_fewshot(config.math_fewshot, config.math_shots) if has_math else []
     for ds in datasets:
@@ -203,6 +206,13 @@ class _Evaluation:
                     f"{ds.name}: {leaked} question(s) are also few-shot examples, so their "
                     "solutions were in the prompt"
                 )
+
+    def resolved_dtype(self) -> str:
+        """The dtype every model is generated and scored in (``auto`` resolved here)."""
+        from mipo.models import default_device, select_dtype
+
+        device = default_device() if self.config.device == "auto" else self.config.device
+        return str(select_dtype(device, self.config.dtype)).removeprefix("torch.")
 
     def _of_kind(self, kind: str) -> list[EvalDataset]:
         return [ds for ds in self.datasets if ds.kind == kind]
@@ -308,13 +318,17 @@ class _Evaluation:
             "batch_size": c.batch_size,
             "backend": c.backend,
             "device": c.device,
-            "dtype": c.dtype,
+            # The dtype actually used (``auto`` resolves per machine): a baseline cached in
+            # fp32 is never compared with a model scored in bf16.
+            "dtype": self.resolved_dtype(),
             "vllm": {
                 k: v for k, v in c.vllm_options.items() if k in ("max_model_len", "vllm_args")
             },
         }
         if ds.kind == "pmi":
-            settings.update(max_new_tokens=c.max_new_tokens, k=c.k)
+            settings.update(
+                max_new_tokens=c.max_new_tokens, k=c.k, context_format=ds.prompt_format.spec
+            )
         if ds.kind == "math":
             settings.update(
                 max_new_tokens=c.math_token_limit(),
@@ -434,7 +448,11 @@ class _Evaluation:
             self.rows[ds.name] = frame
 
     def score_pmi(self, workdir: Path) -> None:
-        from mipo.evaluate.controls import context_word_share, copied_ngram_share
+        from mipo.evaluate.controls import (
+            context_word_share,
+            copied_ngram_share,
+            speaks_as_user,
+        )
         from mipo.scoring import pmi_scores
 
         pmi_sets = self._of_kind("pmi")
@@ -465,15 +483,18 @@ class _Evaluation:
                     nocontext=frame["prompt_nocontext"] if ds.has_context else None,
                     users=frame["user_id"].to_list() if ds.has_users else None,
                     batch_size=self.config.batch_size,
+                    prompt_format=ds.prompt_format,
                     progress=f"eval: scoring PMI {ds.name} ({role})",
                 )
                 texts = responses.to_list()
                 copied = [copied_ngram_share(r, c) for r, c in zip(texts, contexts, strict=True)]
                 words = [context_word_share(r, c) for r, c in zip(texts, contexts, strict=True)]
+                persona = [speaks_as_user(r, c) for r, c in zip(texts, contexts, strict=True)]
                 frame = frame.with_columns(
                     *(s.alias(f"{s.name}_{role}") for s in scores.iter_columns()),
                     pl.Series(f"copy_share_{role}", copied, dtype=pl.Float64),
                     pl.Series(f"context_words_{role}", words, dtype=pl.Float64),
+                    pl.Series(f"persona_{role}", persona, dtype=pl.Float64),
                 )
             self.rows[ds.name] = frame
 
@@ -546,6 +567,10 @@ class _Evaluation:
                 "paths": self.paths,
             },
             "config": asdict(c),
+            # What the numbers were computed with: every model is generated and scored in this
+            # dtype, and its prompts put the user's context where this format says.
+            "dtype": self.resolved_dtype(),
+            "context_format": c.context_format,
             "pmi": {},
             "multiple_choice": {},
             "math": {},
@@ -572,7 +597,9 @@ class _Evaluation:
         report.table(["role", "model"], model_rows)
         report.paragraph(
             f"Generation: temperature {c.temperature}, top-p {c.top_p}, seed {c.seed} (the same "
-            "per-row seeds for every model). Intervals: 95% percentile bootstrap "
+            f"per-row seeds for every model); every model generated and scored in "
+            f"{self.resolved_dtype()}; user context in the prompt as `{c.context_format}` "
+            "(--context-format). Intervals: 95% percentile bootstrap "
             f"({c.n_bootstrap} resamples) over clusters: users (crossed with questions when a "
             "question repeats) for prompt files, questions for choice and math files; "
             "differences are paired by prompt."

@@ -18,12 +18,24 @@ if TYPE_CHECKING:
     from mipo.evaluate.config import EvalConfig
     from mipo.evaluate.datasets import EvalDataset
 
-__all__ = ["SHORTCUTS", "ReportSections", "personalization_headline"]
+__all__ = [
+    "EXAMPLES_SHOWN",
+    "SHORTCUTS",
+    "ReportSections",
+    "personalization_headline",
+    "pick_examples",
+    "render_examples",
+]
+
+EXAMPLES_SHOWN = 4
+"""Base-vs-tuned examples each report shows, drawn with the evaluation seed (never picked)."""
+_EXAMPLE_CHARS = 400
 
 
 SHORTCUTS = (
     ("copying", "copy_share"),
     ("context words", "context_words"),
+    ("persona", "persona"),
     ("length", "num_tokens"),
     ("fluency", "logprob_per_token"),
 )
@@ -72,7 +84,14 @@ class ReportSections:
 
         c = self.config
         contrasts = [k for k in CONTRASTS if f"pmi_{k}_model" in frame.columns]
-        keys = ["logprob", "logprob_per_token", "num_tokens", "copy_share", "context_words"]
+        keys = [
+            "logprob",
+            "logprob_per_token",
+            "num_tokens",
+            "copy_share",
+            "context_words",
+            "persona",
+        ]
         for kind in contrasts:
             keys += [
                 f"pmi_{kind}",
@@ -117,7 +136,7 @@ class ReportSections:
             stats["controls"] = {}
             for kind in contrasts:
                 deltas = {name: _difference(frame, column) for name, column in SHORTCUTS}
-                for name in ("copying", "context words"):
+                for name in ("copying", "context words", "persona"):
                     if all(v is None for v in deltas[name]):
                         deltas.pop(name)  # no context anywhere: nothing to copy
                 stats["controls"][kind] = explain_gain(
@@ -197,6 +216,14 @@ class ReportSections:
                 self.has_baseline,
             )
         )
+        table.append(
+            _stat_row(
+                "share of responses that speak as the user (persona adoption)",
+                stats,
+                "persona",
+                self.has_baseline,
+            )
+        )
         table.append(_stat_row("response tokens", stats, "num_tokens", self.has_baseline))
         table.append(
             _stat_row("log π_ref(y|x) per token", stats, "logprob_per_token", self.has_baseline)
@@ -224,11 +251,13 @@ class ReportSections:
                 "Does the gain survive the shortcuts? Per prompt, ΔPMI (model − baseline) is "
                 "regressed on the change in the 3-gram copy share ('copying'), in the share of "
                 "content words found in the context ('context words', which also catches the "
-                "context restated in other words), in response tokens ('length') and in "
+                "context restated in other words), in whether the response speaks as the user "
+                "('persona': a first-person sentence claiming the context's details, see "
+                "mipo.evaluate.controls.persona_sentence), in response tokens ('length') and in "
                 "log π_ref(y|x) per token ('fluency'), one at a time and all together, over the "
                 "prompts where every measure exists; the intercept is the gain predicted for "
-                "responses that copy as much, reuse as many context words, are as long and as "
-                "fluent as the baseline's (same cluster bootstrap)."
+                "responses that copy as much, reuse as many context words, speak as the user as "
+                "often, are as long and as fluent as the baseline's (same cluster bootstrap)."
             )
             report.table(
                 ["contrast", "gain"]
@@ -236,6 +265,13 @@ class ReportSections:
                 + ["adjusted for all"],
                 rows,
             )
+            persona = stats["difference"]["persona"]
+            if persona.get("n") and persona.get("low", 0) > 0:
+                findings.append(
+                    "the model speaks as the user (restates their context in the first person) "
+                    f"more often than the baseline ({fmt_ci(persona)} of responses): a reader "
+                    "would not call that more personal"
+                )
             fluency = stats["difference"]["logprob_per_token"]
             if fluency.get("high", 0) < 0:
                 findings.append(
@@ -255,6 +291,9 @@ class ReportSections:
         )
         plots.append(png)
         report.image(png, f"PMI distributions, {ds.name}")
+        if self.has_baseline:
+            stats["examples"] = pick_examples(frame, EXAMPLES_SHOWN, seed=c.seed)
+            render_examples(report, stats["examples"], heading=f"Examples — {ds.name}")
         return stats
 
     def judge(self, ds: EvalDataset, frame: pl.DataFrame, report: Any) -> dict[str, Any]:
@@ -424,6 +463,70 @@ class ReportSections:
         return training
 
 
+def pick_examples(frame: pl.DataFrame, n: int, *, seed: int) -> list[dict[str, Any]]:
+    """``n`` rows of a pmi file's results drawn uniformly with ``seed`` (so a reader sees what
+    changed without anyone choosing what to show): context, question, both responses, whether
+    each speaks as the user, and the same-question PMI of each.
+
+    >>> rows = pl.DataFrame({"id": ["a", "b"], "context": ["c", "d"], "question": ["q", "r"],
+    ...     "response_model": ["m1", "m2"], "response_baseline": ["b1", "b2"]})
+    >>> [e["id"] for e in pick_examples(rows, 1, seed=0)]
+    ['b']
+    """
+    import random
+
+    order = sorted(random.Random(seed).sample(range(frame.height), min(n, frame.height)))
+    out = []
+    for i in order:
+        row = frame.row(i, named=True)
+        example: dict[str, Any] = {
+            "id": row.get("id"),
+            "user_id": row.get("user_id"),
+            "context": row.get("context") or "",
+            "question": row.get("question") or "",
+        }
+        for role in ("baseline", "model"):
+            example[role] = row.get(f"response_{role}")
+            example[f"persona_{role}"] = row.get(f"persona_{role}")
+            example[f"pmi_{role}"] = row.get(f"pmi_same_question_{role}")
+        out.append(example)
+    return out
+
+
+def render_examples(report: Any, examples: list[dict[str, Any]], *, heading: str) -> None:
+    """The examples of :func:`pick_examples` as a report section (long texts shortened)."""
+    from mipo.evaluate.report import fmt_number
+
+    if not examples:
+        return
+
+    def cell(example: dict[str, Any], role: str) -> str:
+        text = _shorten(example.get(role) or "")
+        flag = " [speaks as the user]" if example.get(f"persona_{role}") == 1.0 else ""
+        pmi = example.get(f"pmi_{role}")
+        return text + flag + (f" (PMI {fmt_number(pmi, 1)})" if pmi is not None else "")
+
+    report.heading(heading)
+    report.paragraph(
+        f"{len(examples)} held-out prompts drawn at random with the evaluation seed (not "
+        "chosen), the baseline's and the model's answers side by side; '[speaks as the user]' "
+        "marks an answer that restates the user's context in the first person; PMI is the "
+        "same-question contrast."
+    )
+    report.table(
+        ["user context", "question", "baseline", "model"],
+        [
+            [_shorten(e["context"]), _shorten(e["question"]), cell(e, "baseline"), cell(e, "model")]
+            for e in examples
+        ],
+    )
+
+
+def _shorten(text: str) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= _EXAMPLE_CHARS else flat[: _EXAMPLE_CHARS - 1] + "…"
+
+
 def personalization_headline(pmi: dict[str, Any], k: int) -> dict[str, Any] | None:
     """The headline of an evaluation: the paired same-question PMI gain of the first prompt file
     that has one (``metrics.json`` key ``personalization``, documented in docs/train-eval.md)."""
@@ -448,6 +551,9 @@ def personalization_headline(pmi: dict[str, Any], k: int) -> dict[str, Any] | No
             "explained_by": control["explained_by"],
             "copy_share_change": difference["copy_share"],
             "context_words_change": difference["context_words"],
+            "persona_model": stats["model"]["persona"],
+            "persona_baseline": stats["baseline"]["persona"],
+            "persona_change": difference["persona"],
             "length_change": difference["num_tokens"],
             "logprob_per_token_change": difference["logprob_per_token"],
             "resampling": stats["resampling"],

@@ -48,6 +48,7 @@ from mipo.pairs.negatives import (
     parse_strategy,
     strategy_kinds,
 )
+from mipo.prompt_format import PromptFormat
 
 __all__ = ["PLAN_STEPS", "PlanConfig", "PlanStats", "build_plan", "read_plan"]
 
@@ -369,6 +370,7 @@ def _swap_columns(
     reps: pl.DataFrame,
     tokenizer: engine.ChatTokenizer,
     max_prompt_tokens: int | None,
+    prompt_format: PromptFormat,
 ) -> tuple[list[pl.Series], int]:
     """The context-swap columns of one part: ``swap_index`` (partner whose response is reused),
     ``swap_id`` (whose context: the partner's or the donor user's representative row),
@@ -386,11 +388,11 @@ def _swap_columns(
         rows = frame.filter(todo)
         chosen = donor.filter(todo)
         context = reps["context_text"].gather(chosen)
-        system = pl.struct(pl.lit("system").alias("role"), pl.lit(context).alias("content"))
+        # The donor's context goes where the corpus's prompt format puts every context.
         messages = rows.select(
-            pl.concat_list([system.cast(MESSAGE_DTYPE.inner), pl.col("prompt_nocontext")])  # type: ignore[attr-defined]
-            .cast(MESSAGE_DTYPE)
-            .alias("m")
+            prompt_format.messages_expr(
+                pl.lit(context), pl.col("prompt_nocontext"), MESSAGE_DTYPE
+            ).alias("m")
         )["m"]
         encoded = tokenizer.encode_chat(messages)
         lengths = encoded["num_tokens"].cast(pl.UInt32)
@@ -444,7 +446,7 @@ def _write_plan(
     target: Path,
     config: PlanConfig,
     clock: _Clock,
-    swaps: tuple[ContextSwaps, pl.DataFrame, engine.ChatTokenizer] | None = None,
+    swaps: tuple[ContextSwaps, pl.DataFrame, engine.ChatTokenizer, PromptFormat] | None = None,
 ) -> int:
     """Stream the parts into ``target`` in fixed-size row groups, adding the plan index and the
     negatives (and, with ``swaps``, the context-swap columns, see :func:`_swap_columns`);
@@ -477,9 +479,16 @@ def _write_plan(
                     neg = sigma.slice(offset, n)
                     columns += [neg.alias("negative_index"), ids.gather(neg).alias("negative_id")]
                 if swaps is not None:
-                    assigned, reps, tokenizer = swaps
+                    assigned, reps, tokenizer, prompt_format = swaps
                     extra, dropped = _swap_columns(
-                        frame, offset, assigned, ids, reps, tokenizer, config.max_prompt_tokens
+                        frame,
+                        offset,
+                        assigned,
+                        ids,
+                        reps,
+                        tokenizer,
+                        config.max_prompt_tokens,
+                        prompt_format,
                     )
                     columns += extra
                     over_length += dropped
@@ -571,7 +580,7 @@ def build_plan(
             stats.swaps_reused = assigned.reused
             stats.swaps_no_context = assigned.no_context
             stats.swaps_no_donor = assigned.no_donor
-            swaps = (assigned, reps, tokenizer)
+            swaps = (assigned, reps, tokenizer, corpus.prompt_format)
         stats.swaps_over_length = _write_plan(
             parts, sigma, state["id"], target, config, clock, swaps
         )

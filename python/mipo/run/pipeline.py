@@ -561,6 +561,7 @@ def _evaluate_round(
         judge=judge,
         k=config.eval_k,
         seed=config.seed,
+        context_format=config.columns.context_format,
         # Unset options take the evaluation's own defaults (the pairs take the generation's).
         max_new_tokens=config.max_new_tokens or EvalConfig.max_new_tokens,
         math_max_new_tokens=config.math_max_new_tokens,

@@ -35,6 +35,7 @@ _PAIRED_KEYS = (
     "logprob",
     "copy_share",
     "context_words",
+    "persona",
     "judge_expected",
 )
 
@@ -126,6 +127,7 @@ def round_metrics(out: Path, rounds: int, n_bootstrap: int, seed: int) -> list[d
             "judge": judge,
             "personalization": evaluation.get("personalization"),
             "findings": pmi.get("findings", []),
+            "examples": pmi.get("examples", []),
             "accuracy": {
                 name: stats
                 for section in ("multiple_choice", "math")
@@ -229,6 +231,7 @@ def _table(
         ("pmi_same_question_per_token", "PMI per token, same question / other users"),
         ("copy_share", "share of response 3-grams copied from the context"),
         ("context_words", "share of response content words found in the context"),
+        ("persona", "share of responses that speak as the user (persona adoption)"),
         ("logprob_per_token", "log π_base(y|x) per token"),
         ("num_tokens", "response tokens"),
     ):
@@ -240,6 +243,7 @@ def _table(
         ("pmi_context_drop", "PMI context drop − base (paired)"),
         ("copy_share", "copy share − base (paired)"),
         ("context_words", "context-word share − base (paired)"),
+        ("persona", "persona adoption − base (paired)"),
         ("logprob_per_token", "log π_base(y|x) per token − base (paired)"),
         ("num_tokens", "response tokens − base (paired)"),
     ):
@@ -392,6 +396,12 @@ def write_run_report(
             f"The judge gave every response the same score in round(s) "
             f"{', '.join(map(str, single))}: those win rates are all ties by construction and say "
             "nothing about the models; pass a stronger judge (--judge MODEL)."
+        )
+    if last.get("examples"):
+        from mipo.evaluate.sections import render_examples
+
+        render_examples(
+            report, last["examples"], heading=f"Examples — round {last['round']} vs base"
         )
     report.heading("Per-round reports")
     report.bullets(
