@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from results_md import replace_section
+from results_md import cpu_name, replace_section
 
 QUICK = {"train_steps": 2, "generate_rows": 16, "score_rows": 32, "repeats": 1}
 FULL = {"train_steps": 6, "generate_rows": 48, "score_rows": 128, "repeats": 2}
@@ -239,17 +239,6 @@ def _conclusion(rows: list[dict[str, Any]]) -> str:
     return "In this run: " + "; ".join(parts) + "."
 
 
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def write_section(rows: list[dict[str, Any]], quick: bool) -> None:
     from mipo.models import cpu_has_amx_bf16
 
@@ -259,7 +248,7 @@ def write_section(rows: list[dict[str, Any]], quick: bool) -> None:
             BEGIN,
             "Written by `benches/bench_malloc.py`"
             + (" --quick" if quick else "")
-            + f": {_cpu()}, {os.cpu_count()} cores, {amx}, glibc "
+            + f": {cpu_name()}, {os.cpu_count()} cores, {amx}, glibc "
             + platform.libc_ver()[1]
             + f". Each cell: best of {rows[0]['repeats']} fresh processes per side, the sides "
             "alternating. *Tuned*: `mipo._allocator`'s settings (mmap threshold 1 GiB, no heap "

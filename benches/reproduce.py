@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from results_md import replace_section
+from results_md import cpu_name, replace_section
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
@@ -374,17 +374,6 @@ def _precision(bf16: bool, amx: bool) -> str:
     return "bf16 on AMX" if amx else "bf16 on AVX-512 BF16"
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def render(
     args: argparse.Namespace,
     results: list[dict[str, Any]],
@@ -407,7 +396,7 @@ def render(
         begin,
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} with {os.cpu_count()} "
         f"cores ({torch.get_num_threads()} torch threads, "
-        f"{_precision(bf16_is_fast('cpu'), cpu_has_amx_bf16())}, CPU {_cpu_name()}), Python "
+        f"{_precision(bf16_is_fast('cpu'), cpu_has_amx_bf16())}, CPU {cpu_name()}), Python "
         f"{platform.python_version()}; this invocation's wall time {elapsed / 60:.1f} min (a "
         "configuration finished by an earlier invocation is resumed, and keeps the stage times it "
         "was measured with)"
