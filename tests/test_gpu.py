@@ -45,12 +45,11 @@ NO_BUILTIN = (
     "carry its 89 MiB wheel: tools/gpu_wheelhouse.py LEFT_OUT)"
 )
 
-# bf16 against fp32, per response: |log p_bf16 - log p_fp32| <= REL * |log p_fp32| + ABS nats.
-# bf16 keeps 8 significant bits (relative error 2**-9 per rounding); with fp32 log-softmax the
-# summed log-probability of a response moves by a few percent of itself at most (the CPU tier's
-# bound in tests/test_scoring.py). A PMI is a difference of two such sums: twice the bound.
-DRIFT_REL = 0.05
-DRIFT_ABS = 0.5
+# bf16 against fp32: |log p_bf16(y|x) - log p_fp32(y|x)| <= DRIFT_PER_TOKEN x tokens of y. bf16
+# keeps 8 significant bits; scored with an fp32 log-softmax, SmolLM2-135M's responses below move
+# by at most 0.56 nats over 18 tokens on a CPU with AMX (0.03 a token), its PMIs by at most
+# 0.9: the bound is three times that. A PMI is a difference of such sums: twice the bound.
+DRIFT_PER_TOKEN = 0.1
 
 CONTEXTS = [
     "I am a vegetarian runner training for a marathon.",
@@ -306,10 +305,9 @@ def test_scoring_and_pmi_in_bf16_stay_close_to_fp32(model: Any, device: str) -> 
     b = score_responses(bf16, prompts, ANSWERS, batch_size=4)
     assert a["num_tokens"].to_list() == b["num_tokens"].to_list()
     ref, low = a["logprob"].to_numpy(), b["logprob"].to_numpy()
-    assert (ref < 0).all() and (abs(low - ref) <= DRIFT_REL * abs(ref) + DRIFT_ABS).all(), (
-        ref,
-        low,
-    )
+    bound = DRIFT_PER_TOKEN * a["num_tokens"].to_numpy()
+    assert (ref < 0).all() and (abs(low - ref) <= bound).all(), (ref, low)
+    assert (low != ref).any()  # bf16 really computed: a silent fp32 load would drift by 0
 
     bare = [[{"role": "user", "content": q}] for q in QUESTIONS]
     kwargs = {"k": 3, "seed": 0, "contexts": CONTEXTS, "nocontext": bare, "batch_size": 4}
@@ -318,7 +316,7 @@ def test_scoring_and_pmi_in_bf16_stay_close_to_fp32(model: Any, device: str) -> 
     for column in ("pmi_random", "pmi_same_question", "pmi_context_drop"):
         x, y = p32[column].to_numpy(), p16[column].to_numpy()
         assert all(math.isfinite(v) for v in (*x, *y)), column
-        bound = 2 * (DRIFT_REL * abs(p32["logprob"].to_numpy()) + DRIFT_ABS)
+        bound = 2 * DRIFT_PER_TOKEN * p32["num_tokens"].to_numpy()
         assert (abs(x - y) <= bound).all(), (column, x, y)
 
 
