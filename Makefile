@@ -95,6 +95,14 @@ wheel: $(VENV)/.deps  ## Build the abi3 wheel into dist/
 	rm -f dist/mipo-*.whl
 	$(VENV)/bin/maturin build --release -q -o dist
 
+.PHONY: gpu-wheelhouse
+gpu-wheelhouse: $(VENV)/.deps  ## Wheels a lent GPU machine lacks (mipo's own included) into gpu-wheelhouse/, <= 60 MiB (docs/gpu.md)
+	PYTHON=$(PY) PATH=$(abspath $(VENV))/bin:$$PATH tools/gpu_check.sh build
+
+.PHONY: gpu-check
+gpu-check:  ## On the GPU machine: install gpu-wheelhouse/ offline, pytest -m gpu, throughput probe, results into OUT (docs/gpu.md)
+	tools/gpu_check.sh run
+
 .PHONY: clean
 clean:  ## Remove build outputs (keeps .venv)
 	cargo clean
