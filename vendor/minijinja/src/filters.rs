@@ -786,9 +786,9 @@ mod builtins {
         // and checks that the output can be paid for before it grows.
         fn charge_join(state: &State, output: &str, joiner: &str) -> Result<(), Error> {
             ok!(state.charge_items(1));
-            if !joiner.is_empty() {
-                ok!(state.ensure_bytes(output.len().saturating_add(joiner.len())));
-            }
+            // mipo patch: also with an empty joiner, the items alone can repeat
+            // one large string (`[s] * n | join`).
+            ok!(state.ensure_bytes(output.len().saturating_add(joiner.len())));
             Ok(())
         }
 

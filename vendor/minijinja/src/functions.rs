@@ -569,7 +569,10 @@ mod builtins {
                 ));
             }
         }
-        Ok(Value::from_object(ns))
+        // mipo patch: emptied when the render ends, see `register_namespace`.
+        let ns = std::sync::Arc::new(ns);
+        crate::vm::fuel::register_namespace(&ns);
+        Ok(Value::from_dyn_object(ns))
     }
 }
 

@@ -63,7 +63,10 @@ impl fmt::Debug for MergeSeq {
 }
 
 impl MergeSeq {
-    pub(crate) const MAX_DEPTH: usize = 32;
+    // mipo patch: 8 (was 32).  Every item of a lazy concatenation passes through
+    // each level of it when iterated, so deep chains make iteration slow for
+    // the fuel it costs; past this depth `+` materializes (and pays for it).
+    pub(crate) const MAX_DEPTH: usize = 8;
 
     #[cfg(feature = "builtins")]
     pub fn new(values: Vec<Value>) -> Self {

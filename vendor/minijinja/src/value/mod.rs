@@ -222,6 +222,7 @@ use serde::ser::SerializeTupleStruct;
 use crate::error::{Error, ErrorKind};
 use crate::functions;
 use crate::value::ops::as_f64;
+pub(crate) use crate::vm::fuel::{charge_native, native_visit, ITEM_COST};
 use crate::vm::State;
 
 pub use crate::value::argtypes::{
@@ -254,7 +255,7 @@ impl Object for StaticKeyMap {
 }
 
 #[macro_use]
-mod type_erase;
+pub(crate) mod type_erase;
 mod argtypes;
 #[cfg(feature = "serde")]
 mod deserialize;
@@ -643,6 +644,9 @@ impl fmt::Debug for ValueRepr {
             ValueRepr::Invalid(ref val) => write!(f, "<invalid value: {val}>"),
             ValueRepr::U128(val) => fmt::Debug::fmt(&{ val.0 }, f),
             ValueRepr::I128(val) => fmt::Debug::fmt(&{ val.0 }, f),
+            // mipo patch: strings are debug printed as the items of containers,
+            // charge their bytes (see `charge_native`).
+            ValueRepr::String(ref val, _) if !charge_native(val.len() as u64) => Ok(()),
             ValueRepr::String(ref val, _) => {
                 // with debug info size limits, long strings are truncated
                 #[cfg(feature = "debug")]
@@ -670,7 +674,8 @@ impl fmt::Debug for ValueRepr {
                 }
                 write!(f, "'")
             }
-            ValueRepr::Object(ref val) => val.render(f),
+            // mipo patch: charged and depth limited, see `native_visit`.
+            ValueRepr::Object(ref val) => native_visit(|| val.render(f)).unwrap_or(Ok(())),
         }
     }
 }
@@ -686,7 +691,8 @@ impl Hash for Value {
             ValueRepr::Bytes(ref b) => b.hash(state),
             ValueRepr::Object(ref d) => {
                 self.is_tuple().hash(state);
-                d.hash(state);
+                // mipo patch: charged and depth limited, see `native_visit`.
+                native_visit(|| d.hash(state));
             }
             ValueRepr::U64(_)
             | ValueRepr::I64(_)
@@ -721,72 +727,77 @@ impl PartialEq for Value {
                 Some(ops::CoerceResult::F64(a, b)) => a == b,
                 Some(ops::CoerceResult::I128(a, b)) => a == b,
                 Some(ops::CoerceResult::Str(a, b)) => a == b,
-                None => {
-                    if let (Some(a), Some(b)) = (self.as_object(), other.as_object()) {
-                        if self.is_tuple() != other.is_tuple() {
-                            return false;
-                        }
-                        if a.is_same_object(b) {
-                            return true;
-                        } else if a.is_same_object_type(b) {
-                            if let Some(rv) = a.custom_cmp(b) {
-                                return rv == Ordering::Equal;
-                            }
-                        }
-                        match (a.repr(), b.repr()) {
-                            (ObjectRepr::Map, ObjectRepr::Map) => {
-                                // only if we have known lengths can we compare the enumerators
-                                // ahead of time.  This function has a fallback for when a
-                                // map has an unknown length.  That's generally a bad idea, but
-                                // it makes sense supporting regardless as silent failures are
-                                // not a lot of fun.
-                                let mut need_length_fallback = true;
-                                if let (Some(a_len), Some(b_len)) =
-                                    (a.enumerator_len(), b.enumerator_len())
-                                {
-                                    if a_len != b_len {
-                                        return false;
-                                    }
-                                    need_length_fallback = false;
-                                }
-                                let mut a_count = 0;
-                                if !a.try_iter_pairs().is_some_and(|mut ak| {
-                                    ak.all(|(k, v1)| {
-                                        a_count += 1;
-                                        b.get_value(&k) == Some(v1)
-                                    })
-                                }) {
-                                    return false;
-                                }
-                                if !need_length_fallback {
-                                    true
-                                } else {
-                                    a_count == b.try_iter().map_or(0, |x| x.count())
-                                }
-                            }
-                            (
-                                ObjectRepr::Seq | ObjectRepr::Iterable,
-                                ObjectRepr::Seq | ObjectRepr::Iterable,
-                            ) => {
-                                if let (Some(ak), Some(bk)) = (a.try_iter(), b.try_iter()) {
-                                    ak.eq(bk)
-                                } else {
-                                    false
-                                }
-                            }
-                            // terrible fallback for plain objects
-                            (ObjectRepr::Plain, ObjectRepr::Plain) => {
-                                a.to_string() == b.to_string()
-                            }
-                            // should not happen
-                            (_, _) => false,
-                        }
-                    } else {
-                        false
-                    }
-                }
+                // mipo patch: charged and depth limited, see `native_visit`.
+                None => native_visit(|| eq_objects(self, other)).unwrap_or(false),
             },
         }
+    }
+}
+
+/// `==` of two values that are not coerced to numbers or strings (mipo patch:
+/// moved out of `eq` so that it can be charged, see `native_visit`).
+fn eq_objects(this: &Value, other: &Value) -> bool {
+    let (Some(a), Some(b)) = (this.as_object(), other.as_object()) else {
+        return false;
+    };
+    if this.is_tuple() != other.is_tuple() {
+        return false;
+    }
+    if a.is_same_object(b) {
+        return true;
+    } else if a.is_same_object_type(b) {
+        if let Some(rv) = a.custom_cmp(b) {
+            return rv == Ordering::Equal;
+        }
+    }
+    match (a.repr(), b.repr()) {
+        (ObjectRepr::Map, ObjectRepr::Map) => {
+            // only if we have known lengths can we compare the enumerators
+            // ahead of time.  This function has a fallback for when a
+            // map has an unknown length.  That's generally a bad idea, but
+            // it makes sense supporting regardless as silent failures are
+            // not a lot of fun.
+            let mut need_length_fallback = true;
+            if let (Some(a_len), Some(b_len)) = (a.enumerator_len(), b.enumerator_len()) {
+                if a_len != b_len {
+                    return false;
+                }
+                need_length_fallback = false;
+            }
+            let mut a_count = 0;
+            if !a.try_iter_pairs().is_some_and(|mut ak| {
+                ak.all(|(k, v1)| {
+                    a_count += 1;
+                    charge_native(ITEM_COST) && b.get_value(&k) == Some(v1)
+                })
+            }) {
+                return false;
+            }
+            if !need_length_fallback {
+                true
+            } else {
+                a_count == b.try_iter().map_or(0, |x| x.count())
+            }
+        }
+        (ObjectRepr::Seq | ObjectRepr::Iterable, ObjectRepr::Seq | ObjectRepr::Iterable) => {
+            let (Some(mut ak), Some(mut bk)) = (a.try_iter(), b.try_iter()) else {
+                return false;
+            };
+            loop {
+                if !charge_native(ITEM_COST) {
+                    return false;
+                }
+                match (ak.next(), bk.next()) {
+                    (None, None) => return true,
+                    (Some(x), Some(y)) if x == y => {}
+                    _ => return false,
+                }
+            }
+        }
+        // terrible fallback for plain objects
+        (ObjectRepr::Plain, ObjectRepr::Plain) => a.to_string() == b.to_string(),
+        // should not happen
+        (_, _) => false,
     }
 }
 
@@ -925,51 +936,55 @@ impl Ord for Value {
                         return cmp_uncoercible_numbers(self, other);
                     }
 
-                    let a = self.as_object().unwrap();
-                    let b = other.as_object().unwrap();
-
-                    match self.is_tuple().cmp(&other.is_tuple()) {
-                        Ordering::Equal => {}
-                        rv => return rv,
-                    }
-
-                    if a.is_same_object(b) {
-                        Ordering::Equal
-                    } else {
-                        // if there is a custom comparison, run it.
-                        if a.is_same_object_type(b) {
-                            if let Some(rv) = a.custom_cmp(b) {
-                                return rv;
-                            }
-                        }
-                        match (a.repr(), b.repr()) {
-                            (ObjectRepr::Map, ObjectRepr::Map) => {
-                                // This is not really correct.  Because the keys can be in arbitrary
-                                // order this could just sort really weirdly as a result.  However
-                                // we don't want to pay the cost of actually sorting the keys for
-                                // ordering so we just accept this for now.
-                                match (a.try_iter_pairs(), b.try_iter_pairs()) {
-                                    (Some(a), Some(b)) => a.cmp(b),
-                                    _ => unreachable!(),
-                                }
-                            }
-                            (
-                                ObjectRepr::Seq | ObjectRepr::Iterable,
-                                ObjectRepr::Seq | ObjectRepr::Iterable,
-                            ) => match (a.try_iter(), b.try_iter()) {
-                                (Some(a), Some(b)) => a.cmp(b),
-                                _ => unreachable!(),
-                            },
-                            // terrible fallback for plain objects
-                            (ObjectRepr::Plain, ObjectRepr::Plain) => {
-                                a.to_string().cmp(&b.to_string())
-                            }
-                            // should not happen
-                            (_, _) => unreachable!(),
-                        }
-                    }
+                    // mipo patch: charged and depth limited, see `native_visit`.
+                    native_visit(|| cmp_objects(self, other)).unwrap_or(Ordering::Equal)
                 }
             },
+        }
+    }
+}
+
+/// Orders two values that are not coerced to numbers or strings (mipo patch:
+/// moved out of `cmp` so that it can be charged, see `native_visit`).
+fn cmp_objects(this: &Value, other: &Value) -> Ordering {
+    let a = this.as_object().unwrap();
+    let b = other.as_object().unwrap();
+
+    match this.is_tuple().cmp(&other.is_tuple()) {
+        Ordering::Equal => {}
+        rv => return rv,
+    }
+
+    if a.is_same_object(b) {
+        Ordering::Equal
+    } else {
+        // if there is a custom comparison, run it.
+        if a.is_same_object_type(b) {
+            if let Some(rv) = a.custom_cmp(b) {
+                return rv;
+            }
+        }
+        match (a.repr(), b.repr()) {
+            (ObjectRepr::Map, ObjectRepr::Map) => {
+                // This is not really correct.  Because the keys can be in arbitrary
+                // order this could just sort really weirdly as a result.  However
+                // we don't want to pay the cost of actually sorting the keys for
+                // ordering so we just accept this for now.
+                match (a.try_iter_pairs(), b.try_iter_pairs()) {
+                    (Some(a), Some(b)) => a.take_while(|_| charge_native(ITEM_COST)).cmp(b),
+                    _ => unreachable!(),
+                }
+            }
+            (ObjectRepr::Seq | ObjectRepr::Iterable, ObjectRepr::Seq | ObjectRepr::Iterable) => {
+                match (a.try_iter(), b.try_iter()) {
+                    (Some(a), Some(b)) => a.take_while(|_| charge_native(ITEM_COST)).cmp(b),
+                    _ => unreachable!(),
+                }
+            }
+            // terrible fallback for plain objects
+            (ObjectRepr::Plain, ObjectRepr::Plain) => a.to_string().cmp(&b.to_string()),
+            // should not happen
+            (_, _) => unreachable!(),
         }
     }
 }
@@ -1007,7 +1022,8 @@ impl fmt::Display for Value {
             ValueRepr::SmallStr(ref val) => write!(f, "{}", val.as_str()),
             ValueRepr::Bytes(ref val) => write!(f, "{}", String::from_utf8_lossy(val)),
             ValueRepr::U128(val) => write!(f, "{}", { val.0 }),
-            ValueRepr::Object(ref x) => write!(f, "{x}"),
+            // mipo patch: charged and depth limited, see `native_visit`.
+            ValueRepr::Object(ref x) => native_visit(|| write!(f, "{x}")).unwrap_or(Ok(())),
         }
     }
 }

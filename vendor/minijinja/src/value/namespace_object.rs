@@ -29,4 +29,13 @@ impl Namespace {
     pub(crate) fn set_value(&self, key: &str, value: Value) {
         self.data.lock().unwrap().insert(key.into(), value);
     }
+
+    /// Removes every attribute (mipo patch, see `register_namespace`).
+    pub(crate) fn clear(&self) {
+        let data = match self.data.lock() {
+            Ok(mut data) => std::mem::take(&mut *data),
+            Err(_) => return,
+        };
+        drop(data);
+    }
 }

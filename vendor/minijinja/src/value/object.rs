@@ -306,6 +306,10 @@ fn default_render(obj: &DynObject, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         ObjectRepr::Map => render_container(f, "{...}", |f| {
             let mut dbg = f.debug_map();
             for (idx, (key, value)) in obj.try_iter_pairs().into_iter().flatten().enumerate() {
+                // mipo patch: every item printed is charged, see `charge_native`.
+                if !crate::value::charge_native(crate::value::ITEM_COST) {
+                    break;
+                }
                 if is_over_item_limit(idx) {
                     let count = obj.enumerator_len().map(|x| x - idx);
                     dbg.entry(&OmittedKey, &Omitted { count, prefix: "" });
@@ -322,6 +326,10 @@ fn default_render(obj: &DynObject, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             render_container(f, "[...]", |f| {
                 let mut dbg = f.debug_list();
                 for (idx, value) in obj.try_iter().into_iter().flatten().enumerate() {
+                    // mipo patch: every item printed is charged, see `charge_native`.
+                    if !crate::value::charge_native(crate::value::ITEM_COST) {
+                        break;
+                    }
                     if is_over_item_limit(idx) {
                         let count = obj.enumerator_len().map(|x| x - idx);
                         dbg.entry(&Omitted {
@@ -955,6 +963,10 @@ impl Hash for DynObject {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         if let Some(iter) = self.try_iter_pairs() {
             for (key, value) in iter {
+                // mipo patch: every item hashed is charged, see `charge_native`.
+                if !crate::value::charge_native(crate::value::ITEM_COST) {
+                    break;
+                }
                 key.hash(state);
                 value.hash(state);
             }

@@ -901,6 +901,21 @@ pub(crate) fn binop_alloc_estimate(op: &str, lhs: &Value, rhs: &Value) -> u64 {
             _ if lhs.is_tuple() && rhs.is_tuple() => (lhs.len().unwrap_or(0) as u64)
                 .saturating_add(rhs.len().unwrap_or(0) as u64)
                 .saturating_mul(SLOT_COST),
+            // mipo patch: `+` of two sequences stays lazy (free) until the chain is
+            // deeper than `MergeSeq::MAX_DEPTH`; then `add` materializes it (sized)
+            // or flattens it (unsized), and a sequence added to itself in a loop
+            // doubles each time: pay for the items first.
+            _ if op == "add"
+                && matches!(lhs.kind(), ValueKind::Seq | ValueKind::Iterable)
+                && matches!(rhs.kind(), ValueKind::Seq | ValueKind::Iterable)
+                && MergeSeq::depth_for_values(&[lhs.clone(), rhs.clone()])
+                    > MergeSeq::MAX_DEPTH =>
+            {
+                match seq_concat_len(lhs, rhs) {
+                    Some(len) => (len as u64).saturating_mul(SLOT_COST),
+                    None => u64::MAX,
+                }
+            }
             _ => 0,
         },
         _ => 0,

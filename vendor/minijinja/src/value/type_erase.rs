@@ -128,7 +128,8 @@ macro_rules! type_erase {
 
             impl Drop for $erased_t_name {
                 fn drop(&mut self) {
-                    (vt(self).__decref)(self.ptr);
+                    // mipo patch: iterative, see `deferred_decref`.
+                    $crate::value::type_erase::deferred_decref(self.ptr, vt(self).__decref);
                 }
             }
 
@@ -149,4 +150,61 @@ macro_rules! type_erase {
             )*
         };
     };
+}
+
+// mipo patch: dropping the last reference to a container drops its items, and
+// a template can nest containers (`{% set ns.x = [ns.x] %}` in a loop) deeper
+// than the native stack can recurse.  A drop that happens while another one
+// runs on the same thread is queued instead, and the outermost drop runs the
+// queue, so dropping a value never recurses more than one level.
+
+type Decref = fn(*const ());
+
+thread_local! {
+    static DROPPING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static PENDING: std::cell::RefCell<Vec<(usize, Decref)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Releases one reference (`decref(ptr)`), iteratively (see above).
+pub(crate) fn deferred_decref(ptr: *const (), decref: Decref) {
+    let nested = DROPPING.try_with(|d| d.replace(true)).ok();
+    match nested {
+        // thread locals are gone (thread exit): drop in place
+        None => decref(ptr),
+        Some(true) => {
+            let queued = PENDING
+                .try_with(|p| match p.try_borrow_mut() {
+                    Ok(mut p) => {
+                        p.push((ptr as usize, decref));
+                        true
+                    }
+                    Err(_) => false,
+                })
+                .unwrap_or(false);
+            if !queued {
+                decref(ptr);
+            }
+        }
+        Some(false) => {
+            struct Reset;
+            impl Drop for Reset {
+                fn drop(&mut self) {
+                    let _ = DROPPING.try_with(|d| d.set(false));
+                }
+            }
+            let _reset = Reset;
+            decref(ptr);
+            loop {
+                let next = PENDING
+                    .try_with(|p| p.borrow_mut().pop())
+                    .ok()
+                    .flatten();
+                match next {
+                    Some((ptr, decref)) => decref(ptr as *const ()),
+                    None => break,
+                }
+            }
+        }
+    }
 }

@@ -23,10 +23,13 @@
 //! Once the fuel runs out, the tracker stays exhausted: every later charge
 //! fails.  That way code that cannot propagate an error directly (such as an
 //! iterator) can stop early and the engine fails at the next check.
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Weak};
 
 use crate::compiler::instructions::Instruction;
 use crate::error::{Error, ErrorKind};
+use crate::value::namespace_object::Namespace;
 use crate::value::{Value, ValueMap, ValueRepr};
 
 /// The internal resolution of fuel.
@@ -63,8 +66,25 @@ pub(crate) const FORMAT_SPEC_COST: u64 = 4 * UNITS_PER_FUEL;
 pub(crate) struct FuelTracker {
     // The initial fuel level.
     initial: u64,
-    // The remaining fuel in units.
-    remaining: Cell<i64>,
+    // The remaining fuel in units.  (mipo patch: shared with the native scope of the
+    // render, see `NativeFuelScope`; only ever touched by the rendering thread.)
+    remaining: Level,
+}
+
+/// The remaining fuel of a render, shared between its tracker and the native scope.
+#[derive(Clone)]
+struct Level(Arc<AtomicI64>);
+
+impl Level {
+    #[inline]
+    fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn set(&self, value: i64) {
+        self.0.store(value, Ordering::Relaxed)
+    }
 }
 
 impl FuelTracker {
@@ -72,9 +92,26 @@ impl FuelTracker {
     pub fn new(fuel: u64) -> FuelTracker {
         FuelTracker {
             initial: fuel,
-            remaining: Cell::new(
+            remaining: Level(Arc::new(AtomicI64::new(
                 i64::try_from(fuel.saturating_mul(UNITS_PER_FUEL)).unwrap_or(i64::MAX),
-            ),
+            ))),
+        }
+    }
+
+    /// Makes this tracker pay for the native work done on this thread until the
+    /// returned scope is dropped (mipo patch, see [`charge_native`]).
+    pub fn enter_native_scope(&self) -> NativeFuelScope {
+        let owns_namespaces = NAMESPACES.with(|x| {
+            let mut x = x.borrow_mut();
+            let owns = x.is_none();
+            if owns {
+                *x = Some(Vec::new());
+            }
+            owns
+        });
+        NativeFuelScope {
+            prev: NATIVE_FUEL.with(|x| x.replace(Some(self.remaining.clone()))),
+            owns_namespaces,
         }
     }
 
@@ -136,6 +173,126 @@ impl FuelTracker {
     pub fn consumed(&self) -> u64 {
         self.initial.saturating_sub(self.remaining())
     }
+}
+
+// --- mipo patch: native work on values ---------------------------------------
+//
+// Printing, comparing and hashing a value walks it natively, and a template can
+// build values whose walk costs far more than building them did: a list that
+// holds the same list twice, forty levels deep, is built with forty
+// instructions and prints 2^40 items.  While a render runs, such walks charge
+// every value they visit to the render's fuel ([`charge_native`]) and are cut
+// short once it is exhausted; the render then fails with `OutOfFuel` at its
+// next charge (the tracker stays exhausted).  Their recursion is also bounded
+// ([`MAX_NATIVE_DEPTH`]) so that deeply nested values cannot overflow the
+// stack.  Outside a render (no scope), nothing changes.
+
+thread_local! {
+    static NATIVE_FUEL: RefCell<Option<Level>> = const { RefCell::new(None) };
+    static NATIVE_DEPTH: Cell<usize> = const { Cell::new(0) };
+    static NAMESPACES: RefCell<Option<Vec<Weak<Namespace>>>> = const { RefCell::new(None) };
+}
+
+/// Namespaces are the only values a template can change after creating them,
+/// so every reference cycle (`{% set ns.me = ns %}`) runs through one, and a
+/// cycle is never freed.  The namespaces created while a render runs are
+/// emptied when it ends, which frees what the render built whatever cycles it
+/// made.  (The `State` a render returns then shows them empty.)
+pub(crate) fn register_namespace(ns: &Arc<Namespace>) {
+    let _ = NAMESPACES.try_with(|x| {
+        if let Some(ref mut list) = *x.borrow_mut() {
+            list.push(Arc::downgrade(ns));
+        }
+    });
+}
+
+/// Deepest nesting a native walk (printing, comparing, hashing) descends into.
+pub(crate) const MAX_NATIVE_DEPTH: usize = 500;
+
+/// Restores the previous native scope when dropped; the outermost one also
+/// empties the namespaces of the render (see [`register_namespace`]).
+pub(crate) struct NativeFuelScope {
+    prev: Option<Level>,
+    owns_namespaces: bool,
+}
+
+impl Drop for NativeFuelScope {
+    fn drop(&mut self) {
+        let prev = self.prev.take();
+        let _ = NATIVE_FUEL.try_with(|x| x.replace(prev));
+        if self.owns_namespaces {
+            let namespaces = NAMESPACES
+                .try_with(|x| x.borrow_mut().take())
+                .ok()
+                .flatten();
+            for ns in namespaces.into_iter().flatten() {
+                if let Some(ns) = ns.upgrade() {
+                    ns.clear();
+                }
+            }
+        }
+    }
+}
+
+/// Charges `units` of native work to the render running on this thread.
+///
+/// Returns `false` once its fuel is exhausted (the caller stops its walk);
+/// always `true` outside a render.
+#[inline]
+pub(crate) fn charge_native(units: u64) -> bool {
+    NATIVE_FUEL
+        .try_with(|x| match *x.borrow() {
+            Some(ref level) => {
+                let remaining = level
+                    .get()
+                    .saturating_sub(i64::try_from(units).unwrap_or(i64::MAX));
+                level.set(remaining);
+                remaining > 0
+            }
+            None => true,
+        })
+        .unwrap_or(true)
+}
+
+/// Exhausts the fuel of the render running on this thread (if any).
+fn exhaust_native() {
+    let _ = NATIVE_FUEL.try_with(|x| {
+        if let Some(ref level) = *x.borrow() {
+            level.set(0);
+        }
+    });
+}
+
+/// Charges one visited value and runs `f` one nesting level deeper.
+///
+/// Returns `None` (and exhausts the fuel) if the fuel is exhausted or the walk
+/// is nested deeper than [`MAX_NATIVE_DEPTH`]; outside a render this only
+/// counts the depth.
+#[inline]
+pub(crate) fn native_visit<R>(f: impl FnOnce() -> R) -> Option<R> {
+    if !charge_native(ITEM_COST) {
+        return None;
+    }
+    let in_render = NATIVE_FUEL
+        .try_with(|x| x.borrow().is_some())
+        .unwrap_or(false);
+    if !in_render {
+        return Some(f());
+    }
+    let depth = NATIVE_DEPTH.with(|d| d.get());
+    if depth >= MAX_NATIVE_DEPTH {
+        exhaust_native();
+        return None;
+    }
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            NATIVE_DEPTH.with(|d| d.set(self.0));
+        }
+    }
+    NATIVE_DEPTH.with(|d| d.set(depth + 1));
+    let _restore = Restore(depth);
+    Some(f())
 }
 
 /// Does an instruction consume fuel?

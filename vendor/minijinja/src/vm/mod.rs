@@ -160,6 +160,13 @@ impl<'env> Executor<'env> {
             #[cfg(feature = "multi_template")]
             prepare_blocks(_blocks),
         );
+        // mipo patch: native walks of values (printing, comparing, hashing)
+        // done while this render runs are charged to its fuel.
+        #[cfg(feature = "fuel")]
+        let _native_scope = state
+            .fuel_tracker
+            .as_ref()
+            .map(|tracker| tracker.enter_native_scope());
         Self::eval_state(&mut state, out).map(|x| (x, state))
     }
 
