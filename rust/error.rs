@@ -19,6 +19,9 @@ pub enum EngineError {
     /// A chat template is missing, does not compile, or raised while rendering.
     #[error("{0}")]
     Template(String),
+    /// Rendering a chat template cost more than its limits allow (fuel or output size).
+    #[error("{0}")]
+    TemplateLimit(String),
     /// No derangement satisfying the constraints exists.
     #[error("{0}")]
     Derangement(String),
@@ -35,6 +38,7 @@ impl EngineError {
             EngineError::InvalidInput(_) => "InvalidInputError",
             EngineError::Tokenizer(_) => "TokenizerError",
             EngineError::Template(_) => "TemplateError",
+            EngineError::TemplateLimit(_) => "TemplateLimitError",
             EngineError::Derangement(_) => "DerangementError",
             EngineError::Io(_) => "EngineIOError",
         }

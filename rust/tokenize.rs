@@ -11,6 +11,7 @@
 //! result does not depend on the thread count.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use minijinja::value::Value;
 use rayon::prelude::*;
@@ -19,12 +20,14 @@ use tokenizers::Tokenizer;
 use crate::error::{EngineError, Result};
 
 pub mod fast;
+#[cfg(test)]
+mod hostile;
 pub mod pyjson;
 pub mod template;
 
 use fast::FastEncoder;
 
-pub use template::ChatTemplate;
+pub use template::{ChatTemplate, TemplateLimits};
 
 /// One chat message, borrowed from the caller's columns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +172,8 @@ pub struct ChatTokenizer {
     tokenizer: Tokenizer,
     template_source: Option<String>,
     template: Option<ChatTemplate>,
+    /// Names the template in errors (where it was read from).
+    template_origin: String,
     special: SpecialTokens,
     /// Template variables shared by every row (special tokens, `tools`, `documents`).
     base_context: Vec<(&'static str, Value)>,
@@ -221,9 +226,23 @@ impl ChatTokenizer {
         chat_template: Option<String>,
         special: SpecialTokens,
     ) -> Result<Self> {
+        Self::with_origin(
+            tokenizer,
+            chat_template,
+            special,
+            "the chat template".into(),
+        )
+    }
+
+    fn with_origin(
+        tokenizer: Tokenizer,
+        chat_template: Option<String>,
+        special: SpecialTokens,
+        template_origin: String,
+    ) -> Result<Self> {
         let template = chat_template
             .as_deref()
-            .map(ChatTemplate::new)
+            .map(|t| ChatTemplate::with_limits(t, &template_origin, TemplateLimits::default()))
             .transpose()?;
         let mut base_context: Vec<(&'static str, Value)> = special
             .entries()
@@ -237,6 +256,7 @@ impl ChatTokenizer {
             tokenizer,
             template_source: chat_template,
             template,
+            template_origin,
             special,
             base_context,
             fast,
@@ -252,6 +272,25 @@ impl ChatTokenizer {
             None
         };
         self
+    }
+
+    /// Render with `limits` instead of [`TemplateLimits::default`] (recompiles the template).
+    pub fn with_template_limits(mut self, limits: TemplateLimits) -> Result<Self> {
+        if let Some(source) = &self.template_source {
+            self.template = Some(ChatTemplate::with_limits(
+                source,
+                &self.template_origin,
+                limits,
+            )?);
+        }
+        Ok(self)
+    }
+
+    /// The limits each render runs under (the defaults when there is no template).
+    pub fn template_limits(&self) -> TemplateLimits {
+        self.template
+            .as_ref()
+            .map_or_else(TemplateLimits::default, ChatTemplate::limits)
     }
 
     /// Whether texts are encoded through the pre-token cache ([`fast`]).
@@ -302,26 +341,37 @@ impl ChatTokenizer {
             }
         }
 
-        let template = match chat_template {
-            Some(t) => Some(t.to_string()),
+        let (template, origin) = match chat_template {
+            Some(t) => (
+                Some(t.to_string()),
+                "the chat template passed explicitly".to_string(),
+            ),
             None => {
                 let jinja_path = dir.join("chat_template.jinja");
                 if jinja_path.is_file() {
-                    Some(std::fs::read_to_string(&jinja_path).map_err(|e| {
+                    let source = std::fs::read_to_string(&jinja_path).map_err(|e| {
                         EngineError::Template(format!(
                             "cannot read {}: {e}; check the file's permissions and that it is UTF-8",
                             jinja_path.display()
                         ))
-                    })?)
+                    })?;
+                    (
+                        Some(source),
+                        format!("the chat template {}", jinja_path.display()),
+                    )
                 } else {
-                    match &config {
+                    let source = match &config {
                         Some(c) => template_from_config(c, &config_path)?,
                         None => None,
-                    }
+                    };
+                    (
+                        source,
+                        format!("the chat template of {}", config_path.display()),
+                    )
                 }
             }
         };
-        ChatTokenizer::new(tokenizer, template, special)
+        ChatTokenizer::with_origin(tokenizer, template, special, origin)
     }
 
     pub fn chat_template(&self) -> Option<&str> {
@@ -400,10 +450,15 @@ impl ChatTokenizer {
         add_generation_prompt: bool,
     ) -> Result<Vec<String>> {
         self.template()?;
+        let stop = FirstFailure::default();
         first_error(
             (0..conversations.len())
                 .into_par_iter()
-                .map(|i| self.render_one(conversations.get(i), add_generation_prompt, i))
+                .map(|i| {
+                    stop.run(i, || {
+                        self.render_one(conversations.get(i), add_generation_prompt, i)
+                    })
+                })
                 .collect(),
         )
     }
@@ -415,12 +470,16 @@ impl ChatTokenizer {
         add_generation_prompt: bool,
     ) -> Result<Vec<Vec<u32>>> {
         self.template()?;
+        let stop = FirstFailure::default();
         first_error(
             (0..conversations.len())
                 .into_par_iter()
                 .map(|i| {
-                    let text = self.render_one(conversations.get(i), add_generation_prompt, i)?;
-                    self.encode_one(&text, false, i)
+                    stop.run(i, || {
+                        let text =
+                            self.render_one(conversations.get(i), add_generation_prompt, i)?;
+                        self.encode_one(&text, false, i)
+                    })
                 })
                 .collect(),
         )
@@ -445,6 +504,33 @@ impl ChatTokenizer {
 /// The error of the lowest failing row, so errors are deterministic under parallelism.
 fn first_error<T>(results: Vec<Result<T>>) -> Result<Vec<T>> {
     results.into_iter().collect()
+}
+
+/// Skips the rows after the lowest row that failed so far: a template that fails every row
+/// (e.g. by running out of fuel) costs a few renders, not one per row. The lowest failing row
+/// itself always runs (only rows above a failure are skipped), so [`first_error`] still
+/// reports it, whatever the thread count.
+#[derive(Debug)]
+struct FirstFailure(AtomicUsize);
+
+impl Default for FirstFailure {
+    fn default() -> Self {
+        FirstFailure(AtomicUsize::new(usize::MAX))
+    }
+}
+
+impl FirstFailure {
+    fn run<T>(&self, row: usize, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if row > self.0.load(Ordering::Relaxed) {
+            // Never reported: a lower row failed.
+            return Err(EngineError::Template(String::new()));
+        }
+        let result = f();
+        if result.is_err() {
+            self.0.fetch_min(row, Ordering::Relaxed);
+        }
+        result
+    }
 }
 
 fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {

@@ -69,10 +69,17 @@ class ChatTokenizer:
 
     @staticmethod
     def from_dir(
-        path: str, chat_template: str | None = None, pretoken_cache: bool = True
+        path: str,
+        chat_template: str | None = None,
+        pretoken_cache: bool = True,
+        template_fuel: int | None = None,
+        template_max_bytes: int | None = None,
     ) -> ChatTokenizer: ...
     @property
     def pretoken_cache(self) -> bool: ...
+    @property
+    def template_limits(self) -> tuple[int, int]:
+        """``(fuel, max_bytes)`` of one render."""
     @property
     def chat_template(self) -> str | None: ...
     @property

@@ -35,6 +35,7 @@ __all__ = [
     "engine_info",
     "normalize",
     "stratified_derangement",
+    "template_limits_from_env",
 ]
 
 
@@ -246,6 +247,34 @@ class Deduper:
 
 # --- chat templates + tokenization -----------------------------------------------------------
 
+TEMPLATE_FUEL_ENV = "MIPO_TEMPLATE_FUEL"
+"""Fuel of one chat-template render (the engine's default: 1,000,000)."""
+TEMPLATE_MAX_BYTES_ENV = "MIPO_TEMPLATE_MAX_BYTES"
+"""Longest prompt (and printed, serialized, formatted or joined value) of one render (4 MiB)."""
+
+
+def template_limits_from_env() -> tuple[int | None, int | None]:
+    """``(fuel, max_bytes)`` from ``MIPO_TEMPLATE_FUEL`` / ``MIPO_TEMPLATE_MAX_BYTES`` (None
+    where unset: the engine's defaults). A value that is not a positive integer raises
+    :class:`~mipo.errors.InvalidParameterError` naming the variable.
+
+    >>> template_limits_from_env()  # doctest: +SKIP
+    (None, None)
+    """
+    limits: list[int | None] = []
+    for name in (TEMPLATE_FUEL_ENV, TEMPLATE_MAX_BYTES_ENV):
+        raw = os.environ.get(name, "").strip().replace("_", "")
+        if not raw:
+            limits.append(None)
+            continue
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) < 2**63:
+            raise InvalidParameterError(
+                f"{name} must be a positive integer, got {os.environ[name]!r}; unset it for the "
+                "default or give a number such as 10000000"
+            )
+        limits.append(int(raw))
+    return limits[0], limits[1]
+
 
 class ChatTokenizer:
     """A model's tokenizer and chat template, rendered and encoded natively in parallel.
@@ -272,6 +301,8 @@ class ChatTokenizer:
         chat_template: str | None = None,
         *,
         pretoken_cache: bool = True,
+        template_fuel: int | None = None,
+        template_max_bytes: int | None = None,
     ) -> ChatTokenizer:
         """Load from a model folder (``tokenizer.json`` + template); ``chat_template`` overrides.
 
@@ -279,9 +310,27 @@ class ChatTokenizer:
         :meth:`encode_chat` then raise :class:`~mipo.errors.TemplateError`.
         ``pretoken_cache=False`` encodes every text with the tokenizers crate instead of the
         engine's pre-token cache (the ids are the same; for comparisons and bisecting).
+
+        The template is untrusted code, so each render is bounded: ``template_fuel`` (one per
+        template instruction and per 64 bytes it builds; default ``$MIPO_TEMPLATE_FUEL`` or
+        1,000,000) and ``template_max_bytes`` (the longest prompt, and the longest value it may
+        print, serialize, format or join; default ``$MIPO_TEMPLATE_MAX_BYTES`` or 4 MiB). Going
+        over either raises :class:`~mipo.errors.TemplateLimitError` naming the row.
         """
-        native = _engine.ChatTokenizer.from_dir(str(Path(path)), chat_template, pretoken_cache)
+        fuel, max_bytes = template_limits_from_env()
+        if template_fuel is not None:
+            fuel = _integer(template_fuel, "template_fuel", 2**63 - 1)
+        if template_max_bytes is not None:
+            max_bytes = _integer(template_max_bytes, "template_max_bytes", 2**63 - 1)
+        native = _engine.ChatTokenizer.from_dir(
+            str(Path(path)), chat_template, pretoken_cache, fuel, max_bytes
+        )
         return cls(native)
+
+    @property
+    def template_limits(self) -> tuple[int, int]:
+        """``(fuel, max_bytes)``: what rendering one conversation may cost."""
+        return self._native.template_limits
 
     @property
     def pretoken_cache(self) -> bool:

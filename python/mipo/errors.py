@@ -37,6 +37,11 @@ class TemplateError(EngineError):
     """A chat template is missing, does not compile, or raised while rendering."""
 
 
+class TemplateLimitError(TemplateError):
+    """Rendering a chat template cost more than its limits allow (``MIPO_TEMPLATE_FUEL``,
+    ``MIPO_TEMPLATE_MAX_BYTES``)."""
+
+
 class DerangementError(EngineError, ValueError):
     """No derangement satisfying the constraints exists."""
 
@@ -91,5 +96,6 @@ __all__ = [
     "ModelError",
     "OutputError",
     "TemplateError",
+    "TemplateLimitError",
     "TokenizerError",
 ]

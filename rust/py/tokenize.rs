@@ -17,7 +17,7 @@ use pyo3_arrow::{PyArray, PyChunkedArray};
 use super::arrow::{chunked_str_values, require_non_null, str_values, u32_array};
 use super::errors::IntoPyResult;
 use crate::error::{EngineError, Result};
-use crate::tokenize::{ChatTokenizer, Conversations, Message};
+use crate::tokenize::{ChatTokenizer, Conversations, Message, TemplateLimits};
 
 /// A model's tokenizer and chat template; renders and encodes Arrow columns in parallel.
 #[pyclass(name = "ChatTokenizer", module = "mipo._engine", frozen)]
@@ -29,20 +29,35 @@ pub struct PyChatTokenizer {
 impl PyChatTokenizer {
     /// Load `tokenizer.json`, the chat template and the special tokens from a model folder;
     /// `chat_template` (a Jinja source) overrides the folder's template; `pretoken_cache=False`
-    /// sends every text through the tokenizers crate (same ids, slower).
+    /// sends every text through the tokenizers crate (same ids, slower); `template_fuel` and
+    /// `template_max_bytes` bound each render (None: the engine's defaults).
     #[staticmethod]
-    #[pyo3(signature = (path, chat_template=None, pretoken_cache=true))]
+    #[pyo3(signature = (path, chat_template=None, pretoken_cache=true, template_fuel=None, template_max_bytes=None))]
     fn from_dir(
         py: Python<'_>,
         path: &str,
         chat_template: Option<&str>,
         pretoken_cache: bool,
+        template_fuel: Option<u64>,
+        template_max_bytes: Option<usize>,
     ) -> PyResult<Self> {
+        let limits = TemplateLimits::new(
+            template_fuel.unwrap_or(TemplateLimits::DEFAULT_FUEL),
+            template_max_bytes.unwrap_or(TemplateLimits::DEFAULT_MAX_BYTES),
+        )
+        .py_err()?;
         let inner = py
-            .detach(|| ChatTokenizer::from_dir(path, chat_template))
+            .detach(|| ChatTokenizer::from_dir(path, chat_template)?.with_template_limits(limits))
             .py_err()?
             .with_pretoken_cache(pretoken_cache);
         Ok(PyChatTokenizer { inner })
+    }
+
+    /// `(fuel, max_bytes)`: what one render may cost.
+    #[getter]
+    fn template_limits(&self) -> (u64, usize) {
+        let limits = self.inner.template_limits();
+        (limits.fuel, limits.max_bytes)
     }
 
     /// Whether texts are encoded through the engine's pre-token cache (byte-level BPE).
