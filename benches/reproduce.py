@@ -269,6 +269,8 @@ def _below(stat: dict[str, Any] | None) -> bool:
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     """The numbers of one configuration the table and the verdict use."""
+    from mipo.evaluate.sections import reader_criteria
+
     m = result["metrics"]
     last = m["rounds"][-1]
     vs = last["vs_base"]
@@ -286,13 +288,9 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     clean = _above(gain) and not headline.get("explained_by") and not reasoning_lost
     fluency = headline.get("logprob_per_token_change")
     persona = vs.get("persona")
-    criteria = {
-        "gain above 0": _above(gain),
-        "adjusted gain above 0": _above(adjusted),
-        f"fluency change >= {FLUENCY_FLOOR}": _mean_at_least(fluency, FLUENCY_FLOOR),
-        f"persona adoption <= base + {PERSONA_MARGIN:g}": _mean_at_most(persona, PERSONA_MARGIN),
-        "no accuracy lost": not reasoning_lost,
-    }
+    criteria = last.get("reader_criteria") or reader_criteria(
+        headline, [a["difference"] for a in accuracy.values()]
+    )
     return {
         "combo": result.get("combo", {}),
         "criteria": criteria,
@@ -325,20 +323,6 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-FLUENCY_FLOOR = -0.15
-"""The issue's bound on lost fluency: log π_base(y|x) per token may fall by at most this much."""
-PERSONA_MARGIN = 0.05
-"""The issue's bound on persona adoption: at most 5 points above the base model's share."""
-
-
-def _mean_at_least(stat: dict[str, Any] | None, floor: float) -> bool:
-    return bool(stat and stat.get("mean") is not None and stat["mean"] >= floor)
-
-
-def _mean_at_most(stat: dict[str, Any] | None, ceiling: float) -> bool:
-    return bool(stat and stat.get("mean") is not None and stat["mean"] <= ceiling)
-
-
 def default_choice(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, bool]:
     """The configuration to ship and whether it meets every criterion of :func:`summarize`:
     among those that meet all, the highest lower bound of the adjusted gain; else, among those
@@ -352,7 +336,9 @@ def default_choice(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, b
     meets = [r for r in rows if r["meets_all"]]
     if meets:
         return max(meets, key=low), True
-    persona_key = f"persona adoption <= base + {PERSONA_MARGIN:g}"
+    from mipo.evaluate.sections import PERSONA_MARGIN
+
+    persona_key = f"persona adoption <= baseline + {PERSONA_MARGIN:g}"
     candidates = [r for r in rows if r["criteria"][persona_key]]
     if not candidates:
         return None, False

@@ -77,6 +77,11 @@ def test_run_writes_report_metrics_and_plots(finished_run: tuple[Path, str]) -> 
     # Persona adoption beside the other controls, and the last round's seeded examples.
     assert "persona adoption − base (paired)" in report
     assert "## Examples — round 1 vs base" in report
+    # The reader's bar for a default, judged from the numbers and said in the summary.
+    criteria = json.loads((out / "metrics.json").read_text())["rounds"][0]["reader_criteria"]
+    assert len(criteria) == 5 and all(isinstance(v, bool) for v in criteria.values())
+    verdict = "all criteria met" if all(criteria.values()) else "misses "
+    assert "would a reader call it personal? persona adoption" in output and verdict in output
     evaluation = json.loads((out / "round-1" / "eval" / "metrics.json").read_text())
     assert evaluation["context_format"] == "user-turn"  # the run's prompts, passed to eval
     assert len(evaluation["pmi"]["eval"]["examples"]) == min(

@@ -212,6 +212,16 @@ def _print_summary(result: Any) -> None:
             f"personalization: same-question PMI gain {fmt_ci(headline['gain'])} nats "
             f"(95% cluster-bootstrap interval {above}; metrics.json: personalization)"
         )
+    last = result.metrics["rounds"][-1] if result.metrics["rounds"] else {}
+    if headline and last.get("reader_criteria"):
+        missed = [name for name, met in last["reader_criteria"].items() if not met]
+        click.echo(
+            "would a reader call it personal? persona adoption (speaks as the user) "
+            f"{fmt_ci(headline.get('persona_baseline'))} -> {fmt_ci(headline.get('persona_model'))}"
+            f", fluency {fmt_ci(headline.get('logprob_per_token_change'))} nats/token, adjusted "
+            f"gain {fmt_ci((headline.get('adjusted_gain') or {}).get('all'))}: "
+            + ("all criteria met" if not missed else "misses " + "; ".join(missed))
+        )
     seconds = result.metrics["total_stage_seconds"]
     click.echo(f"time: {seconds / 60:.1f} min over all stages")
     click.echo(f"report: {result.report_md} (and {result.report_html.name}, metrics.json)")

@@ -20,10 +20,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXAMPLES_SHOWN",
+    "FLUENCY_FLOOR",
+    "PERSONA_MARGIN",
     "SHORTCUTS",
     "ReportSections",
     "personalization_headline",
     "pick_examples",
+    "reader_criteria",
     "render_examples",
 ]
 
@@ -525,6 +528,49 @@ def render_examples(report: Any, examples: list[dict[str, Any]], *, heading: str
 def _shorten(text: str) -> str:
     flat = " ".join(str(text).split())
     return flat if len(flat) <= _EXAMPLE_CHARS else flat[: _EXAMPLE_CHARS - 1] + "…"
+
+
+FLUENCY_FLOOR = -0.15
+"""How far log π_ref(y|x) per token may fall (nats) before a gain is read as lost fluency."""
+PERSONA_MARGIN = 0.05
+"""How much more often than the baseline the model may speak as the user (share of answers)."""
+
+
+def reader_criteria(
+    headline: dict[str, Any], accuracy_differences: list[dict[str, Any] | None] = ()
+) -> dict[str, bool]:
+    """Whether a personalization gain is one a reader would call personal (the bar a default
+    must clear): the same-question gain and its adjusted form (copying, context words, persona,
+    length and fluency regressed out) both have intervals above 0; fluency falls by no more than
+    :data:`FLUENCY_FLOOR` nats per token; persona adoption rises by at most
+    :data:`PERSONA_MARGIN`; and no accuracy difference has an interval below 0.
+
+    >>> ok = {"low": 1.0, "high": 2.0, "mean": 1.5, "n": 9}
+    >>> h = {"gain": ok, "adjusted_gain": {"all": ok},
+    ...      "logprob_per_token_change": {"mean": -0.4}, "persona_change": {"mean": 0.0}}
+    >>> [name for name, met in reader_criteria(h).items() if not met]
+    ['fluency change >= -0.15 nats/token']
+    """
+
+    def above(stat: dict[str, Any] | None) -> bool:
+        return bool(stat and stat.get("n", 1) and (stat.get("low") or 0) > 0)
+
+    def mean(stat: dict[str, Any] | None) -> float | None:
+        value = (stat or {}).get("mean")
+        return None if value is None else float(value)
+
+    fluency = mean(headline.get("logprob_per_token_change"))
+    persona = mean(headline.get("persona_change"))
+    lost = [d for d in accuracy_differences if d and d.get("high") is not None and d["high"] < 0]
+    return {
+        "same-question gain above 0": above(headline.get("gain")),
+        "adjusted gain above 0": above((headline.get("adjusted_gain") or {}).get("all")),
+        f"fluency change >= {FLUENCY_FLOOR:g} nats/token": fluency is not None
+        and fluency >= FLUENCY_FLOOR,
+        f"persona adoption <= baseline + {PERSONA_MARGIN:g}": persona is not None
+        and persona <= PERSONA_MARGIN,
+        "no accuracy lost": not lost,
+    }
 
 
 def personalization_headline(pmi: dict[str, Any], k: int) -> dict[str, Any] | None:

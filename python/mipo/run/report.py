@@ -135,6 +135,16 @@ def round_metrics(out: Path, rounds: int, n_bootstrap: int, seed: int) -> list[d
             },
             "eval_report": f"round-{number}/eval/report.md",
         }
+        if entry["personalization"]:
+            from mipo.evaluate.sections import reader_criteria
+
+            entry["reader_criteria"] = reader_criteria(
+                entry["personalization"],
+                [
+                    stats.get("difference", {}).get("accuracy")
+                    for stats in entry["accuracy"].values()
+                ],
+            )
         if rows is not None:
             if number == 1:
                 entry["vs_previous"] = _paired(rows, rows, "baseline", ci)
