@@ -102,6 +102,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="where the user's context enters the prompt (mipo.prompt_format): names or templates",
     )
     sweep.add_argument(
+        "--drop-persona",
+        type=int,
+        nargs="+",
+        choices=(0, 1),
+        default=[0],
+        help="1: drop pairs whose chosen answer speaks as the user (build-pairs --drop-persona)",
+    )
+    sweep.add_argument(
         "--sft-weight",
         type=float,
         nargs="+",
@@ -159,6 +167,7 @@ SWEEP_KEYS = (
     "temperature",
     "context_format",
     "sft_weight",
+    "drop_persona",
 )
 """The sweep flags, in the order of the cross product and of the labels."""
 
@@ -174,6 +183,8 @@ def _label(combo: dict[str, Any]) -> str:
         label += f" fmt={combo['context_format']}"
     if combo.get("sft_weight"):
         label += f" sft={combo['sft_weight']:g}"
+    if combo.get("drop_persona"):
+        label += " drop-persona"
     return label
 
 
@@ -190,7 +201,12 @@ def _run_one(
 
     label = _label(combo)
     out = args.out / "runs" / _slug(label)
-    key = (combo["negatives"], combo["temperature"], combo["context_format"])
+    key = (
+        combo["negatives"],
+        combo["temperature"],
+        combo["context_format"],
+        combo["drop_persona"],
+    )
     cached = pairs_cache.get(key)
     target = out / "round-1" / "pairs"
     reused = cached is not None  # this configuration trains on an earlier one's pairs
@@ -223,6 +239,7 @@ def _run_one(
         max_new_tokens=args.max_new_tokens,
         temperature=combo["temperature"],
         keep_truncated=True,  # short responses on a CPU budget: a cut answer is still an answer
+        drop_persona=bool(combo["drop_persona"]),
         train=TrainConfig(**train_options),
         eval_k=args.contrasts,
         judge=args.judge,

@@ -172,7 +172,8 @@ def test_filters_count_each_dropped_pair_once() -> None:
     stats = PairStats()
     kept = filter_pairs(pairs, PairFilterConfig(), stats=stats)
     assert stats.filtered == {
-        "empty_response": 2, "identical": 1, "near_identical": 0, "truncated": 1, "low_margin": 0
+        "empty_response": 2, "identical": 1, "near_identical": 0, "truncated": 1, "persona": 0,
+        "low_margin": 0,
     }  # fmt: skip
     assert kept.height == 0 and stats.pairs_written == 0
 
@@ -181,6 +182,40 @@ def test_filters_count_each_dropped_pair_once() -> None:
     assert stats.filtered["truncated"] == 0 and kept.height == 1
     assert kept["rejected_finish_reason"][0] == "length"
     assert stats.pairs_written_by_strategy == {"random": 1}
+
+
+def test_pairs_whose_chosen_answer_speaks_as_the_user_are_dropped() -> None:
+    context = "I'm a retired teacher in Chicago with arthritis."
+    plan = _plan().with_columns(
+        pl.Series(
+            "prompt",
+            [[{"role": "user", "content": f"{context}\n\nquestion {i}"}] for i in range(4)],
+            dtype=MESSAGE_DTYPE,
+        ),
+        pl.Series(
+            "prompt_nocontext",
+            [[{"role": "user", "content": f"question {i}"}] for i in range(4)],
+            dtype=MESSAGE_DTYPE,
+        ),
+    )
+    requests = build_requests(plan, strategy="random", independent_negatives=False, seed=0)
+    # Pair 0's chosen (r0) becomes the user; pair 1's (r4) answers them (its rejected is r0:
+    # only a chosen answer that speaks as the user is dropped).
+    responses = _responses(
+        requests,
+        r0="I'm a retired teacher in Chicago, and I garden.",
+        r4="As a retired teacher with arthritis, you might enjoy gardening.",
+    )
+    pairs = assemble_pairs(plan, responses, strategy="random", independent_negatives=False, seed=0)
+    stats = PairStats()
+    kept = filter_pairs(pairs, PairFilterConfig(drop_persona=True), stats=stats, plan=plan)
+    assert stats.filtered["persona"] == 1
+    assert pairs.height == 4 and kept.height == 3
+    assert "p0" not in kept["id"].to_list() and "p1" in kept["id"].to_list()
+    # Off by default; and the filter needs the plan.
+    assert filter_pairs(pairs, PairFilterConfig()).height == 4
+    with pytest.raises(ConfigError, match="needs the plan"):
+        filter_pairs(pairs, PairFilterConfig(drop_persona=True))
 
 
 def test_near_identical_pairs_are_dropped_and_length_ratios_reported() -> None:

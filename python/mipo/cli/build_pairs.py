@@ -149,6 +149,11 @@ def _print_result(result: Any) -> None:
 )
 @click.option("--keep-truncated", is_flag=True, help="Keep pairs with a truncated response.")
 @click.option(
+    "--drop-persona",
+    is_flag=True,
+    help="Drop pairs whose chosen answer speaks as the user (restates their context as its own).",
+)
+@click.option(
     "--score",
     is_flag=True,
     help="Score log π(y+|x) − log π(y−|x) under the reference model; drop pairs below "

@@ -75,6 +75,7 @@ def _pairs_and_eval(field: str) -> Any:
 @click.option("--top-p", type=float, help="Nucleus sampling mass", **config_default(lambda: _pairs_and_eval("top_p")))  # fmt: skip
 @click.option("--generation-batch-size", type=int, help="Prompts per generation batch of the pairs (build-pairs --batch-size)", **config_default(GENERATION + ".batch_size"))  # fmt: skip
 @click.option("--keep-truncated", is_flag=True, default=None, help="Keep pairs whose responses hit --max-new-tokens.")  # fmt: skip
+@click.option("--drop-persona", is_flag=True, default=None, help="Drop pairs whose chosen answer speaks as the user.")  # fmt: skip
 @click.option("--no-dedup", "dedup", flag_value=False, default=None, help="Keep duplicate prompts.")
 @click.option("--lora/--no-lora", default=None, help="Train a LoRA adapter  [default: full fine-tuning; --demo: LoRA]")  # fmt: skip
 @click.option("--lora-r", type=int, help="LoRA rank", **config_default(TRAIN + ".lora_r"))

@@ -59,7 +59,7 @@ KIND_NEGATIVE = 2
 KIND_SWAP = 3
 _KINDS = 4  # request ids: 4 * plan_index + kind
 
-FILTERS = ("empty_response", "identical", "near_identical", "truncated", "low_margin")
+FILTERS = ("empty_response", "identical", "near_identical", "truncated", "persona", "low_margin")
 """Pair filters in the order they apply; a pair is counted under the first one that drops it."""
 
 
@@ -140,6 +140,10 @@ class PairFilterConfig:
     """Least log π(y+|x) − log π(y−|x) a pair must have to be kept when ``score`` is on."""
     score_batch_size: int = 8
     """Pairs scored per forward pass."""
+    drop_persona: bool = False
+    """Drop pairs whose chosen answer speaks *as* the user (restates their context in the first
+    person, :func:`mipo.evaluate.controls.persona_sentence`): DPO would teach the model that
+    becoming the user is what makes an answer specific to them."""
 
     def __post_init__(self) -> None:
         if self.score_batch_size < 1:
@@ -312,12 +316,15 @@ def filter_pairs(
     *,
     model_path: str | Path | None = None,
     stats: PairStats | None = None,
+    plan: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """Drop empty, identical, truncated (and, with ``config.score``, low-margin) pairs.
+    """Drop empty, identical, truncated (with ``config.drop_persona``, those whose chosen answer
+    speaks as the user; with ``config.score``, low-margin) pairs.
 
     Each dropped pair is counted in ``stats.filtered`` under the first filter that drops it.
-    Scoring needs ``model_path`` (the reference model: the one that generated the responses)
-    and adds ``chosen_logprob``, ``rejected_logprob`` and ``margin`` columns.
+    ``drop_persona`` needs the ``plan`` (its ``prompt_nocontext`` tells the context's words
+    from the question's). Scoring needs ``model_path`` (the reference model: the one that
+    generated the responses) and adds ``chosen_logprob``, ``rejected_logprob`` and ``margin`` columns.
     """
     stats = stats if stats is not None else PairStats()
 
@@ -342,6 +349,10 @@ def filter_pairs(
             (pl.col("chosen_finish_reason") == "length")
             | (pl.col("rejected_finish_reason") == "length"),
         )
+    if config.drop_persona and pairs.height:
+        if plan is None:
+            raise ConfigError("dropping persona pairs needs the plan (prompt_nocontext)")
+        pairs = drop(pairs, "persona", _chosen_speaks_as_user(pairs, plan))
     if config.score and pairs.height:
         if model_path is None:
             raise ConfigError("--score needs the reference model's path")
@@ -380,6 +391,28 @@ def _near_identical(pairs: pl.DataFrame) -> pl.Expr:
         ).alias("j")
     )["j"]
     return pl.lit(((both["ea"]) | (jaccard >= NEAR_IDENTICAL_JACCARD)).fill_null(False))
+
+
+def _chosen_speaks_as_user(pairs: pl.DataFrame, plan: pl.DataFrame) -> pl.Expr:
+    """Whether each pair's chosen answer speaks as the user. The user's details are the words
+    of the prompt that its question lacks (whatever the prompt format put around them)."""
+    from mipo.evaluate.controls import persona_sentence
+
+    def text(messages: list[dict[str, str]] | None) -> str:
+        return "\n".join(m.get("content") or "" for m in messages or [])
+
+    bare = dict(zip(plan["plan_index"].to_list(), plan["prompt_nocontext"].to_list(), strict=True))
+    flags = []
+    for index, prompt, chosen in zip(
+        pairs["plan_index"].to_list(),
+        pairs["prompt"].to_list(),
+        pairs.select(_content("chosen")).to_series().to_list(),
+        strict=True,
+    ):
+        question = set(text(bare.get(index)).casefold().split())
+        details = " ".join(w for w in text(prompt).split() if w.casefold() not in question)
+        flags.append(persona_sentence(chosen, details) is not None)
+    return pl.lit(pl.Series(flags, dtype=pl.Boolean))
 
 
 def _length_ratios(pairs: pl.DataFrame) -> dict[str, dict[str, float]]:

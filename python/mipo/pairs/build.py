@@ -164,6 +164,9 @@ class BuildPairsConfig:
     """Score margins under the reference model and drop pairs below ``min_margin``."""
     min_margin: float = 0.0
     """Least log π(y+|x) − log π(y−|x) with ``score``."""
+    drop_persona: bool = False
+    """Drop pairs whose chosen answer speaks as the user (restates their context in the first
+    person), so DPO does not teach the model to become the user."""
     overwrite: bool = False
     """Discard outputs of a run with other options (from the first changed stage on)."""
     trust_remote_code: bool = False
@@ -658,7 +661,10 @@ def pairs_stage(
     if (out / PAIRS_FILE).is_file() and "pairs" in stats:
         return BuildPairsResult(out, "pairs", stats, f"pairs already built: {out / PAIRS_FILE}")
     filters = PairFilterConfig(
-        keep_truncated=config.keep_truncated, score=config.score, min_margin=config.min_margin
+        keep_truncated=config.keep_truncated,
+        score=config.score,
+        min_margin=config.min_margin,
+        drop_persona=config.drop_persona,
     )
     pair_stats = PairStats()
     with stages.run("pairs") as rec:
@@ -670,7 +676,7 @@ def pairs_stage(
             seed=config.seed,
             stats=pair_stats,
         )
-        pairs = filter_pairs(pairs, filters, model_path=model.path, stats=pair_stats)
+        pairs = filter_pairs(pairs, filters, model_path=model.path, stats=pair_stats, plan=plan)
         write_parquet_atomic(pairs.drop("plan_index"), out / PAIRS_FILE)
         rec["pairs_written"] = pairs.height
     pair_stats.seconds = stats["stages"]["pairs"]["seconds"]

@@ -106,6 +106,8 @@ def stage_options(
         "keep_truncated": config.keep_truncated,
         "score": config.score,
         "min_margin": config.min_margin,
+        # Only when on: the runs written before the filter existed keep their hash.
+        **({"drop_persona": True} if config.drop_persona else {}),
     }
     return {"plan": plan_options, "generate": gen_options, "pairs": pairs_options}
 

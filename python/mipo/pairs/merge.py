@@ -113,6 +113,7 @@ def merge_shards(
         keep_truncated=pair_options["keep_truncated"],
         score=pair_options["score"],
         min_margin=pair_options["min_margin"],
+        drop_persona=pair_options.get("drop_persona", False),
         progress=False,
     )
     stats = read_json_record(out / STATS_FILE) or {}

@@ -158,6 +158,8 @@ class RunConfig:
     """Prompts per generation batch for the pairs; None: the generation default (32)."""
     keep_truncated: bool = False
     """Keep pairs whose responses hit ``max_new_tokens`` (needed with short limits)."""
+    drop_persona: bool = False
+    """Drop pairs whose chosen answer speaks as the user (``mipo build-pairs --drop-persona``)."""
     dedup: bool = True
     """Remove exact and near-duplicate training prompts before pairing."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -273,6 +275,7 @@ class RunConfig:
             top_p=self.top_p,
             batch_size=self.generation_batch_size,
             keep_truncated=self.keep_truncated,
+            drop_persona=self.drop_persona,
             dedup=self.dedup,
             trust_remote_code=self.trust_remote_code,
             progress=self.progress,
