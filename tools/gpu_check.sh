@@ -80,7 +80,9 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch
         "$py" -m pytest -p pytest_timeout -p no:cacheprovider -m gpu tests/test_gpu.py -q -rA \
         -o timeout=150 --junitxml="$out/pytest.xml"
 
-    step probe 120 "$py" tools/gpu_probe.py --out "$out/probe.json" --budget-s 60
+    local quick=()
+    [[ ${MIPO_GPU_TESTS_ON_CPU:-} == 1 ]] && quick=(--quick) # a dry run without a GPU: small sizes
+    step probe 120 "$py" tools/gpu_probe.py --out "$out/probe.json" --budget-s 60 "${quick[@]}"
 
     # The summary gets its own few seconds outside the budget: it only reads files.
     timeout 30 "$py" tools/gpu_report.py --dir "$out" --out "$out/gpu_check.json"

@@ -584,6 +584,11 @@ def main(argv: list[str] | None = None) -> int:
     except (PlanError, WheelhouseTooLarge) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except subprocess.CalledProcessError as exc:  # pip or maturin said why above
+        print(
+            f"error: {' '.join(map(str, exc.cmd[:4]))} ... exited {exc.returncode}", file=sys.stderr
+        )
+        return 1
     return 0
 
 
