@@ -117,6 +117,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="weight of an NLL term on the chosen answer beside DPO's sigmoid loss (0: DPO only; "
         "w > 0: loss_type sigmoid,sft with weights 1,w — the RPO recipe)",
     )
+    p.add_argument(
+        "--base-formats",
+        nargs="*",
+        default=[],
+        help="also evaluate the base model alone under each of these prompt formats on the "
+        "held-out prompts (no training): the format table's rows for formats no run used",
+    )
     p.add_argument("--out", type=Path, default=HERE / "reproduce-out", help="work folder")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script")
     p.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
@@ -382,6 +389,7 @@ def render(
     results: list[dict[str, Any]],
     elapsed: float,
     argv: list[str] | None = None,
+    alone: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     import shlex
 
@@ -455,16 +463,41 @@ def render(
             )
             + " |"
         )
-    lines += ["", *_format_table(rows), "", *_verdict(rows), end]
+    lines += ["", *_format_table(rows, alone), "", *_verdict(rows), end]
     return "\n".join(lines)
 
 
-def _format_table(rows: list[dict[str, Any]]) -> list[str]:
-    """The base model under each prompt format of the grid (its own numbers in every run that
-    used the format are the same evaluation, read from the first)."""
+def _base_alone(args: argparse.Namespace, held: Path, fmt: str) -> dict[str, Any]:
+    """The base model's PMI-section statistics under prompt format ``fmt`` (``mipo eval`` of
+    the base alone on the held-out prompts, with the runs' evaluation settings; cached)."""
+    from mipo.evaluate import EvalConfig, run_eval
+
+    config = EvalConfig(
+        model="smollm2-135m",
+        data=[f"pmi:{held}"],
+        context_format=fmt,
+        k=args.contrasts,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        overwrite=True,
+        cache_dir=str(args.out / "eval-cache"),
+    )
+    metrics = run_eval(config, args.out / "base-alone" / _slug(fmt)).metrics
+    (stats,) = metrics["pmi"].values()
+    return stats["model"]
+
+
+def _format_table(
+    rows: list[dict[str, Any]], alone: dict[str, dict[str, Any]] | None = None
+) -> list[str]:
+    """The base model under each prompt format: from the runs of the grid (its numbers in every
+    run that used the format are the same evaluation, read from the first), then the formats
+    evaluated alone (``--base-formats``)."""
     seen: dict[str, dict[str, Any]] = {}
     for r in rows:
         seen.setdefault(r["combo"].get("context_format", "raw-system"), r["base"])
+    for fmt, stats in (alone or {}).items():
+        seen.setdefault(fmt, stats)
     if not seen:
         return []
     out = [
@@ -562,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("reproduce: no configuration of this grid has finished yet")
     pairs_cache: dict[Any, Path] = {}
     results = [_run_one(args, train, held, combo, pairs_cache) for combo in combos]
-    block = render(args, results, time.perf_counter() - started, argv)
+    alone = {fmt: _base_alone(args, held, fmt) for fmt in args.base_formats}
+    block = render(args, results, time.perf_counter() - started, argv, alone)
     if skipped:
         note = f"\nNot run (the grid was cut to fit the session's time): {'; '.join(skipped)}.\n"
         end = _markers(args)[1]
