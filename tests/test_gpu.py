@@ -50,6 +50,10 @@ NO_BUILTIN = (
 # by at most 0.56 nats over 18 tokens on a CPU with AMX (0.03 a token), its PMIs by at most
 # 0.9: the bound is three times that. A PMI is a difference of such sums: twice the bound.
 DRIFT_PER_TOKEN = 0.1
+# DPO's first logged step, before any update: beta x (log pi - log pi_ref) must be 0. Allowed:
+# what bf16 kernels could move between the policy's and the reference's passes (beta 0.1 x
+# 0.05 nats), far below what one update does at the rates used.
+STEP1_TOLERANCE = 5e-3
 
 CONTEXTS = [
     "I am a vegetarian runner training for a marathon.",
@@ -335,8 +339,10 @@ def test_dpo_steps_move_the_policy_and_keep_the_reference(
 
     base = _folder_digest(tiny_model_dir)
     pairs = _write_pairs(tmp_path / "pairs", tiny_model_dir)
+    # Rates high enough that one update moves the implicit rewards well past STEP1_TOLERANCE
+    # (on a CPU: to about 0.1 for both).
     config = TrainConfig(
-        lora=lora, max_steps=2, batch_size=4, learning_rate=1e-3 if lora else 1e-4,
+        lora=lora, max_steps=2, batch_size=4, learning_rate=5e-3 if lora else 5e-4,
         warmup_ratio=0.0, lr_scheduler="constant", logging_steps=1,
     )  # fmt: skip
     result = train(pairs, tmp_path / "out", config, progress=False)
@@ -351,11 +357,13 @@ def test_dpo_steps_move_the_policy_and_keep_the_reference(
     assert [s["step"] for s in steps] == [1, 2]
     assert all(math.isfinite(s["loss"]) for s in steps)
     # Step 1 is scored before any update: the policy is the reference, so every implicit
-    # reward is 0 and the sigmoid loss is log 2 (a reference placed or cast unlike the
-    # policy would show here). Step 2 comes after one update: the policy has moved.
-    assert abs(steps[0]["rewards/chosen"]) < 1e-3 and abs(steps[0]["rewards/rejected"]) < 1e-3
-    assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)
-    assert abs(steps[1]["rewards/chosen"]) + abs(steps[1]["rewards/rejected"]) > 1e-4
+    # reward is 0 and the sigmoid loss is log 2 (exactly so on a CPU; a reference placed or
+    # cast unlike the policy would show here). Step 2 comes after one update: it has moved.
+    first, second = steps
+    assert abs(first["rewards/chosen"]) <= STEP1_TOLERANCE, first
+    assert abs(first["rewards/rejected"]) <= STEP1_TOLERANCE, first
+    assert first["loss"] == pytest.approx(math.log(2), abs=STEP1_TOLERANCE)
+    assert abs(second["rewards/chosen"]) + abs(second["rewards/rejected"]) > 4 * STEP1_TOLERANCE
 
     if lora:
         adapter = load_file(str(result.model_dir / "adapter_model.safetensors"))

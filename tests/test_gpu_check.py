@@ -322,6 +322,7 @@ def _index_reachable(tmp_path: Path) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the engine's wheel, ten downloads and xz over 200 MB
 def test_wheelhouse_builds_within_the_limit(tmp_path: Path) -> None:
     if not _index_reachable(tmp_path / "probe"):
         pytest.skip("the package index is not reachable from here: the wheelhouse cannot be built")
@@ -340,6 +341,7 @@ def test_wheelhouse_builds_within_the_limit(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two subprocesses of a few minutes each, on 2 CPU cores
 def test_gpu_tier_and_probe_dry_run_on_the_cpu(tmp_path: Path) -> None:
     """The tier's and the probe's code against the real APIs, on the CPU (no GPU result):
     every test passes but the CUDA-only ones, which skip."""
@@ -348,7 +350,7 @@ def test_gpu_tier_and_probe_dry_run_on_the_cpu(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-rs", "-p", "no:cacheprovider",
          "-k", "not builtin", str(ROOT / "tests" / "test_gpu.py")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-5000:]
     assert "6 passed, 2 skipped" in done.stdout, done.stdout[-2000:]
@@ -360,7 +362,7 @@ def test_gpu_tier_and_probe_dry_run_on_the_cpu(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "gpu_probe.py"), "--out", str(probe), "--quick",
          "--device", "cpu"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=540,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = json.loads(probe.read_text())["workloads"]
