@@ -277,6 +277,23 @@ def _run_one(
     }
 
 
+def _finished(args: argparse.Namespace, combo: dict[str, Any]) -> dict[str, Any]:
+    """A finished configuration's result as :func:`_run_one` returns it, read from its folder."""
+    label = _label(combo)
+    out = args.out / "runs" / _slug(label)
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    record = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    return {
+        "label": label,
+        "combo": combo,
+        "wall_s": metrics.get("total_stage_seconds", 0.0),
+        "reused_pairs": bool(record.get("options", {}).get("reuse_pairs")),
+        "metrics": metrics,
+        "out": str(out),
+        "load": None,
+    }
+
+
 def _ci(stat: dict[str, Any] | None, digits: int = 1) -> str:
     if not stat or not stat.get("n", 1) or stat.get("mean") is None:
         return "–"
@@ -594,7 +611,10 @@ def main(argv: list[str] | None = None) -> int:
         if not combos:
             raise SystemExit("reproduce: no configuration of this grid has finished yet")
     pairs_cache: dict[Any, Path] = {}
-    results = [_run_one(args, train, held, combo, pairs_cache) for combo in combos]
+    if args.finished_only:  # read back, run nothing (the options of a later version may differ)
+        results = [_finished(args, combo) for combo in combos]
+    else:
+        results = [_run_one(args, train, held, combo, pairs_cache) for combo in combos]
     alone = {fmt: _base_alone(args, held, fmt) for fmt in args.base_formats}
     block = render(args, results, time.perf_counter() - started, argv, alone)
     if skipped:

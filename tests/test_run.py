@@ -335,6 +335,8 @@ def test_demo_configuration_on_the_builtin_model(tmp_path: Path, smollm2_dir: Pa
     # The demo trains on context-swap negatives, asks for no judge (the built-in model ties
     # every pair) and reports the same-question gain as its headline.
     assert metrics["options"]["negatives"] == "context-swap"
+    assert metrics["options"]["drop_persona"] is True
+    assert metrics["options"]["columns"]["context_format"] == "user-turn"
     assert round1["judge"] is None
     headline = metrics["personalization"]
     assert headline["contrast"] == "same_question" and headline["estimator"] == "log-mean-exp"
