@@ -157,7 +157,12 @@ pub fn escape(state: &mut State, v: &Value) -> Result<Value, Error> {
         other => other.clone(),
     };
     let mut rv = match v.as_str() {
-        Some(s) => String::with_capacity(s.len()),
+        Some(s) => {
+            // mipo patch: escaping writes to a buffer the fuel does not see and can
+            // make a string six times longer (`"` is `&quot;`): pay for that first.
+            ok!(state.ensure_bytes(s.len().saturating_mul(6)));
+            String::with_capacity(s.len())
+        }
         None => String::new(),
     };
     let mut out = Output::new(&mut rv);
@@ -545,6 +550,8 @@ mod builtins {
     }
 
     fn fold_case(s: &str) -> String {
+        // mipo patch: charged, see `charge_native_str`.
+        crate::value::charge_native_str_weighted(s.len(), 4);
         #[cfg(feature = "unicode")]
         {
             s.to_lowercase()
@@ -558,6 +565,9 @@ mod builtins {
     fn cmp_helper(a: &Value, b: &Value, case_sensitive: bool, reverse: bool) -> Ordering {
         let ordering = if !case_sensitive {
             if let (Some(a), Some(b)) = (a.as_str(), b.as_str()) {
+                // mipo patch: charged (case-insensitive comparison walks
+                // characters), see `charge_native_str`.
+                crate::value::charge_native_str_weighted(a.len().min(b.len()), 16);
                 #[cfg(feature = "unicode")]
                 {
                     unicase::UniCase::new(a).cmp(&unicase::UniCase::new(b))
@@ -1187,7 +1197,11 @@ mod builtins {
                     format!("can only sum numbers, got {}", value.kind()),
                 ));
             }
+            // mipo patch: summing strings or lists copies the total so far at
+            // every step; pay for each result as `+` in a template does.
+            ok!(ops::ensure_fuel_for_binop(state, "add", &rv, &value));
             rv = ok!(ops::add(&rv, &value));
+            ok!(state.charge_value(&rv));
         }
 
         Ok(rv)
@@ -2506,6 +2520,8 @@ mod builtins {
             let memorized_value = if case_sensitive {
                 value_to_compare.clone()
             } else if let Some(s) = value_to_compare.as_str() {
+                // mipo patch: charged, see `charge_native_str`.
+                crate::value::charge_native_str_weighted(s.len(), 4);
                 Value::from(s.to_lowercase())
             } else {
                 value_to_compare.clone()

@@ -222,7 +222,9 @@ use serde::ser::SerializeTupleStruct;
 use crate::error::{Error, ErrorKind};
 use crate::functions;
 use crate::value::ops::as_f64;
-pub(crate) use crate::vm::fuel::{charge_native, native_visit, ITEM_COST};
+pub(crate) use crate::vm::fuel::{
+    charge_native, charge_native_str, charge_native_str_weighted, native_visit, ITEM_COST,
+};
 use crate::vm::State;
 
 pub use crate::value::argtypes::{
@@ -684,7 +686,11 @@ impl Hash for Value {
     fn hash<H: Hasher>(&self, state: &mut H) {
         match self.0 {
             ValueRepr::None | ValueRepr::Undefined(..) => 0u8.hash(state),
-            ValueRepr::String(ref s, _) => s.hash(state),
+            // mipo patch: long strings are charged, see `charge_native_str`.
+            ValueRepr::String(ref s, _) => {
+                charge_native_str(s.len());
+                s.hash(state)
+            }
             ValueRepr::SmallStr(ref s) => s.as_str().hash(state),
             ValueRepr::Bool(b) => (b as i64).hash(state),
             ValueRepr::Invalid(ref e) => (e.kind(), e.detail()).hash(state),
@@ -718,7 +724,11 @@ impl PartialEq for Value {
         match (&self.0, &other.0) {
             (&ValueRepr::None, &ValueRepr::None) => true,
             (&ValueRepr::Undefined(..), &ValueRepr::Undefined(..)) => true,
-            (&ValueRepr::String(ref a, _), &ValueRepr::String(ref b, _)) => a == b,
+            // mipo patch: long strings are charged, see `charge_native_str`.
+            (&ValueRepr::String(ref a, _), &ValueRepr::String(ref b, _)) => {
+                charge_native_str(a.len().min(b.len()));
+                a == b
+            }
             (&ValueRepr::SmallStr(ref a), &ValueRepr::SmallStr(ref b)) => a.as_str() == b.as_str(),
             (&ValueRepr::Bytes(ref a), &ValueRepr::Bytes(ref b)) => a == b,
             // `coerce` cannot represent u128 values above i128::MAX.
@@ -726,7 +736,10 @@ impl PartialEq for Value {
             _ => match ops::coerce(self, other, false) {
                 Some(ops::CoerceResult::F64(a, b)) => a == b,
                 Some(ops::CoerceResult::I128(a, b)) => a == b,
-                Some(ops::CoerceResult::Str(a, b)) => a == b,
+                Some(ops::CoerceResult::Str(a, b)) => {
+                    charge_native_str(a.len().min(b.len()));
+                    a == b
+                }
                 // mipo patch: charged and depth limited, see `native_visit`.
                 None => native_visit(|| eq_objects(self, other)).unwrap_or(false),
             },
@@ -920,7 +933,11 @@ impl Ord for Value {
         match (&self.0, &other.0) {
             (&ValueRepr::None, &ValueRepr::None) => Ordering::Equal,
             (&ValueRepr::Undefined(..), &ValueRepr::Undefined(..)) => Ordering::Equal,
-            (&ValueRepr::String(ref a, _), &ValueRepr::String(ref b, _)) => a.cmp(b),
+            // mipo patch: long strings are charged, see `charge_native_str`.
+            (&ValueRepr::String(ref a, _), &ValueRepr::String(ref b, _)) => {
+                charge_native_str(a.len().min(b.len()));
+                a.cmp(b)
+            }
             (&ValueRepr::SmallStr(ref a), &ValueRepr::SmallStr(ref b)) => {
                 a.as_str().cmp(b.as_str())
             }
@@ -930,7 +947,10 @@ impl Ord for Value {
             _ => match ops::coerce(self, other, false) {
                 Some(ops::CoerceResult::F64(a, b)) => cmp_f64(a, b),
                 Some(ops::CoerceResult::I128(a, b)) => a.cmp(&b),
-                Some(ops::CoerceResult::Str(a, b)) => a.cmp(b),
+                Some(ops::CoerceResult::Str(a, b)) => {
+                    charge_native_str(a.len().min(b.len()));
+                    a.cmp(b)
+                }
                 None => {
                     if self.is_number() && other.is_number() {
                         return cmp_uncoercible_numbers(self, other);

@@ -983,7 +983,13 @@ pub(crate) fn charge_fuel_for_get_item(
             if let Some(obj) = _container.as_object() {
                 if obj.repr() == ObjectRepr::Iterable {
                     if let Some(idx) = _key.as_i64() {
-                        let mut n = usize::try_from(idx.unsigned_abs()).unwrap_or(usize::MAX);
+                        // mipo patch: a negative index counts from the end, which
+                        // walks the whole iterable.
+                        let mut n = if idx < 0 {
+                            usize::MAX
+                        } else {
+                            usize::try_from(idx).unwrap_or(usize::MAX)
+                        };
                         if let Some(len) = obj.enumerator_len() {
                             n = n.min(len);
                         }

@@ -254,6 +254,26 @@ pub(crate) fn charge_native(units: u64) -> bool {
         .unwrap_or(true)
 }
 
+/// Charges comparing, hashing or case folding `len` bytes of a string, for
+/// strings long enough to matter: a filter that compares every item with the
+/// next (`sort`, `min`, `unique`) pays per item, not per byte, and the items
+/// can all be the same long string (`[s] * n`).  Once the fuel is exhausted
+/// the walk that asked still finishes this one step; the render fails at its
+/// next charge.
+#[inline]
+pub(crate) fn charge_native_str(len: usize) {
+    charge_native_str_weighted(len, 1);
+}
+
+/// Like [`charge_native_str`], for work that costs `weight` times a byte
+/// comparison per byte (case-insensitive comparison walks characters).
+#[inline]
+pub(crate) fn charge_native_str_weighted(len: usize, weight: u64) {
+    if len >= 64 {
+        charge_native((len as u64).saturating_mul(weight));
+    }
+}
+
 /// Exhausts the fuel of the render running on this thread (if any).
 fn exhaust_native() {
     let _ = NATIVE_FUEL.try_with(|x| {

@@ -562,6 +562,11 @@ impl<'env> Executor<'env> {
                     a = stack.pop();
                     b = stack.pop();
                     ctx_ok!(ops::charge_fuel_for_get_item(state, &b, &a));
+                    // mipo patch: indexing a string walks its characters.
+                    #[cfg(feature = "fuel")]
+                    if let Some(s) = b.as_str() {
+                        ctx_ok!(state.charge_fuel(s.len() as u64));
+                    }
                     stack.push(match b.get_item_opt(&a) {
                         Some(value) => assert_valid!(value),
                         None => {
@@ -576,6 +581,11 @@ impl<'env> Executor<'env> {
                     a = stack.pop();
                     if a.is_undefined() && matches!(undefined_behavior, UndefinedBehavior::Strict) {
                         bail!(Error::undefined(&a));
+                    }
+                    // mipo patch: slicing a string walks its characters.
+                    #[cfg(feature = "fuel")]
+                    if let Some(s) = a.as_str() {
+                        ctx_ok!(state.charge_fuel(s.len() as u64));
                     }
                     stack.push(charge_value!(ctx_ok!(ops::slice(state, a, b, stop, step))));
                 }
@@ -892,6 +902,12 @@ impl<'env> Executor<'env> {
                     }));
                     let args = stack.get_call_args(*arg_count);
                     let arg_count = args.len();
+                    // mipo patch: like filters, tests are charged for the string
+                    // they work on (`s is lower` walks all of it).
+                    #[cfg(feature = "fuel")]
+                    if let Some(s) = args.first().and_then(|x| x.as_str()) {
+                        ctx_ok!(state.charge_fuel(s.len() as u64));
+                    }
                     a = ctx_ok!(test.call(state, args));
                     // tests only return a bool, this is a check for if the
                     // test ran out of fuel.
@@ -1462,6 +1478,14 @@ impl<'env> Executor<'env> {
 
         let mut n = 0;
         for item in checked(iter) {
+            // mipo patch: one item more than the targets is enough to fail; do not
+            // walk (and push) all of a long lazy sequence first.
+            if n == count {
+                return Err(Error::new(
+                    ErrorKind::CannotUnpack,
+                    format!("sequence of wrong length (expected {count}, got more)"),
+                ));
+            }
             stack.push(ok!(item));
             n += 1;
         }
