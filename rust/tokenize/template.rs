@@ -728,6 +728,32 @@ fn python_methods(
                 }
             }
             ("splitlines", _, _) => charge_items(state, s.lines().count())?,
+            ("startswith" | "endswith", 1, true)
+                if matches!(args[0].kind(), ValueKind::Seq | ValueKind::Iterable) =>
+            {
+                // pycompat walks the candidates unpaid; they can be a long lazy sequence.
+                for candidate in args[0].try_iter()? {
+                    state.consume_fuel(1)?;
+                    let Some(candidate) = candidate.as_str() else {
+                        return Err(Error::new(
+                            ErrorKind::InvalidOperation,
+                            format!(
+                                "tuple for {method} must contain only strings, not {}",
+                                candidate.kind()
+                            ),
+                        ));
+                    };
+                    let hit = if method == "startswith" {
+                        s.starts_with(candidate)
+                    } else {
+                        s.ends_with(candidate)
+                    };
+                    if hit {
+                        return Ok(Value::from(true));
+                    }
+                }
+                return Ok(Value::from(false));
+            }
             ("format", _, _) => check_format(s, args, max_bytes)?,
             ("join", 1, true) => return join(state, s, &args[0], max_bytes),
             _ => {}
