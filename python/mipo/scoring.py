@@ -33,6 +33,7 @@ import polars as pl
 
 from mipo.errors import ConfigError, InvalidInputError, ModelError
 from mipo.progress import track
+from mipo.prompt_format import PromptFormat
 
 __all__ = [
     "CONTRASTS",
@@ -345,10 +346,6 @@ def contrast_contexts(
     return out
 
 
-def _with_context(context: str, nocontext: list[dict[str, str]]) -> list[dict[str, str]]:
-    return [{"role": "system", "content": context}, *nocontext]
-
-
 def pmi_scores(
     model: ModelSpec,
     prompts: Any,
@@ -361,6 +358,7 @@ def pmi_scores(
     users: Sequence[Any] | None = None,
     batch_size: int = 8,
     device: str | None = None,
+    prompt_format: PromptFormat | None = None,
     progress: str | None = None,
 ) -> pl.DataFrame:
     """Pointwise mutual information of each (prompt, response) under ``model`` (the reference).
@@ -370,8 +368,9 @@ def pmi_scores(
     - ``random``: ``k`` other prompts of the data, drawn at random;
     - ``same_question`` (needs ``contexts`` and ``nocontext``): the prompt's own question
       (``nocontext``, its messages without the context) asked with ``k`` other users' contexts
-      (:func:`contrast_contexts`): the pointwise dependence of y on *this user*, the
-      question held fixed;
+      (:func:`contrast_contexts`), each put where ``prompt_format`` puts a context (the format
+      the prompts were built with; default :data:`~mipo.prompt_format.DEFAULT_CONTEXT_FORMAT`):
+      the pointwise dependence of y on *this user*, the question held fixed;
     - ``context_drop`` (same inputs): the question without any context, a single contrast:
       log π(y|c, q) − log π(y|q).
 
@@ -401,8 +400,9 @@ def pmi_scores(
             raise InvalidInputError("contexts and nocontext must have one entry per prompt")
         bare = _messages_list(nocontext)
         drawn = contrast_contexts(contexts, k, seed=seed + 1, users=users)
+        fmt = prompt_format or PromptFormat()
         sets["same_question"] = [
-            [_with_context(c, bare[i]) for c in cs] for i, cs in enumerate(drawn)
+            [fmt.messages(c, bare[i]) for c in cs] for i, cs in enumerate(drawn)
         ]
         sets["context_drop"] = [[bare[i]] if (contexts[i] or "").strip() else [] for i in range(n)]
     flat_prompts: list[list[dict[str, str]]] = list(messages)
