@@ -4,6 +4,7 @@
 - :mod:`mipo.train.pairs_io`: reading pairs (Parquet, JSONL, a ``datasets`` folder);
 - :mod:`mipo.train.provenance`: which model generated the pairs, tokenizer checks, versions;
 - :mod:`mipo.train.trainer`: the TRL call and the output directory;
+- :mod:`mipo.train.logprobs`: response-only log-probs in chunks (no full-vocabulary logits);
 - :mod:`mipo.train.console`: the progress display, third-party output kept quiet.
 
 >>> from mipo.train import TrainConfig, train  # doctest: +SKIP

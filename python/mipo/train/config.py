@@ -170,6 +170,11 @@ class TrainConfig:
     compute for full fine-tuning: the reference is not kept in memory)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 20-30% slower."""
+    chunked_logprobs: bool = True
+    """Compute the per-token log-probs of the response tokens only, a bounded chunk at a time
+    (:mod:`mipo.train.logprobs`), where TRL's fused LM head would project every position in
+    512 MiB fp32 tiles: every device but CUDA and XPU, where TRL's Triton kernel already scores
+    only the response. ``False``: TRL's head everywhere (YAML config only)."""
     bf16: bool | None = None
     """bf16 mixed precision. ``None``: on where it is fast (a CUDA GPU that supports it, a CPU
     with AMX or AVX-512 BF16), else off."""
@@ -276,6 +281,8 @@ class TrainConfig:
                 )
             if any(not (w >= 0 and w < float("inf")) for w in weights) or not any(weights):
                 raise bad("loss_weights", self.loss_weights, "finite numbers >= 0, not all 0")
+        if not isinstance(self.chunked_logprobs, bool):
+            raise bad("chunked_logprobs", self.chunked_logprobs, "true or false")
         if not isinstance(self.extra_dpo_args, dict):
             raise bad("extra_dpo_args", self.extra_dpo_args, "a mapping of DPOConfig fields")
 

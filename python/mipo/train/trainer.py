@@ -187,6 +187,52 @@ def _lora_config(config: TrainConfig) -> Any:
     )
 
 
+def _dpo_trainer_class(config: TrainConfig) -> type:
+    """TRL's ``DPOTrainer`` with mipo's response-only log-probs (:mod:`mipo.train.logprobs`):
+    where TRL's fused LM head would project every position of the batch in 512 MiB fp32 tiles
+    (any device without its Triton kernel, the CPU included), only the response tokens are
+    projected, a bounded chunk at a time. Installed before the first forward pass, which with
+    ``precompute_ref_log_probs`` runs inside ``DPOTrainer.__init__``."""
+    from accelerate.utils import is_peft_model
+    from trl import DPOTrainer
+
+    from mipo.train.logprobs import add_response_head
+
+    if not config.chunked_logprobs:
+        return DPOTrainer
+
+    class LeanDPOTrainer(DPOTrainer):  # type: ignore[misc]
+        def response_head(self) -> bool:
+            """Put the chunked head on the policy (and a separate reference); whether it is on."""
+            if getattr(self, "use_weighting", False):  # WPO needs a statistic it does not compute
+                return False
+            model = self.model.get_base_model() if is_peft_model(self.model) else self.model
+            on = add_response_head(model)
+            if self.ref_model is not None:
+                add_response_head(self.accelerator.unwrap_model(self.ref_model))
+            return on
+
+        def compute_ref_log_probs(self, model: Any, inputs: Any) -> Any:
+            self.response_head()
+            return super().compute_ref_log_probs(model, inputs)
+
+        def compute_loss(self, *args: Any, **kwargs: Any) -> Any:
+            self.response_head()
+            return super().compute_loss(*args, **kwargs)
+
+    return LeanDPOTrainer
+
+
+def _logprob_head(trainer: Any, args: Any) -> str:
+    """Which head computes the per-token log-probs (recorded in train_config.json)."""
+    from mipo.train.logprobs import uses_trl_head
+
+    head = getattr(trainer, "response_head", None)
+    if head is not None and head() and not uses_trl_head(args.device):
+        return "mipo-chunked"
+    return "trl-fused"
+
+
 def _jsonl_log_callback(path: Path) -> Any:
     from transformers import TrainerCallback
 
@@ -268,7 +314,6 @@ def _train(
 ) -> TrainResult:
     from datasets import Dataset
     from transformers import AutoTokenizer
-    from trl import DPOTrainer
 
     model_path = model_to_train(config, run_info)
     tokenizer = AutoTokenizer.from_pretrained(
@@ -342,7 +387,7 @@ def _train(
             options_file.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic({"options": asdict(config), **provenance}, options_file, default=str)
         malloc_tuned = tune_cpu_allocator(default_device())
-        trainer = DPOTrainer(
+        trainer = _dpo_trainer_class(config)(
             model=str(model_path),
             args=args,
             train_dataset=dataset,
@@ -390,6 +435,7 @@ def _train(
                     "learning_rate": config.resolved_learning_rate(),
                     "bf16": args.bf16,
                     "malloc_tuned": malloc_tuned,
+                    "logprob_head": _logprob_head(trainer, args),
                     "world_size": args.world_size,
                     "effective_batch_size": config.batch_size
                     * config.gradient_accumulation_steps
