@@ -372,6 +372,8 @@ def test_ddp_two_cpu_processes(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     record = json.loads((out / "train_config.json").read_text())
     assert record["resolved"]["world_size"] == 2
+    # the reference log-probs precomputed by rank 0 are read by rank 1 (a shared dataset cache)
+    assert record["options"]["precompute_ref_log_probs"] is True
     assert record["resolved"]["effective_batch_size"] == 4
     assert record["resolved"]["global_steps"] == 2
     assert (out / "model" / "adapter_model.safetensors").is_file()

@@ -165,11 +165,15 @@ class TrainConfig:
     or a comma-separated list of module names (``q_proj,v_proj``)."""
     merge: bool = False
     """With LoRA, also save ``OUTDIR/merged``: the base model with the adapter merged in."""
-    precompute_ref_log_probs: bool = False
-    """Score the reference once before training instead of at every step (saves memory and
-    compute for full fine-tuning: the reference is not kept in memory)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about 20-30% slower."""
+    precompute_ref_log_probs: bool = True
+    """Score the reference once, before the first step, instead of at every step of every
+    epoch: one reference forward per pair in all, the same numbers
+    (``tests/test_train_memory.py``), and for full fine-tuning no second model in memory.
+    ``False``: TRL's scoring at every step."""
+    gradient_checkpointing: bool = True
+    """Recompute each layer's activations in the backward pass instead of keeping them (TRL's
+    default too): the demo's LoRA training on the CPU peaks at under 3 GB instead of over 5
+    (``benches/bench_train_memory.py``), for one more forward pass per step."""
     chunked_logprobs: bool = True
     """Compute the per-token log-probs of the response tokens only, a bounded chunk at a time
     (:mod:`mipo.train.logprobs`), where TRL's fused LM head would project every position in

@@ -43,10 +43,11 @@ __all__ = [
     "uses_trl_head",
 ]
 
-CHUNK_BYTES = 128 << 20
+CHUNK_BYTES = 32 << 20
 """Size of one chunk's fp32 logits. Two such buffers are alive at a time (the logits and their
-exponentials), so the head adds about 256 MiB to a step, whatever the batch and length; 128 MiB
-is ~680 tokens of a 49,152-word vocabulary, rows enough for the matmul to run at full speed."""
+exponentials), so the head adds about 64 MiB to a step, whatever the batch and length; 32 MiB
+is ~170 tokens of a 49,152-word vocabulary, rows enough for the matmul to run at full speed on
+a CPU (``benches/bench_train_memory.py`` measures the whole step against TRL's head)."""
 
 # Config attributes through which a model scales or soft-caps its logits (see TRL's
 # add_fused_lm_head); such models keep TRL's head, which applies them.

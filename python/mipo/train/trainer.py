@@ -114,14 +114,33 @@ def _bf16(config: TrainConfig) -> bool:
     return bf16_is_fast(device)
 
 
+def _train_dataset(df: Any, outdir: Path, args: Any) -> Any:
+    """The pairs as a ``datasets.Dataset``. Several processes that precompute the reference
+    log-probs must share one: TRL caches them beside the dataset's files, and an in-memory
+    dataset's files live in a temporary folder of each process, so the other ranks would look for
+    rank 0's cache where it is not. There the main process writes the dataset to
+    ``OUTDIR/checkpoints/pairs-dataset`` first and every process reads it from there."""
+    from datasets import Dataset, load_from_disk
+
+    dataset = Dataset.from_polars(df)
+    if args.world_size <= 1 or not args.precompute_ref_log_probs:
+        return dataset
+    folder = outdir / "checkpoints" / "pairs-dataset"
+    with args.main_process_first(local=False, desc="the pairs dataset every process reads"):
+        if args.process_index == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+            dataset.save_to_disk(str(folder))
+        return load_from_disk(str(folder))
+
+
 def _dpo_args(config: TrainConfig, outdir: Path) -> Any:
     from trl import DPOConfig
 
     kwargs: dict[str, Any] = {
         "output_dir": str(outdir / "checkpoints"),
         "beta": config.beta,
-        "loss_weights": config.resolved_loss_weights(),
         "loss_type": config.loss_types(),
+        "loss_weights": config.resolved_loss_weights(),
         "num_train_epochs": config.resolved_epochs(),
         "max_steps": config.max_steps,
         "learning_rate": config.resolved_learning_rate(),
@@ -368,7 +387,7 @@ def _train(
             "model and pairs"
             + (", reference log-probs" if config.precompute_ref_log_probs else ""),
         )
-        dataset = Dataset.from_polars(df)
+        dataset = _train_dataset(df, outdir, args)
         callbacks = [_jsonl_log_callback(outdir / "train_log.jsonl"), console.callback()]
         if config.report_to == "tensorboard" and is_main:
             from torch.utils.tensorboard import SummaryWriter
