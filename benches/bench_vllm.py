@@ -121,7 +121,7 @@ def _config(backend: str, settings: dict[str, Any], **extra: Any) -> Any:
 
 
 def _mipo_pass(requests: Any, model: Any, config: Any, backend: Any) -> dict[str, Any]:
-    from mipo.generate.runner import run_generation
+    from mipo.generate.executors import run_generation
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()

@@ -35,9 +35,9 @@ from mipo.generate import (
     request_seeds,
     resolve_backend_name,
     run_generation,
-    runner,
     vllm_available,
 )
+from mipo.generate.executors import chunks
 from mipo.generate.hf import HFBackend, bucketed_batches
 from mipo.models import ResolvedModel, bf16_is_fast, resolve_model
 
@@ -282,6 +282,39 @@ def test_hf_backend_rejects_foreign_token_ids(tiny: ResolvedModel) -> None:
         backend.generate([[]], [0])
 
 
+# --- executors --------------------------------------------------------------------------------
+
+
+def test_the_executor_is_chosen_in_one_place(tiny: ResolvedModel, tmp_path: Path) -> None:
+    """run_generation refuses what no executor can do before touching the folder."""
+    requests = make_requests(tiny.path, 2)
+    with pytest.raises(ConfigError, match="--executor must be one of local, ray"):
+        run_generation(requests, tmp_path / "a", model=tiny, config=config(), executor="slurm")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="Ray workers only"):
+        run_generation(requests, tmp_path / "b", model=tiny, config=config(), num_workers=2)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_remote_executor_runs_the_chunk_api_in_the_child(
+    tiny: ResolvedModel, tmp_path: Path
+) -> None:
+    """``python -m mipo.generate.executors.remote`` really runs in the other interpreter and
+    its one-line error becomes ours ("vLLM generation in PYTHON failed: ..." is written only
+    from the child's error line), leaving nothing behind. This interpreter has no vLLM, so the
+    child refuses at its first step (tests/test_vllm.py runs the whole thing with vLLM)."""
+    from mipo.generate.executors.remote import run_remote
+
+    if vllm_available():
+        pytest.skip("needs an interpreter without vLLM")
+    out = tmp_path / "gen"
+    remote = config(backend="vllm", vllm_python=sys.executable)
+    expected = rf"vLLM generation in {sys.executable} failed: the vllm backend needs vLLM"
+    with pytest.raises(GenerationError, match=expected) as failed:
+        run_remote(make_requests(tiny.path, 3), out, model=tiny, config=remote, progress=False)
+    assert "\n" not in str(failed.value)
+    assert list(out.iterdir()) == []
+
+
 # --- runner ------------------------------------------------------------------------------------
 
 
@@ -290,7 +323,7 @@ def test_runner_writes_chunks_and_manifest(tiny: ResolvedModel, tmp_path: Path) 
     out = tmp_path / "gen"
     results = run_generation(requests, out, model=tiny, config=config(), progress=False)
 
-    assert results.schema == pl.Schema(runner.RESULT_SCHEMA)
+    assert results.schema == pl.Schema(chunks.RESULT_SCHEMA)
     assert results["request_id"].to_list() == sorted(requests["request_id"].to_list())
     expected = requests.sort("request_id")
     assert results["seed"].equals(expected["seed"])
@@ -599,7 +632,7 @@ def test_builtin_model_answers_and_stops(smollm2_dir: Path, tmp_path: Path) -> N
     ]
     requests = pl.DataFrame(
         {"request_id": [0, 1, 2], "input_ids": ids, "seed": request_seeds([0, 1, 2], 0)},
-        schema=runner.REQUEST_SCHEMA,
+        schema=chunks.REQUEST_SCHEMA,
     )
     cfg = config(max_new_tokens=48, temperature=0.1, top_p=0.9, chunk_size=2)
     results = run_generation(requests, tmp_path / "gen", model=model, config=cfg, progress=False)
@@ -614,10 +647,10 @@ def test_vllm_engine_arguments_on_a_cpu(
 ) -> None:
     """On a CPU: eager, a fixed KV cache, and whole-prompt prefill (vLLM's CPU worker cannot
     rewind the seeded generator of a prompt split across steps)."""
-    import mipo.generate as generate
+    import mipo.generate.config
     from mipo.generate.vllm import MIN_BATCHED_TOKENS, engine_arguments
 
-    monkeypatch.setattr(generate, "vllm_device", lambda: "cpu")
+    monkeypatch.setattr(mipo.generate.config, "vllm_device", lambda: "cpu")
     arguments = engine_arguments(tiny, GenerationConfig(backend="vllm"))
     assert arguments["enforce_eager"] is True
     assert arguments["enable_chunked_prefill"] is False

@@ -20,8 +20,9 @@ import pytest
 
 from mipo import _testing
 from mipo.errors import ConfigError, DependencyError, GenerationError, OutputError
-from mipo.generate import GenerationConfig, load_results, run_generation, runner
-from mipo.generate.ray_executor import run_generation_ray, worker_resources
+from mipo.generate import GenerationConfig, load_results, run_generation
+from mipo.generate.executors import chunks
+from mipo.generate.executors.ray import run_ray, worker_resources
 from mipo.models import ResolvedModel, resolve_model
 
 RAY_MISSING = importlib.util.find_spec("ray") is None
@@ -121,10 +122,10 @@ def test_missing_ray_is_a_dependency_error(
 ) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
     requests = pl.DataFrame(
-        {"request_id": [0], "input_ids": [[1, 2]], "seed": [0]}, schema=runner.REQUEST_SCHEMA
+        {"request_id": [0], "input_ids": [[1, 2]], "seed": [0]}, schema=chunks.REQUEST_SCHEMA
     )
     with pytest.raises(DependencyError, match=r"pip install 'mipo\[ray\]'"):
-        run_generation_ray(requests, tmp_path / "out", model=tiny, config=gen_config())
+        run_ray(requests, tmp_path / "out", model=tiny, config=gen_config())
     assert not (tmp_path / "out").exists()
 
 
@@ -146,10 +147,10 @@ def test_worker_resources_fit_the_cluster() -> None:
 
 def test_num_workers_is_checked(tiny: ResolvedModel, tmp_path: Path) -> None:
     requests = pl.DataFrame(
-        {"request_id": [0], "input_ids": [[1, 2]], "seed": [0]}, schema=runner.REQUEST_SCHEMA
+        {"request_id": [0], "input_ids": [[1, 2]], "seed": [0]}, schema=chunks.REQUEST_SCHEMA
     )
     with pytest.raises(ConfigError, match="num_workers must be an integer >= 1"):
-        run_generation_ray(requests, tmp_path, model=tiny, config=gen_config(), num_workers=0)
+        run_ray(requests, tmp_path, model=tiny, config=gen_config(), num_workers=0)
 
 
 # --- on a local Ray runtime --------------------------------------------------------------------
@@ -164,15 +165,13 @@ def test_ray_run_equals_local_run_byte_for_byte(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "ray"
-    results = run_generation_ray(
-        requests, out, model=tiny, config=gen_config(), num_workers=2, progress=False
-    )
+    results = run_ray(requests, out, model=tiny, config=gen_config(), num_workers=2, progress=False)
     expected = load_results(local_run)
     assert results.height == NUM_REQUESTS
     assert results.equals(expected)
     assert results["response"].str.len_chars().sum() > 0  # real text was generated
     # Same files, byte for byte: a run started by one executor resumes with the other.
-    assert (out / runner.MANIFEST).read_bytes() == (local_run / runner.MANIFEST).read_bytes()
+    assert (out / chunks.MANIFEST).read_bytes() == (local_run / chunks.MANIFEST).read_bytes()
     ray_chunks, local_chunks = chunk_bytes(out), chunk_bytes(local_run)
     assert len(ray_chunks) == -(-NUM_REQUESTS // CHUNK_SIZE)
     assert ray_chunks == local_chunks
@@ -197,17 +196,17 @@ def test_ray_resumes_a_local_run_regenerating_only_the_missing_chunk(
     original = chunk_bytes(out)
     # Chunk 3 belongs to shard 1/2, chunk 4 to shard 0/2.
     for k in (3, 4):
-        runner.chunk_path(out, k).unlink()
+        chunks.chunk_path(out, k).unlink()
     stamps = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("chunk-*")}
 
     # A run started by the local executor, resumed by Ray for shard 1/2 ...
-    mine = run_generation_ray(
-        requests, out, model=tiny, config=gen_config(), shard=(1, 2), progress=False
-    )
+    mine = run_ray(requests, out, model=tiny, config=gen_config(), shard=(1, 2), progress=False)
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("chunk-*")}
-    assert set(after) - set(stamps) == {runner.chunk_path(out, 3).name}  # only chunk 3 redone
+    assert set(after) - set(stamps) == {chunks.chunk_path(out, 3).name}  # only chunk 3 redone
     assert {k: v for k, v in after.items() if k in stamps} == stamps  # nothing else rewritten
-    shard_ids = pl.concat([runner._chunk_rows(requests, k, gen_config()) for k in (1, 3, 5, 7)])
+    shard_ids = pl.concat(
+        [chunks.chunk_rows(requests, k, gen_config().chunk_size) for k in (1, 3, 5, 7)]
+    )
     assert mine.equals(
         load_results(local_run).filter(pl.col("request_id").is_in(shard_ids["request_id"]))
     )
@@ -238,7 +237,7 @@ def test_a_worker_that_cannot_load_the_model_is_one_clear_error(
     )
     out = tmp_path / "out"
     with pytest.raises(GenerationError, match="missing on Ray worker node") as info:
-        run_generation_ray(requests, out, model=elsewhere, config=gen_config(), progress=False)
+        run_ray(requests, out, model=elsewhere, config=gen_config(), progress=False)
     assert "\n" not in str(info.value)
     assert list(out.glob("chunk-*.parquet")) == []
     assert not list(out.glob(".lock-*"))  # the lock went with the failed run

@@ -27,7 +27,7 @@ from click.testing import CliRunner
 
 from mipo.cli import cli
 from mipo.generate import GenerationConfig, resolve_backend_name, vllm_python_works
-from mipo.generate.runner import load_results
+from mipo.generate.executors import load_results
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1800)]
 

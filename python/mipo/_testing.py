@@ -101,7 +101,7 @@ def make_requests(
     from transformers import AutoTokenizer
 
     from mipo.generate import request_seeds
-    from mipo.generate.runner import REQUEST_SCHEMA
+    from mipo.generate.executors import REQUEST_SCHEMA
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rng = random.Random(seed)

@@ -25,13 +25,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mipo.errors import DependencyError, GenerationError
-from mipo.generate import (
-    BatchCallback,
-    GenerationConfig,
-    GenerationResult,
-    resolve_device,
-    resolve_dtype,
-)
+from mipo.generate.backend import BatchCallback, GenerationResult
+from mipo.generate.config import GenerationConfig, resolve_device, resolve_dtype
 from mipo.generate.stops import stop_token_ids
 
 if TYPE_CHECKING:

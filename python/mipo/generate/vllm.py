@@ -19,7 +19,7 @@ vLLM pins its own torch and transformers; when they clash with the training stac
 its own environment (``make vllm-env`` builds ``.venv-vllm``, with the CPU build where there is
 no GPU): stages exchange Parquet files, so generation can run there, and from the main
 environment ``--vllm-python .venv-vllm/bin/python`` runs it there as a subprocess
-(:mod:`mipo.generate.remote`). ``vllm`` is imported only inside this module's functions.
+(:mod:`mipo.generate.executors.remote`). ``vllm`` is imported only inside this module's functions.
 
 Example:
     >>> from mipo.generate import GenerationConfig
@@ -33,7 +33,8 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mipo.errors import DependencyError, GenerationError
-from mipo.generate import BatchCallback, GenerationConfig, GenerationResult, resolve_dtype
+from mipo.generate.backend import BatchCallback, GenerationResult
+from mipo.generate.config import GenerationConfig, resolve_dtype
 from mipo.generate.stops import stop_token_ids
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def _model_context(path: Any) -> int:
 
 def engine_arguments(model: ResolvedModel, config: GenerationConfig) -> dict[str, Any]:
     """The ``vllm.LLM`` arguments for ``model`` under ``config`` (see the class docstring)."""
-    from mipo.generate import vllm_device
+    from mipo.generate.config import vllm_device
 
     device = vllm_device()
     arguments: dict[str, Any] = {

@@ -466,9 +466,9 @@ def build_pairs(config: BuildPairsConfig) -> BuildPairsResult:
         )
     if config.executor == "ray" and not config.plan_only:
         # A missing Ray is refused before the plan is built, not after it.
-        from mipo.generate.ray_executor import import_ray
+        from mipo.generate.executors import check_executor
 
-        import_ray()
+        check_executor(config.executor)
 
     # Everything that can reject the input runs before the output folder is touched; the corpus
     # first, since reading its schema is instant and loading a model is not.
@@ -584,27 +584,21 @@ def _run_stages(
     gen_dir = out / GENERATIONS_DIR
     refuse_linked_folder(gen_dir)
     with stages.run("generate") as rec:
-        common: dict[str, Any] = {
-            "model": model,
-            "config": gen,
-            "shard": config.shard,
-            "overwrite": config.overwrite,
-            "progress": config.progress,
-        }
-        if config.executor == "ray":
-            from mipo.generate.ray_executor import run_generation_ray
-
-            # Same chunk files and manifest as the local runner (so a run may switch executor
-            # and resume); the Ray runtime lives only for this call unless the caller holds one.
-            mine = run_generation_ray(
-                requests,
-                gen_dir,
-                **common,
-                num_workers=config.num_workers,
-                address=config.ray_address,
-            )
-        else:
-            mine = run_generation(requests, gen_dir, **common)
+        # Either executor writes the same chunk files and manifest (so a run may switch
+        # executor and resume); a Ray runtime lives only for this call unless the caller holds
+        # one.
+        mine = run_generation(
+            requests,
+            gen_dir,
+            model=model,
+            config=gen,
+            executor=config.executor,
+            shard=config.shard,
+            overwrite=config.overwrite,
+            progress=config.progress,
+            num_workers=config.num_workers,
+            address=config.ray_address,
+        )
         rec["executor"] = config.executor
         rec["requests"] = requests.height
         rec["shard"] = f"{config.shard[0]}/{config.shard[1]}"

@@ -1,4 +1,5 @@
-"""The resumable, shardable generation runner.
+"""The chunk folder every executor writes: one public API for checking requests, the manifest,
+the shard lock, resume, and writing and reading chunk files.
 
 Layout of an output folder::
 
@@ -8,20 +9,36 @@ Layout of an output folder::
       chunk-000001.parquet     ...
       .lock-shard-0-of-1       present while a run of that shard is writing (holds host:pid)
 
-Guarantees:
+Guarantees, whichever executor writes the folder (:mod:`mipo.generate.executors`):
     - a chunk file exists only complete: written to a temporary file, fsynced, then renamed;
     - rerunning the same command skips finished chunks, so a crash (even SIGKILL) loses at most
-      the chunk in progress, and the final results equal an uninterrupted run's;
+      the chunks in progress, and the final results equal an uninterrupted run's;
     - a run with different settings, model or requests is refused unless ``overwrite``;
     - shard ``(i, N)`` takes chunks ``k`` with ``k % N == i``; shards may run at once into the
       same folder (each holds its own lock) or on different machines, then be merged;
     - a second run of the same shard is refused while the first is alive; a lock left by a dead
       process is taken over.
 
+An executor opens its shard with :func:`open_shard`, generates the chunks of
+:attr:`ShardRun.todo` (each with :func:`generate_chunk`, or :func:`generate_chunks` for a
+streaming backend), hands each finished one to :meth:`ShardRun.write`, and returns
+:meth:`ShardRun.results`.
+
 Example:
-    >>> results = run_generation(requests, "out/gen", model=model, config=config)  # doctest: +SKIP
-    >>> results.columns  # doctest: +SKIP
-    ['request_id', 'response', 'num_prompt_tokens', 'num_response_tokens', 'finish_reason', 'seed']
+    >>> import tempfile
+    >>> import polars as pl
+    >>> from mipo.generate.config import GenerationConfig
+    >>> requests = pl.DataFrame(
+    ...     {"request_id": [0, 1, 2], "input_ids": [[5], [6, 7], [8]], "seed": [1, 2, 3]},
+    ...     schema=REQUEST_SCHEMA,
+    ... )
+    >>> config = GenerationConfig(backend="hf", device="cpu", dtype="float32", chunk_size=2)
+    >>> # needs a resolved model: its fingerprint is part of the run's identity
+    >>> with open_shard(requests, tempfile.mkdtemp(), model=model, config=config) as run:  # doctest: +SKIP
+    ...     run.todo, run.rows(1)["request_id"].to_list()
+    ([0, 1], [2])
+    >>> check_shard((1, 2))
+    (1, 2)
 """
 
 from __future__ import annotations
@@ -31,18 +48,20 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from mipo.errors import ConfigError, GenerationError, OutputError
-from mipo.generate import Backend, GenerationConfig, create_backend
-from mipo.io import NO_ROOM, read_json_record, write_bytes_atomic, write_json_atomic
-from mipo.io import output_lock as _run_lock
+from mipo.generate.config import comparable_options
+from mipo.io import NO_ROOM, output_lock, read_json_record, write_bytes_atomic, write_json_atomic
 
 if TYPE_CHECKING:
+    from mipo.generate.backend import Backend, BatchCallback, GenerationResult
+    from mipo.generate.config import GenerationConfig
     from mipo.models import ResolvedModel
 
 MANIFEST = "manifest.json"
@@ -68,7 +87,59 @@ def chunk_path(out_dir: str | os.PathLike[str], index: int) -> Path:
     return Path(out_dir) / f"chunk-{index:06d}.parquet"
 
 
-def run_generation(
+# --- a shard's run -----------------------------------------------------------------------------
+
+
+@dataclass
+class ShardRun:
+    """One shard of a generation folder, locked and checked: what is done and what is left.
+
+    Built by :func:`open_shard`; valid while its ``with`` block holds the shard's lock.
+
+    Attributes:
+        out: the output folder.
+        table: the requests, checked and sorted by ``request_id``.
+        config: the generation settings.
+        manifest: what identifies the run (:func:`build_manifest`), as written to the folder.
+        mine: this shard's chunk indices.
+        done: finished chunks by index (read back on resume, then added by :meth:`write`).
+        todo: the chunks of this shard left to generate when the run opened, lowest first.
+    """
+
+    out: Path
+    table: pl.DataFrame
+    config: GenerationConfig
+    manifest: dict[str, Any]
+    mine: list[int]
+    done: dict[int, pl.DataFrame] = field(default_factory=dict)
+    todo: list[int] = field(default_factory=list)
+
+    def rows(self, index: int) -> pl.DataFrame:
+        """The requests of chunk ``index``."""
+        return chunk_rows(self.table, index, self.config.chunk_size)
+
+    def write(self, index: int, results: pl.DataFrame) -> None:
+        """Write a finished chunk atomically and count it done."""
+        write_chunk(self.out, index, results, finished=len(self.done))
+        self.done[index] = results
+
+    def progress(self, *, enabled: bool) -> Any:
+        """A progress task over this shard's rows (those already done counted as done)."""
+        return generation_progress(
+            enabled=enabled,
+            total_rows=sum(self.rows(k).height for k in self.mine),
+            done_rows=sum(df.height for df in self.done.values()),
+        )
+
+    def results(self) -> pl.DataFrame:
+        """This shard's results sorted by ``request_id`` (what every executor returns)."""
+        if not self.done:
+            return pl.DataFrame(schema=RESULT_SCHEMA)
+        return pl.concat([self.done[k] for k in sorted(self.done)]).sort("request_id")
+
+
+@contextlib.contextmanager
+def open_shard(
     requests: pl.DataFrame,
     out_dir: str | os.PathLike[str],
     *,
@@ -76,66 +147,32 @@ def run_generation(
     config: GenerationConfig,
     shard: tuple[int, int] = (0, 1),
     overwrite: bool = False,
-    progress: bool = True,
-    backend: Backend | None = None,
-) -> pl.DataFrame:
-    """Generate one response per request into ``out_dir``, resuming finished chunks.
+) -> Iterator[ShardRun]:
+    """Check the requests and the shard, take the shard's lock, write or check the manifest,
+    and read back the chunks a previous run finished.
 
-    ``requests`` has columns ``request_id`` (unique), ``input_ids`` (token ids of the rendered
-    prompt) and ``seed``. Returns this shard's results sorted by ``request_id``, with columns
-    ``request_id, response, num_prompt_tokens, num_response_tokens, finish_reason, seed``.
-    ``backend`` reuses an already loaded backend (it is built lazily otherwise, and only when
-    some chunk is left to generate).
-
-    Raises OutputError when ``out_dir`` holds another run (pass ``overwrite=True``), is locked by
-    a live run, or cannot be written (disk full: finished chunks are kept; rerun to resume).
-    KeyboardInterrupt abandons the chunk in progress cleanly and propagates.
+    Raises GenerationError for bad requests, ConfigError for a bad shard, and OutputError when
+    ``out_dir`` holds another run (pass ``overwrite=True``), is locked by a live run, or cannot
+    be written.
     """
-    shard_index, num_shards = _check_shard(shard)
-    table = _check_requests(requests)
-    out = Path(out_dir)
-    if backend is None and _runs_elsewhere(config):
-        # vLLM lives in another environment: the whole stage runs there, into this folder.
-        from mipo.generate.remote import run_remote
-
-        run_remote(
-            table, out, model=model, config=config, shard=shard, overwrite=overwrite,
-            progress=progress,
-        )  # fmt: skip
-        results = load_results(out, require_complete=False)
-        mine = _chunk_ids_of(table, config, shard_index, num_shards)
-        return results.filter(pl.col("request_id").is_in(mine.implode())).sort("request_id")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create output folder '{out}': {exc.strerror}") from exc
-    if not out.is_dir():
-        raise OutputError(f"output path '{out}' exists and is not a folder")
-
+    shard_index, num_shards = check_shard(shard)
+    table = check_requests(requests)
+    out = make_folder(out_dir)
     manifest = build_manifest(table, model, config)
-    num_chunks = manifest["num_chunks"]
-    mine = [k for k in range(num_chunks) if k % num_shards == shard_index]
-
-    with _run_lock(out / f".lock-shard-{shard_index}-of-{num_shards}"):
-        _prepare_folder(out, manifest, overwrite=overwrite)
-        _remove_temp_files(out, mine)
-        done = {k: df for k in mine if (df := _read_chunk(out, k, table, config)) is not None}
-        todo = [k for k in mine if k not in done]
-        if todo:
-            if backend is None:
-                backend = create_backend(model, config)
-            with generation_progress(
-                enabled=progress,
-                total_rows=sum(_chunk_rows(table, k, config).height for k in mine),
-                done_rows=sum(df.height for df in done.values()),
-            ) as bar:
-                chunks = ((k, _chunk_rows(table, k, config)) for k in todo)
-                for k, results in _generate_chunks(backend, chunks, bar.advance):
-                    _write_chunk_atomically(out, k, results, finished=len(done))
-                    done[k] = results
-    if not done:
-        return pl.DataFrame(schema=RESULT_SCHEMA)
-    return pl.concat([done[k] for k in sorted(done)]).sort("request_id")
+    mine = shard_chunks(int(manifest["num_chunks"]), (shard_index, num_shards))
+    # One lock file per shard, whatever the executor: a local and a Ray run of one shard
+    # exclude each other.
+    with output_lock(out / f".lock-shard-{shard_index}-of-{num_shards}"):
+        prepare_folder(out, manifest, overwrite=overwrite)
+        remove_temp_files(out, mine)
+        run = ShardRun(out=out, table=table, config=config, manifest=manifest, mine=mine)
+        for k in mine:
+            finished = read_chunk(out, k, table, config)
+            if finished is None:
+                run.todo.append(k)
+            else:
+                run.done[k] = finished
+        yield run
 
 
 def load_results(out_dir: str | os.PathLike[str], *, require_complete: bool = True) -> pl.DataFrame:
@@ -145,7 +182,7 @@ def load_results(out_dir: str | os.PathLike[str], *, require_complete: bool = Tr
     never run) instead of returning partial results.
     """
     out = Path(out_dir)
-    manifest = _read_manifest(out)
+    manifest = read_manifest(out)
     if manifest is None:
         raise OutputError(f"'{out}' holds no generation run ({MANIFEST} missing)")
     num_chunks = int(manifest["num_chunks"])
@@ -166,33 +203,15 @@ def load_results(out_dir: str | os.PathLike[str], *, require_complete: bool = Tr
 # --- validation --------------------------------------------------------------------------------
 
 
-def build_manifest(
-    table: pl.DataFrame, model: ResolvedModel, config: GenerationConfig
-) -> dict[str, Any]:
-    """The manifest of a generation folder: what identifies its output (config, model, requests).
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    """``(index, count)`` as ints, or a ConfigError saying what a shard must be.
 
-    Shared by the local runner and the Ray executor, so either can resume the other's folder.
+    >>> check_shard((0, 1))
+    (0, 1)
+    >>> check_shard((2, 2))
+    Traceback (most recent call last):
+    mipo.errors.ConfigError: shard 2/2 is invalid: the count must be >= 1 and the index in 0..count-1 (e.g. --shard 0/2)
     """
-    fields = config.output_fields()
-    manifest: dict[str, Any] = {
-        "version": MANIFEST_VERSION,
-        "run_hash": "",
-        "config_hash": _hash_json(fields),
-        "model_fingerprint": model.fingerprint,
-        "requests_hash": _hash_requests(table),
-        "num_requests": table.height,
-        "chunk_size": config.chunk_size,
-        "num_chunks": -(-table.height // config.chunk_size),
-        "model": model.name,
-        "config": fields,
-    }
-    manifest["run_hash"] = _hash_json(
-        [manifest["config_hash"], manifest["model_fingerprint"], manifest["requests_hash"]]
-    )
-    return manifest
-
-
-def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
     try:
         index, count = (int(x) for x in shard)
     except (TypeError, ValueError):
@@ -205,7 +224,9 @@ def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
     return index, count
 
 
-def _check_requests(requests: pl.DataFrame) -> pl.DataFrame:
+def check_requests(requests: pl.DataFrame) -> pl.DataFrame:
+    """The requests as :data:`REQUEST_SCHEMA`, sorted by ``request_id``; a GenerationError
+    names a missing column, a wrong type, a null, a repeated id or an empty prompt."""
     missing = [c for c in REQUEST_SCHEMA if c not in requests.columns]
     if missing:
         raise GenerationError(
@@ -229,7 +250,45 @@ def _check_requests(requests: pl.DataFrame) -> pl.DataFrame:
     return table.sort("request_id")
 
 
+def make_folder(out_dir: str | os.PathLike[str]) -> Path:
+    """Create the output folder (and its parents); an OutputError when it cannot be one."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder '{out}': {exc.strerror}") from exc
+    if not out.is_dir():
+        raise OutputError(f"output path '{out}' exists and is not a folder")
+    return out
+
+
 # --- manifest and hashing ----------------------------------------------------------------------
+
+
+def build_manifest(
+    table: pl.DataFrame, model: ResolvedModel, config: GenerationConfig
+) -> dict[str, Any]:
+    """The manifest of a generation folder: what identifies its output (config, model, requests).
+
+    Every executor writes the same one, so each can resume the others' folders.
+    """
+    fields = config.output_fields()
+    manifest: dict[str, Any] = {
+        "version": MANIFEST_VERSION,
+        "run_hash": "",
+        "config_hash": _hash_json(fields),
+        "model_fingerprint": model.fingerprint,
+        "requests_hash": _hash_requests(table),
+        "num_requests": table.height,
+        "chunk_size": config.chunk_size,
+        "num_chunks": -(-table.height // config.chunk_size),
+        "model": model.name,
+        "config": fields,
+    }
+    manifest["run_hash"] = _hash_json(
+        [manifest["config_hash"], manifest["model_fingerprint"], manifest["requests_hash"]]
+    )
+    return manifest
 
 
 def _hash_json(value: Any) -> str:
@@ -250,12 +309,17 @@ def _hash_requests(table: pl.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
-def _read_manifest(out: Path) -> dict[str, Any] | None:
+def read_manifest(out: Path) -> dict[str, Any] | None:
+    """The folder's manifest, or None when it has none (a corrupt one is an error)."""
     return read_json_record(out / MANIFEST, what="mipo manifest")
 
 
-def _prepare_folder(out: Path, manifest: dict[str, Any], *, overwrite: bool) -> None:
-    existing = _read_manifest(out)
+def prepare_folder(out: Path, manifest: dict[str, Any], *, overwrite: bool) -> None:
+    """Write ``manifest`` into ``out``, or check that the folder holds the same run.
+
+    A folder of another run is refused unless ``overwrite`` (then its chunks are deleted).
+    """
+    existing = read_manifest(out)
     chunks = sorted(out.glob("chunk-*.parquet"))
     if existing is not None and existing.get("run_hash") == manifest["run_hash"]:
         return
@@ -290,11 +354,9 @@ def _prepare_folder(out: Path, manifest: dict[str, Any], *, overwrite: bool) -> 
 
 
 def _same_run_recorded_before(existing: dict[str, Any], manifest: dict[str, Any]) -> bool:
-    """Whether a manifest written before an option became ignored (:data:`NOT_OUTPUT_AFFECTING`,
+    """Whether a manifest written before an option became ignored (``NOT_OUTPUT_AFFECTING``,
     vLLM-only options under hf) describes the same run: same model, requests and chunking, and
     its settings equal today's once compared as today's are."""
-    from mipo.generate import comparable_options
-
     config = existing.get("config")
     return (
         isinstance(config, dict)
@@ -308,11 +370,29 @@ def _same_run_recorded_before(existing: dict[str, Any], manifest: dict[str, Any]
 # --- chunks ------------------------------------------------------------------------------------
 
 
-def _chunk_rows(table: pl.DataFrame, index: int, config: GenerationConfig) -> pl.DataFrame:
-    return table.slice(index * config.chunk_size, config.chunk_size)
+def shard_chunks(num_chunks: int, shard: tuple[int, int]) -> list[int]:
+    """The chunk indices shard ``(index, count)`` takes: ``k % count == index``.
+
+    >>> shard_chunks(7, (1, 3))
+    [1, 4]
+    """
+    index, count = shard
+    return [k for k in range(num_chunks) if k % count == index]
 
 
-def _read_chunk(
+def shard_request_ids(table: pl.DataFrame, chunk_size: int, shard: tuple[int, int]) -> pl.Series:
+    """The request ids of a shard's chunks (``table`` sorted by ``request_id``)."""
+    index, count = shard
+    chunk = pl.int_range(0, table.height, eager=True) // chunk_size
+    return table["request_id"].filter(chunk % count == index)
+
+
+def chunk_rows(table: pl.DataFrame, index: int, chunk_size: int) -> pl.DataFrame:
+    """The requests of chunk ``index`` (``table`` sorted by ``request_id``)."""
+    return table.slice(index * chunk_size, chunk_size)
+
+
+def read_chunk(
     out: Path, index: int, table: pl.DataFrame, config: GenerationConfig
 ) -> pl.DataFrame | None:
     """A finished chunk, or None when it is missing or does not match its rows (then redone)."""
@@ -323,38 +403,35 @@ def _read_chunk(
         df = pl.read_parquet(path).cast(RESULT_SCHEMA)
     except Exception:  # unreadable: regenerate rather than trust it
         return None
-    expected = _chunk_rows(table, index, config)["request_id"]
+    expected = chunk_rows(table, index, config.chunk_size)["request_id"]
     if df.height != expected.len() or not df["request_id"].equals(expected):
         return None
     return df
 
 
-def _runs_elsewhere(config: GenerationConfig) -> bool:
-    from mipo.generate import resolve_backend_name, vllm_available
-
-    return (
-        resolve_backend_name(config.backend, config.vllm_python) == "vllm" and not vllm_available()
+def generate_chunk(
+    backend: Backend, rows: pl.DataFrame, on_batch: BatchCallback | None
+) -> pl.DataFrame:
+    """One chunk's results: the unit of work of every executor, so a chunk's batches and seeds
+    are the same whoever generates it."""
+    results = backend.generate(
+        rows["input_ids"].to_list(), rows["seed"].to_list(), on_batch=on_batch
     )
+    return chunk_frame(backend, rows, results)
 
 
-def _chunk_ids_of(
-    table: pl.DataFrame, config: GenerationConfig, shard_index: int, num_shards: int
-) -> pl.Series:
-    """The request ids of this shard's chunks."""
-    chunk = pl.int_range(0, table.height, eager=True) // config.chunk_size
-    return table["request_id"].filter(chunk % num_shards == shard_index)
-
-
-def _generate_chunks(
-    backend: Backend, chunks: Iterator[tuple[int, pl.DataFrame]], on_batch: Any
+def generate_chunks(
+    backend: Backend,
+    chunks: Iterable[tuple[int, pl.DataFrame]],
+    on_batch: BatchCallback | None,
 ) -> Iterator[tuple[int, pl.DataFrame]]:
     """``(chunk index, results)`` as chunks finish. A backend with ``generate_chunks`` (vLLM)
     keeps several chunks in flight and yields each as soon as its rows are done, in any order;
-    others generate one chunk at a time."""
+    others generate one chunk at a time (:func:`generate_chunk`)."""
     streaming = getattr(backend, "generate_chunks", None)
     if streaming is None:
         for k, rows in chunks:
-            yield k, _generate_chunk(backend, rows, on_batch)
+            yield k, generate_chunk(backend, rows, on_batch)
         return
     frames: dict[int, pl.DataFrame] = {}
 
@@ -364,18 +441,13 @@ def _generate_chunks(
             yield k, rows["input_ids"].to_list(), rows["seed"].to_list()
 
     for k, results in streaming(work(), on_batch=on_batch):
-        yield k, _chunk_frame(backend, frames.pop(k), results)
+        yield k, chunk_frame(backend, frames.pop(k), results)
 
 
-def _generate_chunk(backend: Backend, rows: pl.DataFrame, on_batch: Any) -> pl.DataFrame:
-    """One chunk's results (the Ray executor's unit of work)."""
-    results = backend.generate(
-        rows["input_ids"].to_list(), rows["seed"].to_list(), on_batch=on_batch
-    )
-    return _chunk_frame(backend, rows, results)
-
-
-def _chunk_frame(backend: Backend, rows: pl.DataFrame, results: list[Any]) -> pl.DataFrame:
+def chunk_frame(
+    backend: Backend, rows: pl.DataFrame, results: list[GenerationResult]
+) -> pl.DataFrame:
+    """A chunk's results as :data:`RESULT_SCHEMA` rows (one result per request, in order)."""
     if len(results) != rows.height:
         raise GenerationError(
             f"the {backend.name} backend returned {len(results)} results for {rows.height} rows"
@@ -392,7 +464,9 @@ def _chunk_frame(backend: Backend, rows: pl.DataFrame, results: list[Any]) -> pl
     ).cast(RESULT_SCHEMA)
 
 
-def _write_chunk_atomically(out: Path, index: int, df: pl.DataFrame, *, finished: int) -> None:
+def write_chunk(out: Path, index: int, df: pl.DataFrame, *, finished: int) -> None:
+    """Write chunk ``index`` atomically and durably; a full disk is an OutputError saying that
+    the ``finished`` chunks are kept and a rerun resumes."""
     # Serialize in memory first (a chunk is small) so every write error is the file system's.
     buffer = io.BytesIO()
     df.write_parquet(buffer)
@@ -409,15 +483,12 @@ def _write_chunk_atomically(out: Path, index: int, df: pl.DataFrame, *, finished
         raise
 
 
-def _remove_temp_files(out: Path, chunks: list[int]) -> None:
-    """Temp files of this shard's chunks left by a killed run (we hold the shard's lock)."""
+def remove_temp_files(out: Path, chunks: list[int]) -> None:
+    """Temp files of these chunks left by a killed run (the caller holds the shard's lock)."""
     for k in chunks:
         for temp in out.glob(f".{chunk_path(out, k).name}.tmp-*"):
             with contextlib.suppress(OSError):
                 temp.unlink()
-
-
-# --- lock --------------------------------------------------------------------------------------
 
 
 # --- progress ----------------------------------------------------------------------------------
@@ -437,7 +508,24 @@ __all__ = [
     "MANIFEST",
     "REQUEST_SCHEMA",
     "RESULT_SCHEMA",
+    "ShardRun",
+    "build_manifest",
+    "check_requests",
+    "check_shard",
+    "chunk_frame",
     "chunk_path",
+    "chunk_rows",
+    "generate_chunk",
+    "generate_chunks",
+    "generation_progress",
     "load_results",
-    "run_generation",
+    "make_folder",
+    "open_shard",
+    "prepare_folder",
+    "read_chunk",
+    "read_manifest",
+    "remove_temp_files",
+    "shard_chunks",
+    "shard_request_ids",
+    "write_chunk",
 ]

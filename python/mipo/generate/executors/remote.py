@@ -1,15 +1,18 @@
-"""vLLM in another Python environment: generation as a subprocess that writes Parquet.
+"""The remote executor: vLLM in another Python environment, as a subprocess that writes Parquet.
 
 vLLM pins its own torch and transformers, so it usually lives in an environment of its own
 (``make vllm-env`` builds ``.venv-vllm``) while training and evaluation run in the main one. When
-vLLM cannot be imported here but ``vllm_python`` names an interpreter that has it, the runner
-hands the whole generation stage to that interpreter: ``python -m mipo.generate.remote`` runs
-:func:`mipo.generate.run_generation` there into the same output folder, with the same chunk
-files, manifest, locks and resume, and this process reads the results back. The engine starts
+vLLM cannot be imported here but ``vllm_python`` names an interpreter that has it,
+:func:`mipo.generate.executors.run_generation` hands the whole generation stage to that
+interpreter: ``python -m mipo.generate.executors.remote`` runs the local executor
+(:func:`~mipo.generate.executors.local.run_local`) with the vLLM backend there, into the same
+output folder, with the same chunk files, manifest, locks and resume, and this process reads the
+results back. The engine starts
 once per call; its progress bar and log lines pass through to this process's stderr, and its
 one-line error, if any, becomes this process's error.
 
-    python -m mipo.generate.remote --requests req.parquet --out gen/ --model /path/model \\
+    python -m mipo.generate.executors.remote --requests req.parquet --out gen/ \\
+        --model /path/model
         --config config.json [--shard 0/1] [--overwrite] [--no-progress]
 """
 
@@ -33,7 +36,8 @@ from mipo.errors import GenerationError, MipoError
 if TYPE_CHECKING:
     import polars as pl
 
-    from mipo.generate import BatchCallback, GenerationConfig, GenerationResult
+    from mipo.generate.backend import BatchCallback, GenerationResult
+    from mipo.generate.config import GenerationConfig
     from mipo.models import ResolvedModel
 
 __all__ = ["RemoteVLLMBackend", "run_remote"]
@@ -57,8 +61,9 @@ def run_remote(
     overwrite: bool = False,
     progress: bool = True,
 ) -> None:
-    """Run :func:`~mipo.generate.run_generation` with the vLLM backend in ``config.vllm_python``
-    (same arguments); the results land in ``out_dir`` as chunk files."""
+    """Run the local executor with the vLLM backend in ``config.vllm_python`` (the arguments of
+    :func:`~mipo.generate.executors.local.run_local`, less the backend); the results land in
+    ``out_dir`` as chunk files."""
     python = config.vllm_python
     if not python:
         raise GenerationError("no vllm_python given: nowhere to run vLLM")
@@ -70,7 +75,7 @@ def run_remote(
         requests.write_parquet(request_file)
         config_file.write_text(json.dumps(_child_config(config)))
         command = [
-            python, "-m", "mipo.generate.remote", "--requests", str(request_file),
+            python, "-m", "mipo.generate.executors.remote", "--requests", str(request_file),
             "--out", str(out), "--model", str(model.path), "--config", str(config_file),
             "--shard", f"{shard[0]}/{shard[1]}",
             *(["--overwrite"] if overwrite else []),
@@ -116,8 +121,9 @@ def _run_child(command: list[str], python: str) -> None:
 
 class RemoteVLLMBackend:
     """The vllm backend through another interpreter: each ``generate`` call runs one child (the
-    engine starts once per call). Used by evaluation; the build-pairs runner hands its whole
-    stage to :func:`run_remote` instead, one engine for every chunk."""
+    engine starts once per call). Used by evaluation; chunked generation
+    (:func:`mipo.generate.executors.run_generation`) hands its whole stage to
+    :func:`run_remote` instead, one engine for every chunk."""
 
     name = "vllm"
 
@@ -134,8 +140,8 @@ class RemoteVLLMBackend:
     ) -> list[GenerationResult]:
         import polars as pl
 
-        from mipo.generate import GenerationResult
-        from mipo.generate.runner import load_results
+        from mipo.generate.backend import GenerationResult
+        from mipo.generate.executors.chunks import REQUEST_SCHEMA, load_results
 
         if len(input_ids) != len(seeds):
             raise GenerationError(f"got {len(input_ids)} prompts but {len(seeds)} seeds")
@@ -147,7 +153,7 @@ class RemoteVLLMBackend:
                 "input_ids": [list(map(int, r)) for r in input_ids],
                 "seed": list(map(int, seeds)),
             },
-            schema={"request_id": pl.UInt64, "input_ids": pl.List(pl.UInt32), "seed": pl.UInt64},
+            schema=REQUEST_SCHEMA,
         )
         with tempfile.TemporaryDirectory(prefix="mipo-vllm-") as tmp:
             run_remote(requests, tmp, model=self.model, config=self.config, progress=False)
@@ -167,11 +173,12 @@ class RemoteVLLMBackend:
 def _main(argv: list[str] | None = None) -> int:
     import polars as pl
 
-    from mipo.generate import GenerationConfig
-    from mipo.generate.runner import run_generation
+    from mipo.generate.config import GenerationConfig
+    from mipo.generate.executors.local import run_local
+    from mipo.generate.vllm import VLLMBackend
     from mipo.models import resolve_model
 
-    parser = argparse.ArgumentParser(prog="python -m mipo.generate.remote")
+    parser = argparse.ArgumentParser(prog="python -m mipo.generate.executors.remote")
     parser.add_argument("--requests", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--model", required=True)
@@ -188,11 +195,12 @@ def _main(argv: list[str] | None = None) -> int:
             args.model, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle
         )
         index, count = (int(x) for x in args.shard.split("/"))
-        run_generation(
+        run_local(
             pl.read_parquet(args.requests),
             args.out,
             model=model,
             config=config,
+            load_backend=lambda: VLLMBackend(model, config),
             shard=(index, count),
             overwrite=args.overwrite,
             progress=not args.no_progress,

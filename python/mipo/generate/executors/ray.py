@@ -1,7 +1,7 @@
-"""Generation on a Ray cluster (``--executor ray``): the local runner's chunks, many workers.
+"""The Ray executor (``--executor ray``): the local executor's chunks, on many workers.
 
-:func:`run_generation_ray` has the semantics and the on-disk result of
-:func:`mipo.generate.runner.run_generation`: the same ``manifest.json``, the same
+:func:`run_ray` has the semantics and the on-disk result of
+:func:`mipo.generate.executors.local.run_local`: the same ``manifest.json``, the same
 ``chunk-NNNNNN.parquet`` files (byte for byte, for the same requests, model and settings), the
 same shard lock and the same returned frame. A run started with one executor can therefore be
 resumed, or sharded, with the other.
@@ -18,7 +18,8 @@ How the work is split:
       write access to OUTDIR, and no two processes write one file. A crash (of the driver, a
       worker or a node) loses at most the chunks in flight, one per worker; rerunning the same
       command skips the finished ones.
-    - a chunk's rows go to ``_generate_chunk`` exactly as in the local runner, so the backend
+    - a chunk's rows go to :func:`~mipo.generate.executors.chunks.generate_chunk` exactly as in
+      the local executor, so the backend
       cuts the same batches (the hf backend buckets a chunk's rows by length) and draws from the
       same per-row seeds: results equal a local run's whatever the number of workers.
 
@@ -28,8 +29,9 @@ re-resolved on a worker that lacks the driver's folder, and refused unless their
 (tokenizer + config) matches the driver's.
 
 Example:
-    >>> from mipo.generate.ray_executor import run_generation_ray
-    >>> results = run_generation_ray(requests, "out/gen", model=model, config=config)  # doctest: +SKIP
+    >>> from mipo.generate.executors.ray import run_ray
+    >>> # needs Ray and a resolved model: see tests/test_ray.py
+    >>> results = run_ray(requests, "out/gen", model=model, config=config)  # doctest: +SKIP
     >>> results.columns  # doctest: +SKIP
     ['request_id', 'response', 'num_prompt_tokens', 'num_response_tokens', 'finish_reason', 'seed']
 """
@@ -41,29 +43,16 @@ import dataclasses
 import logging
 import os
 from collections.abc import Generator, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from mipo.errors import ConfigError, DependencyError, GenerationError, MipoError, OutputError
-from mipo.generate import GenerationConfig, create_backend
-from mipo.generate.runner import (
-    RESULT_SCHEMA,
-    _check_requests,
-    _check_shard,
-    _chunk_rows,
-    _generate_chunk,
-    _prepare_folder,
-    _read_chunk,
-    _remove_temp_files,
-    _run_lock,
-    _write_chunk_atomically,
-    build_manifest,
-    generation_progress,
-)
+from mipo.errors import ConfigError, DependencyError, GenerationError, MipoError
+from mipo.generate.backends import create_backend
+from mipo.generate.executors.chunks import chunk_rows, generate_chunk, open_shard
 
 if TYPE_CHECKING:
+    from mipo.generate.config import GenerationConfig
     from mipo.models import ResolvedModel
 
 RAY_INSTALL_HINT = "pip install 'mipo[ray]'"
@@ -81,7 +70,7 @@ def import_ray() -> Any:
     return ray
 
 
-def run_generation_ray(
+def run_ray(
     requests: pl.DataFrame,
     out_dir: str | os.PathLike[str],
     *,
@@ -96,7 +85,8 @@ def run_generation_ray(
     """Generate one response per request into ``out_dir`` on Ray workers, resuming finished chunks.
 
     Same arguments, output folder and return value as
-    :func:`~mipo.generate.runner.run_generation`, plus:
+    :func:`~mipo.generate.executors.local.run_local` (less the backend: each worker loads its
+    own), plus:
 
     ``num_workers``: model copies (Ray actors) to run; None fits the cluster: one per
     ``tensor_parallel_size`` GPUs with vllm, one per GPU with hf on a GPU cluster, one per CPU
@@ -111,59 +101,35 @@ def run_generation_ray(
 
     Raises DependencyError without Ray, ConfigError when the workers cannot fit the cluster,
     GenerationError when a worker fails (finished chunks are kept: rerun to resume), and the
-    OutputErrors of the local runner.
+    OutputErrors of :func:`~mipo.generate.executors.chunks.open_shard`.
     """
-    shard_index, num_shards = _check_shard(shard)
     if num_workers is not None and (
         not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1
     ):
         raise ConfigError(f"num_workers must be an integer >= 1 or None, got {num_workers!r}")
     ray = import_ray()
-    table = _check_requests(requests)
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create output folder '{out}': {exc.strerror}") from exc
-    if not out.is_dir():
-        raise OutputError(f"output path '{out}' exists and is not a folder")
-
-    manifest = build_manifest(table, model, config)
-    num_chunks = int(manifest["num_chunks"])
-    mine = [k for k in range(num_chunks) if k % num_shards == shard_index]
-
-    # The same lock file as the local runner: a local and a Ray run of one shard exclude each
-    # other.
-    with _run_lock(out / f".lock-shard-{shard_index}-of-{num_shards}"):
-        _prepare_folder(out, manifest, overwrite=overwrite)
-        _remove_temp_files(out, mine)
-        done = {k: df for k in mine if (df := _read_chunk(out, k, table, config)) is not None}
-        todo = [k for k in mine if k not in done]
-        if todo:
+    with open_shard(
+        requests, out_dir, model=model, config=config, shard=shard, overwrite=overwrite
+    ) as run:
+        if run.todo:
             # Workers get the settings pinned to what the manifest recorded (``auto`` resolved
             # here, on the driver), so every node generates what the manifest promises.
-            pinned = pin_config(config, manifest["config"])
+            expected = run.manifest["config"]
+            pinned = pin_config(config, expected)
             with (
                 _ray_session(ray, address),
-                generation_progress(
-                    enabled=progress,
-                    total_rows=sum(_chunk_rows(table, k, config).height for k in mine),
-                    done_rows=sum(df.height for df in done.values()),
-                ) as bar,
+                run.progress(enabled=progress) as bar,
                 # closing(): a failed write stops the actors now, not when the traceback goes.
                 contextlib.closing(
                     _run_chunks_on_actors(
-                        ray, table, todo, model, pinned, manifest["config"], num_workers
+                        ray, run.table, run.todo, model, pinned, expected, num_workers
                     )
                 ) as finished_chunks,
             ):
                 for k, results in finished_chunks:
-                    _write_chunk_atomically(out, k, results, finished=len(done))
-                    done[k] = results
+                    run.write(k, results)
                     bar.advance(results.height, int(results["num_response_tokens"].sum()))
-    if not done:
-        return pl.DataFrame(schema=RESULT_SCHEMA)
-    return pl.concat([done[k] for k in sorted(done)]).sort("request_id")
+    return run.results()
 
 
 # --- manifest ------------------------------------------------------------------------------------
@@ -172,6 +138,7 @@ def run_generation_ray(
 def pin_config(config: GenerationConfig, fields: dict[str, Any]) -> GenerationConfig:
     """``config`` with ``backend``, ``device`` and ``dtype`` fixed to resolved ``fields``.
 
+    >>> from mipo.generate.config import GenerationConfig
     >>> fields = GenerationConfig(backend="hf", device="cpu").output_fields()
     >>> pin_config(GenerationConfig(backend="hf"), fields).device
     'cpu'
@@ -222,6 +189,7 @@ def worker_resources(
     ``config`` is pinned (backend and device resolved); ``cluster`` is
     ``ray.cluster_resources()``.
 
+    >>> from mipo.generate.config import GenerationConfig
     >>> worker_resources(GenerationConfig(backend="hf", device="cpu"), {"CPU": 8.0}, None, 3)
     (3, {'num_cpus': 1, 'num_gpus': 0})
     >>> worker_resources(GenerationConfig(backend="hf", device="cpu"), {"CPU": 8.0}, 2, 9)
@@ -281,7 +249,7 @@ class ChunkWorker:
         self.backend = create_backend(_model_on_this_node(model), config)
 
     def generate(self, index: int, rows: pl.DataFrame) -> tuple[int, pl.DataFrame]:
-        return index, _generate_chunk(self.backend, rows, None)
+        return index, generate_chunk(self.backend, rows, None)
 
 
 def _model_on_this_node(model: ResolvedModel) -> ResolvedModel:
@@ -332,7 +300,7 @@ def _run_chunks_on_actors(
         for actor in actors:
             if queue:
                 k = queue.pop()
-                in_flight[actor.generate.remote(k, _chunk_rows(table, k, config))] = actor
+                in_flight[actor.generate.remote(k, chunk_rows(table, k, config.chunk_size))] = actor
         while in_flight:
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             actor = in_flight.pop(ready[0])
@@ -342,7 +310,7 @@ def _run_chunks_on_actors(
                 raise _worker_error(ray, exc) from exc
             if queue:
                 k = queue.pop()
-                in_flight[actor.generate.remote(k, _chunk_rows(table, k, config))] = actor
+                in_flight[actor.generate.remote(k, chunk_rows(table, k, config.chunk_size))] = actor
             yield index, results
     finally:
         # Also on Ctrl-C or a failed chunk: stop every model copy now rather than at shutdown.
@@ -391,6 +359,6 @@ __all__ = [
     "ChunkWorker",
     "import_ray",
     "pin_config",
-    "run_generation_ray",
+    "run_ray",
     "worker_resources",
 ]
