@@ -10,6 +10,7 @@
 //!
 //! The PyO3 bindings live in [`py`] behind the `python` feature.
 
+pub mod components;
 pub mod dedup;
 pub mod derange;
 pub mod error;

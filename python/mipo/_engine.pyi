@@ -96,3 +96,14 @@ class ChatTokenizer:
         """Render + encode -> (Arrow ``list<uint32>`` ids, Arrow ``uint32`` lengths)."""
     def encode(self, texts: Any, add_special_tokens: bool) -> tuple[Any, Any]:
         """Arrow string column -> (Arrow ``list<uint32>`` ids, Arrow ``uint32`` lengths)."""
+
+# --- plan steps for a cluster (rust/py/ray.rs) ----------------------------------------------------
+
+def sketch_rows(
+    texts: Any, ngram: int = 5, num_perm: int = 112, bands: int = 14, seed: int = 0
+) -> tuple[Any, Any, Any, Any]:
+    """(exact_hi: u64, exact_lo: u64, band_keys: u32 rows x bands, fingerprints: list<u32>)."""
+
+def bucket_pairs(keys: Any, rows: Any) -> tuple[Any, Any]: ...
+def verify_pairs(a: Any, b: Any, threshold: float) -> Any: ...
+def resolve_representatives(s: Any, r: Any) -> tuple[Any, Any]: ...

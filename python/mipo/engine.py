@@ -29,13 +29,17 @@ __all__ = [
     "ChatTokenizer",
     "DedupConfig",
     "Deduper",
+    "bucket_pairs",
     "constrained_derangement",
     "dedup",
     "derangement",
     "engine_info",
     "normalize",
+    "resolve_representatives",
+    "sketch_rows",
     "stratified_derangement",
     "template_limits_from_env",
+    "verify_pairs",
 ]
 
 
@@ -500,3 +504,58 @@ def stratified_derangement(
             )
     native = _engine.stratified_derangement(codes, g, c, seed, sweeps, bool(strict))
     return _series(native, "partner")
+
+
+# --- the dedup steps of a plan spread over a cluster (rust/components.rs) -------------------------
+
+
+def sketch_rows(texts: Any, config: DedupConfig | None = None) -> pl.DataFrame:
+    """What the streaming :class:`Deduper` computes of each row before clustering it.
+
+    Columns: ``exact_hi``, ``exact_lo`` (the 128-bit exact key of the normalized text),
+    ``band_keys`` (``array[u32, bands]``: the LSH bucket key of each band) and
+    ``fingerprints`` (``list[u32]``: the sorted distinct shingle fingerprints).
+
+    >>> sketch_rows(pl.Series(["Hello world", "hello  WORLD"]))["exact_lo"].n_unique()
+    1
+    """
+    c = config or DedupConfig()
+    s = _as_series(texts, "texts")
+    hi, lo, keys, fps = _engine.sketch_rows(s, c.ngram, c.num_perm, c.bands, c.seed)
+    keys = _series(keys, "band_keys")
+    return pl.DataFrame(
+        [
+            _series(hi, "exact_hi"),
+            _series(lo, "exact_lo"),
+            keys.reshape((len(s), c.bands)) if len(s) else keys.cast(pl.Array(pl.UInt32, c.bands)),
+            _series(fps, "fingerprints"),
+        ]
+    )
+
+
+def bucket_pairs(keys: Any, rows: Any) -> pl.DataFrame:
+    """Every pair ``(s, r)``, ``s < r``, of rows sharing a bucket key (u64), once, sorted.
+
+    >>> bucket_pairs(pl.Series([7, 7, 9], dtype=pl.UInt64), pl.Series([4, 1, 2])).rows()
+    [(1, 4)]
+    """
+    s, r = _engine.bucket_pairs(_as_series(keys, "keys"), _as_series(rows, "rows"))
+    return pl.DataFrame([_series(s, "s"), _series(r, "r")])
+
+
+def verify_pairs(a: Any, b: Any, threshold: float) -> pl.Series:
+    """Exact Jaccard similarity of each pair of fingerprint sets is ``>= threshold``."""
+    return _series(
+        _engine.verify_pairs(_as_series(a, "a"), _as_series(b, "b"), float(threshold)), "ok"
+    )
+
+
+def resolve_representatives(s: Any, r: Any) -> pl.DataFrame:
+    """From verified edges ``s < r``: the rows that join an earlier representative (``row``)
+    and its row (``cluster``), by the :class:`Deduper`'s rule (not connected components).
+
+    >>> resolve_representatives(pl.Series([0, 1]), pl.Series([1, 2])).rows()
+    [(1, 0)]
+    """
+    rows, clusters = _engine.resolve_representatives(_as_series(s, "s"), _as_series(r, "r"))
+    return pl.DataFrame([_series(rows, "row"), _series(clusters, "cluster")])

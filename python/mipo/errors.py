@@ -73,6 +73,10 @@ class GenerationError(MipoError):
     """Response generation failed."""
 
 
+class PlanError(MipoError):
+    """The plan stage could not run where it was sent (a Ray cluster unreachable, a task lost)."""
+
+
 class DependencyError(MipoError, ImportError):
     """An optional dependency is missing; the message says what to install."""
 
@@ -93,6 +97,7 @@ __all__ = [
     "InvalidParameterError",
     "JudgeServerError",
     "MipoError",
+    "PlanError",
     "ModelError",
     "OutputError",
     "TemplateError",

@@ -8,6 +8,7 @@ pub mod arrow;
 pub mod dedup;
 pub mod derange;
 pub mod errors;
+pub mod ray;
 pub mod tokenize;
 
 /// Versions, thread count and features, for `mipo engine-info`.
@@ -39,5 +40,6 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     dedup::register(m)?;
     tokenize::register(m)?;
     derange::register(m)?;
+    ray::register(m)?;
     Ok(())
 }

@@ -563,9 +563,28 @@ def _run_stages(
         write_json_atomic(record, out / RUN_FILE)
         with stages.run("plan") as rec:
             with _PlanProgress(config.progress, _count_rows(corpus)) as bar:
-                plan_stats = build_plan(
-                    corpus, tokenizer, out / PLAN_FILE, plan_config, progress=bar
-                )
+                if config.executor == "ray" and not plan_config.needs_context_swap:
+                    from mipo.pairs.ray_plan import build_plan_ray
+
+                    # Same rows, keep mask and clusters as the local plan, with the dedup state
+                    # spread over the cluster (mipo.pairs.ray_plan); context-swap is planned
+                    # locally. The stage record says where the plan ran.
+                    plan_stats = build_plan_ray(
+                        corpus,
+                        tokenizer,
+                        model.path,
+                        out / PLAN_FILE,
+                        plan_config,
+                        partitions=config.num_workers,
+                        address=config.ray_address,
+                        progress=bar,
+                    )
+                    rec["plan_executor"] = "ray"
+                else:
+                    plan_stats = build_plan(
+                        corpus, tokenizer, out / PLAN_FILE, plan_config, progress=bar
+                    )
+                    rec["plan_executor"] = "local"
             rec["step_seconds"] = {k: round(v, 3) for k, v in plan_stats.step_seconds.items()}
             stats["plan"] = plan_stats.as_dict()
     elif not (out / RUN_FILE).is_file():
