@@ -20,8 +20,9 @@ only (no per-row Python), onto one standard shape:
 - ``is_empty`` (Boolean): no usable prompt (null or blank); such rows are dropped and counted.
 
 >>> from mipo.corpus import open_corpus
->>> corpus = open_corpus("python/mipo/data/sample_corpus.jsonl")  # doctest: +SKIP
->>> corpus.columns.prompt, corpus.columns.context, corpus.columns.user  # doctest: +SKIP
+>>> from mipo.synth import SAMPLE_CORPUS_PATH
+>>> corpus = open_corpus(SAMPLE_CORPUS_PATH)
+>>> corpus.columns.prompt, corpus.columns.context, corpus.columns.user
 ('question', 'context', 'user_id')
 """
 

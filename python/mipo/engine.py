@@ -262,7 +262,7 @@ def template_limits_from_env() -> tuple[int | None, int | None]:
     where unset: the engine's defaults). A value that is not a positive integer raises
     :class:`~mipo.errors.InvalidParameterError` naming the variable.
 
-    >>> template_limits_from_env()  # doctest: +SKIP
+    >>> template_limits_from_env()  # neither variable set: the engine's defaults
     (None, None)
     """
     limits: list[int | None] = []
@@ -289,6 +289,7 @@ class ChatTokenizer:
     ``raise_exception``, ``tojson``, ``strftime_now``, loop controls), and encoding adds no
     special tokens, so the ids equal ``apply_chat_template(..., tokenize=True)`` token for token.
 
+    >>> # needs a model folder with tokenizer.json and a chat template
     >>> tok = ChatTokenizer.from_pretrained("path/to/model")  # doctest: +SKIP
     >>> msgs = pl.Series([[{"role": "user", "content": "Hi"}]])  # doctest: +SKIP
     >>> tok.encode_chat(msgs)["num_tokens"].to_list()  # doctest: +SKIP

@@ -108,7 +108,7 @@ def write_errors(target: str | os.PathLike[str], name: str | None = None) -> Ite
 
     Other errors (a frame Polars cannot serialize, mipo's own errors) pass through unchanged.
 
-    >>> with write_errors("/proc/no/such/dir/x.json"):  # doctest: +SKIP
+    >>> with write_errors("/proc/no/such/dir/x.json"):  # doctest: +ELLIPSIS
     ...     open("/proc/no/such/dir/x.json", "w")
     Traceback (most recent call last):
     mipo.errors.OutputError: cannot write x.json in '/proc/no/such/dir' (No such file ...): ...

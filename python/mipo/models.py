@@ -14,6 +14,7 @@ arbitrary code. Heavy imports (torch, transformers, huggingface_hub) stay inside
 
 Example:
     >>> from mipo.models import resolve_model
+    >>> # the built-in model is converted from its GGUF on first use (about a minute)
     >>> model = resolve_model(None)  # doctest: +SKIP
     >>> model.source, (model.path / "tokenizer.json").exists()  # doctest: +SKIP
     ('builtin', True)
@@ -98,6 +99,7 @@ def resolve_model(
 ) -> ResolvedModel:
     """Turn a ``--model`` value into a checked local folder.
 
+    >>> # the built-in model is converted from its GGUF on first use (about a minute)
     >>> resolve_model("smollm2-135m").source  # doctest: +SKIP
     'builtin'
     >>> resolve_model("no/such/dir")  # doctest: +SKIP
@@ -143,6 +145,7 @@ def resolve_model_path(
     :func:`mipo.models.resolve_model` understands: a model folder, a ``.gguf`` file, a hub id, the
     built-in ``smollm2-135m``.
 
+    >>> # needs a train output folder
     >>> resolve_model_path("runs/train1")  # doctest: +SKIP
     PosixPath('runs/train1/model')
     """
@@ -222,6 +225,7 @@ def load_model(
     callers always get a plain causal LM. Pickle weights (``.bin``, model or adapter) load only
     with ``allow_pickle=True``; otherwise they are refused, and never read beside safetensors.
 
+    >>> # needs a model folder (and loads torch): see tests/test_models.py
     >>> model, tokenizer = load_model("path/to/model")  # doctest: +SKIP
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -275,6 +279,7 @@ def merge_adapter(
     CPU, whatever trained it; temporary folder + rename, so ``target`` is complete or absent).
     Returns ``target``; an existing complete ``target`` is kept.
 
+    >>> # needs a LoRA train output: see tests/test_train.py
     >>> merge_adapter("runs/train1/model", "runs/train1/merged")  # doctest: +SKIP
     """
     target = Path(target)
@@ -393,6 +398,7 @@ def builtin_model_dir() -> Path:
     The first call converts the wheel's GGUF (about a minute on a CPU); later calls return the
     cached folder at once.
 
+    >>> # the built-in model is converted from its GGUF on first use (about a minute)
     >>> (builtin_model_dir() / "model.safetensors").exists()  # doctest: +SKIP
     True
     """

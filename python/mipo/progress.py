@@ -16,9 +16,11 @@ Both modes show the same numbers, computed once per task here: done/total, this 
 (training metrics, new tokens/s). ``enabled=False`` (``--no-progress``) or :func:`off` shows
 nothing.
 
->>> with track("scoring", total=3, unit="response") as task:  # doctest: +SKIP
+>>> with track("scoring", total=3, unit="response", enabled=False) as task:
 ...     for _ in range(3):
 ...         task.advance()
+>>> task.done
+3
 """
 
 from __future__ import annotations
@@ -253,10 +255,13 @@ class Display:
     gets the live display, anything else the lines. ``clock`` and ``interval`` (seconds between
     lines; default ``MIPO_PROGRESS_INTERVAL`` or 30) are there for tests.
 
-    >>> with Display() as display:  # doctest: +SKIP
+    >>> import io
+    >>> with Display(stream=io.StringIO()) as display:
     ...     loading = display.task("loading", detail=["model"])
     ...     steps = display.task("training", total=50, unit="step")
     ...     steps.update(done=1, detail=["loss 0.6931"])
+    >>> steps.done, steps.total
+    (1, 50)
     """
 
     def __init__(

@@ -12,6 +12,7 @@ PMI(x, y) = log π(y|x) − log π(y), with π(y) = E_x' π(y|x') estimated from
 (other prompts drawn at random, the same question with other users' contexts, or the question
 without its context) by the log of the mean probability (:func:`pmi_estimates`).
 
+>>> # builds and scores with a model (loads torch, seconds): see tests/test_scoring.py
 >>> from mipo._testing import build_tiny_model  # doctest: +SKIP
 >>> path = build_tiny_model("/tmp/tiny")  # doctest: +SKIP
 >>> prompts = [[{"role": "user", "content": "Hi"}]]  # doctest: +SKIP
@@ -120,6 +121,7 @@ def tokenize_prompt_response(
     prompt + assistant message diverge, which is usually right after the generation prompt; the
     template's end-of-turn tokens belong to the response, as in training.
 
+    >>> # needs a model's tokenizer: see tests/test_scoring.py
     >>> prompt_ids, response_ids = tokenize_prompt_response(tok, [{"role": "user", "content": "Hi"}], "Yo")  # doctest: +SKIP
     """
     if tokenizer.chat_template is None:
@@ -207,6 +209,7 @@ def score_responses(
     Rows are scored in batches sorted by length (less padding), then returned in input order.
     ``progress``: show the scoring's progress (:mod:`mipo.progress`) under this name.
 
+    >>> # needs a model folder: see tests/test_scoring.py
     >>> df = score_responses(model_dir, [[{"role": "user", "content": "2+2?"}]], ["4"])  # doctest: +SKIP
     >>> df.columns  # doctest: +SKIP
     ['logprob', 'num_tokens']
@@ -380,6 +383,7 @@ def pmi_scores(
     nulls where a row has no contrast. Every contrast is scored in one batched pass (its
     progress shown under the name ``progress``, when given).
 
+    >>> # needs a reference model and prompts: see tests/test_scoring.py
     >>> pmi_scores(ref_dir, prompts, responses, k=8, seed=0)["pmi_random"].mean()  # doctest: +SKIP
     """
     loaded = _as_loaded(model, device)

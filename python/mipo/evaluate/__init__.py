@@ -11,6 +11,7 @@ log-prob scoring itself is :mod:`mipo.scoring`.
 
 >>> from mipo.evaluate import EvalConfig, run_eval
 >>> config = EvalConfig(model="runs/train1", data=["heldout.jsonl"], compare="smollm2-135m")
+>>> # needs a trained model folder and evaluation data (minutes): see tests/test_evaluate.py
 >>> run_eval(config, "runs/eval1").report_md  # doctest: +SKIP
 PosixPath('runs/eval1/report.md')
 """

@@ -8,8 +8,15 @@ once. Entries are keyed by a hash of everything the results depend on (weights d
 digest, settings, reference digest, mipo version), written atomically, and a corrupt entry is an
 error naming the file, never a silent recompute with different numbers.
 
->>> cache = ResultCache("/tmp/mipo-eval-cache")  # doctest: +SKIP
->>> key = cache.key(model="3f2a...", data="9c1d...", settings={"seed": 0})  # doctest: +SKIP
+>>> import tempfile
+>>> import polars as pl
+>>> cache = ResultCache(tempfile.mkdtemp())
+>>> key = cache.key(model="3f2a...", data="9c1d...", settings={"seed": 0})
+>>> cache.load(key, "baseline") is None
+True
+>>> cache.save(key, "baseline", pl.DataFrame({"pmi": [1.5]}), ["scored once"])
+>>> cache.load(key, "baseline")[1]
+['scored once']
 """
 
 from __future__ import annotations

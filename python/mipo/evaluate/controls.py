@@ -457,9 +457,14 @@ def explain_gain(
     adjusted and ``checked`` is False. Intervals use the cluster bootstrap of
     :mod:`mipo.evaluate.stats` (same clusters and seed as the raw gain).
 
-    >>> out = explain_gain([2.0, 4.0, 6.0, 8.0], {"length": [1.0, 2.0, 3.0, 4.0]}, seed=0)
-    >>> abs(out["adjusted"]["length"]["mean"]) < 1e-9, out["explained_by"]
-    (True, ['length'])
+    A gain that is twice the change in length, on 12 prompts (5 rows per coefficient at least):
+
+    >>> length = [float(i) for i in range(1, 13)]
+    >>> out = explain_gain([2 * x for x in length], {"length": length}, seed=0)
+    >>> out["raw"]["low"] > 0, abs(out["adjusted"]["length"]["mean"]) < 1e-9, out["explained_by"]
+    (True, True, ['length'])
+    >>> explain_gain([2.0, 4.0, 6.0, 8.0], {"length": [1.0, 2.0, 3.0, 4.0]})["checked"]
+    False
     """
     import numpy as np
 

@@ -185,7 +185,9 @@ def load_dataset(
     """Load one DATA argument (``[kind:]path``), keeping at most ``limit`` rows;
     ``context_format`` puts a pmi file's contexts into its prompts (:mod:`mipo.prompt_format`).
 
-    >>> load_dataset("choice:python/mipo/data/eval/choice_sample.jsonl").kind  # doctest: +SKIP
+    >>> import importlib.resources
+    >>> sample = importlib.resources.files("mipo") / "data" / "eval" / "choice_sample.jsonl"
+    >>> load_dataset(f"choice:{sample}").kind
     'choice'
     """
     kind, path_text = split_kind(spec)

@@ -19,6 +19,7 @@ __all__ = ["generate_responses", "materialize_model", "render_prompts"]
 def materialize_model(spec: str, workdir: Path, *, trust_remote_code: bool = False) -> Any:
     """A :class:`~mipo.models.ResolvedModel` for ``spec``; adapters are merged into ``workdir``.
 
+    >>> # needs a train output folder: see tests/test_evaluate.py
     >>> materialize_model("runs/train1", Path("/tmp/work"))  # doctest: +SKIP
     """
     from mipo.models import merge_adapter, resolve_model, resolve_model_path
@@ -38,6 +39,7 @@ def render_prompts(
     """The token ids of each chat prompt (with the assistant turn opened) and the model's context
     length as its tokenizer states it (0 when it states none).
 
+    >>> # needs a resolved model (its tokenizer): see tests/test_evaluate.py
     >>> ids, context = render_prompts(resolved, [[{"role": "user", "content": "Hi"}]])  # doctest: +SKIP
     """
     from transformers import AutoTokenizer
@@ -78,6 +80,7 @@ def generate_responses(
     same seeds. ``progress``: show the generation's progress (:mod:`mipo.progress`) under this
     name.
 
+    >>> # loads and runs a model: see tests/test_evaluate.py
     >>> generate_responses(resolved, [[{"role": "user", "content": "Hi"}]], seed=0,
     ...     max_new_tokens=16, temperature=0.1, top_p=0.9, batch_size=8)  # doctest: +SKIP
     """

@@ -87,6 +87,7 @@ def judge_scores(
     ``judge`` is a loaded ``(model, tokenizer)`` pair (see :func:`mipo.models.load_model`).
     ``progress``: show the judging's progress (:mod:`mipo.progress`) under this name.
 
+    >>> # needs a judge model: see tests/test_evaluate.py
     >>> judge_scores(load_model("judge"), ["vegan"], ["Dinner?"], ["Tofu stir-fry."])  # doctest: +SKIP
     """
     import torch

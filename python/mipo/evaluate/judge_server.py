@@ -84,6 +84,7 @@ class ServerJudge:
     """Rate responses with ``model`` served at ``url`` (the OpenAI API base, e.g.
     ``http://127.0.0.1:8000/v1``).
 
+    >>> # needs an OpenAI-compatible server: see tests/test_judge_server.py
     >>> judge = ServerJudge("http://127.0.0.1:8000/v1", "Qwen/Qwen2.5-7B-Instruct")  # doctest: +SKIP
     >>> judge.score(["I am vegan."], ["Dinner?"], ["Lentil curry."])  # doctest: +SKIP
     """

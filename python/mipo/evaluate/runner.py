@@ -131,6 +131,7 @@ def math_messages(question: str, exemplars: list[tuple[str, str]]) -> list[dict[
 def run_eval(config: EvalConfig, output_dir: str | os.PathLike[str]) -> EvalResult:
     """Run every evaluation the data calls for and write report.md / report.html / metrics.json.
 
+    >>> # needs a trained model folder and evaluation data (minutes): see tests/test_evaluate.py
     >>> run_eval(EvalConfig(model="runs/train1", data=["heldout.jsonl"], compare="smollm2-135m"),
     ...          "runs/eval1")  # doctest: +SKIP
     """

@@ -14,6 +14,7 @@ bits of floating point, which padding can move).
 Example:
     >>> from mipo.generate import GenerationConfig
     >>> from mipo.generate.hf import HFBackend
+    >>> # loads a model: see tests/test_generate.py
     >>> backend = HFBackend(model, GenerationConfig(backend="hf"))  # doctest: +SKIP
     >>> backend.generate([[1, 2, 3]], seeds=[0])[0].finish_reason  # doctest: +SKIP
     'stop'

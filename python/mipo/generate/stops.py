@@ -20,6 +20,7 @@ def stop_token_ids(model_dir: str | Path) -> list[int]:
     """EOS ids of ``generation_config.json`` and ``config.json``, the tokenizer's EOS token, and
     the chat template's end-of-turn token, deduplicated in that order.
 
+    >>> # needs a model folder: see tests/test_models.py
     >>> stop_token_ids("path/to/model")  # doctest: +SKIP
     [2]
     """

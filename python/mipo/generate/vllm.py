@@ -24,6 +24,7 @@ environment ``--vllm-python .venv-vllm/bin/python`` runs it there as a subproces
 Example:
     >>> from mipo.generate import GenerationConfig
     >>> from mipo.generate.vllm import VLLMBackend
+    >>> # needs vLLM and a model: see tests/test_vllm.py
     >>> backend = VLLMBackend(model, GenerationConfig(backend="vllm"))  # doctest: +SKIP
 """
 

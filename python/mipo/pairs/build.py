@@ -16,6 +16,7 @@ generations). A plan that fails leaves nothing behind in a new output folder. Th
 decide what a rerun reuses are :mod:`mipo.pairs.manifest`; joining the shards of a ``--shard I/N``
 run is :mod:`mipo.pairs.merge`.
 
+>>> # loads and runs a model over a corpus (minutes): see tests/test_build_pairs.py
 >>> from mipo.pairs.build import BuildPairsConfig, build_pairs  # doctest: +SKIP
 >>> result = build_pairs(BuildPairsConfig("corpus.jsonl", "out", model="smollm2-135m"))  # doctest: +SKIP
 >>> result.stats["pairs"]["pairs_written"]  # doctest: +SKIP

@@ -2,6 +2,7 @@
 in several folders or on several machines) and build its pairs.
 
 >>> from mipo.pairs.merge import merge_shards
+>>> # needs the output folders of a sharded build-pairs run: see tests/test_pairs_merge.py
 >>> merge_shards("out-0", ["out-1", "out-2"])  # doctest: +SKIP
 """
 

@@ -17,6 +17,7 @@ through compact global state, never through the text:
 5. *write*: the parts are streamed into ``plan.parquet`` in fixed-size row groups (so the bytes
    do not depend on batch boundaries or thread count), through a temporary file and a rename.
 
+>>> # needs an opened corpus and a model's tokenizer: see tests/test_plan.py
 >>> from mipo.pairs.plan import PlanConfig, build_plan  # doctest: +SKIP
 >>> stats = build_plan(corpus, tokenizer, "out/plan.parquet", PlanConfig(seed=0))  # doctest: +SKIP
 >>> stats.prompts_planned  # doctest: +SKIP

@@ -4,6 +4,7 @@
 - :mod:`mipo.run.pipeline`: :class:`RunConfig`, the rounds, the run record and resume;
 - :mod:`mipo.run.report`: the cross-round metrics, report.md/html and the rounds plot.
 
+>>> # builds pairs, trains and evaluates a model (minutes): see tests/test_run.py
 >>> from mipo.run import RunConfig, run_pipeline  # doctest: +SKIP
 >>> result = run_pipeline(RunConfig("corpus.jsonl", "out", rounds=2))  # doctest: +SKIP
 """

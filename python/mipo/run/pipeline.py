@@ -19,6 +19,7 @@ round is the paired bootstrap of the two rounds' per-prompt values. Each stage w
 atomically and is skipped when a rerun finds it finished, so rerunning the same command continues
 an interrupted run, and rerunning with a larger ``--rounds`` adds rounds.
 
+>>> # builds pairs, trains and evaluates a model (minutes): see tests/test_run.py
 >>> from mipo.run import RunConfig, run_pipeline  # doctest: +SKIP
 >>> result = run_pipeline(RunConfig("corpus.jsonl", "out", rounds=2))  # doctest: +SKIP
 >>> result.report_md  # doctest: +SKIP
@@ -657,6 +658,7 @@ def run_pipeline(config: RunConfig, *, log: Callable[[str], None] | None = None)
 
     ``log`` receives one line as each stage starts (the CLI prints them to stderr).
 
+    >>> # builds pairs, trains and evaluates a model (minutes): see tests/test_run.py
     >>> run_pipeline(RunConfig("corpus.jsonl", "out", max_new_tokens=64))  # doctest: +SKIP
     """
     from mipo.models import resolve_model

@@ -7,6 +7,7 @@
 - :mod:`mipo.train.logprobs`: response-only log-probs in chunks (no full-vocabulary logits);
 - :mod:`mipo.train.console`: the progress display, third-party output kept quiet.
 
+>>> # trains a model (minutes): see tests/test_train.py
 >>> from mipo.train import TrainConfig, train  # doctest: +SKIP
 >>> result = train("out/pairs.parquet", "out/train", TrainConfig(lora=True))  # doctest: +SKIP
 """

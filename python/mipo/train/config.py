@@ -84,6 +84,7 @@ _FALLBACK_LOSS_TYPES = (
 def trl_loss_types() -> tuple[str, ...]:
     """The DPO loss types the installed TRL accepts, read from its ``DPOConfig`` documentation.
 
+    >>> # imports TRL (seconds)
     >>> "sigmoid" in trl_loss_types()  # doctest: +SKIP
     True
     """
@@ -322,6 +323,7 @@ class TrainConfig:
     def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
         """Options from a YAML mapping (keys are field names; dashes allowed), then ``overrides``.
 
+        >>> # needs a YAML file: see tests/test_train.py
         >>> TrainConfig.from_yaml("train.yaml", beta=0.2)  # doctest: +SKIP
         """
         import yaml

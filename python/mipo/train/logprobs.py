@@ -74,8 +74,8 @@ def uses_trl_head(device: Any) -> bool:
 def chunk_tokens_for(vocab_size: int, chunk_bytes: int = CHUNK_BYTES) -> int:
     """Tokens per chunk so that one chunk's fp32 logits take ``chunk_bytes``.
 
-    >>> chunk_tokens_for(49_152)
-    682
+    >>> chunk_tokens_for(49_152)  # SmolLM2's vocabulary, 32 MiB chunks
+    170
     """
     return max(1, chunk_bytes // (4 * vocab_size))
 

@@ -12,6 +12,7 @@ string response one assistant message (the model's chat template renders both). 
 ``run.json`` beside the pairs (in the folder, or beside the file) names the generating model; the
 provenance checks in :mod:`mipo.train.provenance` are the same whatever the format.
 
+>>> # needs a pairs file: see tests/test_train.py
 >>> from mipo.train.pairs_io import read_pairs  # doctest: +SKIP
 >>> read_pairs("pairs.jsonl").columns  # doctest: +SKIP
 ['prompt', 'chosen', 'rejected']
@@ -74,6 +75,7 @@ class PairsSource:
 def resolve_pairs(path: str | os.PathLike[str]) -> PairsSource:
     """Find the pairs ``path`` names (a file, a pairs folder, or a saved ``datasets`` folder).
 
+    >>> # needs a build-pairs output folder: see tests/test_train.py
     >>> resolve_pairs("out/pairs").path.name  # doctest: +SKIP
     'pairs.parquet'
     """
@@ -105,6 +107,7 @@ def read_pairs(path: str | os.PathLike[str] | PairsSource) -> pl.DataFrame:
     Raises :class:`CorpusError` for a missing file, an unreadable one, missing columns (named),
     wrong types, nulls, no rows, or pairs whose chosen and rejected responses are all the same.
 
+    >>> # needs a pairs file: see tests/test_train.py
     >>> read_pairs("out/pairs.parquet").columns[:3]  # doctest: +SKIP
     ['prompt', 'chosen', 'rejected']
     """

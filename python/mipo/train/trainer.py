@@ -18,6 +18,7 @@ Multi-GPU / multi-node: ``accelerate launch --config_file CONFIG -m mipo train P
 with one of the shipped configs (``mipo accelerate-config ddp|zero2|zero3|fsdp`` prints
 its path). Only the main process writes files other than what ``Trainer`` saves itself.
 
+>>> # trains a model (minutes): see tests/test_train.py
 >>> from mipo.train import TrainConfig, train  # doctest: +SKIP
 >>> result = train("out/pairs.parquet", "out/train", TrainConfig(lora=True))  # doctest: +SKIP
 >>> result.model_dir  # doctest: +SKIP
@@ -293,6 +294,7 @@ def train(
     is in ``train_log.jsonl`` either way).
     Neither changes what is trained, so neither is a :class:`TrainConfig` field.
 
+    >>> # trains a model (minutes): see tests/test_train.py
     >>> result = train("out/pairs.parquet", "out/train", TrainConfig(lora=True, max_steps=10))  # doctest: +SKIP
     """
     config = config or TrainConfig()
