@@ -60,6 +60,8 @@ def kill_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ray_runtime(kill_dir: Path) -> Iterator[Any]:
     """A local Ray runtime with 2 CPUs; its workers see the kill folder of the retry test."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # A loaded machine (CI, shared runners) can take longer than Ray's default to start its agent.
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
     import ray
 
     ray.init(
@@ -327,3 +329,45 @@ def test_build_pairs_executor_ray_plans_on_ray(
         assert stats["stages"]["plan"]["plan_executor"] == executor
     local, ray_plan = (tmp_path / e / "plan.parquet" for e in ("local", "ray"))
     assert ray_plan.read_bytes() == local.read_bytes()
+
+
+@needs_ray
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_empty_prompts_and_bad_messages_as_the_local_plan(
+    ray_runtime: Any,
+    corpus_path: Path,
+    tokenizer: engine.ChatTokenizer,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    fmt: str,
+) -> None:
+    """Parquet slices are read and validated by the tasks, JSONL by the driver: either way empty
+    prompts are dropped and counted (cluster ids number the usable rows, as locally), and a
+    message without content is the local plan's one-line CorpusError."""
+    from mipo.errors import CorpusError
+
+    frame = pl.read_parquet(corpus_path).head(300)
+    frame = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) % 7 == 3)
+        .then(pl.lit("  "))
+        .otherwise("question")
+        .alias("question")
+    )
+    path = tmp_path / f"c.{fmt}"
+    frame.write_parquet(path) if fmt == "parquet" else frame.write_ndjson(path)
+    config = PlanConfig(seed=2, batch_rows=64)
+    local_stats = build_plan(open_corpus(path), tokenizer, tmp_path / "local.parquet", config)
+    stats, _ = _ray_plan(
+        path, tokenizer, tiny_model_dir, tmp_path / "ray.parquet", 2, config=config
+    )
+    assert stats.empty_dropped == local_stats.empty_dropped == 43
+    assert stats.near_duplicates == local_stats.near_duplicates > 0
+    assert (tmp_path / "ray.parquet").read_bytes() == (tmp_path / "local.parquet").read_bytes()
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": [{"role": "user"}]}\n'
+    )
+    with pytest.raises(CorpusError, match="input row 1: a chat message has no role or no content"):
+        _ray_plan(bad, tokenizer, tiny_model_dir, tmp_path / "bad.parquet", 2)
+    assert not (tmp_path / "bad.parquet").exists()

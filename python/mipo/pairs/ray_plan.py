@@ -50,7 +50,7 @@ import numpy as np
 import polars as pl
 
 from mipo import engine
-from mipo.corpus import Corpus
+from mipo.corpus import Corpus, _check_parquet_columns, _corpus_error
 from mipo.errors import ConfigError, CorpusError, DependencyError, MipoError, PlanError
 from mipo.io import atomic_path
 from mipo.pairs.plan import (
@@ -173,15 +173,43 @@ def _tokenizer(spec: tuple[str, str | None, int, int]) -> engine.ChatTokenizer:
 # --- the stages (plain functions; wrapped as Ray tasks in build_plan_ray) -------------------------
 
 
+def _read_slice(
+    path: str, offset: int, rows: int, row_start: int, exprs: list[pl.Expr], needed: list[str]
+) -> pl.DataFrame:
+    """Rows ``offset .. offset + rows`` of one Parquet file in the standard shape (as
+    :meth:`Corpus.standardized_batches` makes them), numbered from ``row_start``: a slice reads
+    only the row groups it covers."""
+    try:
+        frame = pl.scan_parquet(path).select(needed).slice(offset, rows).collect()
+        frame = frame.with_row_index("__row", offset=row_start)
+        return frame.lazy().select(exprs).collect()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise _corpus_error([Path(path)], "parquet", exc) from exc
+
+
 def _map_batch(
-    batch: pl.DataFrame,
+    source: pl.DataFrame | tuple[Any, ...],
     tokenizer_spec: tuple[str, str | None, int, int],
     dedup: engine.DedupConfig,
     context_drop: bool,
     parts: int,
 ) -> tuple[Any, ...]:
-    """Sketch + tokenize one batch; returns (rows, sketch, exact partitions..., meta)."""
+    """Read (a Parquet slice) or take (a batch the driver read) one batch; validate it, drop
+    empty prompts, sketch + tokenize; returns (rows, sketch, exact partitions..., meta)."""
     _maybe_die("map")
+    batch = source if isinstance(source, pl.DataFrame) else _read_slice(*source)
+    seen = batch.height
+    bad = batch.filter(pl.col("bad_message"))
+    if bad.height:
+        raise CorpusError(
+            f"input row {bad['row'][0]}: a chat message has no role or no content "
+            f"({bad.height} such rows in this batch); every message needs both"
+        )
+    empties = batch.filter(pl.col("is_empty"))["row"].to_numpy()
+    # rid: the input row number, the id every shuffle carries (rows < 2**32, as the Deduper's).
+    batch = batch.filter(~pl.col("is_empty")).with_columns(
+        pl.col("row").cast(pl.UInt32).alias("rid")
+    )
     sketch = engine.sketch_rows(batch["dedup_text"], dedup)
     rows = batch.drop("dedup_text", "is_empty", "bad_message")
     tokenizer = _tokenizer(tokenizer_spec)
@@ -191,21 +219,27 @@ def _map_batch(
         encoded["num_tokens"].cast(pl.UInt32).alias("num_prompt_tokens"),
     )
     rows = _encode_nocontext(tokenizer, rows) if context_drop else rows.drop("prompt_nocontext")
-    urow = batch["urow"]
-    exact = pl.DataFrame([sketch["exact_hi"], sketch["exact_lo"], urow])
+    rid = batch["rid"]
+    exact = pl.DataFrame([sketch["exact_hi"], sketch["exact_lo"], rid])
     exact_parts = _split(exact, (sketch["exact_lo"].to_numpy() % parts).astype(np.int64), parts)
-    kept = pl.DataFrame([urow, sketch["band_keys"], sketch["fingerprints"]])
-    held = _bytes([rows, kept])
-    return (rows, kept, *exact_parts, _meta(shuffle=_bytes(exact_parts), held=held))
+    kept = pl.DataFrame([rid, sketch["band_keys"], sketch["fingerprints"]])
+    meta = _meta(
+        shuffle=_bytes(exact_parts),
+        held=_bytes([rows, kept]),
+        seen=seen,
+        usable=batch.height,
+        empties=empties,
+    )
+    return (rows, kept, *exact_parts, meta)
 
 
 def _exact_reduce(starts: np.ndarray, *frames: pl.DataFrame) -> tuple[Any, ...]:
-    """Per exact key its first row; every later row routed to its batch as (urow, first)."""
+    """Per exact key its first row; every later row routed to its batch as (rid, first)."""
     _maybe_die("exact")
     table = _concat(frames)
-    firsts = table.with_columns(pl.col("urow").min().over("exact_hi", "exact_lo").alias("first"))
-    dups = firsts.filter(pl.col("urow") != pl.col("first")).select("urow", "first")
-    block = np.searchsorted(starts, dups["urow"].to_numpy(), side="right") - 1
+    firsts = table.with_columns(pl.col("rid").min().over("exact_hi", "exact_lo").alias("first"))
+    dups = firsts.filter(pl.col("rid") != pl.col("first")).select("rid", "first")
+    block = np.searchsorted(starts, dups["rid"].to_numpy(), side="right") - 1
     routed = _split(dups, block.astype(np.int64), len(starts))
     return (*routed, _meta(shuffle=_bytes(routed)))
 
@@ -215,22 +249,22 @@ def _emit_bands(
 ) -> tuple[Any, ...]:
     """Band records (bucket, row) and fingerprints of this batch's first occurrences."""
     _maybe_die("bands")
-    dup_rows = _concat(dups)["urow"]
-    firsts = sketch.filter(~pl.col("urow").is_in(dup_rows.implode()))
-    urow = firsts["urow"].to_numpy()
-    keys = firsts["band_keys"].to_numpy().astype(np.uint64).reshape(len(urow), bands)
+    dup_rows = _concat(dups)["rid"]
+    firsts = sketch.filter(~pl.col("rid").is_in(dup_rows.implode()))
+    rid = firsts["rid"].to_numpy()
+    keys = firsts["band_keys"].to_numpy().astype(np.uint64).reshape(len(rid), bands)
     bucket = (np.arange(bands, dtype=np.uint64)[None, :] << np.uint64(32)) | keys
     records = pl.DataFrame(
         {
             "bucket": bucket.reshape(-1),
-            "urow": np.repeat(urow, bands).astype(np.uint32),
+            "rid": np.repeat(rid, bands).astype(np.uint32),
         }
     )
     band_parts = _split(
         records, (_mix(records["bucket"].to_numpy(), 0) % parts).astype(np.int64), parts
     )
-    fps = firsts.select("urow", "fingerprints")
-    fp_parts = _split(fps, (urow % parts).astype(np.int64), parts)
+    fps = firsts.select("rid", "fingerprints")
+    fp_parts = _split(fps, (rid % parts).astype(np.int64), parts)
     return (*band_parts, *fp_parts, _meta(shuffle=_bytes(band_parts) + _bytes(fp_parts)))
 
 
@@ -238,7 +272,7 @@ def _bucket_reduce(parts: int, *frames: pl.DataFrame) -> tuple[Any, ...]:
     """Every pair of rows sharing a bucket, routed by its earlier row."""
     _maybe_die("buckets")
     table = _concat(frames)
-    pairs = engine.bucket_pairs(table["bucket"], table["urow"])
+    pairs = engine.bucket_pairs(table["bucket"], table["rid"])
     routed = _split(pairs, (pairs["s"].to_numpy() % parts).astype(np.int64), parts)
     return (*routed, _meta(shuffle=_bytes(routed), pairs=pairs.height))
 
@@ -248,7 +282,7 @@ def _attach_earlier(fps: pl.DataFrame, parts: int, *frames: pl.DataFrame) -> tup
     _maybe_die("attach")
     pairs = _concat(frames).unique(maintain_order=True)
     joined = pairs.join(
-        fps.rename({"urow": "s", "fingerprints": "fp_s"}), on="s", how="left", maintain_order="left"
+        fps.rename({"rid": "s", "fingerprints": "fp_s"}), on="s", how="left", maintain_order="left"
     )
     routed = _split(joined, (joined["r"].to_numpy() % parts).astype(np.int64), parts)
     return (*routed, _meta(shuffle=_bytes(routed)))
@@ -259,7 +293,7 @@ def _verify(fps: pl.DataFrame, threshold: float, *frames: pl.DataFrame) -> tuple
     _maybe_die("verify")
     pairs = _concat(frames)
     joined = pairs.join(
-        fps.rename({"urow": "r", "fingerprints": "fp_r"}), on="r", how="left", maintain_order="left"
+        fps.rename({"rid": "r", "fingerprints": "fp_r"}), on="r", how="left", maintain_order="left"
     )
     if joined.height:
         ok = engine.verify_pairs(joined["fp_s"], joined["fp_r"], threshold)
@@ -280,6 +314,7 @@ def _resolve(*frames: pl.DataFrame) -> tuple[Any, ...]:
 def _finalize(
     rows: pl.DataFrame,
     near: pl.DataFrame,
+    empties: np.ndarray,
     config: PlanConfig,
     has_users: bool,
     *dups: pl.DataFrame,
@@ -288,9 +323,9 @@ def _finalize(
     in the local plan's order; the compact columns the negatives need."""
     _maybe_die("finalize")
     dup = _concat(dups)
-    frame = rows.join(dup, on="urow", how="left", maintain_order="left").with_columns(
+    frame = rows.join(dup, on="rid", how="left", maintain_order="left").with_columns(
         pl.col("first").is_not_null().alias("_exact"),
-        pl.col("first").fill_null(pl.col("urow")),
+        pl.col("first").fill_null(pl.col("rid")),
     )
     frame = frame.join(
         near.rename({"row": "first", "cluster": "_near"}),
@@ -301,6 +336,10 @@ def _finalize(
         pl.col("_near").fill_null(pl.col("first")).cast(pl.UInt32).alias("cluster"),
         (~pl.col("_exact") & pl.col("_near").is_null()).alias("_keep"),
     )
+    # Cluster ids as the local plan numbers them: a row's position among the usable rows.
+    cluster = frame["cluster"].to_numpy()
+    cluster = cluster - np.searchsorted(empties, cluster, side="left")
+    frame = frame.with_columns(pl.Series("cluster", cluster.astype(np.uint32)))
     counts = {
         "exact": int((~frame["_keep"] & frame["_exact"]).sum()),
         "near": int((~frame["_keep"] & ~frame["_exact"]).sum()),
@@ -471,6 +510,7 @@ def build_plan_ray(
     ``build_plan`` raises, :class:`ConfigError` for ``context-swap`` negatives (plan them
     with the local executor) and :class:`PlanError` when Ray cannot run a task.
 
+    >>> # needs Ray, a corpus and a model's tokenizer: see tests/test_ray_plan.py
     >>> stats = build_plan_ray(corpus, tok, "model/", "out/plan.parquet", PlanConfig())  # doctest: +SKIP
     """
     if config.needs_context_swap:
@@ -558,46 +598,35 @@ def _run(
     map_task = ray.remote(num_returns=2 + P + 1, **opts)(_map_batch)
     mapped: list[list[Any]] = []
     starts: list[int] = []
-    urow = 0
-    batches = corpus.standardized_batches(wanted, config.batch_rows)
-    while True:
-        with clock("read"):
-            batch = next(batches, None)
-        if batch is None:
-            break
-        seen = batch.height
-        stats.rows_in += seen
-        bad = batch.filter(pl.col("bad_message"))
-        if bad.height:
-            raise CorpusError(
-                f"input row {bad['row'][0]}: a chat message has no role or no content "
-                f"({bad.height} such rows in this batch); every message needs both"
-            )
-        batch = batch.filter(~pl.col("is_empty"))
-        stats.empty_dropped += seen - batch.height
-        if progress:
-            progress("read", seen)
-        if batch.height == 0:
-            continue
-        batch = batch.with_columns(
-            pl.int_range(urow, urow + batch.height, dtype=pl.UInt32, eager=True).alias("urow")
-        )
-        starts.append(urow)
-        urow += batch.height
-        mapped.append(map_task.remote(batch, spec, dedup, config.needs_context_drop, P))
-        del batch
-        # Backpressure: the driver reads ahead of the map tasks by at most 2 P batches.
-        in_flight = [m[-1] for m in mapped[-4 * P :]]
-        if len(in_flight) > 2 * P:
-            ray.wait(in_flight, num_returns=len(in_flight) - 2 * P)
+    with clock("read"):
+        for source, row_start in _sources(corpus, wanted, config.batch_rows, progress):
+            starts.append(row_start)
+            mapped.append(map_task.remote(source, spec, dedup, config.needs_context_drop, P))
+            del source
+            # Backpressure: the driver reads ahead of the map tasks by at most 2 P batches.
+            in_flight = [m[-1] for m in mapped[-4 * P :]]
+            if len(in_flight) > 2 * P:
+                ray.wait(in_flight, num_returns=len(in_flight) - 2 * P)
+    with clock("tokenize"):  # the map tasks: read (Parquet), validate, sketch, tokenize
+        map_metas = ray.get([m[-1] for m in mapped])
+    stats.rows_in = sum(int(m["seen"]) for m in map_metas)
+    usable = sum(int(m["usable"]) for m in map_metas)
+    stats.empty_dropped = stats.rows_in - usable
+    if corpus.format == "parquet" and progress:
+        progress("read", stats.rows_in)
     if stats.rows_in == 0:
         raise CorpusError(f"input '{corpus.spec}' has no rows")
-    if stats.empty_dropped == stats.rows_in:
+    if usable == 0:
         prompt_col = corpus.columns.prompt or corpus.columns.messages
         raise CorpusError(
             f"no usable prompts: all {stats.rows_in} rows have a null or empty prompt "
             f"(column {prompt_col!r}); fill them or pick another column"
         )
+    empties = ray.put(
+        np.concatenate([m["empties"] for m in map_metas]).astype(np.uint64)
+        if map_metas
+        else np.zeros(0, dtype=np.uint64)
+    )
     B = len(mapped)
     report.batches = B
     starts_arr = np.array(starts, dtype=np.int64)
@@ -632,7 +661,7 @@ def _run(
         # 6. finalize
         final_task = ray.remote(num_returns=3, **opts)(_finalize)
         finals = [
-            final_task.remote(mapped[b][0], near, config, corpus.has_users, *dups_of[b])
+            final_task.remote(mapped[b][0], near, empties, config, corpus.has_users, *dups_of[b])
             for b in range(B)
         ]
         final_metas = ray.get([f[2] for f in finals])
@@ -658,7 +687,7 @@ def _run(
     planned = sum(counts)
     # The local plan's count: clusters (= representatives) with dedup, else every usable row.
     removed = sum(m["counts"]["exact"] + m["counts"]["near"] for m in final_metas)
-    distinct = urow - removed if config.dedup else urow
+    distinct = usable - removed if config.dedup else usable
     if config.needs_random and distinct < 2:
         raise _too_few_error(stats, distinct)
     if planned == 0 or (config.needs_random and planned < 2):
@@ -731,6 +760,57 @@ def _run(
 
 
 _PIDS: dict[int, int] = {}
+
+
+def _sources(
+    corpus: Corpus,
+    wanted: list[str],
+    batch_rows: int,
+    progress: ProgressCallback | None,
+) -> Iterator[tuple[pl.DataFrame | tuple[Any, ...], int]]:
+    """What each map task reads, with the number of its first input row.
+
+    Parquet: ``(path, offset, rows, row_start, exprs, needed)`` slices from the file footers
+    alone, so the tasks read and validate the corpus and the driver touches no row. JSONL and
+    CSV (no random access): the driver streams the standard batches, as the local plan does,
+    and hands each to a task.
+    """
+    if corpus.format != "parquet":
+        for batch in corpus.standardized_batches(wanted, batch_rows):
+            if batch.height:
+                if progress:
+                    progress("read", batch.height)
+                _check_row_limit(int(batch["row"][-1]) + 1)
+                yield batch, int(batch["row"][0])
+        return
+    import pyarrow.parquet as pq
+
+    exprs = corpus._standard_exprs(wanted)
+    roots = {name for e in exprs for name in e.meta.root_names()}
+    needed = [name for name in corpus.schema.names() if name in roots]
+    if not needed:  # only ``row`` wanted: read one column, for the row counts
+        needed = [corpus.schema.names()[0]]
+    row = 0
+    for path in corpus.files:
+        try:
+            found = pl.read_parquet_schema(path)
+            count = pq.read_metadata(path).num_rows
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise _corpus_error([path], "parquet", exc) from exc
+        _check_parquet_columns(path, corpus.files[0], pl.Schema(found), corpus.schema, needed)
+        _check_row_limit(row + count)
+        for offset in range(0, count, batch_rows):
+            rows = min(batch_rows, count - offset)
+            yield (str(path), offset, rows, row + offset, exprs, needed), row + offset
+        row += count
+
+
+def _check_row_limit(rows: int) -> None:
+    if rows > 2**32 - 1:
+        raise CorpusError(
+            f"the corpus has more than {2**32 - 1} rows (row ids are UInt32): split it into "
+            "independent parts and plan each"
+        )
 
 
 def _note_workers(report: RayPlanReport, metas: list[dict[str, Any]]) -> None:
