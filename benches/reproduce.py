@@ -32,6 +32,7 @@ import platform
 import re
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,8 @@ def _run_one(
     args: argparse.Namespace, train: Path, held: Path, combo: dict[str, Any], pairs_cache: dict
 ) -> dict[str, Any]:
     from mipo.corpus import ColumnOptions
+    from mipo.evaluate.config import eval_generation
+    from mipo.generate import GenerationConfig
     from mipo.run import RunConfig, run_pipeline
     from mipo.train import TrainConfig
 
@@ -242,9 +245,16 @@ def _run_one(
         eval_data=str(held),
         seed=args.seed,
         negatives=combo["negatives"],
-        backend="hf",
-        max_new_tokens=args.max_new_tokens,
-        temperature=combo["temperature"],
+        # The pairs' and the evaluation's generation: hf, the same length and temperature.
+        generation=GenerationConfig(
+            backend="hf", max_new_tokens=args.max_new_tokens, temperature=combo["temperature"]
+        ),
+        eval_generation=replace(
+            eval_generation(),
+            backend="hf",
+            max_new_tokens=args.max_new_tokens,
+            temperature=combo["temperature"],
+        ),
         keep_truncated=True,  # short responses on a CPU budget: a cut answer is still an answer
         drop_persona=bool(combo["drop_persona"]),
         train=TrainConfig(**train_options),
@@ -488,6 +498,7 @@ def _base_alone(args: argparse.Namespace, held: Path, fmt: str) -> dict[str, Any
     """The base model's PMI-section statistics under prompt format ``fmt`` (``mipo eval`` of
     the base alone on the held-out prompts, with the runs' evaluation settings; cached)."""
     from mipo.evaluate import EvalConfig, run_eval
+    from mipo.evaluate.config import eval_generation
 
     config = EvalConfig(
         model="smollm2-135m",
@@ -495,7 +506,7 @@ def _base_alone(args: argparse.Namespace, held: Path, fmt: str) -> dict[str, Any
         context_format=fmt,
         k=args.contrasts,
         seed=args.seed,
-        max_new_tokens=args.max_new_tokens,
+        generation=replace(eval_generation(), max_new_tokens=args.max_new_tokens),
         overwrite=True,
         cache_dir=str(args.out / "eval-cache"),
     )

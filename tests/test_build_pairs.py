@@ -153,16 +153,26 @@ def test_changed_options_are_refused_unless_overwrite(
     assert "temperature" in result.stderr and "--overwrite" in result.stderr  # type: ignore[attr-defined]
     assert _mtimes(out / "generations") == before
 
-    # Only a pairs option changes: --overwrite redoes the pairs and keeps the generations.
+    # Only a pairs option changes: --overwrite redoes the pairs and keeps the generations. The
+    # tiny model never stops, so every pair left after the empty filter is truncated: no pair is
+    # left, which is an error naming the filter and the options that change it (issue 22, item 9),
+    # and no empty pairs file is left for the next stage to fail on.
     result = _run(*base, "--overwrite")
-    _ok(result)
+    assert result.exit_code == 2, result.output  # type: ignore[attr-defined]
+    message = result.stderr  # type: ignore[attr-defined]
+    assert message.count("\n") == 1 and "Traceback" not in message
+    assert "0 pairs left: the truncated filter dropped" in message
+    assert "--max-new-tokens" in message and "--keep-truncated" in message
     assert _mtimes(out / "generations") == before
     stats = json.loads((out / "stats.json").read_text())
-    # The tiny model never stops: every pair left after the empty filter is truncated.
     assert (
         stats["pairs"]["filtered"]["truncated"] == 6 - stats["pairs"]["filtered"]["empty_response"]
     )
-    assert pl.read_parquet(out / "pairs.parquet").height == 0
+    assert stats["pairs"]["pairs_written"] == 0
+    assert not (out / "pairs.parquet").exists()
+    # Rerunning the same command says the same again (nothing was taken for finished).
+    again = _run(*base)
+    assert again.exit_code == 2 and again.stderr == message  # type: ignore[attr-defined]
 
     # A plan option changes: everything is redone.
     _ok(_run(*base, "--seed", "1", "--keep-truncated", "--overwrite"))

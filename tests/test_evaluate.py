@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,13 @@ from click.testing import CliRunner
 from mipo.errors import ConfigError, CorpusError, InvalidInputError, OutputError
 from mipo.evaluate import EvalConfig, run_eval
 from mipo.evaluate.answers import choice_index, extract_number, math_correct
+from mipo.evaluate.config import eval_generation
 from mipo.evaluate.controls import copied_ngram_share, explain_gain
 from mipo.evaluate.datasets import load_dataset, load_fewshot
 from mipo.evaluate.judge import parse_score, win_rates
 from mipo.evaluate.runner import MATH_INSTRUCTION, math_messages
 from mipo.evaluate.stats import bootstrap_ci, cluster_weights, paired_bootstrap_ci
+from mipo.generate import GenerationConfig
 
 DATA = Path(__file__).resolve().parents[1] / "python" / "mipo" / "data" / "eval"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -332,8 +335,9 @@ def test_fewshot_file_errors(tmp_path: Path) -> None:
         load_fewshot(tmp_path / "missing.jsonl", 1)
     with pytest.raises(ConfigError, match="math_shots must be an integer >= 0, got -1"):
         EvalConfig(model="m", data=["d"], math_shots=-1)
-    assert EvalConfig(model="m", data=["d"], device="cpu").math_token_limit() == 512
-    assert EvalConfig(model="m", data=["d"], backend="vllm").math_token_limit() == 1024
+    cpu, vllm = GenerationConfig(device="cpu"), GenerationConfig(backend="vllm")
+    assert EvalConfig(model="m", data=["d"], generation=cpu).math_token_limit() == 512
+    assert EvalConfig(model="m", data=["d"], generation=vllm).math_token_limit() == 1024
     assert EvalConfig(model="m", data=["d"], math_max_new_tokens=64).math_token_limit() == 64
 
 
@@ -344,7 +348,8 @@ def test_math_eval_uses_the_fewshot_prompt(tiny_model_dir: Path, tmp_path: Path)
 
     config = EvalConfig(
         model=str(tiny_model_dir), data=[str(DATA / "math_sample.jsonl")], limit=2,
-        math_max_new_tokens=6, temperature=0.0, n_bootstrap=50, judge="none", device="cpu",
+        math_max_new_tokens=6, n_bootstrap=50, judge="none",
+        generation=replace(eval_generation(), temperature=0.0, device="cpu"),
     )  # fmt: skip
     assert config.math_shots == 8
     result = run_eval(config, tmp_path / "out")
@@ -362,8 +367,11 @@ def test_math_eval_uses_the_fewshot_prompt(tiny_model_dir: Path, tmp_path: Path)
     # The model was given the 8-shot prompts (their exact length), far longer than zero-shot ones.
     assert rows["prompt_tokens_model"].to_list() == [len(ids) for ids in fewshot_ids]
     assert all(len(f) > 4 * len(z) for f, z in zip(fewshot_ids, zero_ids, strict=True))
-    common = {"seed": 0, "max_new_tokens": 6, "temperature": 0.0, "top_p": 0.9, "batch_size": 8}
-    again = generate_responses(resolved, fewshot_ids, device="cpu", **common)
+    again = generate_responses(
+        resolved,
+        fewshot_ids,
+        GenerationConfig(max_new_tokens=6, temperature=0.0, batch_size=8, device="cpu"),
+    )
     assert rows["response_model"].to_list() == [r.text for r in again]
     # The tiny model's 512-token context is too short for 8 shots, and the report says so.
     assert context == 512 and len(fewshot_ids[0]) > context
@@ -510,7 +518,7 @@ def test_eval_without_baseline_skips_judge(tiny_model_dir: Path, tmp_path: Path)
     heldout = write_heldout(tmp_path / "heldout.jsonl")
     config = EvalConfig(
         model=str(tiny_model_dir), data=[str(heldout)], judge=str(tiny_model_dir),
-        limit=3, max_new_tokens=6, n_bootstrap=100, k=1,
+        limit=3, n_bootstrap=100, k=1, generation=replace(eval_generation(), max_new_tokens=6),
     )  # fmt: skip
     result = run_eval(config, tmp_path / "out")
     assert result.metrics["models"]["reference_source"].startswith("the evaluated model")
@@ -532,17 +540,17 @@ def test_eval_cache_reuses_a_models_results(
     heldout = write_heldout(tmp_path / "heldout.jsonl")
     common = {
         "data": [str(heldout), str(DATA / "choice_sample.jsonl")], "compare": str(tiny_model_dir),
-        "limit": 4, "max_new_tokens": 6, "n_bootstrap": 100, "k": 2, "device": "cpu",
-        "cache_dir": str(tmp_path / "cache"),
+        "limit": 4, "n_bootstrap": 100, "k": 2, "cache_dir": str(tmp_path / "cache"),
+        "generation": replace(eval_generation(), max_new_tokens=6, device="cpu"),
     }  # fmt: skip
     first = run_eval(EvalConfig(model=str(trained), **common), tmp_path / "a")
     assert len(list((tmp_path / "cache").glob("*.parquet"))) == 4  # 2 models x 2 files
     generated: list[int] = []
     real = generation.generate_responses
 
-    def counting(resolved: object, prompt_ids: list, **kwargs: object) -> object:
+    def counting(resolved: object, prompt_ids: list, *args: object, **kwargs: object) -> object:
         generated.append(len(prompt_ids))
-        return real(resolved, prompt_ids, **kwargs)
+        return real(resolved, prompt_ids, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(generation, "generate_responses", counting)
     second = run_eval(EvalConfig(model=str(trained), **common), tmp_path / "b")
@@ -565,7 +573,7 @@ def test_eval_config_validation() -> None:
     with pytest.raises(ConfigError, match="k must be an integer >= 1, got 0"):
         EvalConfig(model="m", data=["d"], k=0)
     with pytest.raises(ConfigError, match="top_p"):
-        EvalConfig(model="m", data=["d"], top_p=0)
+        EvalConfig(model="m", data=["d"], generation=GenerationConfig(top_p=0))
     with pytest.raises(ConfigError, match="at least one evaluation file"):
         EvalConfig(model="m", data=[])
     assert EvalConfig(model="m", data=["d"], judge="none").judge is None
@@ -602,7 +610,7 @@ def test_train_then_eval_on_the_builtin_model(smollm2_dir: Path, tmp_path: Path)
         compare=str(smollm2_dir),
         data=[str(heldout), str(DATA / "choice_sample.jsonl"), str(DATA / "math_sample.jsonl")],
         limit=5,
-        max_new_tokens=48,
+        generation=replace(eval_generation(), max_new_tokens=48),
         math_max_new_tokens=96,
         n_bootstrap=500,
         judge="smollm2-135m",  # the built-in model judges (the default is no judge)

@@ -220,6 +220,7 @@ def test_generation_scoring_and_judging_write_progress_lines(
 ) -> None:
     from mipo.evaluate.generation import generate_responses
     from mipo.evaluate.judge import judge_scores
+    from mipo.generate import GenerationConfig
     from mipo.models import load_model, resolve_model
     from mipo.scoring import pmi_scores
 
@@ -234,13 +235,9 @@ def test_generation_scoring_and_judging_write_progress_lines(
         results = generate_responses(
             resolve_model(str(tiny_model_dir)),
             prompts,
-            seed=0,
-            max_new_tokens=4,
-            temperature=1.0,
-            top_p=0.9,
-            batch_size=2,
-            backend="hf",
-            device="cpu",
+            GenerationConfig(
+                backend="hf", max_new_tokens=4, temperature=1.0, batch_size=2, device="cpu"
+            ),
             progress="eval: generating",
         )
         texts = [r.text for r in results]

@@ -263,7 +263,7 @@ def test_corpus_too_small_to_hold_out(tmp_path: Path, tiny_model_dir: Path) -> N
 
 def test_other_errors(small_corpus: Path, tmp_path: Path) -> None:
     result = _invoke("-o", tmp_path / "out")
-    assert result.exit_code == 2 and "pass a CORPUS" in result.output  # type: ignore[attr-defined]
+    assert result.exit_code == 2 and "missing CORPUS" in result.output  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match="rounds"):
         RunConfig(str(small_corpus), tmp_path, rounds=0)
     with pytest.raises(ConfigError, match="max_prompts"):

@@ -14,21 +14,25 @@ from typing import Any
 import click
 
 __all__ = [
+    "CONFIG_FILE_HELP",
     "EVAL",
     "GENERATION",
     "RUN",
     "TRAIN",
     "ConfigDefaultOption",
     "config_default",
+    "config_file_options",
     "config_value",
     "default_beside",
     "epochs_default",
     "given_options",
     "learning_rate_default",
+    "nest_options",
     "output_option",
     "parse_vllm_args",
     "pop_vllm_options",
     "quiet_model_bars",
+    "resolve_config",
     "show_value",
     "verbose_option",
     "vllm_options",
@@ -188,18 +192,106 @@ class _OutputOption(click.Option):
 def output_option(
     name: str, *, help: str, old_names: tuple[str, ...] = (), **kwargs: Any
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The ``-o/--output`` option every command that writes takes (required), as parameter
-    ``name``; ``old_names`` are deprecated spellings that keep working (hidden from --help)."""
+    """The ``-o/--output`` option every command that writes takes, as parameter ``name``;
+    ``old_names`` are deprecated spellings that keep working (hidden from --help). Required unless
+    ``required=False`` (a command whose ``--config`` file may name the folder instead)."""
+    kwargs.setdefault("required", True)
     return click.option(
         "-o",
         "--output",
         name,
         cls=_OutputOption,
         old_names=old_names,
-        required=True,
         help=help,
         **kwargs,
     )
+
+
+CONFIG_FILE_HELP = (
+    "YAML or JSON file of options in the config's own nested schema (what --print-config "
+    "writes; an output folder's run.json or train_config.json also works); flags win."
+)
+
+
+def config_file_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--config FILE`` and ``--print-config``, for every command that runs a stage
+    (parameters ``config_file`` and ``print_config``; see :func:`resolve_config`)."""
+    command = click.option(
+        "--print-config",
+        is_flag=True,
+        help="Write the resolved config (file, then flags, then defaults) as YAML and exit.",
+    )(command)
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help=CONFIG_FILE_HELP,
+    )(command)
+
+
+def nest_options(given: dict[str, Any], groups: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """The given options as a config mapping: an option named in ``groups[key]`` goes into the
+    nested mapping ``key`` under the field name it maps to; the others stay at the top.
+
+    >>> nest_options({"seed": 1, "top_p": 0.5}, {"generation": {"top_p": "top_p"}})
+    {'seed': 1, 'generation': {'top_p': 0.5}}
+    """
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        for group, names in groups.items():
+            if name in names:
+                out.setdefault(group, {})[names[name]] = value
+                break
+        else:
+            out[name] = value
+    return out
+
+
+def resolve_config(
+    cls: Any,
+    config_file: str | None,
+    overrides: dict[str, Any],
+    *,
+    print_config: bool = False,
+    required: dict[str, str] | None = None,
+    source: str | None = None,
+) -> Any:
+    """The config ``cls`` from ``config_file`` (when given) with ``overrides`` (a mapping in the
+    config's schema: the flags given) merged over it. With ``print_config``, writes it as YAML and
+    exits 0. ``required`` spells, per required field, what to pass on the command line when it is
+    in neither (for the error);
+    ``source`` names the file errors are blamed on when ``overrides`` already hold its values.
+    """
+    from mipo.configfile import (
+        dump_yaml,
+        from_mapping,
+        load_config_file,
+        merge_mappings,
+        to_mapping,
+    )
+    from mipo.errors import ConfigError
+
+    data = load_config_file(config_file) if config_file else {}
+    merged = merge_mappings(data, overrides)
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.init
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and merged.get(f.name) in (None, [], ())
+    ]
+    if missing:
+        spelled = " and ".join((required or {}).get(name, name) for name in missing)
+        keys = ", ".join(missing)
+        them = "them" if len(missing) > 1 else "it"
+        raise ConfigError(f"missing {spelled}: pass {them} (or set {keys} in a --config file)")
+    config = from_mapping(cls, merged, source=source or config_file)
+    if print_config:
+        click.echo(dump_yaml(to_mapping(config)), nl=False)
+        click.get_current_context().exit(0)
+    return config
 
 
 VLLM_FIELDS = (

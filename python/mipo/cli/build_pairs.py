@@ -10,21 +10,38 @@ import click
 from mipo.cli._options import (
     GENERATION,
     config_default,
+    config_file_options,
     config_value,
     context_format_option,
     given_options,
+    nest_options,
     output_option,
-    parse_vllm_args,
+    pop_vllm_options,
     quiet_model_bars,
+    resolve_config,
     verbose_option,
     vllm_options,
 )
 
-BUILD = "mipo.pairs.build:BuildPairsConfig"
+BUILD = "mipo.pairs.config:BuildPairsConfig"
 
-
-def _given_format(value: str | None) -> dict[str, str]:
-    return {} if value is None else {"context_format": value}
+# Options that are fields of a nested config: option name -> field name.
+_GENERATION_OPTIONS = {
+    name: name
+    for name in (
+        "backend", "max_new_tokens", "temperature", "top_p", "batch_size", "chunk_size", "dtype",
+        "tensor_parallel_size", "gpu_memory_utilization", "max_model_len",
+        "enable_prefix_caching", "kv_cache_gib", "vllm_args", "vllm_window_rows", "vllm_python",
+    )
+}  # fmt: skip
+_COLUMN_OPTIONS = {
+    "prompt_col": "prompt",
+    "messages_col": "messages",
+    "context_col": "context",
+    "user_col": "user",
+    "id_col": "id",
+    "context_format": "context_format",
+}
 
 
 def _print_result(result: Any) -> None:
@@ -34,13 +51,18 @@ def _print_result(result: Any) -> None:
 
     console = Console(soft_wrap=True)
     console.print(summary_table(result.stats))
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if result.message:
         console.print(result.message, markup=False, highlight=False)
 
 
 @click.command("build-pairs")
-@click.argument("input", metavar="INPUT")
-@output_option("out_dir", old_names=("--out",), help="Output folder (a rerun continues).")
+@click.argument("input", metavar="INPUT", required=False)
+@output_option(
+    "out_dir", old_names=("--out",), required=False, help="Output folder (a rerun continues)."
+)
+@config_file_options
 @click.option(
     "--model",
     default=None,
@@ -63,21 +85,22 @@ def _print_result(result: Any) -> None:
 @click.option(
     "--backend",
     type=click.Choice(["auto", "vllm", "hf"]),
-    **config_default(BUILD + ".backend"),
+    **config_default(GENERATION + ".backend"),
     help="auto: vLLM when installed and a GPU is present, else transformers.",
 )
 @click.option(
     "--executor",
     type=click.Choice(["local", "ray"]),
     **config_default(BUILD + ".executor"),
-    help="local: generate in this process; ray: on a Ray cluster's workers, one model copy per "
-    "GPU (pip install 'mipo[ray]').",
+    help="local: plan and generate in this process; ray: the plan as Ray tasks and generation "
+    "on a Ray cluster's workers, one model copy per GPU (pip install 'mipo[ray]').",
 )
 @click.option(
     "--num-workers",
     type=int,
     default=None,
-    help="--executor ray: model copies [default: as many as the cluster fits].",
+    help="--executor ray: model copies, and the plan's shuffle partitions [default: as many "
+    "as the cluster fits; partitions: its CPUs].",
 )
 @click.option(
     "--ray-address",
@@ -184,32 +207,34 @@ def build_pairs_cmd(ctx: click.Context, **options: Any) -> None:
 
     INPUT is a Parquet, JSONL or CSV file, a folder, or a glob of shards. Stages (each resumable):
     plan (dedup, tokenize, negatives -> plan.parquet), generate (generations/), pairs
-    (pairs.parquet + stats.json).
+    (pairs.parquet + stats.json). OUTDIR/run.json records the resolved config: --config
+    OUTDIR/run.json repeats the run.
 
     \b
     Example:
       mipo build-pairs python/mipo/data/sample_corpus.jsonl -o out --max-new-tokens 64
     """
-    from mipo.corpus import ColumnOptions
-    from mipo.pairs.build import BuildPairsConfig, build_pairs, parse_shard
+    from mipo.pairs.build import build_pairs, parse_shard
+    from mipo.pairs.config import BuildPairsConfig
 
-    columns = ColumnOptions(
-        prompt=options.pop("prompt_col"),
-        messages=options.pop("messages_col"),
-        context=options.pop("context_col"),
-        user=options.pop("user_col"),
-        id=options.pop("id_col"),
-        **_given_format(options.pop("context_format")),
-    )
-    given = given_options(ctx, options)  # the others keep BuildPairsConfig's defaults
+    config_file = options.pop("config_file")
+    print_config = options.pop("print_config")
+    vllm = pop_vllm_options(options)
+    given = given_options(ctx, options)  # the others keep the file's or the config's defaults
+    given.update(vllm)
     if "shard" in given:
-        given["shard"] = parse_shard(given["shard"])
+        given["shard"] = list(parse_shard(given["shard"]))
     for name in ("no_dedup", "no_user_constraint", "no_progress"):
         if given.pop(name, False):
             given[name.removeprefix("no_")] = False
     verbose = bool(given.pop("verbose", False))
-    config = BuildPairsConfig(
-        columns=columns, vllm_args=parse_vllm_args(given.pop("vllm_arg", ())), **given
+    overrides = nest_options(given, {"generation": _GENERATION_OPTIONS, "columns": _COLUMN_OPTIONS})
+    config = resolve_config(
+        BuildPairsConfig,
+        config_file,
+        overrides,
+        print_config=print_config,
+        required={"input": "INPUT", "out_dir": "-o/--output"},
     )
     with quiet_model_bars(verbose):
         result = build_pairs(config)

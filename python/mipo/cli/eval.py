@@ -10,29 +10,47 @@ import click
 
 from mipo.cli._options import (
     EVAL,
-    RUN,
     config_default,
+    config_file_options,
+    config_value,
     context_format_option,
-    default_beside,
     given_options,
+    nest_options,
     output_option,
     pop_vllm_options,
     quiet_model_bars,
+    resolve_config,
     verbose_option,
     vllm_options,
 )
 
+# Options that are fields of the evaluation's GenerationConfig (option name -> field name).
+_GENERATION_OPTIONS = {
+    name: name
+    for name in (
+        "max_new_tokens", "temperature", "top_p", "batch_size", "backend", "device", "dtype",
+        "gpu_memory_utilization", "max_model_len", "enable_prefix_caching", "kv_cache_gib",
+        "vllm_args", "vllm_window_rows", "vllm_python",
+    )
+}  # fmt: skip
+EVAL_GENERATION = "mipo.evaluate.config:eval_generation"
+
+
+def _eval_default(name: str) -> Any:
+    """The evaluation's generation default of ``name`` (for --help)."""
+    return lambda: getattr(config_value(EVAL_GENERATION)(), name)
+
 
 @click.command("eval")
-@click.argument("data", nargs=-1, required=True)
-@click.option(
-    "--model", required=True, help="Model to evaluate (folder, train OUTDIR, adapter, name)."
-)
+@click.argument("data", nargs=-1)
+@click.option("--model", help="Model to evaluate (folder, train OUTDIR, adapter, name).")
 @output_option(
     "output",
     type=click.Path(path_type=Path),
+    required=False,
     help="Output directory (report.md, report.html, metrics.json, plots).",
 )
+@config_file_options
 @click.option(
     "--reference",
     default=None,
@@ -86,7 +104,7 @@ from mipo.cli._options import (
     type=int,
     help="Most tokens per response to a PMI prompt (paper: 512; shorter than build-pairs' "
     "default, to keep evaluation quick).",
-    **config_default(EVAL + ".max_new_tokens"),
+    **config_default(_eval_default("max_new_tokens")),
 )
 @click.option(
     "--math-max-new-tokens",
@@ -110,18 +128,19 @@ from mipo.cli._options import (
     "--temperature",
     type=float,
     help="Sampling temperature (paper: 0.1; 0 = greedy).",
-    **config_default(EVAL + ".temperature"),
+    **config_default(_eval_default("temperature")),
 )
 @click.option(
-    "--top-p", type=float, help="Nucleus mass (paper: 0.9).", **config_default(EVAL + ".top_p")
+    "--top-p",
+    type=float,
+    help="Nucleus mass (paper: 0.9).",
+    **config_default(_eval_default("top_p")),
 )
 @click.option(
     "--batch-size",
     type=int,
     help="Rows per forward pass when generating and scoring: speed and memory.",
-    **config_default(
-        default_beside(EVAL + ".batch_size", RUN + ".eval_batch_size", "mipo run --eval-batch-size")
-    ),
+    **config_default(_eval_default("batch_size")),
 )
 @click.option("--limit", default=None, type=int, help="At most N rows of each file.")
 @click.option(
@@ -135,14 +154,16 @@ from mipo.cli._options import (
     type=click.Choice(["auto", "hf", "vllm"]),
     help="Generation backend (auto: vLLM when usable — installed with a GPU, its CPU build, or "
     "through --vllm-python — else transformers).",
-    **config_default(EVAL + ".backend"),
+    **config_default(_eval_default("backend")),
 )
-@click.option("--device", help="auto, cpu, cuda or cuda:N.", **config_default(EVAL + ".device"))
+@click.option(
+    "--device", help="auto, cpu, cuda or cuda:N.", **config_default(_eval_default("device"))
+)
 @click.option(
     "--dtype",
     type=click.Choice(["auto", "float32", "bfloat16"]),
     help="Precision of generation and scoring (auto: bf16 on GPUs and CPUs with AMX or AVX-512 BF16, else fp32).",
-    **config_default(EVAL + ".dtype"),
+    **config_default(_eval_default("dtype")),
 )
 @vllm_options
 @click.option(
@@ -158,7 +179,9 @@ from mipo.cli._options import (
 @click.option("--no-progress", is_flag=True, help="No progress display.")
 @verbose_option
 @click.pass_context
-def eval_cmd(ctx: click.Context, data: tuple[str, ...], output: Path, **options: Any) -> None:
+def eval_cmd(
+    ctx: click.Context, data: tuple[str, ...], output: Path | None, **options: Any
+) -> None:
     """Evaluate a model on DATA files: PMI, multiple choice, math, judged win rate.
 
     \b
@@ -168,16 +191,30 @@ def eval_cmd(ctx: click.Context, data: tuple[str, ...], output: Path, **options:
       math    JSONL with question, answer ('... #### N'); asked 8-shot chain of
               thought by default (--math-shots)
     """
+    from mipo.errors import ConfigError
     from mipo.evaluate import EvalConfig, run_eval
     from mipo.evaluate.report import fmt_ci
     from mipo.progress import off
 
+    config_file = options.pop("config_file")
+    print_config = options.pop("print_config")
     vllm = pop_vllm_options(options)
-    # Options not given keep EvalConfig's defaults (the ones --help shows).
+    # Options not given keep the file's or EvalConfig's defaults (the ones --help shows).
     given = given_options(ctx, options)
+    given.update(vllm)
+    if data:
+        given["data"] = list(data)
     verbose = bool(given.pop("verbose", False))
     no_progress = bool(given.pop("no_progress", False))
-    config = EvalConfig(data=list(data), vllm_options=vllm, **given)
+    config = resolve_config(
+        EvalConfig,
+        config_file,
+        nest_options(given, {"generation": _GENERATION_OPTIONS}),
+        print_config=print_config,
+        required={"data": "DATA", "model": "--model"},
+    )
+    if output is None:
+        raise ConfigError("pass -o/--output: the folder the report is written to")
     with quiet_model_bars(verbose), off(no_progress):
         result = run_eval(config, output)
     m = result.metrics

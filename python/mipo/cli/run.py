@@ -8,20 +8,21 @@ from typing import Any
 import click
 
 from mipo.cli._options import (
-    EVAL,
     GENERATION,
     RUN,
     TRAIN,
     config_default,
+    config_file_options,
     config_value,
     context_format_option,
-    default_beside,
     epochs_default,
     given_options,
     learning_rate_default,
+    nest_options,
     output_option,
     pop_vllm_options,
     quiet_model_bars,
+    resolve_config,
     verbose_option,
     vllm_options,
 )
@@ -47,18 +48,29 @@ _COLUMN_OPTIONS = ("prompt_col", "messages_col", "context_col", "user_col", "id_
 _CORPUS_OPTIONS = {c: c.removesuffix("_col") for c in _COLUMN_OPTIONS} | {
     "context_format": "context_format"
 }
+# Generation options that set the pairs' generation and the evaluation's alike.
+_BOTH_GENERATIONS = (
+    "backend", "max_new_tokens", "temperature", "top_p", "gpu_memory_utilization",
+    "max_model_len", "enable_prefix_caching", "kv_cache_gib", "vllm_args", "vllm_window_rows",
+    "vllm_python",
+)  # fmt: skip
+EVAL_GENERATION = "mipo.evaluate.config:eval_generation"
 
 
 def _pairs_and_eval(field: str) -> Any:
     """A generation option's default for the pairs and for the evaluation (one value when the
     two agree)."""
-    pairs, evaluation = config_value(f"{GENERATION}.{field}"), config_value(f"{EVAL}.{field}")
+    pairs = config_value(f"{GENERATION}.{field}")
+    evaluation = getattr(config_value(EVAL_GENERATION)(), field)
     return pairs if pairs == evaluation else f"{pairs} for pairs, {evaluation} in evaluation"
 
 
 @click.command("run")
 @click.argument("corpus", required=False, metavar="[CORPUS]")
-@output_option("out_dir", old_names=("--out",), help="Output folder (a rerun continues).")
+@output_option(
+    "out_dir", old_names=("--out",), required=False, help="Output folder (a rerun continues)."
+)
+@config_file_options
 @click.option("--demo", is_flag=True, help="The bundled sample corpus, built-in model, context-swap negatives, LoRA, small sizes (~8 min on 2 CPU cores with AMX, longer without).")  # fmt: skip
 @click.option("--rounds", type=int, help="Rounds of build-pairs -> train -> eval", **config_default(RUN + ".rounds"))  # fmt: skip
 @click.option("--eval-fraction", type=float, help="Share held out for evaluation (whole users)", **config_default(RUN + ".eval_fraction"))  # fmt: skip
@@ -69,7 +81,7 @@ def _pairs_and_eval(field: str) -> Any:
 @click.option("--seed", type=int, help="Seed of split, negatives, generation, training, eval", **config_default(RUN + ".seed"))  # fmt: skip
 @click.option("--negatives", help="Negative strategies: random, context-drop, context-swap, a comma-separated list, or auto (context-swap when the corpus has user contexts, else random)", **config_default(RUN + ".negatives"))  # fmt: skip
 @click.option("--independent-negatives", is_flag=True, default=None, help="Sample separate responses for the random negatives.")  # fmt: skip
-@click.option("--backend", type=click.Choice(["auto", "vllm", "hf"]), help="Generation backend", **config_default(RUN + ".backend"))  # fmt: skip
+@click.option("--backend", type=click.Choice(["auto", "vllm", "hf"]), help="Generation backend, pairs and eval", **config_default(GENERATION + ".backend"))  # fmt: skip
 @click.option("--max-new-tokens", type=int, help="Tokens per response, pairs and eval (evaluation defaults shorter, to stay quick)", **config_default(lambda: _pairs_and_eval("max_new_tokens")))  # fmt: skip
 @click.option("--temperature", type=float, help="Sampling temperature", **config_default(lambda: _pairs_and_eval("temperature")))  # fmt: skip
 @click.option("--top-p", type=float, help="Nucleus sampling mass", **config_default(lambda: _pairs_and_eval("top_p")))  # fmt: skip
@@ -91,7 +103,7 @@ def _pairs_and_eval(field: str) -> Any:
 @click.option("--max-length", type=int, help="Max prompt + response tokens in training", **config_default(TRAIN + ".max_length"))  # fmt: skip
 @click.option("--train-config", type=click.Path(exists=True, dir_okay=False), help="YAML of training options (TrainConfig fields); flags win.")  # fmt: skip
 @click.option("-k", "--contrasts", "eval_k", type=int, help="Contrast prompts per held-out prompt and contrast set for PMI", **config_default(RUN + ".eval_k"))  # fmt: skip
-@click.option("--eval-batch-size", type=int, help="Rows per forward pass when generating and scoring the evaluation: speed and memory", **config_default(default_beside(RUN + ".eval_batch_size", EVAL + ".batch_size", "mipo eval --batch-size")))  # fmt: skip
+@click.option("--eval-batch-size", type=int, help="Rows per forward pass when generating and scoring the evaluation: speed and memory", **config_default(lambda: config_value(EVAL_GENERATION)().batch_size))  # fmt: skip
 @click.option("--judge", help="Judge model for the win rate: a model, auto (the base model), or none  [default: none]")  # fmt: skip
 @click.option("--extra-eval", "extra_eval_data", multiple=True, help="choice:/math: file evaluated every round (repeatable).")  # fmt: skip
 @click.option("--n-bootstrap", type=int, help="Bootstrap resamples", **config_default(RUN + ".n_bootstrap"))  # fmt: skip
@@ -112,7 +124,6 @@ def _pairs_and_eval(field: str) -> Any:
 def run_cmd(
     ctx: click.Context,
     corpus: str | None,
-    out_dir: str,
     demo: bool,
     train_config: str | None,
     **options: Any,
@@ -130,55 +141,59 @@ def run_cmd(
       mipo run --demo -o demo-out
       mipo run corpus.jsonl -o out --lora --max-new-tokens 128 --rounds 2
     """
-    from mipo.corpus import ColumnOptions
-    from mipo.errors import ConfigError
-    from mipo.run import RunConfig, demo_config, run_pipeline
-    from mipo.train import TrainConfig
+    from mipo.configfile import load_config_file, merge_mappings
+    from mipo.run import RunConfig, run_pipeline
+    from mipo.run.config import DEMO_SETTINGS
+    from mipo.synth import SAMPLE_CORPUS_PATH
 
+    config_file = options.pop("config_file")
+    print_config = options.pop("print_config")
     vllm = pop_vllm_options(options)
     given = given_options(ctx, options)
+    given.update(vllm)
     verbose = bool(given.pop("verbose", False))
-    if vllm:
-        given["vllm_options"] = vllm
-    columns = ColumnOptions(
-        **{field: given.pop(name) for name, field in _CORPUS_OPTIONS.items() if name in given}
-    )
-    train_options = {
-        field: given.pop(name) for name, field in _TRAIN_OPTIONS.items() if name in given
-    }
-    if "seed" in train_options:
-        given["seed"] = train_options["seed"]
-    if "trust_remote_code" in train_options:
-        given["trust_remote_code"] = train_options["trust_remote_code"]
-    if corpus is None and not demo:
-        raise ConfigError("pass a CORPUS file (or --demo for the bundled sample corpus)")
+    # --seed and --trust-remote-code are the training's too.
+    for shared in ("seed", "trust_remote_code"):
+        if shared in given:
+            given.setdefault("train", {})[shared] = given[shared]
     if corpus is not None:
         given["corpus"] = corpus
-    if demo:
-        if train_config:
-            train_options = {**_yaml_fields(train_config), **train_options}
-        config = demo_config(out_dir, columns=columns, train=train_options, **given)
-    else:
-        train = (
-            TrainConfig.from_yaml(train_config, **train_options)
-            if train_config
-            else TrainConfig(**train_options)
+    both = {name: given.pop(name) for name in _BOTH_GENERATIONS if name in given}
+    overrides = nest_options(
+        given,
+        {
+            "columns": _CORPUS_OPTIONS,
+            "train": {
+                k: v for k, v in _TRAIN_OPTIONS.items() if k not in ("seed", "trust_remote_code")
+            },
+            "generation": {"generation_batch_size": "batch_size"},
+            "eval_generation": {"eval_batch_size": "batch_size"},
+        },
+    )
+    for group in ("generation", "eval_generation"):
+        overrides[group] = {**overrides.get(group, {}), **both}
+    if train_config:  # under the flags, over the --config file
+        overrides["train"] = merge_mappings(
+            load_config_file(train_config), overrides.get("train", {})
         )
-        config = RunConfig(out_dir=out_dir, columns=columns, train=train, **given)
+    base = {"corpus": str(SAMPLE_CORPUS_PATH), **DEMO_SETTINGS} if demo else {}
+    if config_file:
+        base = merge_mappings(base, load_config_file(config_file))
+    config = resolve_config(
+        RunConfig,
+        None,
+        merge_mappings(base, overrides),
+        print_config=print_config,
+        required={
+            "corpus": "CORPUS (or --demo, the bundled sample corpus)",
+            "out_dir": "-o/--output",
+        },
+        source=config_file,
+    )
 
     with quiet_model_bars(verbose):
         result = run_pipeline(config, log=lambda line: click.echo(line, err=True))
     _print_summary(result)
-
-
-def _yaml_fields(path: str) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    from mipo.train import TrainConfig
-
-    loaded = TrainConfig.from_yaml(path)
-    defaults = asdict(TrainConfig())
-    return {k: v for k, v in asdict(loaded).items() if v != defaults[k]}
 
 
 def _print_summary(result: Any) -> None:

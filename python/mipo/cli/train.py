@@ -12,11 +12,13 @@ import click
 from mipo.cli._options import (
     TRAIN,
     config_default,
+    config_file_options,
     config_value,
     epochs_default,
     given_options,
     learning_rate_default,
     output_option,
+    resolve_config,
 )
 
 
@@ -69,23 +71,19 @@ def _print_accelerate_config(
 
 
 @click.command("train")
-@click.argument("pairs", type=click.Path(path_type=Path))
+@click.argument("pairs", type=click.Path(path_type=Path), required=False)
 @output_option(
     "output",
     type=click.Path(path_type=Path),
+    required=False,
     help="Output directory (model/, train_config.json, train_log.jsonl).",
 )
+@config_file_options
 @click.option(
     "--model",
     default=None,
     help="Model to train (= the frozen reference). Default: the model that generated "
     "the pairs (run.json beside them).",
-)
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="YAML file of options (field names of TrainConfig); command-line flags win.",
 )
 @click.option("--beta", type=float, help="DPO beta", **config_default(TRAIN + ".beta"))
 @click.option(
@@ -208,7 +206,12 @@ def _print_accelerate_config(
 )
 @click.pass_context
 def train_cmd(
-    ctx: click.Context, pairs: Path, output: Path, config_file: Path | None, **options: Any
+    ctx: click.Context,
+    pairs: Path | None,
+    output: Path | None,
+    config_file: str | None,
+    print_config: bool,
+    **options: Any,
 ) -> None:
     """Train with DPO on PAIRS and save the model to OUTPUT.
 
@@ -223,13 +226,14 @@ def train_cmd(
       accelerate launch --config_file "$(mipo accelerate-config ddp)" \\
           -m mipo train PAIRS -o OUTDIR
     """
+    from mipo.errors import ConfigError
     from mipo.train import TrainConfig, train
 
     verbose = bool(options.pop("verbose"))
     overrides = given_options(ctx, options)
-    config = (
-        TrainConfig.from_yaml(config_file, **overrides) if config_file else TrainConfig(**overrides)
-    )
+    config = resolve_config(TrainConfig, config_file, overrides, print_config=print_config)
+    if pairs is None or output is None:
+        raise ConfigError("pass PAIRS and -o/--output (the pairs to train on, the output folder)")
     result = train(pairs, output, config, verbose=verbose)
     if os.environ.get("RANK", "0") != "0":  # under accelerate/torchrun only rank 0 reports
         return

@@ -1,18 +1,35 @@
-"""The options of ``mipo eval``: :class:`EvalConfig`, its validation and its defaults.
+"""The options of ``mipo eval``: :class:`EvalConfig`, its validation and its defaults; how
+responses are generated is its own :class:`~mipo.generate.config.GenerationConfig`,
+``generation`` (with the evaluation's defaults: :func:`eval_generation`).
 
->>> EvalConfig(model="m", data=["d.jsonl"]).batch_size
+>>> EvalConfig(model="m", data=["d.jsonl"]).generation.batch_size
 16
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
 
 from mipo.errors import ConfigError
+from mipo.generate.config import GenerationConfig
 from mipo.prompt_format import DEFAULT_CONTEXT_FORMAT, PromptFormat
 
-__all__ = ["EvalConfig"]
+__all__ = ["EVAL_DTYPES", "EvalConfig", "eval_generation"]
+
+EVAL_DTYPES = ("auto", "float32", "bfloat16")
+"""The precisions evaluation generates and scores in."""
+
+
+def eval_generation() -> GenerationConfig:
+    """The evaluation's generation defaults: 256 new tokens (paper: 512; shorter than
+    build-pairs' so evaluation stays quick) and 16 rows per forward pass, the rest as
+    :class:`~mipo.generate.config.GenerationConfig` (temperature 0.1, top-p 0.9 as in the paper).
+
+    >>> eval_generation().max_new_tokens
+    256
+    """
+    return GenerationConfig(max_new_tokens=256, batch_size=16)
 
 
 @dataclass
@@ -23,6 +40,10 @@ class EvalConfig:
     Traceback (most recent call last):
     mipo.errors.ConfigError: k must be an integer >= 1, got 0
     """
+
+    CONFIG_DERIVED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "generation": ("seed", "trust_remote_code")
+    }
 
     model: str
     """Model to evaluate: a folder, a ``mipo train`` output directory, a LoRA adapter, a name."""
@@ -56,8 +77,6 @@ class EvalConfig:
     """Contrast prompts per prompt (per contrast set) for the PMI's estimate of log π_ref(y)."""
     seed: int = 0
     """Seed of generation (per-row seeds derive from it), contrast draws and bootstrap."""
-    max_new_tokens: int = 256
-    """Most tokens per generated response for PMI / judged prompts (paper: 512)."""
     math_max_new_tokens: int | None = None
     """Most tokens per generated math solution. ``None``: 1024 as in the paper when generating on
     a GPU (or with vLLM), 512 on CPU, where a rambling answer costs minutes."""
@@ -67,36 +86,21 @@ class EvalConfig:
     math_fewshot: str | None = None
     """File of worked examples (``question``, ``answer`` ending in ``#### N``) for the math
     prompts, the first ``math_shots`` used; ``None``: the 8 shipped with mipo."""
-    temperature: float = 0.1
-    """Sampling temperature for generation (paper: 0.1; 0 = greedy)."""
-    top_p: float = 0.9
-    """Nucleus sampling mass (paper: 0.9)."""
-    batch_size: int = 16
-    """Rows per forward pass when generating and scoring (``mipo run --eval-batch-size``'s
-    default too)."""
     limit: int | None = None
     """Evaluate at most this many rows of each file (quick runs)."""
     n_bootstrap: int = 2000
     """Bootstrap resamples for every confidence interval."""
-    backend: str = "auto"
-    """Generation backend: ``auto``, ``hf`` or ``vllm``."""
-    device: str = "auto"
-    """Device for generation and scoring: ``auto``, ``cpu``, ``cuda``, ``cuda:N``."""
-    dtype: str = "auto"
-    """Precision of generation and scoring: ``auto`` (bfloat16 on a GPU that supports it and on
-    a CPU with AMX or AVX-512 BF16, float32 elsewhere), ``float32`` or ``bfloat16``."""
+    generation: GenerationConfig = field(default_factory=eval_generation)
+    """How responses are generated (:func:`eval_generation`'s defaults); its ``batch_size``,
+    ``device`` and ``dtype`` (``auto``, ``float32`` or ``bfloat16``) are the scoring's too, its
+    ``max_new_tokens`` applies to PMI and judged prompts (math: ``math_max_new_tokens``), and its
+    ``seed`` and ``trust_remote_code`` are this config's."""
     train_log: str | None = None
     """A ``train_log.jsonl`` to plot; ``None``: the evaluated model's own, if it has one."""
     overwrite: bool = False
     """Replace an existing report in the output directory."""
     trust_remote_code: bool = False
     """Allow models that ship their own Python code."""
-    vllm_options: dict[str, Any] = field(default_factory=dict)
-    """vLLM engine settings for generation with the vllm backend, as
-    :class:`~mipo.generate.GenerationConfig` fields: ``gpu_memory_utilization``,
-    ``max_model_len``, ``enable_prefix_caching``, ``kv_cache_gib``, ``vllm_args``,
-    ``vllm_window_rows``, ``vllm_python`` (an environment with vLLM when it is not installed
-    here)."""
     cache_dir: str | None = None
     """Folder of per-model results reused across evaluations (:mod:`mipo.evaluate.cache`): a
     model already evaluated on the same data with the same settings (weights, data and
@@ -110,7 +114,7 @@ class EvalConfig:
             raise bad("model", self.model, "a model folder or name")
         if not self.data:
             raise ConfigError("data: pass at least one evaluation file")
-        for name in ("k", "max_new_tokens", "batch_size", "n_bootstrap"):
+        for name in ("k", "n_bootstrap"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise bad(name, value, "an integer >= 1")
@@ -126,25 +130,15 @@ class EvalConfig:
             raise bad("limit", self.limit, "an integer >= 2, or None")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise bad("seed", self.seed, "an integer >= 0")
-        if not (isinstance(self.temperature, int | float) and self.temperature >= 0):
-            raise bad("temperature", self.temperature, ">= 0")
-        if not (isinstance(self.top_p, int | float) and 0 < self.top_p <= 1):
-            raise bad("top_p", self.top_p, "in (0, 1]")
-        if self.backend not in ("auto", "hf", "vllm"):
-            raise bad("backend", self.backend, "auto, hf or vllm")
         PromptFormat(self.context_format)
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise bad("dtype", self.dtype, "auto, float32 or bfloat16")
-        allowed = {
-            "gpu_memory_utilization", "max_model_len", "enable_prefix_caching", "kv_cache_gib",
-            "vllm_args", "vllm_python", "vllm_window_rows",
-        }  # fmt: skip
-        unknown = sorted(set(self.vllm_options) - allowed)
-        if unknown:
-            raise bad("vllm_options", unknown, f"keys among {', '.join(sorted(allowed))}")
-        from mipo.generate import GenerationConfig
-
-        GenerationConfig(**self.vllm_options)  # validates the values
+        if not isinstance(self.generation, GenerationConfig):
+            raise bad("generation", self.generation, "a GenerationConfig")
+        if self.generation.dtype not in EVAL_DTYPES:
+            raise bad("generation.dtype", self.generation.dtype, ", ".join(EVAL_DTYPES))
+        # One seed and one trust setting for the whole evaluation: the generation takes these.
+        self.generation = replace(
+            self.generation, seed=self.seed, trust_remote_code=self.trust_remote_code
+        )
         if self.judge is not None and self.judge.lower() == "none":
             self.judge = None
         if self.judge_url is not None:
@@ -176,19 +170,20 @@ class EvalConfig:
         return self.judge
 
     def device_for_scoring(self) -> str | None:
-        return None if self.device == "auto" else self.device
+        return None if self.generation.device == "auto" else self.generation.device
 
     def math_token_limit(self) -> int:
         """``math_max_new_tokens``, or its device-dependent default (1024 on GPU, 512 on CPU)."""
         if self.math_max_new_tokens is not None:
             return self.math_max_new_tokens
-        if self.device.startswith("cuda"):
+        device, backend = self.generation.device, self.generation.backend
+        if device.startswith("cuda"):
             return 1024
-        if self.backend == "vllm":
+        if backend == "vllm":
             from mipo.generate import vllm_device
 
             return 1024 if vllm_device() == "cuda" else 512
-        if self.device == "auto":
+        if device == "auto":
             import torch
 
             return 1024 if torch.cuda.is_available() else 512

@@ -8,10 +8,12 @@ folder first (the backends load full models).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mipo.errors import ModelError
+from mipo.generate.config import GenerationConfig
 
 __all__ = ["generate_responses", "materialize_model", "render_prompts"]
 
@@ -63,28 +65,20 @@ def render_prompts(
 def generate_responses(
     resolved: Any,
     prompts: list[list[dict[str, str]]] | list[list[int]],
+    config: GenerationConfig,
     *,
-    seed: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    batch_size: int,
-    backend: str = "auto",
-    device: str = "auto",
-    dtype: str = "auto",
-    vllm_options: dict[str, Any] | None = None,
     progress: str | None = None,
 ) -> list[Any]:
     """One :class:`~mipo.generate.GenerationResult` per prompt (chat messages, or token ids from
-    :func:`render_prompts`); seeds derive from the row index and ``seed``, so two models get the
-    same seeds. ``progress``: show the generation's progress (:mod:`mipo.progress`) under this
-    name.
+    :func:`render_prompts`), generated as ``config`` says; seeds derive from the row index and
+    ``config.seed``, so two models get the same seeds. ``progress``: show the generation's progress
+    (:mod:`mipo.progress`) under this name.
 
     >>> # loads and runs a model: see tests/test_evaluate.py
-    >>> generate_responses(resolved, [[{"role": "user", "content": "Hi"}]], seed=0,
-    ...     max_new_tokens=16, temperature=0.1, top_p=0.9, batch_size=8)  # doctest: +SKIP
+    >>> generate_responses(resolved, [[{"role": "user", "content": "Hi"}]],
+    ...     GenerationConfig(max_new_tokens=16, batch_size=8))  # doctest: +SKIP
     """
-    from mipo.generate import GenerationConfig, create_backend, request_seeds
+    from mipo.generate import create_backend, request_seeds
     from mipo.progress import track
 
     if not prompts:
@@ -93,18 +87,8 @@ def generate_responses(
         input_ids: list[list[int]] = [list(p) for p in prompts]  # type: ignore[arg-type]
     else:
         input_ids = render_prompts(resolved, prompts)[0]  # type: ignore[arg-type]
-    config = GenerationConfig(
-        backend=backend,  # type: ignore[arg-type]
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        trust_remote_code=resolved.trust_remote_code,
-        **(vllm_options or {}),
-    )
+    seed = config.seed
+    config = replace(config, trust_remote_code=resolved.trust_remote_code)
     engine = create_backend(resolved, config)
     try:
         with track(

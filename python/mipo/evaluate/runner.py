@@ -36,13 +36,14 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from mipo import __version__
+from mipo.configfile import to_mapping
 from mipo.errors import ConfigError, ModelError, OutputError
 from mipo.evaluate.config import EvalConfig
 from mipo.evaluate.report import finite_json
@@ -212,8 +213,9 @@ class _Evaluation:
         """The dtype every model is generated and scored in (``auto`` resolved here)."""
         from mipo.models import default_device, select_dtype
 
-        device = default_device() if self.config.device == "auto" else self.config.device
-        return str(select_dtype(device, self.config.dtype)).removeprefix("torch.")
+        generation = self.config.generation
+        device = default_device() if generation.device == "auto" else generation.device
+        return str(select_dtype(device, generation.dtype)).removeprefix("torch.")
 
     def _of_kind(self, kind: str) -> list[EvalDataset]:
         return [ds for ds in self.datasets if ds.kind == kind]
@@ -227,7 +229,7 @@ class _Evaluation:
         return load_model(
             path,
             device=self.config.device_for_scoring(),
-            dtype=self.config.dtype,
+            dtype=self.config.generation.dtype,
             trust_remote_code=trust,
         )
 
@@ -257,7 +259,7 @@ class _Evaluation:
                 if ds.kind == "choice" or (role, ds.name) in self.cached:
                     continue
                 prompt_ids, context = render_prompts(resolved, self._prompts(ds))
-                limit = c.max_new_tokens if ds.kind == "pmi" else c.math_token_limit()
+                limit = c.generation.max_new_tokens if ds.kind == "pmi" else c.math_token_limit()
                 too_long = sum(len(ids) + limit > context for ids in prompt_ids) if context else 0
                 if too_long:
                     self._note(
@@ -270,15 +272,7 @@ class _Evaluation:
                 results = generate_responses(
                     resolved,
                     prompt_ids,
-                    seed=c.seed,
-                    max_new_tokens=limit,
-                    temperature=c.temperature,
-                    top_p=c.top_p,
-                    batch_size=c.batch_size,
-                    backend=c.backend,
-                    device=c.device,
-                    dtype=c.dtype,
-                    vllm_options=c.vllm_options,
+                    replace(c.generation, max_new_tokens=limit),
                     progress=f"eval: generating {ds.name} ({role})",
                 )
                 self.rows[ds.name] = self.rows[ds.name].with_columns(
@@ -297,7 +291,7 @@ class _Evaluation:
                 loaded = load_model(
                     resolved.path,
                     device=c.device_for_scoring(),
-                    dtype=c.dtype,
+                    dtype=c.generation.dtype,
                     trust_remote_code=c.trust_remote_code,
                 )
                 for ds in choices:
@@ -309,26 +303,31 @@ class _Evaluation:
     def _settings(self, ds: EvalDataset) -> dict[str, Any]:
         """Everything a role's per-row results on ``ds`` depend on, besides the weights."""
         c = self.config
+        g = c.generation
         settings: dict[str, Any] = {
             "mipo": __version__,
             "kind": ds.kind,
             "limit": c.limit,
             "seed": c.seed,
-            "temperature": c.temperature,
-            "top_p": c.top_p,
-            "batch_size": c.batch_size,
-            "backend": c.backend,
-            "device": c.device,
+            "temperature": g.temperature,
+            "top_p": g.top_p,
+            "batch_size": g.batch_size,
+            "backend": g.backend,
+            "device": g.device,
             # The dtype actually used (``auto`` resolves per machine): a baseline cached in
             # fp32 is never compared with a model scored in bf16.
             "dtype": self.resolved_dtype(),
+            # Set only (as recorded before generation was one nested config): the vLLM settings
+            # that can change the text.
             "vllm": {
-                k: v for k, v in c.vllm_options.items() if k in ("max_model_len", "vllm_args")
+                k: getattr(g, k)
+                for k in ("max_model_len", "vllm_args")
+                if getattr(g, k) not in (None, {})
             },
         }
         if ds.kind == "pmi":
             settings.update(
-                max_new_tokens=c.max_new_tokens, k=c.k, context_format=ds.prompt_format.spec
+                max_new_tokens=g.max_new_tokens, k=c.k, context_format=ds.prompt_format.spec
             )
         if ds.kind == "math":
             settings.update(
@@ -408,7 +407,7 @@ class _Evaluation:
             loaded,
             prompts,
             options,
-            batch_size=self.config.batch_size,
+            batch_size=self.config.generation.batch_size,
             progress=f"eval: scoring choices {ds.name} ({role})",
         )
         sums: list[list[float]] = [[] for _ in range(ds.frame.height)]
@@ -483,7 +482,7 @@ class _Evaluation:
                     contexts=contexts if ds.has_context else None,
                     nocontext=frame["prompt_nocontext"] if ds.has_context else None,
                     users=frame["user_id"].to_list() if ds.has_users else None,
-                    batch_size=self.config.batch_size,
+                    batch_size=self.config.generation.batch_size,
                     prompt_format=ds.prompt_format,
                     progress=f"eval: scoring PMI {ds.name} ({role})",
                 )
@@ -539,7 +538,7 @@ class _Evaluation:
                     ]
                 else:
                     scores = judge_scores(
-                        local, *args, batch_size=self.config.batch_size, progress=label
+                        local, *args, batch_size=self.config.generation.batch_size, progress=label
                     )
                     columns = [
                         scores["score"].alias(f"judge_score_{role}"),
@@ -567,7 +566,8 @@ class _Evaluation:
                 "judge": c.judge_name if self.judged else None,
                 "paths": self.paths,
             },
-            "config": asdict(c),
+            # The resolved config in its own schema: `mipo eval --config metrics.json` repeats it.
+            "config": to_mapping(c),
             # What the numbers were computed with: every model is generated and scored in this
             # dtype, and its prompts put the user's context where this format says.
             "dtype": self.resolved_dtype(),
@@ -597,7 +597,8 @@ class _Evaluation:
             model_rows.append(["judge", str(c.judge_name)])
         report.table(["role", "model"], model_rows)
         report.paragraph(
-            f"Generation: temperature {c.temperature}, top-p {c.top_p}, seed {c.seed} (the same "
+            f"Generation: temperature {c.generation.temperature}, top-p {c.generation.top_p}, "
+            f"seed {c.seed} (the same "
             f"per-row seeds for every model); every model generated and scored in "
             f"{self.resolved_dtype()}; user context in the prompt as `{c.context_format}` "
             "(--context-format). Intervals: 95% percentile bootstrap "

@@ -50,6 +50,7 @@ __all__ = [
     "assemble_pairs",
     "build_requests",
     "filter_pairs",
+    "filter_verdict",
     "request_ids",
 ]
 
@@ -61,6 +62,20 @@ _KINDS = 4  # request ids: 4 * plan_index + kind
 
 FILTERS = ("empty_response", "identical", "near_identical", "truncated", "persona", "low_margin")
 """Pair filters in the order they apply; a pair is counted under the first one that drops it."""
+
+FILTER_REMEDIES = {
+    "empty_response": "the model wrote empty responses: check its chat template, or use an "
+    "instruct model",
+    "identical": "chosen and rejected responses were the same text: sample with a higher "
+    "--temperature, or choose other --negatives",
+    "near_identical": "chosen and rejected responses were nearly the same: choose other "
+    "--negatives (context-swap or random), or sample with a higher --temperature",
+    "truncated": "responses hit the token limit: raise --max-new-tokens, or pass "
+    "--keep-truncated to keep truncated pairs",
+    "persona": "chosen answers spoke as the user: drop --drop-persona",
+    "low_margin": "margins were below --min-margin: lower --min-margin, or drop --score",
+}
+"""What each filter's drops mean and the option that changes it (for :func:`filter_verdict`)."""
 
 
 def request_ids(plan_index: Any, kind: int) -> Any:
@@ -365,6 +380,42 @@ def filter_pairs(
         str(k): int(v) for k, v in pairs["strategy"].value_counts(sort=True).iter_rows()
     }
     return pairs
+
+
+def filter_verdict(stats: PairStats) -> tuple[str | None, list[str]]:
+    """``(error, warnings)`` for a pairs stage that assembled and filtered ``stats``: an error
+    when no pair is left (naming the filter that dropped the most, or why none was built, and the
+    option that changes it), a warning for each filter that dropped more than half the pairs.
+
+    >>> stats = PairStats(pairs_built={"random": 24})
+    >>> stats.filtered["truncated"] = 24
+    >>> print(filter_verdict(stats)[0])
+    0 pairs left: the truncated filter dropped 24 of 24 pairs (responses hit the token limit: raise --max-new-tokens, or pass --keep-truncated to keep truncated pairs)
+    """
+    built = sum(stats.pairs_built.values())
+    warnings = [
+        f"the {name.replace('_', '-')} filter dropped {count} of {built} pairs "
+        f"({FILTER_REMEDIES.get(name, 'see stats.json')})"
+        for name, count in stats.filtered.items()
+        if built and count * 2 > built
+    ]
+    if stats.pairs_written:
+        return None, warnings
+    if not built:
+        skipped = (
+            "the prompts have no user context"
+            if stats.no_context_skipped or stats.no_swap_skipped
+            else "the plan holds no prompt"
+        )
+        return (
+            f"0 pairs built: {skipped}; choose --negatives random, or check the corpus columns "
+            "(--context-col, --user-col)"
+        ), []
+    name, count = max(stats.filtered.items(), key=lambda item: item[1])
+    return (
+        f"0 pairs left: the {name.replace('_', '-')} filter dropped {count} of {built} pairs "
+        f"({FILTER_REMEDIES.get(name, 'see stats.json')})"
+    ), []
 
 
 NEAR_IDENTICAL_JACCARD = 0.9

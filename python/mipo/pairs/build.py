@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import resource
 import shutil
 import sys
@@ -37,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mipo.corpus import ColumnOptions, open_corpus
-from mipo.errors import ConfigError, ModelError, OutputError, TemplateError
+from mipo.corpus import open_corpus
+from mipo.errors import ConfigError, CorpusError, ModelError, OutputError, TemplateError
 from mipo.io import output_lock, read_json_record, write_json_atomic, write_parquet_atomic
 from mipo.pairs.assemble import (
     PairFilterConfig,
@@ -46,7 +45,9 @@ from mipo.pairs.assemble import (
     assemble_pairs,
     build_requests,
     filter_pairs,
+    filter_verdict,
 )
+from mipo.pairs.config import EXECUTORS, BuildPairsConfig, parse_shard
 from mipo.pairs.manifest import (
     GENERATIONS_DIR,
     PAIRS_FILE,
@@ -59,7 +60,6 @@ from mipo.pairs.manifest import (
     run_record,
     stage_options,
 )
-from mipo.pairs.negatives import NegativeStrategy, parse_strategy, strategy_kinds
 from mipo.pairs.plan import PlanConfig, build_plan, read_plan
 
 __all__ = [
@@ -72,155 +72,6 @@ __all__ = [
     "summary_table",
 ]
 
-EXECUTORS = ("local", "ray")
-_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
-
-
-def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int]:
-    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``.
-
-    >>> parse_shard("1/4")
-    (1, 4)
-    """
-    if text is None:
-        return (0, 1)
-    if isinstance(text, tuple):
-        index, count = text
-    else:
-        match = _SHARD.match(text)
-        if not match:
-            raise ConfigError(f"--shard must look like I/N (e.g. 0/4), got {text!r}")
-        index, count = int(match.group(1)), int(match.group(2))
-    if count < 1 or not 0 <= index < count:
-        raise ConfigError(
-            f"--shard {index}/{count} is invalid: N must be >= 1 and I in 0..N-1 (e.g. 0/{max(count, 2)})"
-        )
-    return index, count
-
-
-@dataclass(frozen=True)
-class BuildPairsConfig:
-    """Every option of ``mipo build-pairs`` (see ``mipo build-pairs --help``)."""
-
-    input: str
-    """Parquet, JSONL or CSV file, a folder of them, or a glob of shards."""
-    out_dir: str | Path
-    """Output folder (created; a rerun into it continues)."""
-    model: str | None = None
-    """Model spec for :func:`mipo.models.resolve_model`; None: the built-in default."""
-    plan_only: bool = False
-    """Stop after writing ``plan.parquet``."""
-    negatives: NegativeStrategy = "random"
-    """``random``, ``context-drop``, ``context-swap``, or a comma-separated list of them (one
-    pair of each per prompt; ``both`` = ``random,context-drop``)."""
-    independent_negatives: bool = False
-    """Sample a separate response to σ(i) for each prompt instead of reusing σ(i)'s own."""
-    columns: ColumnOptions = field(default_factory=ColumnOptions)
-    """Input column names; None fields are detected."""
-    seed: int = 0
-    """Seed of the negatives and of every per-request sampling seed."""
-    max_prompt_tokens: int | None = None
-    """Drop longer prompts; None: the model's context length minus ``max_new_tokens``."""
-    dedup: bool = True
-    """Remove exact and near-duplicate prompts (False keeps them, still never paired together)."""
-    near_dup_threshold: float = 0.8
-    """Jaccard similarity at or above which two prompts are near duplicates."""
-    user_constraint: bool = True
-    """With a user column, take each random negative from another user."""
-    backend: str = "auto"
-    """Generation backend: ``auto``, ``vllm`` or ``hf``."""
-    max_new_tokens: int | None = None
-    """Generation option; None: the :class:`~mipo.generate.GenerationConfig` default."""
-    temperature: float | None = None
-    """Generation option; None: the default."""
-    top_p: float | None = None
-    """Generation option; None: the default."""
-    batch_size: int | None = None
-    """Generation option; None: the default."""
-    chunk_size: int | None = None
-    """Rows per generation chunk (the unit of resume and sharding); None: the default."""
-    dtype: str | None = None
-    """Generation option; None: the default."""
-    tensor_parallel_size: int | None = None
-    """vLLM tensor parallelism; None: the default."""
-    gpu_memory_utilization: float | None = None
-    """vLLM's share of GPU memory; None: the default (0.9)."""
-    max_model_len: int | None = None
-    """vLLM context length; None: the model's."""
-    enable_prefix_caching: bool | None = None
-    """vLLM prefix caching; None: the default (on)."""
-    kv_cache_gib: float | None = None
-    """vLLM KV-cache size in GiB; None: 2 on a CPU, gpu_memory_utilization on a GPU."""
-    vllm_args: tuple[tuple[str, Any], ...] = ()
-    """Further vLLM engine arguments as (name, value) pairs (``--vllm-arg key=value``)."""
-    vllm_python: str | None = None
-    """Interpreter of an environment with vLLM, used when vLLM is not importable here."""
-    vllm_window_rows: int | None = None
-    """vLLM: rows kept in flight across chunks; None: 8 chunks."""
-    shard: tuple[int, int] = (0, 1)
-    """Generate only chunks ``k`` with ``k % N == I``."""
-    keep_truncated: bool = False
-    """Keep pairs whose responses hit ``max_new_tokens``."""
-    score: bool = False
-    """Score margins under the reference model and drop pairs below ``min_margin``."""
-    min_margin: float = 0.0
-    """Least log π(y+|x) − log π(y−|x) with ``score``."""
-    drop_persona: bool = False
-    """Drop pairs whose chosen answer speaks as the user (restates their context in the first
-    person), so DPO does not teach the model to become the user."""
-    overwrite: bool = False
-    """Discard outputs of a run with other options (from the first changed stage on)."""
-    trust_remote_code: bool = False
-    """Allow the model's own Python code."""
-    allow_pickle: bool = False
-    """Allow pickle-based weights."""
-    progress: bool = True
-    """Show progress bars (stderr)."""
-    plan_batch_rows: int = 65_536
-    """Rows per streamed batch of the plan stage (bounds its memory)."""
-    executor: str = "local"
-    """Where generation runs: ``local`` (this process) or ``ray`` (actors on a Ray cluster, one
-    model copy each). Not part of any stage's options: both write the same chunks, so a run can
-    be resumed with the other executor."""
-    num_workers: int | None = None
-    """With ``executor="ray"``: model copies to run; None: as many as the cluster fits."""
-    ray_address: str | None = None
-    """With ``executor="ray"``: the cluster to join; None: ``$RAY_ADDRESS``, else a cluster
-    started on this machine with ``ray start``, else a local Ray runtime."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "negatives", parse_strategy(self.negatives))
-        parse_shard(self.shard)
-        if self.seed < 0:
-            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
-        if self.independent_negatives and strategy_kinds(self.negatives) == ("context-drop",):
-            raise ConfigError(
-                "--independent-negatives applies to random and context-swap negatives; it does "
-                "nothing with --negatives context-drop: drop it or add random/context-swap"
-            )
-        if self.min_margin != 0.0 and not self.score:
-            raise ConfigError("--min-margin needs --score (margins are computed only when scoring)")
-        PairFilterConfig(self.keep_truncated, self.score, self.min_margin)
-        if self.executor not in EXECUTORS:
-            raise ConfigError(
-                f"--executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}"
-            )
-        if self.num_workers is not None and (
-            isinstance(self.num_workers, bool)
-            or not isinstance(self.num_workers, int)
-            or self.num_workers < 1
-        ):
-            raise ConfigError(f"--num-workers must be an integer >= 1, got {self.num_workers!r}")
-        if self.executor != "ray":
-            for flag, value in (
-                ("--num-workers", self.num_workers),
-                ("--ray-address", self.ray_address),
-            ):
-                if value is not None:
-                    raise ConfigError(
-                        f"{flag} applies to Ray workers only: add --executor ray or drop {flag}"
-                    )
-
 
 @dataclass
 class BuildPairsResult:
@@ -230,6 +81,8 @@ class BuildPairsResult:
     completed: str
     stats: dict[str, Any]
     message: str = ""
+    warnings: list[str] = field(default_factory=list)
+    """Filters that dropped more than half the pairs, with the option that changes each."""
 
 
 # --- bookkeeping ---------------------------------------------------------------------------------
@@ -294,38 +147,6 @@ def _context_length(model_path: Path) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
-
-
-def _generation_config(config: BuildPairsConfig) -> Any:
-    from mipo.generate import GenerationConfig
-
-    overrides = {
-        name: getattr(config, name)
-        for name in (
-            "max_new_tokens",
-            "temperature",
-            "top_p",
-            "batch_size",
-            "chunk_size",
-            "dtype",
-            "tensor_parallel_size",
-            "gpu_memory_utilization",
-            "max_model_len",
-            "enable_prefix_caching",
-            "kv_cache_gib",
-            "vllm_python",
-            "vllm_window_rows",
-        )
-        if getattr(config, name) is not None
-    }
-    if config.vllm_args:
-        overrides["vllm_args"] = dict(config.vllm_args)
-    return GenerationConfig(
-        backend=config.backend,  # type: ignore[arg-type]
-        seed=config.seed,
-        trust_remote_code=config.trust_remote_code,
-        **overrides,
-    )
 
 
 def _effective_max_prompt_tokens(
@@ -481,7 +302,7 @@ def build_pairs(config: BuildPairsConfig) -> BuildPairsResult:
         allow_pickle=config.allow_pickle,
     )
     tokenizer = _load_tokenizer(model.path)
-    gen = _generation_config(config)
+    gen = config.generation
     plan_config = PlanConfig(
         seed=config.seed,
         negatives=config.negatives,
@@ -525,6 +346,8 @@ def build_pairs(config: BuildPairsConfig) -> BuildPairsResult:
                     _remove(out, STAGE_OUTPUTS[name])
                 if start == "plan":
                     _remove(out, (STATS_FILE, RUN_FILE))
+                else:  # the kept plan's record, with the new options of the redone stages
+                    write_json_atomic(record, out / RUN_FILE)
             return _run_stages(config, out, model, tokenizer, corpus, gen, plan_config, record)
     except BaseException:
         if locked and (created or fresh) and not (out / PLAN_FILE).exists():
@@ -691,13 +514,22 @@ def pairs_stage(
             stats=pair_stats,
         )
         pairs = filter_pairs(pairs, filters, model_path=model.path, stats=pair_stats, plan=plan)
-        write_parquet_atomic(pairs.drop("plan_index"), out / PAIRS_FILE)
+        error, warnings = filter_verdict(pair_stats)
+        if error is None:  # an empty pairs file would only fail the next stage
+            write_parquet_atomic(pairs.drop("plan_index"), out / PAIRS_FILE)
         rec["pairs_written"] = pairs.height
     pair_stats.seconds = stats["stages"]["pairs"]["seconds"]
     stats["pairs"] = pair_stats.as_dict()
+    if warnings:
+        stats["pairs"]["warnings"] = warnings
     stages.save()
+    if error is not None:
+        raise CorpusError(
+            f"{error}; no {PAIRS_FILE} written ({out / STATS_FILE} has the counts): rerun with "
+            "that change and --overwrite (finished stages before it are kept)"
+        )
     return BuildPairsResult(
-        out, "pairs", stats, f"{pairs.height} pairs written to {out / PAIRS_FILE}"
+        out, "pairs", stats, f"{pairs.height} pairs written to {out / PAIRS_FILE}", warnings
     )
 
 

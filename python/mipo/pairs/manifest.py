@@ -17,10 +17,11 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from mipo import __version__
+from mipo.configfile import to_mapping
 from mipo.corpus import input_file_stamps
 
 if TYPE_CHECKING:
-    from mipo.pairs.build import BuildPairsConfig
+    from mipo.pairs.config import BuildPairsConfig
     from mipo.pairs.plan import PlanConfig
 
 __all__ = [
@@ -133,6 +134,9 @@ def run_record(
         "seed": config.seed,
         "negatives": config.negatives,
         "stages": stages,
+        # The whole resolved config, in its own schema: `mipo build-pairs --config run.json`
+        # repeats the run (the stages' options above decide what a rerun reuses).
+        "config": to_mapping(config),
     }
 
 

@@ -1,7 +1,8 @@
 """``mipo run``: build-pairs -> train -> eval in one command, for one or several rounds.
 
 - :mod:`mipo.run.split`: the held-out users (or ``--eval-data``), ``OUTDIR/data/``;
-- :mod:`mipo.run.pipeline`: :class:`RunConfig`, the rounds, the run record and resume;
+- :mod:`mipo.run.config`: :class:`RunConfig` (nesting its stages' configs) and the demo's settings;
+- :mod:`mipo.run.pipeline`: the rounds, the run record and resume;
 - :mod:`mipo.run.report`: the cross-round metrics, report.md/html and the rounds plot.
 
 >>> # builds pairs, trains and evaluates a model (minutes): see tests/test_run.py
@@ -11,7 +12,8 @@
 
 from __future__ import annotations
 
-from mipo.run.pipeline import DEMO_SETTINGS, RunConfig, RunResult, demo_config, run_pipeline
+from mipo.run.config import DEMO_SETTINGS, RunConfig, demo_config
+from mipo.run.pipeline import RunResult, run_pipeline
 from mipo.run.split import split_corpus
 
 __all__ = [

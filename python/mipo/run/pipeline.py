@@ -34,24 +34,31 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from mipo import __version__
-from mipo.corpus import ColumnOptions, Corpus, open_corpus, resolve_input_files
-from mipo.errors import ConfigError, CorpusError, OutputError
-from mipo.evaluate.config import EvalConfig
+from mipo.configfile import to_mapping
+from mipo.corpus import Corpus, open_corpus, resolve_input_files
+from mipo.errors import CorpusError, OutputError
 from mipo.io import read_json_record, replace_dir, write_json_atomic
+from mipo.run.config import (
+    AUTO_NEGATIVES,
+    DEMO_SETTINGS,
+    DEMO_TRAIN,
+    RunConfig,
+    demo_config,
+)
 from mipo.run.report import EVAL_NAME, write_run_report
 from mipo.run.split import DATA_DIR, compute_split, write_split
-from mipo.train import TrainConfig
 
 __all__ = [
     "AUTO_NEGATIVES",
     "DEMO_SETTINGS",
+    "DEMO_TRAIN",
     "RunConfig",
     "RunResult",
     "demo_config",
@@ -69,232 +76,6 @@ _TOP_OUTPUTS = (
     "metrics.json",
     "rounds.png",
 )
-# Options that may change between a run and its continuation.
-# (`reuse_pairs` only saves work: build-pairs checks that the copied pairs are the ones this run
-# would build, so the outputs do not depend on it.)
-_FREE_OPTIONS = frozenset(
-    {"out_dir", "rounds", "overwrite", "progress", "reuse_pairs", "eval_cache"}
-)
-
-AUTO_NEGATIVES = "auto"
-"""``RunConfig.negatives`` default: chosen from the corpus by :func:`resolve_negatives`."""
-
-DEMO_SETTINGS: dict[str, Any] = {
-    "max_prompts": 200,
-    "eval_fraction": 0.25,
-    "max_eval_prompts": 64,
-    "negatives": "context-swap",
-    "max_new_tokens": 64,
-    "keep_truncated": True,
-    "drop_persona": True,
-    "eval_k": 8,
-    "judge": None,
-    "n_bootstrap": 2000,
-}
-"""What ``--demo`` sets (explicit options win): sized for 2 CPU cores with the built-in
-SmolLM2-135M (7.7 minutes measured where the CPU has AMX, so bf16; 45 without, in fp32, before
-the CPU malloc settings). Negatives are the same question with another user's context
-(``context-swap``: what isolates personalization); held-out prompts are whole users, and the
-summary's headline is their same-question PMI gain. Responses are cut at 64 tokens, so truncated
-pairs are kept (otherwise nearly all would be dropped). Pairs whose chosen answer speaks as the
-user are dropped (``drop_persona``): in the sweep (benches/RESULTS.md, *Mini reproduction:
-prompt formats*) that kept persona adoption at the base model's level (-0.02 [-0.20, 0.17])
-while the same-question gain held (+23.9 [13.7, 32.9] nats), but fluency still fell (-0.39
-nats/token), so the demo misses that criterion, and its summary says so."""
-
-DEMO_TRAIN: dict[str, Any] = {
-    "lora": True,
-    "batch_size": 8,
-    "max_length": 384,
-    "learning_rate": 5e-4,
-    "epochs": 2.0,
-}
-"""The training options ``--demo`` sets (explicit options win)."""
-
-
-@dataclass
-class RunConfig:
-    """Options of ``mipo run`` (see ``mipo run --help``).
-
-    >>> RunConfig("corpus.jsonl", "out", eval_fraction=1.5)
-    Traceback (most recent call last):
-    mipo.errors.ConfigError: eval_fraction (--eval-fraction) must be in (0, 1), got 1.5
-    """
-
-    corpus: str
-    """Prompt corpus (Parquet, JSONL or CSV file, folder or glob), as ``mipo build-pairs`` reads."""
-    out_dir: str | Path
-    """Output folder (created; a rerun with the same options continues in it)."""
-    rounds: int = 1
-    """Rounds of build-pairs -> train -> eval; round r generates with and trains from round r-1's
-    model (iterated self-improvement; the paper runs one round)."""
-    eval_fraction: float = 0.2
-    """Share of the prompts held out for evaluation: whole users when the corpus has a user
-    column, else rows; drawn with ``seed``. Ignored with ``eval_data``."""
-    eval_data: str | None = None
-    """A separate file of held-out prompts; the whole corpus is then used for training."""
-    max_prompts: int | None = None
-    """Train on at most this many prompts (a seeded sample of the training side); None: all."""
-    max_eval_prompts: int | None = None
-    """Evaluate on at most this many held-out prompts (a seeded sample); None: all."""
-    model: str | None = None
-    """Base model (hub id, folder, .gguf); None: the built-in default (SmolLM2-135M-Instruct)."""
-    seed: int = 0
-    """Seed of the split, the negatives (plus the round number), generation and evaluation."""
-    columns: ColumnOptions = field(default_factory=ColumnOptions)
-    """Corpus column names; None fields are detected."""
-    negatives: str = "auto"
-    """Negative strategies of build-pairs: ``random``, ``context-drop``, ``context-swap`` or a
-    comma-separated list of them. ``auto``: ``context-swap`` when the corpus has user contexts
-    (a context column, or system messages, that is not blank everywhere), else ``random``.
-    Measured on the built-in model (benches/RESULTS.md, mini reproduction), random negatives
-    never raised the same-question PMI (personalization); context-swap did."""
-    independent_negatives: bool = False
-    """Sample a separate response for each random negative instead of reusing one."""
-    backend: str = "auto"
-    """Generation backend: ``auto``, ``vllm`` or ``hf``."""
-    max_new_tokens: int | None = None
-    """Most new tokens per generated response (pairs and evaluation); None: 512 for pairs and
-    256 for evaluation."""
-    temperature: float | None = None
-    """Sampling temperature (pairs and evaluation); None: 0.1 (paper)."""
-    top_p: float | None = None
-    """Nucleus sampling mass (pairs and evaluation); None: 0.9 (paper)."""
-    generation_batch_size: int | None = None
-    """Prompts per generation batch for the pairs; None: the generation default (32)."""
-    keep_truncated: bool = False
-    """Keep pairs whose responses hit ``max_new_tokens`` (needed with short limits)."""
-    drop_persona: bool = False
-    """Drop pairs whose chosen answer speaks as the user (``mipo build-pairs --drop-persona``)."""
-    dedup: bool = True
-    """Remove exact and near-duplicate training prompts before pairing."""
-    train: TrainConfig = field(default_factory=TrainConfig)
-    """Training options; ``model``, ``resume`` and ``overwrite`` are set by the run itself."""
-    eval_k: int = EvalConfig.k
-    """Contrast prompts per held-out prompt (per contrast set) for the PMI's estimate of
-    log π_ref(y)."""
-    eval_batch_size: int = EvalConfig.batch_size
-    """Rows per forward pass when generating and scoring the evaluation."""
-    judge: str | None = None
-    """Judge model for the personalization win rate: a model spec, ``auto`` (the base model),
-    or None / ``none`` (the default) to skip it."""
-    extra_eval_data: tuple[str, ...] = ()
-    """Further ``mipo eval`` files evaluated every round (``choice:``/``math:`` files)."""
-    math_max_new_tokens: int = 256
-    """Most tokens per generated solution of a math file in ``extra_eval_data`` (shorter than
-    ``mipo eval``'s device-dependent default, to keep every round quick)."""
-    n_bootstrap: int = EvalConfig.n_bootstrap
-    """Bootstrap resamples of every confidence interval."""
-    overwrite: bool = False
-    """Discard the outputs of a run with other options in ``out_dir`` and start over."""
-    progress: bool = True
-    """Show progress bars of the stages (stderr)."""
-    trust_remote_code: bool = False
-    """Allow models that ship their own Python code."""
-    reuse_pairs: str | None = None
-    """The ``round-1/pairs`` folder of a finished run with the same corpus, split, base model and
-    generation options: copied instead of generated (build-pairs then checks that they are the
-    pairs this run would build, else the run stops), so a sweep over training options generates
-    once."""
-
-    vllm_options: dict[str, Any] = field(default_factory=dict)
-    """vLLM engine settings for pairs and evaluation with the vllm backend (see
-    :class:`~mipo.evaluate.EvalConfig` ``vllm_options``)."""
-    eval_cache: str | None = None
-    """Folder of per-model evaluation results shared across runs (a sweep scores its base model
-    once); None: ``OUTDIR/.eval-cache`` (shared by the rounds of this run). Results do not
-    depend on it."""
-
-    def __post_init__(self) -> None:
-        from mipo.pairs.negatives import parse_strategy
-
-        def bad(name: str, value: Any, rule: str) -> ConfigError:
-            flag = "--" + name.replace("_", "-")
-            return ConfigError(f"{name} ({flag}) must be {rule}, got {value!r}")
-
-        if not isinstance(self.rounds, int) or isinstance(self.rounds, bool) or self.rounds < 1:
-            raise bad("rounds", self.rounds, "an integer >= 1")
-        if not (isinstance(self.eval_fraction, int | float) and 0 < self.eval_fraction < 1):
-            raise bad("eval_fraction", self.eval_fraction, "in (0, 1)")
-        for name in ("max_prompts", "max_eval_prompts"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 2):
-                raise bad(name, value, "an integer >= 2, or unset")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise bad("seed", self.seed, "an integer >= 0")
-        if self.negatives != AUTO_NEGATIVES:
-            self.negatives = parse_strategy(self.negatives)
-        for name in ("eval_k", "eval_batch_size", "n_bootstrap", "math_max_new_tokens"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise bad(name, value, "an integer >= 1")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise bad("max_new_tokens", self.max_new_tokens, "an integer >= 1")
-        if self.judge is not None and self.judge.strip().lower() == "none":
-            self.judge = None
-        if self.train.model is not None:
-            raise ConfigError(
-                "train.model is set by the run (round 1 trains the base model, round r the "
-                "model of round r-1): pass the base model as --model / RunConfig.model"
-            )
-        if self.train.resume or self.train.overwrite:
-            raise ConfigError(
-                "train.resume/overwrite are managed by the run (a rerun resumes): drop them"
-            )
-        self.extra_eval_data = tuple(self.extra_eval_data)
-        if (
-            self.reuse_pairs is not None
-            and not (Path(self.reuse_pairs) / "pairs.parquet").is_file()
-        ):
-            raise ConfigError(
-                f"reuse_pairs must be the pairs folder of a finished run (with pairs.parquet), "
-                f"got {self.reuse_pairs!r}"
-            )
-        # Fails now, naming the option, rather than after the split and the first round.
-        validate = "random" if self.negatives == AUTO_NEGATIVES else None
-        self._build_config("corpus", "out", None, round_number=1, negatives=validate)
-
-    def _build_config(
-        self,
-        input_path: str,
-        out_dir: str | Path,
-        model: str | None,
-        *,
-        round_number: int,
-        negatives: str | None = None,
-    ) -> Any:
-        from mipo.pairs.build import BuildPairsConfig
-
-        negatives = negatives or self.negatives
-        if negatives == AUTO_NEGATIVES:
-            raise RuntimeError("negatives 'auto' must be resolved (resolve_negatives) first")
-        return BuildPairsConfig(
-            input=input_path,
-            out_dir=out_dir,
-            model=model,
-            negatives=negatives,  # type: ignore[arg-type]
-            independent_negatives=self.independent_negatives,
-            seed=self.seed + round_number - 1,  # fresh negatives and samples each round
-            backend=self.backend,
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            batch_size=self.generation_batch_size,
-            keep_truncated=self.keep_truncated,
-            drop_persona=self.drop_persona,
-            dedup=self.dedup,
-            trust_remote_code=self.trust_remote_code,
-            progress=self.progress,
-            **{
-                k: (tuple(v.items()) if k == "vllm_args" else v)
-                for k, v in self.vllm_options.items()
-            },
-        )
-
-    def options_record(self) -> dict[str, Any]:
-        """The options the outputs depend on, as JSON-ready values (for ``run.json``)."""
-        record = json.loads(json.dumps(asdict(self), default=str))
-        return {k: v for k, v in record.items() if k not in _FREE_OPTIONS}
 
 
 def resolve_negatives(config: RunConfig, corpus: Corpus) -> RunConfig:
@@ -304,26 +85,6 @@ def resolve_negatives(config: RunConfig, corpus: Corpus) -> RunConfig:
         corpus.standardized(["has_context"]).select(pl.col("has_context").any())
     ).item()
     return replace(config, negatives="context-swap" if has_context else "random")
-
-
-def demo_config(out_dir: str | Path, **overrides: Any) -> RunConfig:
-    """The ``--demo`` run: the bundled sample corpus, the built-in model, LoRA, small sizes.
-
-    ``overrides`` are :class:`RunConfig` fields; ``train`` overrides may be given as a dict of
-    :class:`~mipo.train.TrainConfig` fields, merged over :data:`DEMO_TRAIN`.
-
-    >>> demo_config("demo-out").train.lora
-    True
-    """
-    from mipo.synth import SAMPLE_CORPUS_PATH
-
-    train_overrides = overrides.pop("train", None) or {}
-    if isinstance(train_overrides, TrainConfig):
-        train_config = train_overrides
-    else:
-        train_config = TrainConfig(**{**DEMO_TRAIN, **train_overrides})
-    options: dict[str, Any] = {"corpus": str(SAMPLE_CORPUS_PATH), **DEMO_SETTINGS, **overrides}
-    return RunConfig(out_dir=out_dir, train=train_config, **options)
 
 
 @dataclass(frozen=True)
@@ -354,12 +115,6 @@ def _input_stamp(spec: str | None) -> list[dict[str, Any]] | None:
 def _open_run(config: RunConfig, out: Path, base: Any) -> dict[str, Any]:
     """Check OUTDIR against the options, start over with ``overwrite``; return ``run.json``."""
     options = config.options_record()
-    if not options.get("vllm_options"):  # unset: hashed as before the option existed
-        options.pop("vllm_options", None)
-    # Options added later, at their defaults: hashed as before they existed, so a finished run
-    # still continues (or is read back) under the version that added them.
-    if not options.get("drop_persona"):
-        options.pop("drop_persona", None)
     options["inputs"] = {
         "corpus": _input_stamp(config.corpus),
         "eval_data": _input_stamp(config.eval_data),
@@ -371,6 +126,8 @@ def _open_run(config: RunConfig, out: Path, base: Any) -> dict[str, Any]:
         "base_model": {"name": base.name, "path": str(base.path), "fingerprint": base.fingerprint},
         "options": options,
         "options_hash": _hash(options),
+        # The whole resolved config in its own schema: `mipo run --config run.json` repeats it.
+        "config": to_mapping(config),
         "stage_seconds": {},
     }
     if out.exists() and not out.is_dir():
@@ -473,10 +230,13 @@ def _check_built(
     options)."""
     from mipo.pairs.build import build_pairs
 
-    build = config._build_config(
+    build = config.build_config(
         str(out / DATA_DIR / "train.parquet"), pairs_dir, str(generator), round_number=number
     )
-    result = build_pairs(build)
+    try:
+        result = build_pairs(build)
+    except CorpusError as e:  # e.g. no pair left: which filter, and the option that changes it
+        raise CorpusError(f"round {number}: {e}") from None
     if result.completed != "pairs" or not (pairs_dir / "pairs.parquet").is_file():
         raise OutputError(f"round {number}: build-pairs stopped early: {result.message}")
 
@@ -563,30 +323,12 @@ def _evaluate_round(
     )
     if finished is not None:
         return finished
-    judge = config.judge
-    if judge == "auto":
-        judge = str(base_path)
-    evaluation = EvalConfig(
-        model=str(train_dir),
-        data=[f"pmi:{out / DATA_DIR / EVAL_NAME}.parquet", *config.extra_eval_data],
-        reference=str(base_path),
-        compare=str(base_path),
-        judge=judge,
-        k=config.eval_k,
-        seed=config.seed,
-        context_format=config.columns.context_format,
-        # Unset options take the evaluation's own defaults (the pairs take the generation's).
-        max_new_tokens=config.max_new_tokens or EvalConfig.max_new_tokens,
-        math_max_new_tokens=config.math_max_new_tokens,
-        temperature=EvalConfig.temperature if config.temperature is None else config.temperature,
-        top_p=EvalConfig.top_p if config.top_p is None else config.top_p,
-        batch_size=config.eval_batch_size,
-        n_bootstrap=config.n_bootstrap,
-        backend=config.backend,
+    evaluation = config.eval_config(
+        str(train_dir),
+        [f"pmi:{out / DATA_DIR / EVAL_NAME}.parquet", *config.extra_eval_data],
+        str(base_path),
         overwrite=True,  # no metrics.json: an interrupted evaluation, redo it
-        trust_remote_code=config.trust_remote_code,
         cache_dir=config.eval_cache or str(out / ".eval-cache"),
-        vllm_options=config.vllm_options,
     )
     with off(not config.progress):
         return run_eval(evaluation, eval_dir).metrics
@@ -659,7 +401,7 @@ def run_pipeline(config: RunConfig, *, log: Callable[[str], None] | None = None)
     ``log`` receives one line as each stage starts (the CLI prints them to stderr).
 
     >>> # builds pairs, trains and evaluates a model (minutes): see tests/test_run.py
-    >>> run_pipeline(RunConfig("corpus.jsonl", "out", max_new_tokens=64))  # doctest: +SKIP
+    >>> run_pipeline(RunConfig("corpus.jsonl", "out", rounds=2))  # doctest: +SKIP
     """
     from mipo.models import resolve_model
 

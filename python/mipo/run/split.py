@@ -23,7 +23,7 @@ from mipo.io import read_json_record, write_json_atomic, write_parquet_atomic
 from mipo.run.report import EVAL_NAME
 
 if TYPE_CHECKING:
-    from mipo.run.pipeline import RunConfig
+    from mipo.run.config import RunConfig
 
 __all__ = ["DATA_DIR", "SPLIT_FILE", "Split", "compute_split", "split_corpus", "write_split"]
 
