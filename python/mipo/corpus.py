@@ -374,7 +374,7 @@ def _diagnose_stream(path: Path) -> str | None:
     return None
 
 
-def _corpus_error(files: list[Path], fmt: str, error: BaseException) -> CorpusError:
+def corpus_error(files: list[Path], fmt: str, error: BaseException) -> CorpusError:
     """A one-line, actionable error for a failed read, naming the file (and line) at fault."""
     if fmt == "ndjson":
         for path in files:
@@ -420,7 +420,7 @@ def _blank(expr: pl.Expr) -> pl.Expr:
     return expr.is_null() | (expr.str.strip_chars() == "")
 
 
-def _check_parquet_columns(
+def check_parquet_columns(
     path: Path, first: Path, found: pl.Schema, reference: pl.Schema, needed: list[str]
 ) -> None:
     """Refuse a Parquet shard that lacks a mapped column or holds it with another type."""
@@ -643,7 +643,7 @@ class Corpus:
             try:
                 scan = pl.scan_parquet(path)
                 found = scan.collect_schema()
-                _check_parquet_columns(path, self.files[0], found, self.schema, needed)
+                check_parquet_columns(path, self.files[0], found, self.schema, needed)
                 scan = scan.select(needed)
                 offset = 0
                 while True:
@@ -664,12 +664,12 @@ class Corpus:
             except CorpusError:
                 raise
             except (pl.exceptions.PolarsError, OSError) as exc:
-                raise _corpus_error([path], self.format, exc) from exc
+                raise corpus_error([path], self.format, exc) from exc
         if buffered:
             try:
                 yield emit(pl.concat(pending) if len(pending) > 1 else pending[0])
             except pl.exceptions.PolarsError as exc:
-                raise _corpus_error(self.files[-1:], self.format, exc) from exc
+                raise corpus_error(self.files[-1:], self.format, exc) from exc
 
     def batches(self, lazy: pl.LazyFrame, batch_rows: int) -> Iterator[pl.DataFrame]:
         """Stream ``lazy`` in order, in batches of about ``batch_rows`` rows; read errors become
@@ -679,14 +679,14 @@ class Corpus:
         except CorpusError:
             raise
         except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
-            raise _corpus_error(self.files, self.format, exc) from exc
+            raise corpus_error(self.files, self.format, exc) from exc
 
     def collect(self, lazy: pl.LazyFrame) -> pl.DataFrame:
         """Collect ``lazy`` whole (small corpora, tests), with the same error translation."""
         try:
             return lazy.collect()
         except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
-            raise _corpus_error(self.files, self.format, exc) from exc
+            raise corpus_error(self.files, self.format, exc) from exc
 
 
 def open_corpus(spec: str | os.PathLike[str], options: ColumnOptions | None = None) -> Corpus:
@@ -699,7 +699,7 @@ def open_corpus(spec: str | os.PathLike[str], options: ColumnOptions | None = No
     try:
         schema = lazy.collect_schema()
     except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
-        raise _corpus_error(files, fmt, exc) from exc
+        raise corpus_error(files, fmt, exc) from exc
     names = list(schema.names())
     if not names:
         raise CorpusError(f"input '{spec}' has no columns")

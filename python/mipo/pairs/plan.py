@@ -147,7 +147,7 @@ class PlanStats:
         return data
 
 
-class _Clock:
+class StepClock:
     """Adds wall time to named steps (``with clock("dedup"): ...``)."""
 
     def __init__(self, steps: dict[str, float]) -> None:
@@ -162,7 +162,7 @@ class _Clock:
             self.steps[step] += time.perf_counter() - start
 
 
-def _timed_batches(corpus: Corpus, columns: list[str], config: PlanConfig, clock: _Clock):  # type: ignore[no-untyped-def]
+def _timed_batches(corpus: Corpus, columns: list[str], config: PlanConfig, clock: StepClock):  # type: ignore[no-untyped-def]
     """Yield the standard ``columns`` in batches, booking the time spent producing them to
     ``read`` (Parquet is pulled a batch at a time: see :meth:`Corpus.standardized_batches`)."""
     iterator = corpus.standardized_batches(columns, config.batch_rows)
@@ -174,7 +174,8 @@ def _timed_batches(corpus: Corpus, columns: list[str], config: PlanConfig, clock
         yield batch
 
 
-def _too_few_error(stats: PlanStats, kept: int) -> CorpusError:
+def too_few_error(stats: PlanStats, kept: int) -> CorpusError:
+    """The error of a plan left with fewer than 2 prompts for random negatives (local or Ray)."""
     if stats.rows_in == 1:
         return CorpusError(
             "the corpus has 1 row; random negatives pair each prompt with another one: "
@@ -187,7 +188,7 @@ def _too_few_error(stats: PlanStats, kept: int) -> CorpusError:
     )
 
 
-def _encode_nocontext(tokenizer: engine.ChatTokenizer, batch: pl.DataFrame) -> pl.DataFrame:
+def encode_nocontext(tokenizer: engine.ChatTokenizer, batch: pl.DataFrame) -> pl.DataFrame:
     """Token ids of the context-dropped prompt, only for rows that have a context (else null)."""
     with_ctx = batch.filter(pl.col("has_context"))
     if with_ctx.height:
@@ -220,7 +221,7 @@ def _stream_pass(
     parts_dir: Path,
     target: Path,
     stats: PlanStats,
-    clock: _Clock,
+    clock: StepClock,
     progress: ProgressCallback | None,
 ) -> tuple[list[Path], pl.DataFrame, pl.DataFrame]:
     """Read, validate, dedupe, tokenize and write each batch to a part file, in one pass.
@@ -308,7 +309,7 @@ def _stream_pass(
                         stats.over_length += int(too_long.sum())
                         batch = batch.filter(~too_long)
             if config.needs_context_drop and batch.height:
-                batch = _encode_nocontext(tokenizer, batch)
+                batch = encode_nocontext(tokenizer, batch)
             elif not swap:
                 batch = batch.drop("prompt_nocontext")
         if swap and batch.height:
@@ -344,7 +345,7 @@ def _stream_pass(
         )
     distinct = deduper.clusters if config.dedup else deduper.rows_seen
     if config.needs_random and distinct < 2:
-        raise _too_few_error(stats, distinct)
+        raise too_few_error(stats, distinct)
     state = pl.concat(compact) if compact else pl.DataFrame()
     planned = state.height
     if planned == 0 or (config.needs_random and planned < 2):
@@ -446,7 +447,7 @@ def _write_plan(
     ids: pl.Series,
     target: Path,
     config: PlanConfig,
-    clock: _Clock,
+    clock: StepClock,
     swaps: tuple[ContextSwaps, pl.DataFrame, engine.ChatTokenizer, PromptFormat] | None = None,
 ) -> int:
     """Stream the parts into ``target`` in fixed-size row groups, adding the plan index and the
@@ -528,7 +529,7 @@ def build_plan(
     target = Path(target)
     start = time.perf_counter()
     stats = PlanStats(max_prompt_tokens=config.max_prompt_tokens)
-    clock = _Clock(stats.step_seconds)
+    clock = StepClock(stats.step_seconds)
     if config.needs_context and corpus.columns.messages is None and not corpus.has_context_column:
         raise ConfigError(
             f"--negatives {config.negatives} drops or swaps each prompt's context, but the input has no "

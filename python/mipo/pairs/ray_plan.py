@@ -50,16 +50,16 @@ import numpy as np
 import polars as pl
 
 from mipo import engine
-from mipo.corpus import Corpus, _check_parquet_columns, _corpus_error
+from mipo.corpus import Corpus, check_parquet_columns, corpus_error
 from mipo.errors import ConfigError, CorpusError, DependencyError, MipoError, PlanError
 from mipo.io import atomic_path
 from mipo.pairs.plan import (
     PlanConfig,
     PlanStats,
     ProgressCallback,
-    _Clock,
-    _encode_nocontext,
-    _too_few_error,
+    StepClock,
+    encode_nocontext,
+    too_few_error,
 )
 
 __all__ = ["RayPlanReport", "block_of_rows", "build_plan_ray"]
@@ -184,7 +184,7 @@ def _read_slice(
         frame = frame.with_row_index("__row", offset=row_start)
         return frame.lazy().select(exprs).collect()
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise _corpus_error([Path(path)], "parquet", exc) from exc
+        raise corpus_error([Path(path)], "parquet", exc) from exc
 
 
 def _map_batch(
@@ -218,7 +218,7 @@ def _map_batch(
         encoded["input_ids"].alias("input_ids"),
         encoded["num_tokens"].cast(pl.UInt32).alias("num_prompt_tokens"),
     )
-    rows = _encode_nocontext(tokenizer, rows) if context_drop else rows.drop("prompt_nocontext")
+    rows = encode_nocontext(tokenizer, rows) if context_drop else rows.drop("prompt_nocontext")
     rid = batch["rid"]
     exact = pl.DataFrame([sketch["exact_hi"], sketch["exact_lo"], rid])
     exact_parts = _split(exact, (sketch["exact_lo"].to_numpy() % parts).astype(np.int64), parts)
@@ -530,7 +530,7 @@ def build_plan_ray(
     target = Path(target)
     start = time.perf_counter()
     stats = PlanStats(max_prompt_tokens=config.max_prompt_tokens)
-    clock = _Clock(stats.step_seconds)
+    clock = StepClock(stats.step_seconds)
     report = report if report is not None else RayPlanReport()
     with _session(ray, address):
         try:
@@ -562,7 +562,7 @@ def _run(
     target: Path,
     config: PlanConfig,
     stats: PlanStats,
-    clock: _Clock,
+    clock: StepClock,
     report: RayPlanReport,
     partitions: int | None,
     negative_block_rows: int,
@@ -689,7 +689,7 @@ def _run(
     removed = sum(m["counts"]["exact"] + m["counts"]["near"] for m in final_metas)
     distinct = usable - removed if config.dedup else usable
     if config.needs_random and distinct < 2:
-        raise _too_few_error(stats, distinct)
+        raise too_few_error(stats, distinct)
     if planned == 0 or (config.needs_random and planned < 2):
         raise CorpusError(
             f"{'no' if planned == 0 else 'only 1'} prompt left after dropping "
@@ -796,8 +796,8 @@ def _sources(
             found = pl.read_parquet_schema(path)
             count = pq.read_metadata(path).num_rows
         except (pl.exceptions.PolarsError, OSError) as exc:
-            raise _corpus_error([path], "parquet", exc) from exc
-        _check_parquet_columns(path, corpus.files[0], pl.Schema(found), corpus.schema, needed)
+            raise corpus_error([path], "parquet", exc) from exc
+        check_parquet_columns(path, corpus.files[0], pl.Schema(found), corpus.schema, needed)
         _check_row_limit(row + count)
         for offset in range(0, count, batch_rows):
             rows = min(batch_rows, count - offset)
