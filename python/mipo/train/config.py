@@ -173,8 +173,9 @@ class TrainConfig:
     ``False``: TRL's scoring at every step."""
     gradient_checkpointing: bool = True
     """Recompute each layer's activations in the backward pass instead of keeping them (TRL's
-    default too): the demo's LoRA training on the CPU peaks at under 3 GB instead of over 5
-    (``benches/bench_train_memory.py``), for one more forward pass per step."""
+    default too), for one more forward pass per step. With the chunked head and the reference
+    scored once, it took LoRA training of the demo's pairs on the CPU from 9.6 GB peak RSS to
+    2.9 GB (``benches/bench_train_memory.py``, RESULTS.md *Training memory*)."""
     chunked_logprobs: bool = True
     """Compute the per-token log-probs of the response tokens only, a bounded chunk at a time
     (:mod:`mipo.train.logprobs`), where TRL's fused LM head would project every position in
