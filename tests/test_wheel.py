@@ -57,6 +57,16 @@ def test_wheel_installs_and_runs(tmp_path: Path) -> None:
         cwd=tmp_path,
     ).stdout
     assert "build-pairs" in help_out
+    # The recipes are package data: the installed wheel lists them (and loads each).
+    recipes_out = subprocess.run(
+        [str(venv / "bin" / "mipo"), "recipes"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean_env,
+        cwd=tmp_path,
+    ).stdout
+    assert recipes_out.startswith("demo\n") and "paper-personalization" in recipes_out
 
     code = (
         "import mipo, polars as pl\n"

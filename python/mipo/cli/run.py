@@ -71,7 +71,8 @@ def _pairs_and_eval(field: str) -> Any:
     "out_dir", old_names=("--out",), required=False, help="Output folder (a rerun continues)."
 )
 @config_file_options
-@click.option("--demo", is_flag=True, help="The bundled sample corpus, built-in model, context-swap negatives, LoRA, small sizes (~8 min on 2 CPU cores with AMX, longer without).")  # fmt: skip
+@click.option("--demo", is_flag=True, help="The bundled sample corpus, built-in model, context-swap negatives, LoRA, small sizes (~8 min on 2 CPU cores with AMX, longer without); = --recipe demo.")  # fmt: skip
+@click.option("--recipe", help="A shipped recipe's settings (mipo recipes lists them); a --config file and flags override it.")  # fmt: skip
 @click.option("--rounds", type=int, help="Rounds of build-pairs -> train -> eval", **config_default(RUN + ".rounds"))  # fmt: skip
 @click.option("--eval-fraction", type=float, help="Share held out for evaluation (whole users)", **config_default(RUN + ".eval_fraction"))  # fmt: skip
 @click.option("--eval-data", help="A separate held-out prompt file (then the whole corpus trains).")
@@ -125,6 +126,7 @@ def run_cmd(
     ctx: click.Context,
     corpus: str | None,
     demo: bool,
+    recipe: str | None,
     train_config: str | None,
     **options: Any,
 ) -> None:
@@ -139,12 +141,13 @@ def run_cmd(
     \b
     Examples:
       mipo run --demo -o demo-out
+      mipo run --recipe paper-personalization corpus.jsonl -o out
       mipo run corpus.jsonl -o out --lora --max-new-tokens 128 --rounds 2
     """
     from mipo.configfile import load_config_file, merge_mappings
+    from mipo.errors import ConfigError
     from mipo.run import RunConfig, run_pipeline
-    from mipo.run.config import DEMO_SETTINGS
-    from mipo.synth import SAMPLE_CORPUS_PATH
+    from mipo.run.recipes import load_recipe
 
     config_file = options.pop("config_file")
     print_config = options.pop("print_config")
@@ -176,7 +179,10 @@ def run_cmd(
         overrides["train"] = merge_mappings(
             load_config_file(train_config), overrides.get("train", {})
         )
-    base = {"corpus": str(SAMPLE_CORPUS_PATH), **DEMO_SETTINGS} if demo else {}
+    if demo and recipe not in (None, "demo"):
+        raise ConfigError(f"--demo is --recipe demo: pass --demo or --recipe {recipe}, not both")
+    name = "demo" if demo else recipe
+    base = load_recipe(name).config if name else {}
     if config_file:
         base = merge_mappings(base, load_config_file(config_file))
     config = resolve_config(
@@ -243,4 +249,14 @@ def _print_summary(result: Any) -> None:
     click.echo(f"report: {result.report_md} (and {result.report_html.name}, metrics.json)")
 
 
-COMMANDS: list[click.Command] = [run_cmd]
+@click.command("recipes")
+def recipes_cmd() -> None:
+    """List the shipped recipes (mipo run --recipe NAME; --print-config shows one in full)."""
+    from mipo.run.recipes import load_recipe, recipe_names
+
+    for name in recipe_names():
+        recipe = load_recipe(name)
+        click.echo(f"{name}\n  {recipe.description}")
+
+
+COMMANDS: list[click.Command] = [run_cmd, recipes_cmd]

@@ -19,6 +19,7 @@ from mipo.corpus import ColumnOptions
 from mipo.errors import ConfigError
 from mipo.evaluate.config import EvalConfig, eval_generation
 from mipo.generate.config import GenerationConfig, comparable_options
+from mipo.run.recipes import load_recipe
 from mipo.train.config import TrainConfig
 
 __all__ = [
@@ -41,39 +42,22 @@ FREE_OPTIONS = frozenset(
 build-pairs checks that the copied pairs are the ones this run would build, so the outputs do not
 depend on it.)"""
 
-DEMO_TRAIN: dict[str, Any] = {
-    "lora": True,
-    "batch_size": 8,
-    "max_length": 384,
-    "learning_rate": 5e-4,
-    "epochs": 2.0,
-}
-"""The training options ``--demo`` sets (explicit options win)."""
-
 DEMO_SETTINGS: dict[str, Any] = {
-    "max_prompts": 200,
-    "eval_fraction": 0.25,
-    "max_eval_prompts": 64,
-    "negatives": "context-swap",
-    "generation": {"max_new_tokens": 64},
-    "eval_generation": {"max_new_tokens": 64},
-    "keep_truncated": True,
-    "drop_persona": True,
-    "eval_k": 8,
-    "judge": None,
-    "n_bootstrap": 2000,
-    "train": DEMO_TRAIN,
+    k: v for k, v in load_recipe("demo").config.items() if k != "corpus"
 }
-"""What ``--demo`` sets (explicit options win), in :class:`RunConfig`'s schema: sized for 2 CPU
-cores with the built-in SmolLM2-135M (7.7 minutes measured where the CPU has AMX, so bf16; 45
-without, in fp32, before the CPU malloc settings). Negatives are the same question with another
-user's context (``context-swap``: what isolates personalization); held-out prompts are whole
-users, and the summary's headline is their same-question PMI gain. Responses are cut at 64
-tokens, so truncated pairs are kept (otherwise nearly all would be dropped). Pairs whose chosen
-answer speaks as the user are dropped (``drop_persona``): in the sweep (benches/RESULTS.md,
-*Mini reproduction: prompt formats*) that kept persona adoption at the base model's level (-0.02
+"""What ``--demo`` sets (explicit options win), in :class:`RunConfig`'s schema: the ``demo``
+recipe (``python/mipo/recipes/demo.yaml``, which says why each value), less its corpus. Sized for
+2 CPU cores with the built-in SmolLM2-135M (7.7 minutes measured where the CPU has AMX, so bf16;
+45 without, in fp32, before the CPU malloc settings). Negatives are the same question with
+another user's context (``context-swap``: what isolates personalization); held-out prompts are
+whole users, and the summary's headline is their same-question PMI gain. Pairs whose chosen
+answer speaks as the user are dropped (``drop_persona``): in the sweep (benches/RESULTS.md, *Mini
+reproduction: prompt formats*) that kept persona adoption at the base model's level (-0.02
 [-0.20, 0.17]) while the same-question gain held (+23.9 [13.7, 32.9] nats), but fluency still
 fell (-0.39 nats/token), so the demo misses that criterion, and its summary says so."""
+
+DEMO_TRAIN: dict[str, Any] = DEMO_SETTINGS["train"]
+"""The training options ``--demo`` sets (explicit options win)."""
 
 
 @dataclass
@@ -282,7 +266,5 @@ def demo_config(out_dir: str | Path, **overrides: Any) -> RunConfig:
     >>> demo_config("demo-out").train.lora
     True
     """
-    from mipo.synth import SAMPLE_CORPUS_PATH
-
-    settings = {"corpus": str(SAMPLE_CORPUS_PATH), **DEMO_SETTINGS}
+    settings = load_recipe("demo").config
     return from_mapping(RunConfig, merge_mappings(settings, {"out_dir": out_dir, **overrides}))
