@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-RUST_SRC := $(shell find rust benches vendor -name '*.rs' 2>/dev/null) Cargo.toml
+RUST_SRC := $(shell find rust benches vendor -name '*.rs' 2>/dev/null) Cargo.toml Cargo.lock build.rs
 
 .PHONY: help
 help:  ## Show this help

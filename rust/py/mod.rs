@@ -27,8 +27,9 @@ fn engine_info(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
             "derange",
         ],
     )?;
-    d.set_item("tokenizers_crate", "0.22")?;
-    d.set_item("minijinja_crate", "3")?;
+    // Resolved versions from Cargo.lock (build.rs), not the ranges Cargo.toml allows.
+    d.set_item("tokenizers_crate", env!("MIPO_TOKENIZERS_VERSION"))?;
+    d.set_item("minijinja_crate", env!("MIPO_MINIJINJA_VERSION"))?;
     d.set_item("debug_build", cfg!(debug_assertions))?;
     Ok(d)
 }
