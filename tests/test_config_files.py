@@ -167,6 +167,11 @@ def test_output_records_hold_the_resolved_config(tmp_path: Path) -> None:
     train_record.write_text(json.dumps({"options": asdict(train), "pairs_sha256": "x"}))
     assert from_mapping(TrainConfig, load_config_file(train_record)) == train
 
+    # A record from before configs were recorded: one line, not "unknown key mipo_version".
+    record.write_text(json.dumps({"mipo_version": "0", "options": {}, "stages": {}}))
+    with pytest.raises(ConfigError, match="output record without a resolved config"):
+        load_config_file(record)
+
 
 def test_demo_flag_and_config_agree() -> None:
     """`mipo run --demo` is demo_config: the demo's settings in RunConfig's schema."""

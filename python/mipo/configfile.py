@@ -85,6 +85,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         return data["config"]
     if "pairs_sha256" in data and isinstance(data.get("options"), dict):
         return data["options"]
+    if "mipo_version" in data or "stages" in data:
+        raise ConfigError(
+            f"{path} is an output record without a resolved config (written by an mipo that did "
+            "not record one): pass a config file instead (--print-config writes one)"
+        )
     return data
 
 
