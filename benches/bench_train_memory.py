@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from results_md import cpu_name, replace_section
+from results_md import cpu_name, load_note, replace_section
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "out" / "train-memory"
@@ -363,7 +363,7 @@ def write_section(
             BEGIN,
             "Written by `benches/bench_train_memory.py`"
             + (" --quick" if quick else "")
-            + f": {cpu_name()} ({flags}), {os.cpu_count()} cores; mipo trained in "
+            + f": {cpu_name()} ({flags}), {os.cpu_count()} cores ({load_note()}); mipo trained in "
             + ("bf16 autocast" if bf16 else "fp32")
             + ", as did the plain script (TRL's `use_cpu=True` default on a machine without a GPU "
             "is bf16 autocast). The built-in SmolLM2-135M-Instruct, LoRA r 16 on every linear "

@@ -34,3 +34,15 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def load_note() -> str:
+    """The 1-minute load average as a run ends, and what it means for the times beside it."""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores + 0.5:
+        return (
+            f"1-minute load average {load:.1f} on {cores} cores as the run ended: other jobs shared "
+            "the CPU, so times are slower than on an idle machine; ratios compare sides run "
+            "alternately under the same load"
+        )
+    return f"1-minute load average {load:.1f} on {cores} cores as the run ended"
