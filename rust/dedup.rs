@@ -44,18 +44,22 @@
 //! # Memory (streaming state, [`Deduper::state_bytes`])
 //!
 //! Only compact state survives a chunk, never the text:
-//! * per distinct normalized text: one exact-map entry (16-byte key + 4-byte cluster, padded to
-//!   24, at hashbrown's load factor ~30-50 bytes);
-//! * per kept row (representative): one 4+4-byte bucket entry in each of the `bands` tables
-//!   (~10-18 bytes each at load), a 4-byte chain link per band, 4 bytes of row id, 8 bytes of
-//!   fingerprint offset, and 4 bytes per distinct shingle.
+//! * per distinct normalized text: one exact-map entry, 16-byte key + 4-byte cluster in sorted
+//!   runs (`dedup/exact_index.rs`), ~21 bytes;
+//! * per kept row (representative): one 6-byte entry in each of the `bands` band tables (sorted
+//!   runs whose directory keeps the full 32-bit bucket key, `dedup/band_index.rs`), 4 bytes of
+//!   row id, 8 bytes of fingerprint offset, and 4 bytes per distinct shingle.
 //!
-//! For ~50-word prompts with the defaults (46 shingles, 14 bands) that is about
-//! 40 + 14 * 14 + 14 * 4 + 12 + 184 ≈ 490 bytes per kept row; removed rows cost only their
-//! exact-map entry. Measured (`benches/dedup_memory.py`, 5M rows of 35-65 words, 2 threads,
-//! 500k-row chunks): 553 bytes per kept row including allocation slack, 2.46 GB of state and
-//! 3.2 GB peak RSS for the whole Python process. The text itself stays in the caller's Arrow
-//! buffers and is read in place; each chunk is sketched in blocks of [`BLOCK_ROWS`] rows.
+//! Both indexes take new entries in a small hash table (bounded: its cost does not grow with the
+//! corpus) and merge it into sorted runs from time to time, so there are no hash tables at half
+//! load and no doubling resizes holding the old table and the new one at once. Hash maps in
+//! their place cost ~29-57 bytes per text and ~18 bytes per band per representative (a slot at
+//! load plus a chain link). For ~70-word prompts with the defaults (14 bands) that is about
+//! 21 + 14 * 6.5 + 12 + 4 * shingles bytes per kept row; removed rows cost only their exact-map
+//! entry. Measured (`benches/dedup_memory.py --parquet` on a 1M-row `mipo synth` corpus):
+//! 423 bytes per kept row (649 with hash maps), 0.40 GB of state. The text itself stays in the
+//! caller's Arrow buffers and is read in place; each chunk is sketched in blocks of
+//! [`BLOCK_ROWS`] rows.
 //!
 //! # Determinism
 //!
@@ -63,8 +67,6 @@
 //! in input order; clustering is one sequential pass. The result never depends on the thread
 //! count, and [`Deduper::add`] over any chunking equals [`dedup`] over the whole column.
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use caseless::Caseless;
@@ -73,6 +75,11 @@ use unicode_normalization::UnicodeNormalization;
 
 use crate::error::{EngineError, Result};
 use crate::rng::Rng;
+
+mod band_index;
+mod exact_index;
+use band_index::{BandIndex, RECENT_ENTRIES};
+use exact_index::ExactIndex;
 
 /// The whitespace set of normalization: exactly the characters for which Python's
 /// `str.isspace()` is true (Unicode 14), written out so Rust and the reference agree whatever
@@ -93,8 +100,6 @@ pub const MAX_NUM_PERM: usize = 4096;
 
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 const BAND_KEY_INIT: u64 = 0x9E37_79B9_7F4A_7C15;
-/// End-of-chain marker of the bucket lists.
-const NONE: u32 = u32::MAX;
 
 #[inline]
 fn is_whitespace(c: char) -> bool {
@@ -475,11 +480,9 @@ pub struct Deduper {
     hasher: MinHasher,
     rows_seen: u64,
     /// Exact key of every distinct normalized text -> its cluster id.
-    exact: HashMap<ExactKey, u32, Prehashed>,
-    /// Per band: bucket key -> most recent representative (ordinal) in that bucket.
-    buckets: Vec<HashMap<u32, u32, Prehashed>>,
-    /// `next[ordinal * bands + band]`: the previous representative in the same bucket.
-    next: Vec<u32>,
+    exact: ExactIndex,
+    /// Per band: bucket key -> the representatives (ordinals) in that bucket.
+    bands: Vec<BandIndex>,
     /// Row index of each representative (by ordinal, i.e. in row order).
     rep_rows: Vec<u32>,
     /// Fingerprints of representative `o` are `fp_data[fp_offsets[o]..fp_offsets[o + 1]]`.
@@ -496,9 +499,8 @@ impl Deduper {
         Ok(Deduper {
             hasher,
             rows_seen: 0,
-            exact: HashMap::default(),
-            buckets: (0..bands).map(|_| HashMap::default()).collect(),
-            next: Vec::new(),
+            exact: ExactIndex::default(),
+            bands: (0..bands).map(|_| BandIndex::default()).collect(),
             rep_rows: Vec::new(),
             fp_offsets: vec![0],
             fp_data: Vec::new(),
@@ -531,15 +533,8 @@ impl Deduper {
 
     /// Approximate heap bytes held by the state (allocated capacity, hash tables included).
     pub fn state_bytes(&self) -> usize {
-        // hashbrown: one control byte per slot plus the entry; capacity() is ~7/8 of the slots.
-        let table = |cap: usize, entry: usize| cap * 8 / 7 * (entry + 1);
-        table(self.exact.capacity(), 24)
-            + self
-                .buckets
-                .iter()
-                .map(|b| table(b.capacity(), 8))
-                .sum::<usize>()
-            + self.next.capacity() * 4
+        self.exact.heap_bytes()
+            + self.bands.iter().map(BandIndex::heap_bytes).sum::<usize>()
             + self.rep_rows.capacity() * 4
             + self.fp_offsets.capacity() * 8
             + self.fp_data.capacity() * 4
@@ -580,15 +575,8 @@ impl Deduper {
     /// The earliest representative verified similar to `sketch`, if any.
     fn find_near(&self, sketch: &RowSketch, candidates: &mut Vec<u32>) -> Option<u32> {
         candidates.clear();
-        let bands = self.params.bands;
-        for (band, key) in sketch.band_keys.iter().enumerate() {
-            if let Some(&head) = self.buckets[band].get(key) {
-                let mut o = head;
-                while o != NONE {
-                    candidates.push(o);
-                    o = self.next[o as usize * bands + band];
-                }
-            }
+        for (index, &key) in self.bands.iter().zip(&sketch.band_keys) {
+            index.lookup(key, candidates);
         }
         candidates.sort_unstable();
         candidates.dedup();
@@ -604,15 +592,16 @@ impl Deduper {
     fn insert_representative(&mut self, row: u32, sketch: &RowSketch) {
         let ordinal = self.rep_rows.len() as u32;
         self.rep_rows.push(row);
-        for (band, &key) in sketch.band_keys.iter().enumerate() {
-            let prev = match self.buckets[band].entry(key) {
-                Entry::Occupied(mut e) => std::mem::replace(e.get_mut(), ordinal),
-                Entry::Vacant(e) => {
-                    e.insert(ordinal);
-                    NONE
-                }
-            };
-            self.next.push(prev);
+        for (index, &key) in self.bands.iter_mut().zip(&sketch.band_keys) {
+            index.insert(key, ordinal);
+        }
+        // All bands take one entry per representative, so they fill up together.
+        if self
+            .bands
+            .first()
+            .is_some_and(|b| b.recent_len() >= RECENT_ENTRIES)
+        {
+            self.bands.iter_mut().for_each(BandIndex::flush);
         }
         self.fp_data.extend_from_slice(&sketch.fingerprints);
         self.fp_offsets.push(self.fp_data.len() as u64);
@@ -651,7 +640,7 @@ impl Deduper {
             for (i, sketch) in sketches.iter().enumerate() {
                 let row = (block_start + i as u64) as u32;
                 let key = ExactKey(sketch.exact as u64, (sketch.exact >> 64) as u64);
-                if let Some(&cluster) = self.exact.get(&key) {
+                if let Some(cluster) = self.exact.get(key) {
                     out.keep.push(false);
                     out.cluster.push(cluster);
                     out.exact.push(true);
@@ -699,6 +688,7 @@ pub fn dedup<S: AsRef<str> + Sync>(texts: &[S], params: &DedupParams) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn words(n: usize, offset: usize) -> String {
         (0..n)
@@ -909,6 +899,115 @@ mod tests {
         for (i, &c) in whole.cluster.iter().enumerate() {
             assert!(c as usize <= i && whole.keep[c as usize]);
             assert_eq!(whole.keep[i], c as usize == i);
+        }
+    }
+
+    /// The clustering rule over plain hash maps (every candidate of every band, the layout
+    /// before the sorted runs), for comparison with the [`Deduper`]'s indexes.
+    fn plain_maps_dedup(texts: &[String], params: &DedupParams) -> DedupResult {
+        let sketcher = Deduper::new(params.clone()).unwrap();
+        let mut exact: HashMap<u128, u32> = HashMap::new();
+        let mut buckets: HashMap<(usize, u32), Vec<usize>> = HashMap::new();
+        let mut reps: Vec<(u32, Vec<u32>)> = Vec::new();
+        let mut out = DedupResult::default();
+        for (row, text) in texts.iter().enumerate() {
+            let sk = sketcher.sketch(text, &mut Scratch::default());
+            if let Some(&c) = exact.get(&sk.exact) {
+                out.keep.push(false);
+                out.cluster.push(c);
+                out.exact.push(true);
+                continue;
+            }
+            let mut candidates: Vec<usize> = (0..params.bands)
+                .flat_map(|b| {
+                    buckets
+                        .get(&(b, sk.band_keys[b]))
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .collect();
+            candidates.sort_unstable();
+            candidates.dedup();
+            let near = candidates
+                .iter()
+                .find(|&&o| jaccard_at_least(&reps[o].1, &sk.fingerprints, params.threshold))
+                .map(|&o| reps[o].0);
+            let cluster = near.unwrap_or(row as u32);
+            if near.is_none() {
+                for (b, &key) in sk.band_keys.iter().enumerate() {
+                    buckets.entry((b, key)).or_default().push(reps.len());
+                }
+                reps.push((row as u32, sk.fingerprints.clone()));
+            }
+            exact.insert(sk.exact, cluster);
+            out.keep.push(near.is_none());
+            out.cluster.push(cluster);
+            out.exact.push(false);
+        }
+        out
+    }
+
+    #[test]
+    fn indexes_equal_plain_hash_maps_across_many_merges() {
+        // Few words, near copies of earlier rows and 2-row bands: long buckets, many
+        // candidates per row; thousands of rows go through many merges of the indexes (their
+        // recent tables hold only 64 entries under `cfg(test)`).
+        let mut rng = Rng::new(5);
+        let mut texts: Vec<String> = Vec::new();
+        for _ in 0..4000 {
+            let pick = rng.next_u64() % 10;
+            let text = if pick < 3 && !texts.is_empty() {
+                let earlier = &texts[(rng.next_u64() % texts.len() as u64) as usize];
+                let mut w: Vec<String> = earlier.split(' ').map(str::to_string).collect();
+                let at = (rng.next_u64() % w.len() as u64) as usize;
+                w[at] = format!("v{}", rng.next_u64() % 50);
+                if pick == 0 {
+                    earlier.to_uppercase()
+                } else {
+                    w.join(" ")
+                }
+            } else {
+                let n = 50 + rng.next_u64() % 40;
+                (0..n)
+                    .map(|_| format!("v{}", rng.next_u64() % 40))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            texts.push(text);
+        }
+        for params in [
+            DedupParams::default(),
+            DedupParams {
+                num_perm: 32,
+                bands: 16,
+                ngram: 2,
+                threshold: 0.6,
+                ..DedupParams::default()
+            },
+        ] {
+            let want = plain_maps_dedup(&texts, &params);
+            let removed = want.keep.iter().filter(|k| !**k).count();
+            let near = (0..texts.len())
+                .filter(|&i| !want.keep[i] && !want.exact[i])
+                .count();
+            assert!(
+                removed > 800 && near > 400,
+                "{removed} removed, {near} near"
+            );
+            assert!(want.keep.iter().filter(|k| **k).count() > 10 * RECENT_ENTRIES);
+            let mut d = Deduper::new(params.clone()).unwrap();
+            let mut got = DedupResult::default();
+            for chunk in texts.chunks(333) {
+                let r = d.add(chunk).unwrap();
+                got.keep.extend(r.keep);
+                got.cluster.extend(r.cluster);
+                got.exact.extend(r.exact);
+            }
+            assert_eq!(got, want, "{params:?}");
+            assert_eq!(
+                d.distinct_texts(),
+                want.exact.iter().filter(|e| !**e).count()
+            );
         }
     }
 
