@@ -55,7 +55,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from results_md import replace_section
+from results_md import RESULTS as RESULTS_MD
+from results_md import cpu_name, replace_section
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
@@ -534,6 +535,14 @@ def render(data: dict[str, Any]) -> str:
                 f"{r['mipo_r']:.3f} | {r['baseline_p']:.3f} / {r['baseline_r']:.3f} |"
             )
         lines += data.get("ratio_notes", [])
+    if not (probe or ahead or ratios) and data.get("kept_probes"):
+        lines += [
+            "",
+            "*The subsections below were not rerun by this run (plan sizes only); they are kept "
+            "as the previous run of this script wrote them.*",
+            "",
+            data["kept_probes"],
+        ]
     lines.append(END)
     return "\n".join(lines)
 
@@ -645,16 +654,29 @@ def notes(data: dict[str, Any]) -> list[str]:
 BOUNDS = [
     "**What bounds it.** *Memory*: the text is streamed in 65,536-row batches (Parquet is "
     "pulled a slice at a time, so the reader cannot run ahead of the consumer) and written to "
-    "part files, so what grows with the corpus is compact state: (1) the dedup state, ~0.6 KB "
-    "per kept ~50-word prompt (32-bit fingerprints of its distinct shingles, an LSH bucket "
-    "entry and chain link per band, its exact-hash entry; a removed row costs only its "
-    "exact-hash entry); (2) the per-prompt columns the derangement needs (`id`, `user_id`, "
+    "part files, so what grows with the corpus is compact state: (1) the dedup state, ~0.42 KB "
+    "per kept ~70-word prompt: 32-bit fingerprints of its distinct shingles (4 B each, most of "
+    "it), a 6-byte entry per LSH band (the bands and the exact-hash map are sorted runs plus a "
+    "bounded recent-insert table, `rust/dedup/`, not hash maps at half load), its 20-byte "
+    "exact-hash entry; a removed row costs only its exact-hash entry; (2) the per-prompt "
+    "columns the derangement needs (`id`, `user_id`, "
     "`cluster`, `has_context`, `num_prompt_tokens`: tens of bytes per row); (3) the "
     "derangement's arrays (a few u32 per row). (1) is most of the fitted bytes per row. The "
     "hard ceiling is 2^32 - 1 rows (UInt32 cluster ids and plan indices). *Time*: linear when "
     "the CPU µs per row above stay flat (dedup included: LSH candidate lists stay short even "
     "on synth's templated text).",
 ]
+
+
+def previous_probes() -> str | None:
+    """The probe subsections (``### ...``) of the section already in RESULTS.md, if any: kept
+    when a run measures only plan sizes (``--no-compare --readahead-rows 0 --tokenize-rows 0``)."""
+    text = RESULTS_MD.read_text(encoding="utf-8") if RESULTS_MD.is_file() else ""
+    if BEGIN not in text or END not in text:
+        return None
+    section = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    start = section.find("\n### ")
+    return section[start:].strip() if start >= 0 else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -703,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         data["date"] = time.strftime("%Y-%m-%d")
         data["machine"] = (
-            f"{platform.machine()}, {os.cpu_count()} cores, "
+            f"{cpu_name()} ({platform.machine()}), {os.cpu_count()} cores, "
             f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
             f"Python {platform.python_version()}"
         )
@@ -766,6 +788,8 @@ def main(argv: list[str] | None = None) -> int:
         save()
     data["bounds"] = BOUNDS
     data["notes"] = notes(data)
+    if not any(data.get(k) for k in ("tokenize", "readahead", "ratios")):
+        data["kept_probes"] = previous_probes()
     block = render(data)
     print(block)
     if not args.no_write:
