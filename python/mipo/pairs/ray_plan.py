@@ -2,12 +2,16 @@
 mask, same clusters as :func:`mipo.pairs.plan.build_plan`, with no node holding the global
 dedup state.
 
-The driver streams the corpus (read + validate, as the local plan) and hands each batch to Ray
-tasks; everything after is Ray tasks over Arrow/Polars blocks, shuffled by hash partitioning
-(``P`` partitions), with no per-row Python objects:
+Ray tasks over Arrow/Polars blocks, shuffled by hash partitioning (``P`` partitions), with no
+per-row Python objects (the engine takes whole Arrow columns):
 
-1. *map* (per batch): the engine sketches each row (normalize, exact key, MinHash band keys,
-   shingle fingerprints) and renders + tokenizes it; the rows stay in the object store;
+1. *map* (per batch): a Parquet corpus is read and validated by the task itself (its slice of a
+   file, from the footers the driver read; JSONL and CSV have no random access, so the driver
+   streams their batches as the local plan does); empty prompts are dropped and counted; the
+   engine sketches each row (normalize, exact key, MinHash band keys, shingle fingerprints) and
+   renders + tokenizes it; the rows stay in the object store. Every shuffle carries the input
+   row number; cluster ids are renumbered over the usable rows (as the local plan numbers them)
+   at the end;
 2. *exact*: (exact key, row) shuffled by key; the first row of each key is the one the local
    plan keeps, the others are routed back to their batch as (row, first);
 3. *buckets*: (band, key, row) of the first occurrences shuffled by bucket; each bucket emits
@@ -18,7 +22,8 @@ tasks; everything after is Ray tasks over Arrow/Polars blocks, shuffled by hash 
 5. *resolve*: the verified edges (only near-duplicate pairs: small) go to one task, where the
    engine applies the ``Deduper``'s rule (a row joins the earliest representative it verified
    with) — not connected components, which would merge chains the local plan keeps apart;
-6. *finalize* (per batch): keep mask and clusters joined back, over-long prompts dropped;
+6. *finalize* (per batch): keep mask and clusters joined back, over-long prompts dropped; the
+   distinct users counted by a shuffle of user ids (no set of every user in the driver);
 7. *negatives*: rows spread over ``ceil(n / negative_block_rows)`` blocks by a seeded hash of the
    input row; within a block the engine's constrained derangement (never the row itself, never
    the same user, never the same cluster). The blocks depend on the rows and the seed only, so
@@ -681,8 +686,9 @@ def _run(
         lengths_dropped += c["lengths"]
     compacts = [f[1] for f in finals]
     # Per-batch planned counts and the small summaries (one pass over the compact columns).
-    summary_task = ray.remote(**opts)(_summary)
-    summaries = ray.get([summary_task.remote(c) for c in compacts])
+    summary_task = ray.remote(num_returns=P + 1, **opts)(_summary)
+    summarized = [summary_task.remote(c, P) for c in compacts]
+    summaries = ray.get([s[0] for s in summarized])
     counts = [s["rows"] for s in summaries]
     planned = sum(counts)
     # The local plan's count: clusters (= representatives) with dedup, else every usable row.
@@ -704,10 +710,10 @@ def _run(
     stats.prompt_tokens_total = sum(s["tokens"] for s in summaries)
     stats.prompt_tokens_max = max(s["tokens_max"] for s in summaries if s["rows"])
     if corpus.has_users:
-        users: set[str | None] = set()
-        for s in summaries:
-            users.update(s["users"])
-        stats.users = len(users)
+        count_task = ray.remote(**opts)(_count_distinct)
+        counted = [count_task.remote(*[s[1 + p] for s in summarized]) for p in range(P)]
+        stats.users = sum(ray.get(counted))
+    del summarized
     if config.needs_context and stats.with_context == 0:
         raise ConfigError(
             f"--negatives {config.negatives} drops or swaps each prompt's context, but none of the "
@@ -824,16 +830,25 @@ def _concat_task(*frames: pl.DataFrame) -> pl.DataFrame:
     return _concat(frames)
 
 
-def _summary(compact: pl.DataFrame) -> dict[str, Any]:
-    return {
+def _summary(compact: pl.DataFrame, parts: int) -> tuple[Any, ...]:
+    """Counts of one batch, and its distinct users split by hash (so the distinct count over the
+    corpus is a sum over partitions, never one set of every user in the driver)."""
+    summary = {
         "rows": compact.height,
         "with_context": int(compact["has_context"].sum()),
         "tokens": int(compact["num_prompt_tokens"].sum()),
         "tokens_max": int(compact["num_prompt_tokens"].max() or 0),  # type: ignore[arg-type]
-        "users": set(compact["user_id"].unique().to_list())
-        if "user_id" in compact.columns
-        else set(),
     }
+    if "user_id" not in compact.columns:
+        return (summary, *[pl.DataFrame() for _ in range(parts)])
+    users = compact.select(pl.col("user_id").unique())
+    where = (users["user_id"].hash(seed=7).to_numpy() % parts).astype(np.int64)
+    return (summary, *_split(users, where, parts))
+
+
+def _count_distinct(*frames: pl.DataFrame) -> int:
+    frames = tuple(f for f in frames if f.width)
+    return _concat(frames)["user_id"].n_unique() if frames else 0
 
 
 def _write(
