@@ -71,7 +71,7 @@ def _pairs_and_eval(field: str) -> Any:
     "out_dir", old_names=("--out",), required=False, help="Output folder (a rerun continues)."
 )
 @config_file_options
-@click.option("--demo", is_flag=True, help="The bundled sample corpus, built-in model, context-swap negatives, LoRA, small sizes (~8 min on 2 CPU cores with AMX, longer without); = --recipe demo.")  # fmt: skip
+@click.option("--demo", is_flag=True, help="The bundled sample corpus, built-in model, context-swap negatives, LoRA, small sizes (~18 min on 2 cores of an AMD EPYC Zen 4); = --recipe demo.")  # fmt: skip
 @click.option("--recipe", help="A shipped recipe's settings (mipo recipes lists them); a --config file and flags override it.")  # fmt: skip
 @click.option("--rounds", type=int, help="Rounds of build-pairs -> train -> eval", **config_default(RUN + ".rounds"))  # fmt: skip
 @click.option("--eval-fraction", type=float, help="Share held out for evaluation (whole users)", **config_default(RUN + ".eval_fraction"))  # fmt: skip

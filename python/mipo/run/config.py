@@ -47,14 +47,16 @@ DEMO_SETTINGS: dict[str, Any] = {
 }
 """What ``--demo`` sets (explicit options win), in :class:`RunConfig`'s schema: the ``demo``
 recipe (``python/mipo/recipes/demo.yaml``, which says why each value), less its corpus. Sized for
-2 CPU cores with the built-in SmolLM2-135M (7.7 minutes measured where the CPU has AMX, so bf16;
-45 without, in fp32, before the CPU malloc settings). Negatives are the same question with
+2 CPU cores with the built-in SmolLM2-135M (17.8 minutes measured on an AMD EPYC Zen 4 in bf16,
+where the target is 10; 7.7 measured earlier where the CPU has AMX). Negatives are the same question with
 another user's context (``context-swap``: what isolates personalization); held-out prompts are
 whole users, and the summary's headline is their same-question PMI gain. Pairs whose chosen
 answer speaks as the user are dropped (``drop_persona``): in the sweep (benches/RESULTS.md, *Mini
 reproduction: prompt formats*) that kept persona adoption at the base model's level (-0.02
 [-0.20, 0.17]) while the same-question gain held (+23.9 [13.7, 32.9] nats), but fluency still
-fell (-0.39 nats/token), so the demo misses that criterion, and its summary says so."""
+fell (-0.39 nats/token), so the demo misses that criterion, and its summary says so (its own
+measured run, README: +12.2 [6.3, 18.9] nats, adjusted +9.5 [-1.8, 17.1], persona 0.016 ->
+0.078, fluency -0.47: it misses three)."""
 
 DEMO_TRAIN: dict[str, Any] = DEMO_SETTINGS["train"]
 """The training options ``--demo`` sets (explicit options win)."""
