@@ -328,7 +328,9 @@ def test_wheelhouse_builds_within_the_limit(tmp_path: Path) -> None:
         pytest.skip("the package index is not reachable from here: the wheelhouse cannot be built")
     record = wheelhouse.build(tmp_path / "gpu-wheelhouse")
     folder = tmp_path / "gpu-wheelhouse"
-    assert sorted(p.name for p in folder.iterdir()) == sorted([wheelhouse.ARCHIVE, wheelhouse.PLAN_FILE])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [wheelhouse.ARCHIVE, wheelhouse.PLAN_FILE]
+    )
     carried = sum(p.stat().st_size for p in folder.iterdir())
     assert carried <= wheelhouse.WHEELHOUSE_LIMIT_MIB * wheelhouse.MIB
     assert record["archive_bytes"] < record["wheels_total_bytes"]

@@ -333,7 +333,6 @@ def _train(
     progress: bool,
     verbose: bool,
 ) -> TrainResult:
-    from datasets import Dataset
     from transformers import AutoTokenizer
 
     model_path = model_to_train(config, run_info)
