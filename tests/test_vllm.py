@@ -219,7 +219,7 @@ def test_train_and_eval_here_on_the_vllm_folder(
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["config"]["backend"] == "vllm"
+    assert metrics["config"]["generation"]["backend"] == "vllm"
     assert metrics["pmi"]["heldout"]["model"]["pmi_same_question"]["n"] == 3
     frame = pl.read_parquet(out / "pmi_heldout.parquet")
     assert (frame["response_baseline"].str.len_chars() > 0).all()
