@@ -214,6 +214,138 @@ def encode_nocontext(tokenizer: engine.ChatTokenizer, batch: pl.DataFrame) -> pl
     )
 
 
+def input_columns(corpus: Corpus, config: PlanConfig) -> list[str]:
+    """The standard columns the plan reads of each batch (see :meth:`Corpus.standardized_batches`),
+    local or Ray."""
+    wanted = [
+        "row",
+        "id",
+        "prompt",
+        "prompt_nocontext",
+        "has_context",
+        "dedup_text",
+        "is_empty",
+        "bad_message",
+    ]
+    if corpus.has_users:
+        wanted.append("user_id")
+    if config.needs_context_swap:
+        wanted += ["question_text", "context_text"]
+    return wanted
+
+
+def check_context_column(corpus: Corpus, config: PlanConfig) -> None:
+    """Context-drop and context-swap need a context: refuse a corpus without a context column."""
+    if config.needs_context and corpus.columns.messages is None and not corpus.has_context_column:
+        raise ConfigError(
+            f"--negatives {config.negatives} drops or swaps each prompt's context, but the input has no "
+            "context column: pass --context-col NAME (or a --messages-col with system messages), "
+            "or use --negatives random"
+        )
+
+
+def check_messages(batch: pl.DataFrame) -> None:
+    """Refuse a batch holding a chat message without role or content (one line, first row)."""
+    bad = batch.filter(pl.col("bad_message"))
+    if bad.height:
+        raise CorpusError(
+            f"input row {bad['row'][0]}: a chat message has no role or no content "
+            f"({bad.height} such rows in this batch); every message needs both"
+        )
+
+
+def check_usable(corpus: Corpus, stats: PlanStats) -> None:
+    """Refuse a corpus without rows, or whose prompts are all null or empty."""
+    if stats.rows_in == 0:
+        raise CorpusError(f"input '{corpus.spec}' has no rows")
+    if stats.empty_dropped == stats.rows_in:
+        prompt_col = corpus.columns.prompt or corpus.columns.messages
+        raise CorpusError(
+            f"no usable prompts: all {stats.rows_in} rows have a null or empty prompt "
+            f"(column {prompt_col!r}); fill them or pick another column"
+        )
+
+
+def check_planned(
+    config: PlanConfig, stats: PlanStats, distinct: int, planned: int, lengths_dropped: list[int]
+) -> None:
+    """Refuse a plan left with too few prompts: ``distinct`` after dedup, ``planned`` after the
+    over-length ones (``lengths_dropped``: the shortest and longest of those, per batch)."""
+    if config.needs_random and distinct < 2:
+        raise too_few_error(stats, distinct)
+    if planned == 0 or (config.needs_random and planned < 2):
+        raise CorpusError(
+            f"{'no' if planned == 0 else 'only 1'} prompt left after dropping "
+            f"{stats.over_length} over --max-prompt-tokens={config.max_prompt_tokens} (the "
+            f"shortest of those has {min(lengths_dropped, default=0)} tokens, the longest "
+            f"{max(lengths_dropped, default=0)}): raise --max-prompt-tokens"
+            + ("" if planned == 0 else " (random negatives need at least 2 prompts)")
+        )
+
+
+def check_some_context(config: PlanConfig, stats: PlanStats) -> None:
+    """Context-drop and context-swap need at least one planned prompt with a context."""
+    if config.needs_context and stats.with_context == 0:
+        raise ConfigError(
+            f"--negatives {config.negatives} drops or swaps each prompt's context, but none of the "
+            f"{stats.prompts_planned} prompts has one (empty context column or no system "
+            "message): fill the context, or use --negatives random"
+        )
+
+
+def drop_over_length(
+    batch: pl.DataFrame, max_prompt_tokens: int | None
+) -> tuple[pl.DataFrame, int, list[int]]:
+    """``batch`` without its prompts over ``max_prompt_tokens``; how many were dropped, and the
+    shortest and longest of them (empty when none)."""
+    if max_prompt_tokens is None:
+        return batch, 0, []
+    too_long = batch["num_prompt_tokens"] > max_prompt_tokens
+    if not too_long.any():
+        return batch, 0, []
+    lengths = batch.filter(too_long)["num_prompt_tokens"]
+    extremes = [int(lengths.min()), int(lengths.max())]  # type: ignore[arg-type]
+    return batch.filter(~too_long), int(too_long.sum()), extremes
+
+
+def encode_prompts(tokenizer: engine.ChatTokenizer, batch: pl.DataFrame) -> pl.DataFrame:
+    """``batch`` with the token ids and token count of its rendered prompt."""
+    encoded = tokenizer.encode_chat(batch["prompt"])
+    return batch.with_columns(
+        encoded["input_ids"].alias("input_ids"),
+        encoded["num_tokens"].cast(pl.UInt32).alias("num_prompt_tokens"),
+    )
+
+
+def swap_group(batch: pl.DataFrame, has_users: bool) -> pl.Series:
+    """Whose context a row holds, for context-swap: its user, or without a user column a hash of
+    the context itself (then "another user" means another context)."""
+    return batch["user_id"] if has_users else batch["context_text"].hash(0)
+
+
+def swap_representatives(rows: pl.DataFrame) -> pl.DataFrame:
+    """One context per swap group (its first row's with a context, in ``rows``' order):
+    ``swap_group``, ``context_text``, ``id``."""
+    return (
+        rows.filter(pl.col("has_context"))
+        .select("swap_group", "context_text", "id")
+        .unique("swap_group", keep="first", maintain_order=True)
+    )
+
+
+@dataclass
+class _Pass:
+    """What the streaming pass keeps between batches: the two dedup states (prompts, and for
+    context-swap questions alone), the part files and the compact per-prompt columns."""
+
+    deduper: engine.Deduper
+    questions: engine.Deduper
+    parts: list[Path] = field(default_factory=list)
+    compact: list[pl.DataFrame] = field(default_factory=list)
+    representatives: list[pl.DataFrame] = field(default_factory=list)
+    lengths_dropped: list[int] = field(default_factory=list)
+
+
 def _stream_pass(
     corpus: Corpus,
     tokenizer: engine.ChatTokenizer,
@@ -232,139 +364,125 @@ def _stream_pass(
     per-prompt state the derangement needs (``id``, ``cluster``, ``user_id``, ...) and, for
     ``context-swap``, one representative context per user (else an empty frame).
     """
-    wanted = [
-        "row",
-        "id",
-        "prompt",
-        "prompt_nocontext",
-        "has_context",
-        "dedup_text",
-        "is_empty",
-        "bad_message",
-    ]
-    if corpus.has_users:
-        wanted.append("user_id")
-    swap = config.needs_context_swap
-    if swap:
-        wanted += ["question_text", "context_text"]
-    deduper = engine.Deduper(engine.DedupConfig(threshold=config.near_dup_threshold))
+    dedup = engine.DedupConfig(threshold=config.near_dup_threshold)
     # context-swap: questions alone are clustered too (exact + near duplicates), so prompts of
     # other users asking the same question can lend their responses.
-    questions = engine.Deduper(engine.DedupConfig(threshold=config.near_dup_threshold))
-    parts: list[Path] = []
-    compact: list[pl.DataFrame] = []
-    representatives: list[pl.DataFrame] = []
-    lengths_dropped: list[int] = []
-    for batch in _timed_batches(corpus, wanted, config, clock):
+    state = _Pass(engine.Deduper(dedup), engine.Deduper(dedup))
+    for batch in _timed_batches(corpus, input_columns(corpus, config), config, clock):
         seen = batch.height
         stats.rows_in += seen
-        bad = batch.filter(pl.col("bad_message"))
-        if bad.height:
-            raise CorpusError(
-                f"input row {bad['row'][0]}: a chat message has no role or no content "
-                f"({bad.height} such rows in this batch); every message needs both"
-            )
+        check_messages(batch)
         batch = batch.filter(~pl.col("is_empty"))
         stats.empty_dropped += seen - batch.height
         if progress:
             progress("read", seen)
         if batch.height == 0:
             continue
-
-        with clock("dedup"):
-            # Cluster ids are global (positions among all usable rows), so they stay comparable
-            # across batches for the near-duplicate constraint of the derangement.
-            found = deduper.add(batch["dedup_text"])
-            batch = batch.drop("dedup_text", "is_empty", "bad_message").with_columns(
-                found["cluster"].cast(pl.UInt32).alias("cluster")
-            )
-            if config.dedup:
-                stats.exact_duplicates += int((~found["keep"] & found["exact"]).sum())
-                stats.near_duplicates += int((~found["keep"] & ~found["exact"]).sum())
-                batch = batch.filter(found["keep"])
-            del found
-
-        if swap and batch.height:
-            with clock("dedup"):
-                found = questions.add(batch["question_text"])
-                group = batch["user_id"] if corpus.has_users else batch["context_text"].hash(0)
-                batch = batch.with_columns(
-                    found["cluster"].cast(pl.UInt32).alias("question_cluster"),
-                    group.alias("swap_group"),
-                ).drop("question_text")
-                del found
-
-        with clock("tokenize"):
-            if batch.height:
-                encoded = tokenizer.encode_chat(batch["prompt"])
-                batch = batch.with_columns(
-                    encoded["input_ids"].alias("input_ids"),
-                    encoded["num_tokens"].cast(pl.UInt32).alias("num_prompt_tokens"),
-                )
-                if config.max_prompt_tokens is not None:
-                    too_long = batch["num_prompt_tokens"] > config.max_prompt_tokens
-                    if too_long.any():
-                        lengths = batch.filter(too_long)["num_prompt_tokens"]
-                        lengths_dropped += [int(lengths.min()), int(lengths.max())]  # type: ignore[arg-type]
-                        stats.over_length += int(too_long.sum())
-                        batch = batch.filter(~too_long)
-            if config.needs_context_drop and batch.height:
-                batch = encode_nocontext(tokenizer, batch)
-            elif not swap:
-                batch = batch.drop("prompt_nocontext")
-        if swap and batch.height:
-            # One context per user (its first planned row's): what another user's question is
-            # asked with when no other user asked it. Kept in memory: one string per user.
-            representatives.append(
-                batch.filter(pl.col("has_context"))
-                .select("swap_group", "context_text", "id")
-                .unique("swap_group", keep="first", maintain_order=True)
-            )
-            batch = batch.drop("context_text")
+        batch = _dedup_batch(batch, state, corpus.has_users, config, stats, clock)
+        batch = _tokenize_batch(batch, state, tokenizer, config, stats, clock)
         if progress:
             progress("tokenize", seen)
-        if batch.height == 0:
-            continue
-        part = parts_dir / f"part-{len(parts):06d}.parquet"
-        # A full disk fails here first (the parts hold most of the plan's bytes): one clear line.
-        swap_state = ["question_cluster", "swap_group"] if swap else []
-        with clock("write"), write_errors(target, f"{target.name} (part file {part.name})"):
-            batch.drop(swap_state).write_parquet(part, compression="lz4", statistics=False)
-        parts.append(part)
-        keep_cols = ["id", "cluster", "has_context", "num_prompt_tokens", *swap_state]
-        compact.append(batch.select(keep_cols + (["user_id"] if corpus.has_users else [])))
-        del batch
+        if batch.height:
+            _write_part(batch, state, corpus.has_users, config, parts_dir, target, clock)
+    return _finish_pass(state, corpus, config, stats)
 
-    if stats.rows_in == 0:
-        raise CorpusError(f"input '{corpus.spec}' has no rows")
-    if stats.empty_dropped == stats.rows_in:
-        prompt_col = corpus.columns.prompt or corpus.columns.messages
-        raise CorpusError(
-            f"no usable prompts: all {stats.rows_in} rows have a null or empty prompt "
-            f"(column {prompt_col!r}); fill them or pick another column"
+
+def _dedup_batch(
+    batch: pl.DataFrame,
+    state: _Pass,
+    has_users: bool,
+    config: PlanConfig,
+    stats: PlanStats,
+    clock: StepClock,
+) -> pl.DataFrame:
+    """The batch's cluster ids (and its question clusters, for context-swap); duplicates
+    dropped and counted unless ``--no-dedup``."""
+    with clock("dedup"):
+        # Cluster ids are global (positions among all usable rows), so they stay comparable
+        # across batches for the near-duplicate constraint of the derangement.
+        found = state.deduper.add(batch["dedup_text"])
+        batch = batch.drop("dedup_text", "is_empty", "bad_message").with_columns(
+            found["cluster"].cast(pl.UInt32).alias("cluster")
         )
-    distinct = deduper.clusters if config.dedup else deduper.rows_seen
-    if config.needs_random and distinct < 2:
-        raise too_few_error(stats, distinct)
-    state = pl.concat(compact) if compact else pl.DataFrame()
-    planned = state.height
-    if planned == 0 or (config.needs_random and planned < 2):
-        raise CorpusError(
-            f"{'no' if planned == 0 else 'only 1'} prompt left after dropping "
-            f"{stats.over_length} over --max-prompt-tokens={config.max_prompt_tokens} (the "
-            f"shortest of those has {min(lengths_dropped, default=0)} tokens, the longest "
-            f"{max(lengths_dropped, default=0)}): raise --max-prompt-tokens"
-            + ("" if planned == 0 else " (random negatives need at least 2 prompts)")
-        )
+        if config.dedup:
+            stats.exact_duplicates += int((~found["keep"] & found["exact"]).sum())
+            stats.near_duplicates += int((~found["keep"] & ~found["exact"]).sum())
+            batch = batch.filter(found["keep"])
+        if config.needs_context_swap and batch.height:
+            found = state.questions.add(batch["question_text"])
+            batch = batch.with_columns(
+                found["cluster"].cast(pl.UInt32).alias("question_cluster"),
+                swap_group(batch, has_users).alias("swap_group"),
+            ).drop("question_text")
+    return batch
+
+
+def _tokenize_batch(
+    batch: pl.DataFrame,
+    state: _Pass,
+    tokenizer: engine.ChatTokenizer,
+    config: PlanConfig,
+    stats: PlanStats,
+    clock: StepClock,
+) -> pl.DataFrame:
+    """Render + encode the batch, drop its over-long prompts, encode the context-dropped
+    prompts; for context-swap, note each user's representative context."""
+    swap = config.needs_context_swap
+    with clock("tokenize"):
+        if batch.height:
+            batch = encode_prompts(tokenizer, batch)
+            batch, over, extremes = drop_over_length(batch, config.max_prompt_tokens)
+            stats.over_length += over
+            state.lengths_dropped += extremes
+        if config.needs_context_drop and batch.height:
+            batch = encode_nocontext(tokenizer, batch)
+        elif not swap:
+            batch = batch.drop("prompt_nocontext")
+    if swap and batch.height:
+        # One context per user (its first planned row's): what another user's question is
+        # asked with when no other user asked it. Kept in memory: one string per user.
+        state.representatives.append(swap_representatives(batch))
+        batch = batch.drop("context_text")
+    return batch
+
+
+def _write_part(
+    batch: pl.DataFrame,
+    state: _Pass,
+    has_users: bool,
+    config: PlanConfig,
+    parts_dir: Path,
+    target: Path,
+    clock: StepClock,
+) -> None:
+    """Write the batch's plan columns to a part file; keep its compact columns in memory."""
+    part = parts_dir / f"part-{len(state.parts):06d}.parquet"
+    # A full disk fails here first (the parts hold most of the plan's bytes): one clear line.
+    swap_state = ["question_cluster", "swap_group"] if config.needs_context_swap else []
+    with clock("write"), write_errors(target, f"{target.name} (part file {part.name})"):
+        batch.drop(swap_state).write_parquet(part, compression="lz4", statistics=False)
+    state.parts.append(part)
+    keep_cols = ["id", "cluster", "has_context", "num_prompt_tokens", *swap_state]
+    state.compact.append(batch.select(keep_cols + (["user_id"] if has_users else [])))
+
+
+def _finish_pass(
+    state: _Pass, corpus: Corpus, config: PlanConfig, stats: PlanStats
+) -> tuple[list[Path], pl.DataFrame, pl.DataFrame]:
+    """The checks at the end of the pass; the part files, compact state and representatives."""
+    check_usable(corpus, stats)
+    distinct = state.deduper.clusters if config.dedup else state.deduper.rows_seen
+    compact = pl.concat(state.compact) if state.compact else pl.DataFrame()
+    check_planned(config, stats, distinct, compact.height, state.lengths_dropped)
     reps = (
-        pl.concat(representatives).unique("swap_group", keep="first", maintain_order=True)
-        if representatives
+        pl.concat(state.representatives).unique("swap_group", keep="first", maintain_order=True)
+        if state.representatives
         else pl.DataFrame()
     )
-    return parts, state, reps
+    return state.parts, compact, reps
 
 
-def _swap_columns(
+def swap_columns(
     frame: pl.DataFrame,
     offset: int,
     swaps: ContextSwaps,
@@ -441,6 +559,48 @@ def _swap_columns(
     ], over
 
 
+class RowGroupWriter:
+    """Writes frames into one Parquet file in row groups of ``row_group_rows`` whatever the
+    frames' sizes, so the bytes never depend on batch boundaries (local and Ray plans):
+    ``with RowGroupWriter(path, rows) as out: out.add(frame)``. The rows still pending are
+    written on a clean exit only."""
+
+    def __init__(self, path: Path, row_group_rows: int) -> None:
+        self.path = path
+        self.row_group_rows = row_group_rows
+        self.writer: Any = None
+        self.pending: list[pl.DataFrame] = []
+        self.pending_rows = 0
+
+    def __enter__(self) -> RowGroupWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        try:
+            if exc_type is None and self.pending_rows:
+                self._flush(pl.concat(self.pending))
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+
+    def _flush(self, frame: pl.DataFrame) -> None:
+        import pyarrow.parquet as pq
+
+        table = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        self.writer.write_table(table, row_group_size=self.row_group_rows)
+
+    def add(self, frame: pl.DataFrame) -> None:
+        self.pending.append(frame)
+        self.pending_rows += frame.height
+        while self.pending_rows >= self.row_group_rows:
+            merged = pl.concat(self.pending)
+            self._flush(merged.slice(0, self.row_group_rows))
+            rest = merged.slice(self.row_group_rows)
+            self.pending, self.pending_rows = [rest], rest.height
+
+
 def _write_plan(
     parts: list[Path],
     sigma: pl.Series | None,
@@ -451,63 +611,41 @@ def _write_plan(
     swaps: tuple[ContextSwaps, pl.DataFrame, engine.ChatTokenizer, PromptFormat] | None = None,
 ) -> int:
     """Stream the parts into ``target`` in fixed-size row groups, adding the plan index and the
-    negatives (and, with ``swaps``, the context-swap columns, see :func:`_swap_columns`);
+    negatives (and, with ``swaps``, the context-swap columns, see :func:`swap_columns`);
     temporary file + rename (a failed write raises a one-line OutputError, via
     :func:`~mipo.io.atomic_path`, and leaves no temporary file). Returns the number of
     generated context swaps dropped as over-long."""
-    import pyarrow.parquet as pq
-
-    with clock("write"), atomic_path(target) as tmp:
-        writer: pq.ParquetWriter | None = None
-        pending: list[pl.DataFrame] = []
-        pending_rows = 0
-        offset = 0
-        over_length = 0
-
-        def flush(frame: pl.DataFrame) -> None:
-            nonlocal writer
-            table = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
-            writer.write_table(table, row_group_size=config.row_group_rows)
-
-        try:
-            for part in parts:
-                frame = pl.read_parquet(part)
-                n = frame.height
-                index = pl.int_range(offset, offset + n, dtype=pl.UInt32, eager=True)
-                columns = [index.alias("plan_index")]
-                if sigma is not None:
-                    neg = sigma.slice(offset, n)
-                    columns += [neg.alias("negative_index"), ids.gather(neg).alias("negative_id")]
-                if swaps is not None:
-                    assigned, reps, tokenizer, prompt_format = swaps
-                    extra, dropped = _swap_columns(
-                        frame,
-                        offset,
-                        assigned,
-                        ids,
-                        reps,
-                        tokenizer,
-                        config.max_prompt_tokens,
-                        prompt_format,
-                    )
-                    columns += extra
-                    over_length += dropped
-                frame = frame.with_columns(columns).select("plan_index", pl.exclude("plan_index"))
-                offset += n
-                pending.append(frame)
-                pending_rows += n
-                while pending_rows >= config.row_group_rows:
-                    merged = pl.concat(pending)
-                    flush(merged.slice(0, config.row_group_rows))
-                    rest = merged.slice(config.row_group_rows)
-                    pending, pending_rows = [rest], rest.height
-            if pending_rows:
-                flush(pl.concat(pending))
-        finally:
-            if writer is not None:
-                writer.close()
+    offset = 0
+    over_length = 0
+    with (
+        clock("write"),
+        atomic_path(target) as tmp,
+        RowGroupWriter(tmp, config.row_group_rows) as out,
+    ):
+        for part in parts:
+            frame = pl.read_parquet(part)
+            n = frame.height
+            index = pl.int_range(offset, offset + n, dtype=pl.UInt32, eager=True)
+            columns = [index.alias("plan_index")]
+            if sigma is not None:
+                neg = sigma.slice(offset, n)
+                columns += [neg.alias("negative_index"), ids.gather(neg).alias("negative_id")]
+            if swaps is not None:
+                assigned, reps, tokenizer, prompt_format = swaps
+                extra, dropped = swap_columns(
+                    frame,
+                    offset,
+                    assigned,
+                    ids,
+                    reps,
+                    tokenizer,
+                    config.max_prompt_tokens,
+                    prompt_format,
+                )
+                columns += extra
+                over_length += dropped
+            out.add(frame.with_columns(columns).select("plan_index", pl.exclude("plan_index")))
+            offset += n
     return over_length
 
 
@@ -530,13 +668,7 @@ def build_plan(
     start = time.perf_counter()
     stats = PlanStats(max_prompt_tokens=config.max_prompt_tokens)
     clock = StepClock(stats.step_seconds)
-    if config.needs_context and corpus.columns.messages is None and not corpus.has_context_column:
-        raise ConfigError(
-            f"--negatives {config.negatives} drops or swaps each prompt's context, but the input has no "
-            "context column: pass --context-col NAME (or a --messages-col with system messages), "
-            "or use --negatives random"
-        )
-
+    check_context_column(corpus, config)
     with write_errors(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         parts_dir = Path(tempfile.mkdtemp(prefix=".plan-parts-", dir=target.parent))
@@ -544,44 +676,16 @@ def build_plan(
         parts, state, reps = _stream_pass(
             corpus, tokenizer, config, parts_dir, target, stats, clock, progress
         )
-        stats.prompts_planned = state.height
-        stats.with_context = int(state["has_context"].sum())
-        stats.without_context = stats.prompts_planned - stats.with_context
-        stats.prompt_tokens_total = int(state["num_prompt_tokens"].sum())
-        stats.prompt_tokens_max = int(state["num_prompt_tokens"].max())  # type: ignore[arg-type]
-        if corpus.has_users:
-            stats.users = int(state["user_id"].n_unique())
-        if config.needs_context and stats.with_context == 0:
-            raise ConfigError(
-                f"--negatives {config.negatives} drops or swaps each prompt's context, but none of the "
-                f"{stats.prompts_planned} prompts has one (empty context column or no system "
-                "message): fill the context, or use --negatives random"
-            )
-
-        sigma = None
-        if config.needs_random:
-            with clock("derange"):
-                users = state["user_id"] if corpus.has_users and config.user_constraint else None
-                sigma = assign_negatives(
-                    state.height, seed=config.seed, users=users, clusters=state["cluster"]
-                )
-            if progress:
-                progress("derange", state.height)
+        _summarize(stats, state, corpus.has_users)
+        check_some_context(config, stats)
+        sigma = _random_negatives(state, corpus.has_users, config, clock)
+        if progress and sigma is not None:
+            progress("derange", state.height)
         swaps = None
         if config.needs_context_swap:
             with clock("derange"):
-                assigned = assign_context_swaps(
-                    question_clusters=state["question_cluster"],
-                    has_context=state["has_context"],
-                    groups=state["swap_group"],
-                    prompt_clusters=state["cluster"],
-                    representative_groups=reps["swap_group"],
-                    seed=config.seed ^ 0xC0_5A_A9,
-                )
-            stats.question_clusters = int(state["question_cluster"].n_unique())
-            stats.swaps_reused = assigned.reused
-            stats.swaps_no_context = assigned.no_context
-            stats.swaps_no_donor = assigned.no_donor
+                assigned = context_swaps(state, reps, config.seed)
+            _count_swaps(stats, assigned, int(state["question_cluster"].n_unique()))
             swaps = (assigned, reps, tokenizer, corpus.prompt_format)
         stats.swaps_over_length = _write_plan(
             parts, sigma, state["id"], target, config, clock, swaps
@@ -594,6 +698,55 @@ def build_plan(
         shutil.rmtree(parts_dir, ignore_errors=True)
     stats.seconds = time.perf_counter() - start
     return stats
+
+
+def _summarize(stats: PlanStats, state: pl.DataFrame, has_users: bool) -> None:
+    """Fill ``stats``' counts of the planned prompts from their compact state."""
+    stats.prompts_planned = state.height
+    stats.with_context = int(state["has_context"].sum())
+    stats.without_context = stats.prompts_planned - stats.with_context
+    stats.prompt_tokens_total = int(state["num_prompt_tokens"].sum())
+    stats.prompt_tokens_max = int(state["num_prompt_tokens"].max())  # type: ignore[arg-type]
+    if has_users:
+        stats.users = int(state["user_id"].n_unique())
+
+
+def _random_negatives(
+    state: pl.DataFrame, has_users: bool, config: PlanConfig, clock: StepClock
+) -> pl.Series | None:
+    """σ over every planned prompt, when the strategy has random negatives (else None)."""
+    if not config.needs_random:
+        return None
+    with clock("derange"):
+        users = state["user_id"] if has_users and config.user_constraint else None
+        return assign_negatives(
+            state.height, seed=config.seed, users=users, clusters=state["cluster"]
+        )
+
+
+CONTEXT_SWAP_SEED = 0xC0_5A_A9
+"""Mixed into the plan seed for the context-swap draws (so they differ from random's σ)."""
+
+
+def context_swaps(rows: pl.DataFrame, reps: pl.DataFrame, seed: int) -> ContextSwaps:
+    """The context-swap partners and donors of ``rows`` (in plan order, with ``question_cluster``,
+    ``has_context``, ``swap_group``, ``cluster``), ``reps`` their representative contexts (see
+    :func:`swap_representatives`): the whole plan locally, one block on Ray."""
+    return assign_context_swaps(
+        question_clusters=rows["question_cluster"],
+        has_context=rows["has_context"],
+        groups=rows["swap_group"],
+        prompt_clusters=rows["cluster"],
+        representative_groups=reps["swap_group"],
+        seed=seed ^ CONTEXT_SWAP_SEED,
+    )
+
+
+def _count_swaps(stats: PlanStats, assigned: ContextSwaps, question_clusters: int) -> None:
+    stats.question_clusters = question_clusters
+    stats.swaps_reused = assigned.reused
+    stats.swaps_no_context = assigned.no_context
+    stats.swaps_no_donor = assigned.no_donor
 
 
 def read_plan(path: str | Path) -> pl.DataFrame:
