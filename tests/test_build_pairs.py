@@ -426,3 +426,78 @@ def test_model_loading_bars_only_with_verbose(
     assert "Loading weights" in loud.stderr  # type: ignore[attr-defined]
     assert "Loading weights" not in quiet.stderr  # type: ignore[attr-defined]
     assert "pairs" in quiet.output  # type: ignore[attr-defined]
+
+
+MATH = [
+    "Ann has 3.5 kg of rice. She cooks 0.5 kg a day. How many days does the rice last?",
+    "Mr. Lee buys 4 pens at $2 each. He pays with a $10 note. How much change does he get?",
+    "A train covers 60 km in 1.5 hours. What is its average speed?",
+    "What is 12 times 4?",
+    "Dr. Ng reads 20 pages a day. Her book has 300 pages. She has read 120. How many days remain?",
+]
+
+
+def test_sentence_drop_pairs_end_to_end(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Math questions: each rejected response answers the question with one non-final sentence
+    removed (the single-sentence question gets no pair), scored under the full question."""
+    from mipo import engine
+    from mipo.generate import GenerationConfig, load_results
+    from mipo.pairs import build_requests
+    from mipo.pairs.assemble import SENTENCE_DROP_OFFSET
+    from mipo.pairs.build import build_pairs
+    from mipo.pairs.config import BuildPairsConfig
+    from mipo.pairs.negatives import split_sentences
+    from mipo.pairs.plan import read_plan
+
+    corpus = tmp_path / "math.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"id": f"m{i}", "question": q}) + "\n" for i, q in enumerate(MATH))
+    )
+    out = tmp_path / "out"
+    generation = GenerationConfig(backend="hf", max_new_tokens=6, chunk_size=2, batch_size=2)
+    config = BuildPairsConfig(
+        str(corpus), out, model=str(tiny_model_dir), negatives="sentence-drop", seed=3,
+        keep_truncated=True, generation=generation, progress=False,
+    )  # fmt: skip
+    assert build_pairs(config).completed == "pairs"
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["generate"]["requests"] == 5 + 4
+    assert stats["pairs"]["pairs_built"] == {"sentence-drop": 4}
+    assert stats["pairs"]["no_sentence_skipped"] == 1
+    pairs = pl.read_parquet(out / "pairs.parquet")
+    assert pairs["strategy"].unique().to_list() == ["sentence-drop"]
+    assert sorted(pairs["id"].to_list()) == ["m0", "m1", "m2", "m4"]
+
+    tokenizer = engine.ChatTokenizer.from_pretrained(tiny_model_dir)
+    plan = read_plan(out / "plan.parquet")
+    requests = build_requests(
+        plan, strategy="sentence-drop", independent_negatives=False, seed=3, tokenizer=tokenizer
+    )
+    by_id = {r["request_id"]: r for r in requests.iter_rows(named=True)}
+    generated = {
+        r["request_id"]: r for r in load_results(out / "generations").iter_rows(named=True)
+    }
+
+    def encode(text: str) -> list[int]:
+        messages = pl.Series([[{"role": "user", "content": text}]], dtype=MESSAGE_DTYPE)
+        return tokenizer.encode_chat(messages)["input_ids"][0].to_list()
+
+    index_of = dict(zip(plan["id"].to_list(), plan["plan_index"].to_list(), strict=True))
+    for row in pairs.iter_rows(named=True):
+        question = MATH[int(row["id"][1:])]
+        assert row["prompt"] == [{"role": "user", "content": question}]  # the full x
+        request = SENTENCE_DROP_OFFSET + index_of[row["id"]]
+        # The pair's rejected response is the one generated for the sentence-drop request ...
+        assert row["rejected_seed"] == by_id[request]["seed"] == generated[request]["seed"]
+        assert row["rejected"][0]["content"] == generated[request]["response"]
+        assert generated[request]["num_prompt_tokens"] == len(by_id[request]["input_ids"])
+        # ... whose prompt is the question without exactly one of its non-final sentences.
+        sentences = split_sentences(question)
+        without = [
+            k
+            for k in range(len(sentences))
+            if by_id[request]["input_ids"]
+            == encode("".join(sentences[:k] + sentences[k + 1 :]).strip())
+        ]
+        assert len(without) == 1 and without[0] < len(sentences) - 1
+    assert by_id[index_of["m0"] * 4]["input_ids"] == encode(MATH[0])

@@ -6,13 +6,17 @@ import polars as pl
 import pytest
 
 from mipo import engine
+from mipo.corpus import MESSAGE_DTYPE
 from mipo.errors import ConfigError, CorpusError, DerangementError
 from mipo.pairs.negatives import (
     ContextSwaps,
     assign_context_swaps,
     assign_negatives,
     check_negatives,
+    drop_sentence,
     parse_strategy,
+    sentence_drops,
+    split_sentences,
     strategy_kinds,
 )
 
@@ -146,3 +150,88 @@ def test_context_swaps_without_another_user() -> None:
     swaps = _swaps([0, 0], ["a", "a"], [True, True])
     assert swaps.partner.to_list() == [None, None] and swaps.donor.to_list() == [None, None]
     assert swaps.no_donor == 2 and swaps.generated == 0
+
+
+# --- sentence-drop ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "sentences"),
+    [
+        # Boundaries: . ! ? (and runs of them, closing quotes), then whitespace; a blank line.
+        (
+            "Ann has 3 apples. Bob has 2! How many?",
+            ["Ann has 3 apples. ", "Bob has 2! ", "How many?"],
+        ),
+        ("Really?! Yes. Ok", ["Really?! ", "Yes. ", "Ok"]),
+        ('She said "go." Then she left.', ['She said "go." ', "Then she left."]),
+        ("Wait... Why? Fine.", ["Wait... ", "Why? ", "Fine."]),
+        ("Givens here\n\nWhat is asked?", ["Givens here\n\n", "What is asked?"]),
+        ("Is it 5? is it 6?", ["Is it 5? ", "is it 6?"]),  # ? ends one even before lowercase
+        ("It rained. 3 cats ran.", ["It rained. ", "3 cats ran."]),
+        ("  One. Two.  ", ["  One. ", "Two.  "]),
+        # No boundary: decimals, abbreviations, initials, a period before a lowercase word.
+        ("A pen costs $3.50 and a pad 0.5 more.", ["A pen costs $3.50 and a pad 0.5 more."]),
+        ("Mr. Lee met Dr. Ng and Mrs. Ito.", ["Mr. Lee met Dr. Ng and Mrs. Ito."]),
+        ("Fruit, e.g. Apples, costs 2.", ["Fruit, e.g. Apples, costs 2."]),
+        ("J. K. Rowling lives in the U.S. Today.", ["J. K. Rowling lives in the U.S. Today."]),
+        ("It costs approx. three dollars.", ["It costs approx. three dollars."]),
+        ("Wait... what? Fine.", ["Wait... what? ", "Fine."]),
+        ("What is 2.5 + 1.25?", ["What is 2.5 + 1.25?"]),
+        ("no punctuation at all", ["no punctuation at all"]),
+        ("", []),
+        ("   ", []),
+    ],
+)
+def test_split_sentences(text: str, sentences: list[str]) -> None:
+    assert split_sentences(text) == sentences
+    assert "".join(sentences) == text or not text.strip()
+
+
+def test_drop_sentence_drops_one_non_final_sentence_by_a_seeded_hash() -> None:
+    text = "Tom has 4.5 kg of flour. Mr. Smith gives him 2 kg. He bakes 3 loaves. How much is left?"
+    sentences = split_sentences(text)
+    assert len(sentences) == 4
+    seen = set()
+    for key in (f"row{k}" for k in range(40)):
+        kept, dropped = drop_sentence(text, seed=0, key=key)  # type: ignore[misc]
+        index = [s.strip() for s in sentences].index(dropped)
+        assert index < 3  # never the final sentence (the question)
+        assert kept == "".join(sentences[:index] + sentences[index + 1 :]).strip()
+        assert drop_sentence(text, seed=0, key=key) == (kept, dropped)  # deterministic
+        seen.add(index)
+    assert seen == {0, 1, 2}  # every non-final sentence is chosen for some row
+    picks = [drop_sentence(text, seed=s, key="row0")[1] for s in range(20)]  # type: ignore[index]
+    assert len(set(picks)) > 1  # the seed changes the choice
+    assert drop_sentence("How much flour is left?", seed=0, key="row0") is None
+    assert drop_sentence("Mr. Smith has 2.5 kg. ", seed=0, key="row0") is None
+
+
+def test_sentence_drops_edit_the_last_user_turn_and_skip_single_sentences() -> None:
+    prompts = pl.Series(
+        [
+            [{"role": "system", "content": "Be brief. Show work."},
+             {"role": "user", "content": "Ann has 3 apples. She eats 1. How many are left?"}],
+            [{"role": "user", "content": "What is 3.5 times 2?"}],
+            [{"role": "assistant", "content": "Hi. Ask me."}],
+        ],
+        dtype=MESSAGE_DTYPE,
+    )  # fmt: skip
+    ids = pl.Series(["a", "b", "c"])
+    drops = sentence_drops(prompts, ids, seed=3)
+    assert drops.columns == ["prompt_sentence_drop", "dropped_sentence"]
+    assert drops["prompt_sentence_drop"][1] is None and drops["prompt_sentence_drop"][2] is None
+    first = drops["prompt_sentence_drop"][0].to_list()
+    assert first[0] == {"role": "system", "content": "Be brief. Show work."}  # untouched
+    dropped = drops["dropped_sentence"][0]
+    assert dropped in ("Ann has 3 apples.", "She eats 1.")
+    assert first[1]["content"] == drop_sentence(prompts[0][1]["content"], seed=3, key="a")[0]  # type: ignore[index]
+    # A row's choice depends on its id and the seed only, not on the other rows.
+    alone = sentence_drops(prompts[:1], ids[:1], seed=3)
+    assert alone["prompt_sentence_drop"][0].to_list() == first
+
+
+def test_sentence_drop_is_a_strategy() -> None:
+    assert strategy_kinds("sentence-drop, random") == ("random", "sentence-drop")
+    with pytest.raises(ConfigError, match="sentence-drop"):
+        strategy_kinds("sentence-dorp")

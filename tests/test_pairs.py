@@ -21,6 +21,7 @@ from mipo.pairs import (
     build_requests,
     filter_pairs,
 )
+from mipo.pairs.assemble import SENTENCE_DROP_OFFSET, filter_verdict
 
 SIGMA = [2, 0, 3, 1]
 
@@ -320,3 +321,73 @@ def test_score_adds_margins_and_drops_low_ones(tiny_model_dir: Path) -> None:
     assert stats.filtered["low_margin"] == 4 - kept.height
     with pytest.raises(ConfigError, match="score batch size"):
         PairFilterConfig(score_batch_size=0)
+
+
+def _math_plan() -> pl.DataFrame:
+    """Three math prompts, one of them a single sentence (no sentence-drop negative)."""
+    questions = [
+        "Ann has 3.5 kg of rice. She cooks 0.5 kg a day. How many days does it last?",
+        "What is 12 times 4?",
+        "Mr. Lee buys 4 pens. Each costs $2. He pays with $10. How much change is there?",
+    ]
+    plan = _plan((False, False, False, False)).head(3)
+    return plan.with_columns(
+        pl.Series("prompt", [[{"role": "user", "content": q}] for q in questions], MESSAGE_DTYPE),
+        pl.Series("negative_index", [1, 2, 0], pl.UInt32),
+        pl.Series("negative_id", ["p1", "p2", "p0"]),
+    )
+
+
+def test_sentence_drop_requests_and_pairs(tiny_model_dir: Path) -> None:
+    from mipo.engine import ChatTokenizer
+    from mipo.pairs.negatives import drop_sentence, split_sentences
+
+    tokenizer = ChatTokenizer.from_pretrained(tiny_model_dir)
+    plan = _math_plan()
+    with pytest.raises(ValueError, match="tokenizer"):
+        build_requests(plan, strategy="sentence-drop", independent_negatives=False, seed=1)
+    requests = build_requests(
+        plan, strategy="random,sentence-drop", independent_negatives=False, seed=1,
+        tokenizer=tokenizer,
+    )  # fmt: skip
+    drop_ids = [SENTENCE_DROP_OFFSET + 0, SENTENCE_DROP_OFFSET + 2]
+    # Full prompts keep their ids (4 i); prompt 1 is one sentence: no sentence-drop request.
+    assert requests["request_id"].to_list() == [0, 4, 8, *drop_ids]
+    by_id = dict(
+        zip(requests["request_id"].to_list(), requests["input_ids"].to_list(), strict=True)
+    )
+    for i, request in zip((0, 2), drop_ids, strict=True):
+        question = plan["prompt"][i][0]["content"]
+        kept, dropped = drop_sentence(question, seed=1, key=f"p{i}")  # type: ignore[misc]
+        assert dropped != split_sentences(question)[-1].strip()
+        bare = [{"role": "user", "content": kept}]
+        assert (
+            by_id[request]
+            == tokenizer.encode_chat(pl.Series([bare], dtype=MESSAGE_DTYPE))["input_ids"][
+                0
+            ].to_list()
+        )
+    assert requests["seed"].to_list() == request_seeds(requests["request_id"].to_list(), 1)
+
+    stats = PairStats()
+    pairs = assemble_pairs(
+        plan, _responses(requests), strategy="random,sentence-drop",
+        independent_negatives=False, seed=1, stats=stats,
+    )  # fmt: skip
+    assert pairs["strategy"].to_list() == [
+        "random", "sentence-drop", "random", "random", "sentence-drop"
+    ]  # fmt: skip
+    drop = pairs.filter(pl.col("strategy") == "sentence-drop")
+    assert [r[0]["content"] for r in drop["rejected"].to_list()] == [f"r{k}" for k in drop_ids]
+    # The pair's prompt is the full question: y- is scored under x.
+    assert drop["prompt"].to_list() == [plan["prompt"][0].to_list(), plan["prompt"][2].to_list()]
+    assert drop["negative_id"].to_list() == ["p0", "p2"]
+    assert stats.no_sentence_skipped == 1
+    assert stats.pairs_built == {"random": 3, "sentence-drop": 2}
+
+
+def test_no_sentence_to_drop_is_a_clear_verdict() -> None:
+    stats = PairStats(pairs_built={"sentence-drop": 0}, no_sentence_skipped=4)
+    error, _ = filter_verdict(stats)
+    assert error is not None and error.startswith("0 pairs built: every question is a single")
+    assert "--negatives random" in error

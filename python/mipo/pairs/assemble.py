@@ -9,7 +9,11 @@ Every response the pipeline generates is one *request*, identified by ``request_
 - kind 2 (:data:`KIND_NEGATIVE`): prompt σ(i), sampled again for i (``--independent-negatives``);
 - kind 3 (:data:`KIND_SWAP`): i's question asked with another user's context (``context-swap``
   where no other user asked it; with ``--independent-negatives`` also the partner's prompt,
-  sampled again for i).
+  sampled again for i);
+- :data:`KIND_SENTENCE_DROP`: prompt i with one non-final sentence of its last user turn removed
+  (``sentence-drop``, :func:`mipo.pairs.negatives.sentence_drops`). Its ids are
+  ``SENTENCE_DROP_OFFSET + plan_index`` (2**62 and up), so the ids of the first four kinds, and
+  the sampling seeds derived from them, are those of runs without it.
 
 Seeds are derived per request from the run seed and the request id
 (:func:`mipo.generate.request_seeds`, SplitMix64), so a response does not depend on batch
@@ -24,27 +28,41 @@ produced it.
 >>> from mipo.pairs import request_ids, KIND_NOCONTEXT
 >>> request_ids(pl.Series([0, 1, 2]), KIND_NOCONTEXT).to_list()
 [1, 5, 9]
+>>> from mipo.pairs.assemble import KIND_SENTENCE_DROP, SENTENCE_DROP_OFFSET
+>>> request_ids(pl.Series([0, 1]), KIND_SENTENCE_DROP).to_list() == [
+...     SENTENCE_DROP_OFFSET, SENTENCE_DROP_OFFSET + 1]
+True
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from mipo.corpus import MESSAGE_DTYPE
 from mipo.errors import ConfigError, GenerationError
-from mipo.pairs.negatives import NegativeStrategy, parse_strategy, strategy_kinds
+from mipo.pairs.negatives import (
+    NegativeStrategy,
+    parse_strategy,
+    sentence_drops,
+    strategy_kinds,
+)
+
+if TYPE_CHECKING:
+    from mipo.engine import ChatTokenizer
 
 __all__ = [
     "FILTERS",
     "KIND_FULL",
     "KIND_NEGATIVE",
     "KIND_NOCONTEXT",
+    "KIND_SENTENCE_DROP",
     "KIND_SWAP",
     "NEAR_IDENTICAL_JACCARD",
+    "SENTENCE_DROP_OFFSET",
     "PairFilterConfig",
     "PairStats",
     "assemble_pairs",
@@ -58,7 +76,10 @@ KIND_FULL = 0
 KIND_NOCONTEXT = 1
 KIND_NEGATIVE = 2
 KIND_SWAP = 3
-_KINDS = 4  # request ids: 4 * plan_index + kind
+KIND_SENTENCE_DROP = 4
+_KINDS = 4  # request ids: 4 * plan_index + kind, for kinds 0-3
+SENTENCE_DROP_OFFSET = 1 << 62
+"""Request ids of :data:`KIND_SENTENCE_DROP` are this plus the plan index."""
 
 FILTERS = ("empty_response", "identical", "near_identical", "truncated", "persona", "low_margin")
 """Pair filters in the order they apply; a pair is counted under the first one that drops it."""
@@ -80,6 +101,8 @@ FILTER_REMEDIES = {
 
 def request_ids(plan_index: Any, kind: int) -> Any:
     """The request id of ``kind`` for each plan index (a UInt64 Series or expression)."""
+    if kind == KIND_SENTENCE_DROP:
+        return plan_index.cast(pl.UInt64) + SENTENCE_DROP_OFFSET
     return plan_index.cast(pl.UInt64) * _KINDS + kind
 
 
@@ -89,6 +112,7 @@ def build_requests(
     strategy: NegativeStrategy,
     independent_negatives: bool,
     seed: int,
+    tokenizer: ChatTokenizer | None = None,
 ) -> pl.DataFrame:
     """The generation requests of a plan: ``request_id`` (UInt64, sorted), ``input_ids``
     (List UInt32), ``seed`` (UInt64).
@@ -96,7 +120,8 @@ def build_requests(
     One request per prompt; with ``context-drop``, one more per prompt that has a context; with
     ``context-swap``, one more per prompt whose swap is generated (every swapped prompt with
     ``--independent-negatives``); with ``--independent-negatives`` and ``random``, one more per
-    prompt for σ(i)'s prompt.
+    prompt for σ(i)'s prompt; with ``sentence-drop``, one more per prompt of two or more
+    sentences, whose prompt ``tokenizer`` (the model's chat tokenizer, needed for it) encodes.
     """
     from mipo.generate import request_seeds
 
@@ -123,24 +148,57 @@ def build_requests(
             )
         )
     if "context-swap" in kinds:
-        partner_ids = plan["input_ids"].gather(plan["swap_index"].fill_null(0))
-        swapped = plan.with_columns(
-            pl.when(pl.col("swap_source") == "generated")
-            .then(pl.col("input_ids_swap"))
-            .when((pl.col("swap_source") == "reused") & pl.lit(independent_negatives))
-            .then(partner_ids)
-            .otherwise(None)
-            .alias("_swap_ids")
-        ).filter(pl.col("_swap_ids").is_not_null())
-        frames.append(
-            swapped.select(
-                request_ids(pl.col("plan_index"), KIND_SWAP).alias("request_id"),
-                pl.col("_swap_ids").alias("input_ids"),
-            )
-        )
+        frames.append(_swap_requests(plan, independent_negatives))
+    if "sentence-drop" in kinds:
+        if tokenizer is None:
+            raise ValueError("sentence-drop requests need the chat tokenizer (tokenizer=...)")
+        frames.append(_sentence_drop_requests(plan, tokenizer, seed))
     requests = pl.concat(frames).sort("request_id")
     seeds = request_seeds(requests["request_id"].to_list(), seed)
     return requests.with_columns(pl.Series("seed", seeds, dtype=pl.UInt64))
+
+
+def _swap_requests(plan: pl.DataFrame, independent_negatives: bool) -> pl.DataFrame:
+    """The ``context-swap`` requests: generated swaps, and with ``--independent-negatives``
+    the partner's prompt sampled again for reused ones."""
+    partner_ids = plan["input_ids"].gather(plan["swap_index"].fill_null(0))
+    swapped = plan.with_columns(
+        pl.when(pl.col("swap_source") == "generated")
+        .then(pl.col("input_ids_swap"))
+        .when((pl.col("swap_source") == "reused") & pl.lit(independent_negatives))
+        .then(partner_ids)
+        .otherwise(None)
+        .alias("_swap_ids")
+    ).filter(pl.col("_swap_ids").is_not_null())
+    return swapped.select(
+        request_ids(pl.col("plan_index"), KIND_SWAP).alias("request_id"),
+        pl.col("_swap_ids").alias("input_ids"),
+    )
+
+
+def _sentence_drops(plan: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """``plan_index`` and the sentence-dropped prompt of each plan row that has one."""
+    drops = sentence_drops(plan["prompt"], plan["id"], seed=seed)
+    return pl.DataFrame([plan["plan_index"], drops["prompt_sentence_drop"]]).filter(
+        pl.col("prompt_sentence_drop").is_not_null()
+    )
+
+
+def _sentence_drop_requests(
+    plan: pl.DataFrame, tokenizer: ChatTokenizer, seed: int
+) -> pl.DataFrame:
+    """The ``sentence-drop`` requests: prompt i without one non-final sentence."""
+    drops = _sentence_drops(plan, seed)
+    if drops.height:
+        input_ids = tokenizer.encode_chat(drops["prompt_sentence_drop"])["input_ids"]
+    else:
+        input_ids = pl.Series("input_ids", [], dtype=pl.List(pl.UInt32))
+    return pl.DataFrame(
+        [
+            request_ids(drops["plan_index"], KIND_SENTENCE_DROP).alias("request_id"),
+            input_ids.cast(plan.schema["input_ids"]).alias("input_ids"),
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -175,6 +233,8 @@ class PairStats:
     pairs_built: dict[str, int] = field(default_factory=dict)
     no_context_skipped: int = 0
     no_swap_skipped: int = 0
+    no_sentence_skipped: int = 0
+    """Prompts whose last user turn has one sentence: no ``sentence-drop`` pair."""
     swap_sources: dict[str, int] = field(default_factory=dict)
     length_ratio: dict[str, dict[str, float]] = field(default_factory=dict)
     filtered: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FILTERS, 0))
@@ -218,62 +278,10 @@ def assemble_pairs(
     kinds = strategy_kinds(strategy)
     stats = stats if stats is not None else PairStats()
     stats.prompts = plan.height
-    resp = responses.select(
-        pl.col("request_id").cast(pl.UInt64),
-        pl.col("response").cast(pl.String),
-        pl.col("num_response_tokens").cast(pl.UInt32),
-        pl.col("finish_reason").cast(pl.String),
-        pl.col("seed").cast(pl.UInt64),
-    ).unique("request_id", keep="first", maintain_order=True)
-
-    base_cols = [
-        pl.col("plan_index"),
-        pl.col("id"),
-        pl.col("prompt"),
-        pl.col("num_prompt_tokens"),
-    ]
-    if "user_id" in plan.columns:
-        base_cols.append(pl.col("user_id"))
-
+    resp = _response_table(responses)
     frames = []
     for order, kind in enumerate(kinds):
-        if kind == "random":
-            rejected_request = (
-                request_ids(pl.col("plan_index"), KIND_NEGATIVE)
-                if independent_negatives
-                else request_ids(pl.col("negative_index"), KIND_FULL)
-            )
-            part = plan.select(
-                *base_cols,
-                pl.col("negative_id"),
-                request_ids(pl.col("plan_index"), KIND_FULL).alias("chosen_request"),
-                rejected_request.alias("rejected_request"),
-            )
-        elif kind == "context-drop":
-            has = plan.filter(pl.col("input_ids_nocontext").is_not_null())
-            stats.no_context_skipped = plan.height - has.height
-            part = has.select(
-                *base_cols,
-                pl.col("id").alias("negative_id"),
-                request_ids(pl.col("plan_index"), KIND_FULL).alias("chosen_request"),
-                request_ids(pl.col("plan_index"), KIND_NOCONTEXT).alias("rejected_request"),
-            )
-        else:
-            has = plan.filter(pl.col("swap_source").is_not_null())
-            stats.no_swap_skipped = plan.height - has.height
-            reused = (pl.col("swap_source") == "reused") & pl.lit(not independent_negatives)
-            part = has.select(
-                *base_cols,
-                pl.col("swap_id").alias("negative_id"),
-                request_ids(pl.col("plan_index"), KIND_FULL).alias("chosen_request"),
-                pl.when(reused)
-                .then(request_ids(pl.col("swap_index"), KIND_FULL))
-                .otherwise(request_ids(pl.col("plan_index"), KIND_SWAP))
-                .alias("rejected_request"),
-            )
-            stats.swap_sources = {
-                str(k): int(v) for k, v in has["swap_source"].value_counts(sort=True).iter_rows()
-            }
+        part = _pair_rows(plan, kind, independent_negatives, seed, stats)
         frames.append(
             part.with_columns(pl.lit(kind).alias("strategy"), pl.lit(order, pl.UInt8).alias("_o"))
         )
@@ -283,20 +291,87 @@ def assemble_pairs(
         maintain_order=True
     )
     _check_complete(resp, needed)
+    pairs = _join_responses(_join_responses(pairs, resp, "chosen"), resp, "rejected")
+    return pairs.select(_pair_columns("user_id" in plan.columns, seed))
 
-    def joined(frame: pl.DataFrame, name: str) -> pl.DataFrame:
-        renamed = resp.rename(
-            {
-                "request_id": f"{name}_request",
-                "response": f"{name}_text",
-                "num_response_tokens": f"{name}_num_tokens",
-                "finish_reason": f"{name}_finish_reason",
-                "seed": f"{name}_seed",
-            }
+
+def _response_table(responses: pl.DataFrame) -> pl.DataFrame:
+    """The responses' columns the pairs use, typed, one row per request id."""
+    return responses.select(
+        pl.col("request_id").cast(pl.UInt64),
+        pl.col("response").cast(pl.String),
+        pl.col("num_response_tokens").cast(pl.UInt32),
+        pl.col("finish_reason").cast(pl.String),
+        pl.col("seed").cast(pl.UInt64),
+    ).unique("request_id", keep="first", maintain_order=True)
+
+
+def _pair_rows(
+    plan: pl.DataFrame, kind: str, independent_negatives: bool, seed: int, stats: PairStats
+) -> pl.DataFrame:
+    """One strategy's pairs before their responses are joined: the plan's provenance columns,
+    ``negative_id``, ``chosen_request`` and ``rejected_request``. Rows without a negative of
+    that kind are counted in ``stats``."""
+    base = [pl.col("plan_index"), pl.col("id"), pl.col("prompt"), pl.col("num_prompt_tokens")]
+    if "user_id" in plan.columns:
+        base.append(pl.col("user_id"))
+    chosen = request_ids(pl.col("plan_index"), KIND_FULL).alias("chosen_request")
+    if kind == "random":
+        rejected = (
+            request_ids(pl.col("plan_index"), KIND_NEGATIVE)
+            if independent_negatives
+            else request_ids(pl.col("negative_index"), KIND_FULL)
         )
-        return frame.join(renamed, on=f"{name}_request", how="left", maintain_order="left")
+        return plan.select(*base, pl.col("negative_id"), chosen, rejected.alias("rejected_request"))
+    if kind == "context-drop":
+        has = plan.filter(pl.col("input_ids_nocontext").is_not_null())
+        stats.no_context_skipped = plan.height - has.height
+        rejected = request_ids(pl.col("plan_index"), KIND_NOCONTEXT)
+        return has.select(
+            *base, pl.col("id").alias("negative_id"), chosen, rejected.alias("rejected_request")
+        )
+    if kind == "sentence-drop":
+        has = plan.filter(
+            pl.col("plan_index").is_in(_sentence_drops(plan, seed)["plan_index"].implode())
+        )
+        stats.no_sentence_skipped = plan.height - has.height
+        rejected = request_ids(pl.col("plan_index"), KIND_SENTENCE_DROP)
+        return has.select(
+            *base, pl.col("id").alias("negative_id"), chosen, rejected.alias("rejected_request")
+        )
+    has = plan.filter(pl.col("swap_source").is_not_null())
+    stats.no_swap_skipped = plan.height - has.height
+    stats.swap_sources = {
+        str(k): int(v) for k, v in has["swap_source"].value_counts(sort=True).iter_rows()
+    }
+    reused = (pl.col("swap_source") == "reused") & pl.lit(not independent_negatives)
+    rejected = (
+        pl.when(reused)
+        .then(request_ids(pl.col("swap_index"), KIND_FULL))
+        .otherwise(request_ids(pl.col("plan_index"), KIND_SWAP))
+    )
+    return has.select(
+        *base, pl.col("swap_id").alias("negative_id"), chosen, rejected.alias("rejected_request")
+    )
 
-    pairs = joined(joined(pairs, "chosen"), "rejected")
+
+def _join_responses(frame: pl.DataFrame, resp: pl.DataFrame, name: str) -> pl.DataFrame:
+    """``frame`` with the response of its ``{name}_request`` as ``{name}_text``,
+    ``{name}_num_tokens``, ``{name}_finish_reason`` and ``{name}_seed``."""
+    renamed = resp.rename(
+        {
+            "request_id": f"{name}_request",
+            "response": f"{name}_text",
+            "num_response_tokens": f"{name}_num_tokens",
+            "finish_reason": f"{name}_finish_reason",
+            "seed": f"{name}_seed",
+        }
+    )
+    return frame.join(renamed, on=f"{name}_request", how="left", maintain_order="left")
+
+
+def _pair_columns(has_users: bool, seed: int) -> list[pl.Expr]:
+    """The columns of a pairs file, in order: TRL's three, then provenance."""
     columns = [
         pl.col("prompt"),
         _assistant(pl.col("chosen_text")).alias("chosen"),
@@ -304,9 +379,10 @@ def assemble_pairs(
         pl.col("id"),
         pl.col("negative_id"),
     ]
-    if "user_id" in plan.columns:
+    if has_users:
         columns.append(pl.col("user_id"))
-    columns += [
+    return [
+        *columns,
         pl.col("strategy"),
         pl.lit(seed, pl.UInt64).alias("seed"),
         pl.col("chosen_seed"),
@@ -318,7 +394,6 @@ def assemble_pairs(
         pl.col("rejected_finish_reason"),
         pl.col("plan_index"),
     ]
-    return pairs.select(columns)
 
 
 def _content(column: str) -> pl.Expr:
@@ -402,6 +477,11 @@ def filter_verdict(stats: PairStats) -> tuple[str | None, list[str]]:
     if stats.pairs_written:
         return None, warnings
     if not built:
+        if stats.no_sentence_skipped and not (stats.no_context_skipped or stats.no_swap_skipped):
+            return (
+                "0 pairs built: every question is a single sentence, so sentence-drop has no "
+                "sentence to drop; choose --negatives random, or check the corpus's prompt column"
+            ), []
         skipped = (
             "the prompts have no user context"
             if stats.no_context_skipped or stats.no_swap_skipped

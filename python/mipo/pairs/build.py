@@ -423,6 +423,7 @@ def _run_stages(
         strategy=config.negatives,
         independent_negatives=config.independent_negatives,
         seed=config.seed,
+        tokenizer=tokenizer,
     )
     gen_dir = out / GENERATIONS_DIR
     refuse_linked_folder(gen_dir)

@@ -68,8 +68,11 @@ class BuildPairsConfig:
     plan_only: bool = False
     """Stop after writing ``plan.parquet``."""
     negatives: NegativeStrategy = "random"
-    """``random``, ``context-drop``, ``context-swap``, or a comma-separated list of them (one
-    pair of each per prompt; ``both`` = ``random,context-drop``)."""
+    """``random`` (another prompt's response), ``context-drop`` (the response to the prompt
+    without its context), ``context-swap`` (to the question with another user's context),
+    ``sentence-drop`` (to the prompt with one non-final sentence of its question removed, picked
+    by a seeded hash of the row: the paper's negative for math), or a comma-separated list of
+    them (one pair of each per prompt; ``both`` = ``random,context-drop``)."""
     independent_negatives: bool = False
     """Sample a separate response to σ(i) for each prompt instead of reusing σ(i)'s own."""
     columns: ColumnOptions = field(default_factory=ColumnOptions)
@@ -133,10 +136,12 @@ class BuildPairsConfig:
         parse_shard(self.shard)
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
-        if self.independent_negatives and strategy_kinds(self.negatives) == ("context-drop",):
+        if self.independent_negatives and not {"random", "context-swap"} & set(
+            strategy_kinds(self.negatives)
+        ):
             raise ConfigError(
                 "--independent-negatives applies to random and context-swap negatives; it does "
-                "nothing with --negatives context-drop: drop it or add random/context-swap"
+                f"nothing with --negatives {self.negatives}: drop it or add random/context-swap"
             )
         if self.min_margin != 0.0 and not self.score:
             raise ConfigError("--min-margin needs --score (margins are computed only when scoring)")

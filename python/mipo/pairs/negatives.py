@@ -8,6 +8,11 @@
   near-duplicate question), that user's own response is reused (a derangement within question
   clusters that keeps every row off its own user: :func:`assign_context_swaps`); otherwise a
   response to (another user's context, this question) is generated;
+- ``sentence-drop``: the response to prompt i with one non-final sentence of its question
+  removed (the paper's context drop for math problems, whose "context" is the givens stated
+  before the question): the sentence is picked by a seeded hash of the row's id
+  (:func:`drop_sentence`), so it does not depend on batching or partitioning; a question of one
+  sentence has no sentence-drop negative. Sentences are split by :func:`split_sentences`;
 - any combination, comma-separated (``random,context-swap``): one pair of each kind per prompt;
   ``both`` is ``random,context-drop``.
 
@@ -22,14 +27,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 
 import polars as pl
 
 from mipo import engine
+from mipo.corpus import MESSAGE_DTYPE
 from mipo.errors import ConfigError, CorpusError, DerangementError, MipoError
 
 __all__ = [
+    "ABBREVIATIONS",
     "ALIASES",
     "STRATEGIES",
     "ContextSwaps",
@@ -37,13 +46,16 @@ __all__ = [
     "assign_context_swaps",
     "assign_negatives",
     "check_negatives",
+    "drop_sentence",
     "parse_strategy",
+    "sentence_drops",
+    "split_sentences",
     "strategy_kinds",
 ]
 
 NegativeStrategy = str
 """A ``--negatives`` value: one of :data:`STRATEGIES` or a comma-separated list of them."""
-STRATEGIES: tuple[str, ...] = ("random", "context-drop", "context-swap")
+STRATEGIES: tuple[str, ...] = ("random", "context-drop", "context-swap", "sentence-drop")
 """The pair kinds, in the order a prompt's pairs are written."""
 ALIASES = {"both": "random,context-drop"}
 """Older names of strategy lists."""
@@ -256,4 +268,123 @@ def assign_context_swaps(
         generated=int(donor.is_not_null().sum()),
         no_context=int((~has_context).sum()),
         no_donor=no_donor,
+    )
+
+
+# --- sentence-drop ---------------------------------------------------------------------------
+
+ABBREVIATIONS = frozenset(
+    ["mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "vs", "approx", "e.g", "i.e", "cf"]
+)
+"""Words whose period never ends a sentence (compared case-insensitively, without the period)."""
+
+# A run of sentence-ending punctuation, closing quotes or brackets, then whitespace; or a blank
+# line. The whitespace after a sentence belongs to that sentence.
+_BOUNDARY = re.compile(
+    r"(?P<punct>[.!?]+[\"'\u201d\u2019)\]]*)(?P<space>\s+)|(?P<para>\n[ \t]*\n\s*)"
+)
+_INITIALS = re.compile(r"^(?:[A-Za-z]\.)*[A-Z]$|^(?:[A-Za-z]\.)+[A-Za-z]$")
+
+
+def _ends_sentence(text: str, match: re.Match[str]) -> bool:
+    """Whether a punctuation boundary candidate really ends a sentence."""
+    if "\n\n" in match.group("space").replace(" ", "").replace("\t", ""):
+        return True
+    if "?" in match.group("punct") or "!" in match.group("punct"):
+        return True
+    before = text[: match.start()].rsplit(None, 1)
+    word = before[-1].lstrip("\"'(\u201c\u2018[") if before else ""
+    if word.casefold() in ABBREVIATIONS or _INITIALS.match(word):
+        return False
+    # "approx. three", "about 5 p.m. on ...": a period before a lowercase word ends nothing.
+    following = text[match.end() : match.end() + 1]
+    return not following.islower()
+
+
+def split_sentences(text: str) -> list[str]:
+    """The sentences of ``text``, each with the whitespace after it (so ``"".join`` of the
+    result is ``text``).
+
+    A sentence ends at ``.``, ``!`` or ``?`` (or a run of them, with any closing quotes or
+    brackets) followed by whitespace or the end of the text, and at a blank line. A period does
+    not end a sentence inside a number (``3.5``, no whitespace follows), after an abbreviation of
+    :data:`ABBREVIATIONS` (``Mr.``, ``Dr.``, ``e.g.``), after initials (``J.``, ``U.S.``), or
+    when the next word starts in lowercase (``approx. three``). ``?`` and ``!`` always end one.
+
+    >>> split_sentences("Mr. Lee has 3.5 kg of rice. He eats 0.5 kg a day! How many days? ")
+    ['Mr. Lee has 3.5 kg of rice. ', 'He eats 0.5 kg a day! ', 'How many days? ']
+    >>> split_sentences("How much is 2.5 + 1?")
+    ['How much is 2.5 + 1?']
+    >>> split_sentences("")
+    []
+    """
+    sentences = []
+    start = 0
+    for match in _BOUNDARY.finditer(text):
+        if match.group("punct") is not None and not _ends_sentence(text, match):
+            continue
+        if text[start : match.start()].strip():
+            sentences.append(text[start : match.end()])
+            start = match.end()
+    if text[start:].strip():
+        sentences.append(text[start:])
+    elif sentences:
+        sentences[-1] += text[start:]
+    return sentences
+
+
+def _row_hash(seed: int, key: str) -> int:
+    digest = hashlib.blake2b(f"{seed}\x00{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def drop_sentence(text: str, *, seed: int, key: str) -> tuple[str, str] | None:
+    """``text`` without one of its non-final sentences, and that sentence (stripped); None when
+    ``text`` has fewer than two sentences.
+
+    Which sentence: a hash of ``(seed, key)`` (``key``: the row's id) modulo the number of
+    non-final sentences, so the choice depends only on the row and the seed.
+
+    >>> drop_sentence("Ann has 3 apples. Bob has 2. How many in all?", seed=0, key="q1")
+    ('Bob has 2. How many in all?', 'Ann has 3 apples.')
+    >>> drop_sentence("How many apples?", seed=0, key="q1") is None
+    True
+    """
+    sentences = split_sentences(text)
+    if len(sentences) < 2:
+        return None
+    drop = _row_hash(seed, key) % (len(sentences) - 1)
+    kept = sentences[:drop] + sentences[drop + 1 :]
+    return "".join(kept).strip(), sentences[drop].strip()
+
+
+def sentence_drops(prompts: pl.Series, ids: pl.Series, *, seed: int) -> pl.DataFrame:
+    """The ``sentence-drop`` prompt of each row: its messages with one non-final sentence
+    removed from the last user turn (:func:`drop_sentence`, keyed by the row's id).
+
+    Returns ``prompt_sentence_drop`` (messages; null where the last user turn has one sentence,
+    or there is none) and ``dropped_sentence`` (String), aligned with ``prompts``.
+    """
+    if len(ids) != len(prompts):
+        raise ValueError(f"ids has {len(ids)} rows, expected {len(prompts)}")
+    dropped_prompts: list[list[dict[str, str]] | None] = []
+    dropped: list[str | None] = []
+    for messages, key in zip(prompts.to_list(), ids.cast(pl.String).to_list(), strict=True):
+        messages = [dict(m) for m in messages or []]
+        last = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
+        result = None
+        if last is not None:
+            result = drop_sentence(messages[last].get("content") or "", seed=seed, key=key)
+        if result is None:
+            dropped_prompts.append(None)
+            dropped.append(None)
+            continue
+        messages[last]["content"] = result[0]
+        dropped_prompts.append(messages)
+        dropped.append(result[1])
+    return pl.DataFrame(
+        [
+            pl.Series("prompt_sentence_drop", dropped_prompts, dtype=MESSAGE_DTYPE),
+            pl.Series("dropped_sentence", dropped, dtype=pl.String),
+        ]
     )
