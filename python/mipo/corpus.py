@@ -466,65 +466,53 @@ class Corpus:
         ctx: pl.Expr | None = None
         if cols.context is not None:
             ctx = _text_column(cols.context, self.schema[cols.context], "context")
-
         if cols.prompt is not None:
-            dtype = self.schema[cols.prompt]
-            if dtype != pl.String and not isinstance(dtype, _TEXT_CASTABLE):
-                raise CorpusError(
-                    f"prompt column {cols.prompt!r} holds {dtype} values, not text; "
-                    "pass --prompt-col with a text column (or --messages-col for chat messages)"
-                )
-            question = pl.col(cols.prompt).cast(pl.String)
-            user_msg = pl.struct(pl.lit("user").alias("role"), question.alias("content"))
-            nocontext = pl.concat_list([user_msg])
-            nocontext = nocontext.cast(MESSAGE_DTYPE)
-            if ctx is None:
-                has_context = pl.lit(False)
-                prompt = nocontext
-                context_text = pl.lit("")
-                dedup_text = question
-            else:
-                has_context = ~_blank(ctx)
-                prompt = self.prompt_format.messages_expr(ctx, nocontext, MESSAGE_DTYPE)
-                context_text = pl.when(has_context).then(ctx).otherwise(pl.lit(""))
-                dedup_text = pl.concat_str([ctx.fill_null(""), question], separator="\n")
-            return (
-                prompt.cast(MESSAGE_DTYPE),
-                nocontext,
-                has_context.fill_null(False),
-                context_text.fill_null(""),
-                dedup_text,
-                _blank(question),
-                pl.lit(False),
-            )
+            return self._prompt_column_exprs(cols.prompt, ctx)
+        assert cols.messages is not None
+        return self._messages_column_exprs(cols.messages, ctx)
 
-        name = cols.messages
-        assert name is not None
-        dtype = self.schema[name]
-        raw = pl.col(name)
-        if dtype == pl.String:  # CSV, or JSON text in a Parquet column
-            raw = raw.str.json_decode(MESSAGE_DTYPE)
-        elif not (isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)):
+    def _prompt_column_exprs(
+        self, column: str, ctx: pl.Expr | None
+    ) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr, pl.Expr, pl.Expr, pl.Expr]:
+        """:meth:`_messages_expr` for a plain-text prompt column (and an optional context
+        column): the question becomes one user message."""
+        dtype = self.schema[column]
+        if dtype != pl.String and not isinstance(dtype, _TEXT_CASTABLE):
             raise CorpusError(
-                f"messages column {name!r} holds {dtype} values; expected a list of "
-                "{role, content} objects (or pass --prompt-col for plain text)"
+                f"prompt column {column!r} holds {dtype} values, not text; "
+                "pass --prompt-col with a text column (or --messages-col for chat messages)"
             )
+        question = pl.col(column).cast(pl.String)
+        user_msg = pl.struct(pl.lit("user").alias("role"), question.alias("content"))
+        nocontext = pl.concat_list([user_msg])
+        nocontext = nocontext.cast(MESSAGE_DTYPE)
+        if ctx is None:
+            has_context = pl.lit(False)
+            prompt = nocontext
+            context_text = pl.lit("")
+            dedup_text = question
         else:
-            fields = {f.name for f in dtype.inner.fields}  # type: ignore[union-attr]
-            missing = [f for f in ("role", "content") if f not in fields]
-            if missing:
-                raise CorpusError(
-                    f"messages in column {name!r} have no {' or '.join(missing)} field "
-                    f"(fields: {', '.join(sorted(fields)) or 'none'}); each message needs a "
-                    "role and a content"
-                )
-        element = pl.element().struct
-        messages = raw.list.eval(
-            pl.struct(
-                element.field("role").cast(pl.String).alias("role"),
-                element.field("content").cast(pl.String).alias("content"),
-            )
+            has_context = ~_blank(ctx)
+            prompt = self.prompt_format.messages_expr(ctx, nocontext, MESSAGE_DTYPE)
+            context_text = pl.when(has_context).then(ctx).otherwise(pl.lit(""))
+            dedup_text = pl.concat_str([ctx.fill_null(""), question], separator="\n")
+        return (
+            prompt.cast(MESSAGE_DTYPE),
+            nocontext,
+            has_context.fill_null(False),
+            context_text.fill_null(""),
+            dedup_text,
+            _blank(question),
+            pl.lit(False),
         )
+
+    def _messages_column_exprs(
+        self, name: str, ctx: pl.Expr | None
+    ) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr, pl.Expr, pl.Expr, pl.Expr]:
+        """:meth:`_messages_expr` for a chat-messages column: its system messages (and an
+        optional context column, as a leading system message) are the context."""
+        element = pl.element().struct
+        messages = self._decoded_messages(name)
         if ctx is not None:
             system_msg = pl.struct(pl.lit("system").alias("role"), ctx.alias("content"))
             messages = (
@@ -559,6 +547,35 @@ class Corpus:
             dedup_text,
             ~usable.fill_null(False),
             bad,
+        )
+
+    def _decoded_messages(self, name: str) -> pl.Expr:
+        """The messages column as a list of ``{role, content}`` text structs (JSON text
+        decoded); a column of another shape is a :class:`CorpusError`."""
+        dtype = self.schema[name]
+        raw = pl.col(name)
+        if dtype == pl.String:  # CSV, or JSON text in a Parquet column
+            raw = raw.str.json_decode(MESSAGE_DTYPE)
+        elif not (isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)):
+            raise CorpusError(
+                f"messages column {name!r} holds {dtype} values; expected a list of "
+                "{role, content} objects (or pass --prompt-col for plain text)"
+            )
+        else:
+            fields = {f.name for f in dtype.inner.fields}  # type: ignore[union-attr]
+            missing = [f for f in ("role", "content") if f not in fields]
+            if missing:
+                raise CorpusError(
+                    f"messages in column {name!r} have no {' or '.join(missing)} field "
+                    f"(fields: {', '.join(sorted(fields)) or 'none'}); each message needs a "
+                    "role and a content"
+                )
+        element = pl.element().struct
+        return raw.list.eval(
+            pl.struct(
+                element.field("role").cast(pl.String).alias("role"),
+                element.field("content").cast(pl.String).alias("content"),
+            )
         )
 
     def rows(self) -> pl.LazyFrame:

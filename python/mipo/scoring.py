@@ -58,6 +58,7 @@ ModelSpec = Any
 
 
 def _as_loaded(model: ModelSpec, device: str | None, dtype: str = "auto") -> tuple[Any, Any]:
+    """A ``(model, tokenizer)`` pair: the one given, or the one loaded from a path."""
     if isinstance(model, tuple) and len(model) == 2:
         return model
     if isinstance(model, str | os.PathLike):
@@ -98,12 +99,14 @@ def _messages_list(prompts: Any) -> list[list[dict[str, str]]]:
 
 def _template_ids(tokenizer: Any, messages: list[dict[str, str]], **kwargs: Any) -> list[int]:
     # Same call as trl.data_utils._tokenize for conversational input.
+    """The token ids of ``messages`` rendered with the chat template."""
     result = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
     ids = result["input_ids"]
     return list(ids[0] if ids and isinstance(ids[0], list) else ids)
 
 
 def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:
@@ -139,6 +142,7 @@ def tokenize_prompt_response(
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (project only the last positions)."""
     try:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
@@ -288,6 +292,7 @@ def pmi_estimates(logprob: float, contrast_logprobs: Sequence[float]) -> dict[st
 
 
 def _log_mean_exp(values: Sequence[float]) -> float:
+    """log(mean(exp(values))), computed stably."""
     top = max(values)
     if top == -math.inf:
         return -math.inf
@@ -396,7 +401,29 @@ def pmi_scores(
         raise InvalidInputError(f"PMI needs at least 2 prompts to contrast, got {n}")
     if len(responses) != n:
         raise InvalidInputError(f"got {n} prompts but {len(responses)} responses")
-    sets: dict[str, list[list[list[dict[str, str]]]]] = {
+    sets = _contrast_sets(messages, k, seed, contexts, nocontext, users, prompt_format)
+    base, num_tokens, per_set = _score_with_contrasts(
+        loaded, messages, responses, sets, batch_size=batch_size, progress=progress
+    )
+    return _pmi_frame(base, num_tokens, per_set)
+
+
+_ContrastSets = dict[str, list[list[list[dict[str, str]]]]]
+
+
+def _contrast_sets(
+    messages: list[list[dict[str, str]]],
+    k: int,
+    seed: int,
+    contexts: Sequence[str | None] | None,
+    nocontext: Any,
+    users: Sequence[Any] | None,
+    prompt_format: PromptFormat | None,
+) -> _ContrastSets:
+    """Each contrast set's prompts x' per row (see :func:`pmi_scores`): random other prompts
+    and, with contexts, the question with other users' contexts and the question alone."""
+    n = len(messages)
+    sets: _ContrastSets = {
         "random": [[messages[j] for j in js] for js in contrast_indices(n, k, seed=seed)]
     }
     if contexts is not None:
@@ -409,6 +436,22 @@ def pmi_scores(
             [fmt.messages(c, bare[i]) for c in cs] for i, cs in enumerate(drawn)
         ]
         sets["context_drop"] = [[bare[i]] if (contexts[i] or "").strip() else [] for i in range(n)]
+    return sets
+
+
+def _score_with_contrasts(
+    loaded: tuple[Any, Any],
+    messages: list[list[dict[str, str]]],
+    responses: list[str],
+    sets: _ContrastSets,
+    *,
+    batch_size: int,
+    progress: str | None,
+) -> tuple[list[float], pl.Series, dict[str, list[list[float]]]]:
+    """Score every response under its own prompt and under each of its contrasts, in one
+    batched pass: (log π(y|x) per row, response tokens per row, per set the contrast
+    log-probabilities per row)."""
+    n = len(messages)
     flat_prompts: list[list[dict[str, str]]] = list(messages)
     flat_responses: list[str] = list(responses)
     owners: list[tuple[str, int]] = []
@@ -422,13 +465,19 @@ def pmi_scores(
         loaded, flat_prompts, flat_responses, batch_size=batch_size, progress=progress
     )
     logprobs = scored["logprob"].to_list()
-    base = logprobs[:n]
     per_set: dict[str, list[list[float]]] = {name: [[] for _ in range(n)] for name in sets}
     for (name, i), value in zip(owners, logprobs[n:], strict=True):
         per_set[name][i].append(value)
+    return logprobs[:n], scored["num_tokens"].head(n), per_set
+
+
+def _pmi_frame(
+    base: list[float], num_tokens: pl.Series, per_set: dict[str, list[list[float]]]
+) -> pl.DataFrame:
+    """The columns of :func:`pmi_scores` from the scored log-probabilities."""
     columns: dict[str, pl.Series] = {
         "logprob": pl.Series("logprob", base, dtype=pl.Float64),
-        "num_tokens": scored["num_tokens"].head(n),
+        "num_tokens": num_tokens,
     }
     for name, per_row in per_set.items():
         estimates = [pmi_estimates(base[i], values) for i, values in enumerate(per_row)]

@@ -80,55 +80,47 @@ class ReportSections:
     def pmi(
         self, ds: EvalDataset, frame: pl.DataFrame, report: Any, plots: list[str]
     ) -> dict[str, Any]:
-        from mipo.evaluate.controls import COPY_NGRAM, explain_gain
-        from mipo.evaluate.report import fmt_ci, plot_distributions
-        from mipo.evaluate.stats import bootstrap_ci, paired_bootstrap_ci, resampling_label
+        """The PMI section of one prompt file: its statistics, the table of every estimate and
+        control, the check of the gain against the shortcuts, the plot and the examples."""
         from mipo.scoring import CONTRASTS
 
-        c = self.config
         contrasts = [k for k in CONTRASTS if f"pmi_{k}_model" in frame.columns]
-        keys = [
-            "logprob",
-            "logprob_per_token",
-            "num_tokens",
-            "copy_share",
-            "context_words",
-            "persona",
-        ]
-        for kind in contrasts:
-            keys += [
-                f"pmi_{kind}",
-                f"pmi_{kind}_infonce",
-                f"pmi_{kind}_mean_log",
-                f"pmi_{kind}_per_token",
-            ]
+        stats = self._pmi_statistics(ds, frame, contrasts)
+        _write_pmi_intro(report, ds, frame, stats["resampling"], self.config)
+        report.table(_headers(self.has_baseline), _pmi_table(stats, contrasts, self.has_baseline))
+        report.paragraph(_contrast_counts_sentence(stats["contrasts"], contrasts))
+        if self.has_baseline:
+            stats["findings"] = _write_shortcut_check(report, stats, contrasts)
+        plots.append(self._pmi_plot(ds, frame, contrasts, report))
+        if self.has_baseline:
+            stats["examples"] = pick_examples(frame, EXAMPLES_SHOWN, seed=self.config.seed)
+            render_examples(report, stats["examples"], heading=f"Examples — {ds.name}")
+        return stats
+
+    def _pmi_statistics(
+        self, ds: EvalDataset, frame: pl.DataFrame, contrasts: list[str]
+    ) -> dict[str, Any]:
+        """Each role's intervals of every PMI-section value, the resampling units, the contrast
+        counts and, with a baseline, the paired differences and the shortcut controls."""
+        from mipo.evaluate.stats import bootstrap_ci, paired_bootstrap_ci, resampling_label
+
+        c = self.config
+        keys = _pmi_keys(contrasts)
         groups = self._clusters(ds, frame)
         ci = {**self.ci, **groups}
         stats: dict[str, Any] = {
             role: {key: bootstrap_ci(_pmi_column(frame, key, role), **ci) for key in keys}
             for role in self.roles
         }
-        label = resampling_label(
-            groups["clusters"], groups["crossed"], users=groups["cluster_kind"] == "users"
-        )
-        users = len(set(groups["clusters"])) if ds.has_users else None
-        questions = frame["question"].n_unique()
         stats["resampling"] = {
-            "units": label,
-            "users": users,
-            "questions": questions,
+            "units": resampling_label(
+                groups["clusters"], groups["crossed"], users=groups["cluster_kind"] == "users"
+            ),
+            "users": len(set(groups["clusters"])) if ds.has_users else None,
+            "questions": frame["question"].n_unique(),
             "n_resamples": c.n_bootstrap,
         }
-        counts: dict[str, Any] = {"k": c.k}
-        for kind in contrasts:
-            got = frame[f"num_contrasts_{kind}_model"]
-            wanted = 1 if kind == "context_drop" else c.k
-            counts[kind] = {
-                "fewer_than_wanted": int(((got > 0) & (got < wanted)).sum()),
-                "none": int((got == 0).sum()),
-                "wanted": wanted,
-            }
-        stats["contrasts"] = counts
+        stats["contrasts"] = _contrast_counts(frame, contrasts, c.k)
         if self.has_baseline:
             stats["difference"] = {
                 key: paired_bootstrap_ci(
@@ -136,170 +128,32 @@ class ReportSections:
                 )
                 for key in keys
             }
-            stats["controls"] = {}
-            for kind in contrasts:
-                deltas = {name: _difference(frame, column) for name, column in SHORTCUTS}
-                for name in ("copying", "context words", "persona"):
-                    if all(v is None for v in deltas[name]):
-                        deltas.pop(name)  # no context anywhere: nothing to copy
-                stats["controls"][kind] = explain_gain(
-                    _difference(frame, f"pmi_{kind}"),
-                    deltas,
-                    n_resamples=c.n_bootstrap,
-                    seed=c.seed,
-                    **groups,
-                )
-        units = {
-            "users and questions": f"{users} users crossed with {questions} questions",
-            "users": f"{users} users",
-            "questions": f"{questions} questions (no user column)",
-            "prompts": f"{frame.height} prompts",
-        }[label]
-        title = f"Pointwise mutual information — {ds.name} ({frame.height} prompts"
-        report.heading(title + (f", {users} users)" if users else ")"))
-        report.paragraph(
-            "PMI(x, y) = log π_ref(y|x) − log (1/k) Σ_j π_ref(y|x'_j), the log-mean-exp estimate "
-            f"of log π_ref(y|x) − log E_x' π_ref(y|x'), k = {c.k}, in nats; higher means the "
-            "response is more specific to its prompt. Contrasts x': 'random' — other held-out "
-            "prompts; 'same question, other users' — the prompt's own question asked with k "
-            "other users' contexts (isolates personalization); 'context drop' — the question "
-            "without its context (one contrast: log π(y|c,q) − log π(y|q)). 'InfoNCE' is the "
-            "bounded estimate log π(y|x) − log (π(y|x) + Σ_j π(y|x'_j))/(k+1) ≤ log(k+1); "
-            "'mean of logs' subtracts the mean log-probability instead (never below the "
-            "headline, unbounded: secondary). Intervals: 95% percentile cluster bootstrap over "
-            f"{units} ({c.n_bootstrap} resamples); model − baseline is paired by prompt."
-        )
-        names = {
-            "random": "random",
-            "same_question": "same question, other users",
-            "context_drop": "context drop",
-        }
-        table = []
-        for kind in contrasts:
-            table.append(
-                _stat_row(f"**PMI ({names[kind]})**", stats, f"pmi_{kind}", self.has_baseline)
-            )
-        for kind in contrasts:
-            table.append(
-                _stat_row(
-                    f"PMI InfoNCE ({names[kind]})", stats, f"pmi_{kind}_infonce", self.has_baseline
-                )
-            )
-        for kind in contrasts:
-            table.append(
-                _stat_row(
-                    f"PMI per token ({names[kind]})",
-                    stats,
-                    f"pmi_{kind}_per_token",
-                    self.has_baseline,
-                )
-            )
-        for kind in contrasts:
-            table.append(
-                _stat_row(
-                    f"secondary: mean of logs ({names[kind]})",
-                    stats,
-                    f"pmi_{kind}_mean_log",
-                    self.has_baseline,
-                )
-            )
-        table.append(
-            _stat_row(
-                f"share of response {COPY_NGRAM}-grams copied from the context",
-                stats,
-                "copy_share",
-                self.has_baseline,
-            )
-        )
-        table.append(
-            _stat_row(
-                "share of response content words found in the context",
-                stats,
-                "context_words",
-                self.has_baseline,
-            )
-        )
-        table.append(
-            _stat_row(
-                "share of responses that speak as the user (persona adoption)",
-                stats,
-                "persona",
-                self.has_baseline,
-            )
-        )
-        table.append(_stat_row("response tokens", stats, "num_tokens", self.has_baseline))
-        table.append(
-            _stat_row("log π_ref(y|x) per token", stats, "logprob_per_token", self.has_baseline)
-        )
-        table.append(_stat_row("log π_ref(y|x)", stats, "logprob", self.has_baseline))
-        report.table(_headers(self.has_baseline), table)
-        short = [
-            f"{names[kind]}: {counts[kind]['fewer_than_wanted']} with fewer than "
-            f"{counts[kind]['wanted']}, {counts[kind]['none']} with none"
-            for kind in contrasts
-        ]
-        report.paragraph("Rows with fewer contrasts than asked for — " + "; ".join(short) + ".")
-        if self.has_baseline:
-            rows = []
-            findings = []
-            for kind in contrasts:
-                control = stats["controls"][kind]
-                adjusted = control["adjusted"]
-                row = [names[kind], fmt_ci(control["raw"])]
-                for key in [name for name, _ in SHORTCUTS] + ["all"]:
-                    row.append(fmt_ci({"n": 1, **adjusted[key]}) if key in adjusted else "–")
-                rows.append(row)
-                findings.append(_gain_finding(names[kind], control))
-            report.paragraph(
-                "Does the gain survive the shortcuts? Per prompt, ΔPMI (model − baseline) is "
-                "regressed on the change in the 3-gram copy share ('copying'), in the share of "
-                "content words found in the context ('context words', which also catches the "
-                "context restated in other words), in whether the response speaks as the user "
-                "('persona': a first-person sentence claiming the context's details, see "
-                "mipo.evaluate.controls.persona_sentence), in response tokens ('length') and in "
-                "log π_ref(y|x) per token ('fluency'), one at a time and all together, over the "
-                "prompts where every measure exists; the intercept is the gain predicted for "
-                "responses that copy as much, reuse as many context words, speak as the user as "
-                "often, are as long and as fluent as the baseline's (same cluster bootstrap)."
-            )
-            report.table(
-                ["contrast", "gain"]
-                + [f"adjusted for {name}" for name, _ in SHORTCUTS]
-                + ["adjusted for all"],
-                rows,
-            )
-            persona = stats["difference"]["persona"]
-            if persona.get("n") and persona.get("low", 0) > 0:
-                findings.append(
-                    "the model speaks as the user (restates their context in the first person) "
-                    f"more often than the baseline ({fmt_ci(persona)} of responses): a reader "
-                    "would not call that more personal"
-                )
-            fluency = stats["difference"]["logprob_per_token"]
-            if fluency.get("high", 0) < 0:
-                findings.append(
-                    "the model's responses are less likely under the reference per token "
-                    f"({fmt_ci(fluency)} nats): some fluency was lost, read the gain with that "
-                    "in mind"
-                )
-            report.bullets(findings)
-            stats["findings"] = findings
+            stats["controls"] = {
+                kind: _shortcut_control(frame, kind, groups, c) for kind in contrasts
+            }
+        return stats
+
+    def _pmi_plot(
+        self, ds: EvalDataset, frame: pl.DataFrame, contrasts: list[str], report: Any
+    ) -> str:
+        """Plot each role's PMI distribution (same-question contrast where there is one), put
+        it in the report and return the file's name."""
+        from mipo.evaluate.report import plot_distributions
+
         shown = "same_question" if "same_question" in contrasts else "random"
         png = f"pmi_{ds.name}.png"
         plot_distributions(
             {role: frame[f"pmi_{shown}_{role}"].to_list() for role in self.roles},
             self.outdir / png,
             title=f"PMI of generated responses under the reference — {ds.name}",
-            xlabel=f"PMI ({names[shown]}), nats",
+            xlabel=f"PMI ({_CONTRAST_NAMES[shown]}), nats",
         )
-        plots.append(png)
         report.image(png, f"PMI distributions, {ds.name}")
-        if self.has_baseline:
-            stats["examples"] = pick_examples(frame, EXAMPLES_SHOWN, seed=c.seed)
-            render_examples(report, stats["examples"], heading=f"Examples — {ds.name}")
-        return stats
+        return png
 
     def judge(self, ds: EvalDataset, frame: pl.DataFrame, report: Any) -> dict[str, Any]:
+        """The judged win-rate section of one prompt file: wins, ties and losses, the win rates
+        and mean scores with intervals, and how the judge scored."""
         from mipo.evaluate.judge import win_rates
         from mipo.evaluate.report import fmt_ci
         from mipo.evaluate.stats import bootstrap_ci, paired_bootstrap_ci
@@ -379,6 +233,8 @@ class ReportSections:
         return stats
 
     def accuracy(self, ds: EvalDataset, frame: pl.DataFrame, report: Any) -> dict[str, Any]:
+        """The section of one multiple-choice or math file: each role's accuracy (and, for math,
+        how often an answer was found or cut off) with intervals, paired model − baseline."""
         from mipo.evaluate.report import fmt_number
         from mipo.evaluate.stats import bootstrap_ci, paired_bootstrap_ci
 
@@ -433,6 +289,8 @@ class ReportSections:
         return stats
 
     def training(self, report: Any, plots: list[str]) -> dict[str, Any] | None:
+        """The training section (from the evaluated model's train_log.jsonl, when there is one):
+        steps, first and final loss, final reward margin and accuracy, and the curves."""
         from mipo.evaluate.report import fmt_number, plot_training, read_train_log
 
         log_path = _train_log_path(self.config)
@@ -526,6 +384,7 @@ def render_examples(report: Any, examples: list[dict[str, Any]], *, heading: str
 
 
 def _shorten(text: str) -> str:
+    """A text on one line, cut to the examples' width."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= _EXAMPLE_CHARS else flat[: _EXAMPLE_CHARS - 1] + "…"
 
@@ -608,6 +467,7 @@ def personalization_headline(pmi: dict[str, Any], k: int) -> dict[str, Any] | No
 
 
 def _train_log_path(config: EvalConfig) -> Path | None:
+    """The evaluated model's training log: ``train_log``, else the one beside the model."""
     if config.train_log:
         return Path(config.train_log)
     path = Path(config.model)
@@ -618,6 +478,8 @@ def _train_log_path(config: EvalConfig) -> Path | None:
 
 
 def _stat_row(label: str, stats: dict[str, Any], key: str, has_baseline: bool) -> list[str]:
+    """One table row: a value's interval for the model and, with a baseline, for the
+    baseline and the paired difference."""
     from mipo.evaluate.report import fmt_ci
 
     row = [label, fmt_ci(stats["model"].get(key))]
@@ -627,16 +489,19 @@ def _stat_row(label: str, stats: dict[str, Any], key: str, has_baseline: bool) -
 
 
 def _headers(has_baseline: bool) -> list[str]:
+    """The headers of a section's table (model only, or model, baseline and difference)."""
     if has_baseline:
         return ["metric", "model", "baseline", "model − baseline (paired)"]
     return ["metric", "model"]
 
 
 def _per_token(values: list[float | None], tokens: list[int]) -> list[float | None]:
+    """Each value divided by its token count (None where either is missing or zero)."""
     return [None if v is None or t == 0 else v / t for v, t in zip(values, tokens, strict=True)]
 
 
 def _share(mask: pl.Series) -> float:
+    """The share of True in a boolean column (0 when it is empty)."""
     mean = mask.cast(pl.Float64).mean()
     return float(mean) if isinstance(mean, int | float) else 0.0
 
@@ -690,3 +555,188 @@ def _pmi_column(frame: pl.DataFrame, key: str, role: str) -> list[float | None]:
         values = frame[f"{key.removesuffix('_per_token')}_{role}"].to_list()
         return _per_token(values, frame[f"num_tokens_{role}"].to_list())
     return frame[f"{key}_{role}"].to_list()
+
+
+# --- the PMI section's parts ---------------------------------------------------------------------
+
+_CONTRAST_NAMES = {
+    "random": "random",
+    "same_question": "same question, other users",
+    "context_drop": "context drop",
+}
+
+
+def _pmi_keys(contrasts: list[str]) -> list[str]:
+    """The per-row values a PMI section summarises: the controls, then each contrast's four
+    estimates."""
+    keys = ["logprob", "logprob_per_token", "num_tokens", "copy_share", "context_words", "persona"]
+    for kind in contrasts:
+        keys += [
+            f"pmi_{kind}",
+            f"pmi_{kind}_infonce",
+            f"pmi_{kind}_mean_log",
+            f"pmi_{kind}_per_token",
+        ]
+    return keys
+
+
+def _contrast_counts(frame: pl.DataFrame, contrasts: list[str], k: int) -> dict[str, Any]:
+    """Per contrast, how many rows got fewer contrast prompts than wanted, and how many none."""
+    counts: dict[str, Any] = {"k": k}
+    for kind in contrasts:
+        got = frame[f"num_contrasts_{kind}_model"]
+        wanted = 1 if kind == "context_drop" else k
+        counts[kind] = {
+            "fewer_than_wanted": int(((got > 0) & (got < wanted)).sum()),
+            "none": int((got == 0).sum()),
+            "wanted": wanted,
+        }
+    return counts
+
+
+def _shortcut_control(
+    frame: pl.DataFrame, kind: str, groups: dict[str, Any], config: EvalConfig
+) -> dict[str, Any]:
+    """Whether copying, context words, persona, length or fluency explain one contrast's gain
+    (:func:`mipo.evaluate.controls.explain_gain`)."""
+    from mipo.evaluate.controls import explain_gain
+
+    deltas = {name: _difference(frame, column) for name, column in SHORTCUTS}
+    for name in ("copying", "context words", "persona"):
+        if all(v is None for v in deltas[name]):
+            deltas.pop(name)  # no context anywhere: nothing to copy
+    return explain_gain(
+        _difference(frame, f"pmi_{kind}"),
+        deltas,
+        n_resamples=config.n_bootstrap,
+        seed=config.seed,
+        **groups,
+    )
+
+
+def _write_pmi_intro(
+    report: Any,
+    ds: EvalDataset,
+    frame: pl.DataFrame,
+    resampling: dict[str, Any],
+    config: EvalConfig,
+) -> None:
+    """The PMI section's heading and the paragraph defining the estimates and intervals."""
+    users, questions = resampling["users"], resampling["questions"]
+    units = {
+        "users and questions": f"{users} users crossed with {questions} questions",
+        "users": f"{users} users",
+        "questions": f"{questions} questions (no user column)",
+        "prompts": f"{frame.height} prompts",
+    }[resampling["units"]]
+    title = f"Pointwise mutual information — {ds.name} ({frame.height} prompts"
+    report.heading(title + (f", {users} users)" if users else ")"))
+    report.paragraph(
+        "PMI(x, y) = log π_ref(y|x) − log (1/k) Σ_j π_ref(y|x'_j), the log-mean-exp estimate "
+        f"of log π_ref(y|x) − log E_x' π_ref(y|x'), k = {config.k}, in nats; higher means the "
+        "response is more specific to its prompt. Contrasts x': 'random' — other held-out "
+        "prompts; 'same question, other users' — the prompt's own question asked with k "
+        "other users' contexts (isolates personalization); 'context drop' — the question "
+        "without its context (one contrast: log π(y|c,q) − log π(y|q)). 'InfoNCE' is the "
+        "bounded estimate log π(y|x) − log (π(y|x) + Σ_j π(y|x'_j))/(k+1) ≤ log(k+1); "
+        "'mean of logs' subtracts the mean log-probability instead (never below the "
+        "headline, unbounded: secondary). Intervals: 95% percentile cluster bootstrap over "
+        f"{units} ({config.n_bootstrap} resamples); model − baseline is paired by prompt."
+    )
+
+
+def _pmi_table(stats: dict[str, Any], contrasts: list[str], has_baseline: bool) -> list[list[str]]:
+    """The PMI section's table rows: each estimate for each contrast, then the controls."""
+    from mipo.evaluate.controls import COPY_NGRAM
+
+    estimates = (
+        ("**PMI ({})**", ""),
+        ("PMI InfoNCE ({})", "_infonce"),
+        ("PMI per token ({})", "_per_token"),
+        ("secondary: mean of logs ({})", "_mean_log"),
+    )
+    labels = [
+        (label.format(_CONTRAST_NAMES[kind]), f"pmi_{kind}{suffix}")
+        for label, suffix in estimates
+        for kind in contrasts
+    ]
+    labels += [
+        (f"share of response {COPY_NGRAM}-grams copied from the context", "copy_share"),
+        ("share of response content words found in the context", "context_words"),
+        ("share of responses that speak as the user (persona adoption)", "persona"),
+        ("response tokens", "num_tokens"),
+        ("log π_ref(y|x) per token", "logprob_per_token"),
+        ("log π_ref(y|x)", "logprob"),
+    ]
+    return [_stat_row(label, stats, key, has_baseline) for label, key in labels]
+
+
+def _contrast_counts_sentence(counts: dict[str, Any], contrasts: list[str]) -> str:
+    """One sentence on the rows that got fewer contrasts than asked for."""
+    short = [
+        f"{_CONTRAST_NAMES[kind]}: {counts[kind]['fewer_than_wanted']} with fewer than "
+        f"{counts[kind]['wanted']}, {counts[kind]['none']} with none"
+        for kind in contrasts
+    ]
+    return "Rows with fewer contrasts than asked for — " + "; ".join(short) + "."
+
+
+def _write_shortcut_check(report: Any, stats: dict[str, Any], contrasts: list[str]) -> list[str]:
+    """The table of each contrast's gain, raw and adjusted for each shortcut, and the findings
+    under it (returned, for ``metrics.json``)."""
+    from mipo.evaluate.report import fmt_ci
+
+    rows = []
+    findings = []
+    for kind in contrasts:
+        control = stats["controls"][kind]
+        adjusted = control["adjusted"]
+        row = [_CONTRAST_NAMES[kind], fmt_ci(control["raw"])]
+        for key in [name for name, _ in SHORTCUTS] + ["all"]:
+            row.append(fmt_ci({"n": 1, **adjusted[key]}) if key in adjusted else "–")
+        rows.append(row)
+        findings.append(_gain_finding(_CONTRAST_NAMES[kind], control))
+    report.paragraph(
+        "Does the gain survive the shortcuts? Per prompt, ΔPMI (model − baseline) is "
+        "regressed on the change in the 3-gram copy share ('copying'), in the share of "
+        "content words found in the context ('context words', which also catches the "
+        "context restated in other words), in whether the response speaks as the user "
+        "('persona': a first-person sentence claiming the context's details, see "
+        "mipo.evaluate.controls.persona_sentence), in response tokens ('length') and in "
+        "log π_ref(y|x) per token ('fluency'), one at a time and all together, over the "
+        "prompts where every measure exists; the intercept is the gain predicted for "
+        "responses that copy as much, reuse as many context words, speak as the user as "
+        "often, are as long and as fluent as the baseline's (same cluster bootstrap)."
+    )
+    report.table(
+        ["contrast", "gain"]
+        + [f"adjusted for {name}" for name, _ in SHORTCUTS]
+        + ["adjusted for all"],
+        rows,
+    )
+    findings += _side_effect_findings(stats["difference"])
+    report.bullets(findings)
+    return findings
+
+
+def _side_effect_findings(difference: dict[str, Any]) -> list[str]:
+    """Findings on what a reader would hold against a gain: more persona adoption, less
+    fluency."""
+    from mipo.evaluate.report import fmt_ci
+
+    findings = []
+    persona = difference["persona"]
+    if persona.get("n") and persona.get("low", 0) > 0:
+        findings.append(
+            "the model speaks as the user (restates their context in the first person) "
+            f"more often than the baseline ({fmt_ci(persona)} of responses): a reader "
+            "would not call that more personal"
+        )
+    fluency = difference["logprob_per_token"]
+    if fluency.get("high", 0) < 0:
+        findings.append(
+            "the model's responses are less likely under the reference per token "
+            f"({fmt_ci(fluency)} nats): some fluency was lost, read the gain with that "
+            "in mind"
+        )
+    return findings

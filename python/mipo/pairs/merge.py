@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from mipo.errors import ModelError, OutputError
 from mipo.io import atomic_path, output_lock, read_json_record, write_json_atomic
@@ -49,7 +50,6 @@ def merge_shards(
     them.
     """
     from mipo.generate import load_results
-    from mipo.models import resolve_model
 
     out = Path(out_dir)
     record = read_json_record(out / RUN_FILE)
@@ -61,41 +61,62 @@ def merge_shards(
     gen_dir = out / GENERATIONS_DIR
     refuse_linked_folder(gen_dir)
     manifest = read_json_record(gen_dir / "manifest.json")
-    for other in shard_dirs or []:
-        other = Path(other)
-        if other.resolve() == out.resolve():
-            continue
-        theirs = read_json_record(other / RUN_FILE)
-        if theirs is None:
-            raise OutputError(f"'{other}' holds no build-pairs run (run.json missing)")
-        if shard_identity(theirs) != shard_identity(record):
-            raise OutputError(
-                f"'{other}' was built with other options than '{out}' (plan or generation "
-                "settings differ): only shards of one run can be merged"
-            )
-        their_manifest = read_json_record(other / GENERATIONS_DIR / "manifest.json")
-        if their_manifest is None:
-            continue  # that shard never started generating; its chunks are reported missing
-        if manifest is None:
-            gen_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(their_manifest, gen_dir / "manifest.json")
-            manifest = their_manifest
-        elif their_manifest.get("run_hash") != manifest.get("run_hash"):
-            raise OutputError(f"the generations in '{other}' belong to another run than '{out}'")
-        for chunk in sorted((other / GENERATIONS_DIR).glob("chunk-*.parquet")):
-            target = gen_dir / chunk.name
-            if not target.exists():
-                with atomic_path(target) as tmp:
-                    shutil.copyfile(chunk, tmp)
+    for other in map(Path, shard_dirs or []):
+        if other.resolve() != out.resolve():
+            manifest = _copy_shard_chunks(other, out, record, manifest)
     if manifest is None:
         raise OutputError(
             f"no generations found in '{out}' or the given shard folders: run the shards first"
         )
     responses = load_results(gen_dir, require_complete=True)
+    model = _recorded_model(record, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    config = _recorded_config(record, out)
+    stats = read_json_record(out / STATS_FILE) or {}
+    stats.pop("pairs", None)
+    stages = StageTimes(out, stats)
+    with output_lock(out / ".mipo-merge.lock"):
+        if (out / PAIRS_FILE).exists():
+            (out / PAIRS_FILE).unlink()
+        plan = read_plan(out / PLAN_FILE)
+        return pairs_stage(config, out, model, plan, responses, stats, stages)
 
-    options = record["stages"]
-    gen_options = options["generate"]["options"]
-    pair_options = options["pairs"]["options"]
+
+def _copy_shard_chunks(
+    other: Path, out: Path, record: dict[str, Any], manifest: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Copy the chunk files of the shard in ``other`` that ``out`` lacks (temporary file +
+    rename), after checking it is a shard of the same run; returns ``out``'s manifest (taken
+    from ``other`` when ``out`` had none)."""
+    gen_dir = out / GENERATIONS_DIR
+    theirs = read_json_record(other / RUN_FILE)
+    if theirs is None:
+        raise OutputError(f"'{other}' holds no build-pairs run (run.json missing)")
+    if shard_identity(theirs) != shard_identity(record):
+        raise OutputError(
+            f"'{other}' was built with other options than '{out}' (plan or generation "
+            "settings differ): only shards of one run can be merged"
+        )
+    their_manifest = read_json_record(other / GENERATIONS_DIR / "manifest.json")
+    if their_manifest is None:
+        return manifest  # that shard never started generating; its chunks are reported missing
+    if manifest is None:
+        gen_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(their_manifest, gen_dir / "manifest.json")
+        manifest = their_manifest
+    elif their_manifest.get("run_hash") != manifest.get("run_hash"):
+        raise OutputError(f"the generations in '{other}' belong to another run than '{out}'")
+    for chunk in sorted((other / GENERATIONS_DIR).glob("chunk-*.parquet")):
+        target = gen_dir / chunk.name
+        if not target.exists():
+            with atomic_path(target) as tmp:
+                shutil.copyfile(chunk, tmp)
+    return manifest
+
+
+def _recorded_model(record: dict[str, Any], *, trust_remote_code: bool, allow_pickle: bool) -> Any:
+    """The run's model, refused when its weights are not the ones the run was built with."""
+    from mipo.models import resolve_model
+
     model = resolve_model(
         record["model"]["name"], trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
     )
@@ -104,7 +125,15 @@ def merge_shards(
             f"model '{model.name}' now has fingerprint {model.fingerprint}, but the run was built "
             f"with {record['model']['fingerprint']}: merge on a machine with the same model"
         )
-    config = BuildPairsConfig(
+    return model
+
+
+def _recorded_config(record: dict[str, Any], out: Path) -> BuildPairsConfig:
+    """The pairs stage's options as the run recorded them (run.json)."""
+    options = record["stages"]
+    gen_options = options["generate"]["options"]
+    pair_options = options["pairs"]["options"]
+    return BuildPairsConfig(
         input=record["input"],
         out_dir=out,
         model=record["model"]["name"],
@@ -117,11 +146,3 @@ def merge_shards(
         drop_persona=pair_options.get("drop_persona", False),
         progress=False,
     )
-    stats = read_json_record(out / STATS_FILE) or {}
-    stats.pop("pairs", None)
-    stages = StageTimes(out, stats)
-    with output_lock(out / ".mipo-merge.lock"):
-        if (out / PAIRS_FILE).exists():
-            (out / PAIRS_FILE).unlink()
-        plan = read_plan(out / PLAN_FILE)
-        return pairs_stage(config, out, model, plan, responses, stats, stages)
