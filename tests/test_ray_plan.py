@@ -23,7 +23,6 @@ import pytest
 
 from mipo import engine
 from mipo.corpus import ColumnOptions, open_corpus
-from mipo.errors import ConfigError
 from mipo.pairs.plan import PlanConfig, build_plan, read_plan
 from mipo.synth import SynthConfig, synth_frame
 
@@ -280,33 +279,137 @@ def test_a_killed_worker_is_rerun_by_ray(
     assert (tmp_path / "plan.parquet").read_bytes() == local_plan[0].read_bytes()
 
 
+SWAP = PlanConfig(seed=3, batch_rows=BATCH, negatives="random,context-swap")
+CONTEXT = ColumnOptions(context="context")
+
+
 @needs_ray
-def test_context_swap_is_refused_with_the_fix(
+@pytest.mark.parametrize("max_prompt_tokens", [None, 300])
+def test_context_swap_in_one_block_equals_the_local_plan(
+    ray_runtime: Any,
+    corpus_path: Path,
+    tokenizer: engine.ChatTokenizer,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    max_prompt_tokens: int | None,
+) -> None:
+    """context-swap on Ray (question clusters by a second split dedup, strata in one block):
+    with one block, plan.parquet and every swap count are the local plan's, byte for byte, with
+    over-long prompts and over-long generated swaps dropped as locally."""
+    from dataclasses import replace
+
+    config = replace(SWAP, max_prompt_tokens=max_prompt_tokens)
+    local = tmp_path / "local.parquet"
+    local_stats = build_plan(open_corpus(corpus_path, CONTEXT), tokenizer, local, config)
+    assert local_stats.swaps_reused > 50 and local_stats.swaps_generated > 50
+    if max_prompt_tokens is not None:
+        assert local_stats.over_length > 0 and local_stats.swaps_over_length > 0
+    for partitions in (1, 3):
+        target = tmp_path / f"ray{partitions}.parquet"
+        stats, report = _ray_plan(
+            corpus_path,
+            tokenizer,
+            tiny_model_dir,
+            target,
+            partitions,
+            config=config,
+            columns=CONTEXT,
+        )
+        assert report.swap_blocks == 1 and report.negative_blocks == 1
+        assert report.shuffle_bytes["question exact_back"] >= 0
+        assert target.read_bytes() == local.read_bytes()
+        for name in (
+            "prompts_planned",
+            "over_length",
+            "question_clusters",
+            "swaps_reused",
+            "swaps_generated",
+            "swaps_no_context",
+            "swaps_no_donor",
+            "swaps_over_length",
+        ):
+            assert getattr(stats, name) == getattr(local_stats, name), name
+
+
+def _question_clusters(corpus_path: Path, plan: pl.DataFrame) -> np.ndarray:
+    """The question cluster of each planned row, as the local plan draws them: the streaming
+    Deduper over the question text of the kept rows (no prompt dropped for its length here)."""
+    corpus = open_corpus(corpus_path, CONTEXT)
+    questions = pl.concat(corpus.standardized_batches(["row", "question_text"], 1 << 20))
+    asked = plan.select("row").join(questions, on="row", how="left", maintain_order="left")
+    return engine.dedup(asked["question_text"])["cluster"].to_numpy()
+
+
+@needs_ray
+def test_context_swap_blocks_keep_every_constraint_whatever_the_partitions(
     ray_runtime: Any,
     corpus_path: Path,
     tokenizer: engine.ChatTokenizer,
     tiny_model_dir: Path,
     tmp_path: Path,
 ) -> None:
-    with pytest.raises(ConfigError, match="--executor local"):
-        _ray_plan(
+    """Several blocks: a question stratum lives in one block; each reused partner shares the
+    row's question and block, is another user, never a near duplicate, and serves once; each
+    generated swap takes another user's context from the same block; the plan does not depend
+    on the partitions, and its other columns are the local plan's."""
+    from mipo.pairs.ray_plan import block_of_questions
+
+    plans = []
+    for partitions in (1, 3):
+        target = tmp_path / f"p{partitions}.parquet"
+        _, report = _ray_plan(
             corpus_path,
             tokenizer,
             tiny_model_dir,
-            tmp_path / "p.parquet",
-            2,
-            config=PlanConfig(negatives="context-swap"),
-            columns=ColumnOptions(context="context"),
+            target,
+            partitions,
+            config=SWAP,
+            columns=CONTEXT,
+            negative_block_rows=64,
         )
-    assert not (tmp_path / "p.parquet").exists()
+        plans.append(read_plan(target))
+        assert report.swap_blocks == math.ceil(plans[-1].height / 64) > 1
+    a, b = plans
+    assert a.equals(b)
+    _check_negatives(a)
+    local = tmp_path / "local.parquet"
+    build_plan(open_corpus(corpus_path, CONTEXT), tokenizer, local, SWAP)
+    swap_cols = ["swap_index", "swap_id", "swap_source", "input_ids_swap", "num_prompt_tokens_swap"]
+    own = ["negative_index", "negative_id", *swap_cols]
+    assert a.drop(own).equals(read_plan(local).drop(own))
+
+    question = _question_clusters(corpus_path, a)
+    # A stratum in one block: blocks by the question cluster's first row (the Ray cluster id).
+    first_row = (
+        pl.DataFrame({"q": question, "row": a["row"]})
+        .select(pl.col("row").min().over("q"))["row"]
+        .to_numpy()
+    )
+    block = block_of_questions(first_row, seed=3, blocks=math.ceil(a.height / 64))
+    users, clusters = a["user_id"].to_numpy(), a["cluster"].to_numpy()
+    reused = a.filter(pl.col("swap_source") == "reused")
+    i = reused["plan_index"].to_numpy()
+    j = reused["swap_index"].to_numpy()
+    assert len(i) > 50
+    assert np.array_equal(np.sort(i), np.sort(j))  # each partner serves once
+    assert np.all(question[j] == question[i]) and np.all(block[j] == block[i])
+    assert np.all(users[j] != users[i]) and np.all(clusters[j] != clusters[i])
+    assert reused["swap_id"].to_list() == a["id"].gather(j).to_list()
+    generated = a.filter(pl.col("swap_source") == "generated")
+    assert generated.height > 50 and generated["input_ids_swap"].null_count() == 0
+    by_id = {k: n for n, k in enumerate(a["id"].to_list())}
+    donor = np.array([by_id[k] for k in generated["swap_id"]])
+    g = generated["plan_index"].to_numpy()
+    assert np.all(users[donor] != users[g]) and np.all(block[donor] == block[g])
 
 
 @needs_ray
 def test_build_pairs_executor_ray_plans_on_ray(
     ray_runtime: Any, corpus_path: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """`mipo build-pairs --executor ray --plan-only`: the plan runs as Ray tasks (the stage
-    record says so) and plan.parquet is the local executor's, byte for byte."""
+    """`mipo build-pairs --executor ray --plan-only`, context-swap included (the demo's
+    strategy): the plan runs as Ray tasks (the stage record says so) and plan.parquet is the
+    local executor's, byte for byte."""
     import json
 
     from mipo.generate import GenerationConfig
@@ -323,6 +426,8 @@ def test_build_pairs_executor_ray_plans_on_ray(
                 executor=executor,
                 generation=GenerationConfig(max_new_tokens=16),
                 num_workers=3 if executor == "ray" else None,
+                negatives="random,context-swap",
+                columns=CONTEXT,
             )
         )
         stats = json.loads((tmp_path / executor / "stats.json").read_text())
@@ -371,3 +476,46 @@ def test_empty_prompts_and_bad_messages_as_the_local_plan(
     with pytest.raises(CorpusError, match="input row 1: a chat message has no role or no content"):
         _ray_plan(bad, tokenizer, tiny_model_dir, tmp_path / "bad.parquet", 2)
     assert not (tmp_path / "bad.parquet").exists()
+
+
+def test_the_executor_joins_the_plan_hash_only_past_one_block(
+    corpus_path: Path, tmp_path: Path
+) -> None:
+    """Within one derangement block the Ray plan writes the local plan's bytes, so the executor
+    is no plan option (a run switches executor and resumes); past one block the negatives
+    differ, so the Ray executor and its block size join the plan's hash: a rerun under the other
+    executor redoes the plan instead of resuming on other negatives."""
+    from types import SimpleNamespace
+
+    from mipo.generate import GenerationConfig
+    from mipo.pairs.config import BuildPairsConfig
+    from mipo.pairs.manifest import first_changed_stage, run_record, stage_options
+    from mipo.pairs.ray_plan import DEFAULT_NEGATIVE_BLOCK_ROWS, executor_options
+
+    small = open_corpus(corpus_path)
+    assert executor_options(small, "local") == executor_options(small, "ray") == {}
+    assert executor_options(small, "ray", block_rows=64) == {
+        "plan_executor": "ray",
+        "negative_block_rows": 64,
+    }
+    big_path = tmp_path / "big.parquet"  # more rows than one block, from the footer alone
+    rows = DEFAULT_NEGATIVE_BLOCK_ROWS + 1
+    pl.DataFrame({"prompt": pl.repeat("q", rows, eager=True)}).write_parquet(big_path)
+    jsonl = tmp_path / "big.jsonl"  # no footer: bounded by bytes / 2
+    jsonl.write_text('{"prompt": "a question"}\n' * (2 * DEFAULT_NEGATIVE_BLOCK_ROWS // 25 + 1))
+    model = SimpleNamespace(fingerprint="f", name="m", source="s", path=tmp_path)
+    for corpus_file, differs in ((corpus_path, False), (big_path, True), (jsonl, True)):
+        corpus = open_corpus(corpus_file)
+        records = [
+            run_record(
+                build,
+                model,
+                stage_options(build, corpus, model, PlanConfig(), GenerationConfig(backend="hf")),
+            )
+            for build in (
+                BuildPairsConfig(str(corpus_file), tmp_path / "out", executor=executor)
+                for executor in ("local", "ray")
+            )
+        ]
+        changed, _ = first_changed_stage(records[0], records[1])
+        assert changed == ("plan" if differs else None), corpus_file.name

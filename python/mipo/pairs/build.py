@@ -387,12 +387,12 @@ def _run_stages(
         write_json_atomic(record, out / RUN_FILE)
         with stages.run("plan") as rec:
             with _PlanProgress(config.progress, _count_rows(corpus)) as bar:
-                if config.executor == "ray" and not plan_config.needs_context_swap:
+                if config.executor == "ray":
                     from mipo.pairs.ray_plan import build_plan_ray
 
                     # Same rows, keep mask and clusters as the local plan, with the dedup state
-                    # spread over the cluster (mipo.pairs.ray_plan); context-swap is planned
-                    # locally. The stage record says where the plan ran.
+                    # spread over the cluster (mipo.pairs.ray_plan), every negative strategy
+                    # included. The stage record says where the plan ran.
                     plan_stats = build_plan_ray(
                         corpus,
                         tokenizer,

@@ -88,12 +88,16 @@ def stage_options(
     config: BuildPairsConfig, corpus: Any, model: Any, plan: PlanConfig, gen: Any
 ) -> dict[str, dict[str, Any]]:
     """The options each stage's output depends on (``shard`` and progress do not count)."""
+    from mipo.pairs.ray_plan import executor_options
+
     plan_options = {
         # Name, size and mtime: an in-place edit of the corpus is a changed plan option.
         "input_files": input_file_stamps(corpus.files),
         "columns": corpus.columns.as_dict(),
         "model_fingerprint": model.fingerprint,
         **{k: v for k, v in asdict(plan).items() if k not in ("batch_rows", "row_group_rows")},
+        # Past one derangement block the Ray plan's negatives are not the local plan's.
+        **executor_options(corpus, config.executor),
     }
     from mipo.generate import comparable_options
 

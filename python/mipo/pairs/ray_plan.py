@@ -24,18 +24,22 @@ per-row Python objects (the engine takes whole Arrow columns):
    with) — not connected components, which would merge chains the local plan keeps apart;
 6. *finalize* (per batch): keep mask and clusters joined back, over-long prompts dropped; the
    distinct users counted by a shuffle of user ids (no set of every user in the driver);
-7. *negatives*: rows spread over ``ceil(n / negative_block_rows)`` blocks by a seeded hash of the
-   input row; within a block the engine's constrained derangement (never the row itself, never
-   the same user, never the same cluster). The blocks depend on the rows and the seed only, so
-   the negatives do not depend on the number of workers or partitions (docs/scaling.md says how
-   this differs from one global derangement);
+7. *negatives*: ``random``: rows spread over ``ceil(n / negative_block_rows)`` blocks by a
+   seeded hash of the input row; within a block the engine's constrained derangement (never the
+   row itself, never the same user, never the same cluster). ``context-swap``: the questions are
+   clustered too (steps 2-5 again, on the question text of the kept rows, as the local plan's
+   second ``Deduper`` does), rows spread over as many blocks by a seeded hash of their *question
+   cluster*, so a question stratum is never split; within a block the local plan's
+   stratified derangement and donor contexts, the generated swaps rendered and encoded there.
+   The blocks depend on the rows and the seed only, so the negatives do not depend on the
+   number of workers or partitions (docs/scaling.md says how this differs from one global
+   derangement); with one block they are the local plan's;
 8. *write*: the driver streams the blocks into ``plan.parquet`` in fixed row groups, through a
    temporary file and a rename.
 
 Every task is a pure function of its inputs, so Ray's retries (``max_retries``: a killed worker
 process is rerun) recompute the same blocks; nothing is written before step 8, which writes
-once, atomically. ``context-swap`` negatives are not planned here: :func:`build_plan_ray` says so
-and the build falls back to the local plan.
+once, atomically.
 """
 
 from __future__ import annotations
@@ -57,17 +61,37 @@ import polars as pl
 from mipo import engine
 from mipo.corpus import Corpus, check_parquet_columns, corpus_error
 from mipo.errors import ConfigError, CorpusError, DependencyError, MipoError, PlanError
-from mipo.io import atomic_path
+from mipo.io import atomic_path, write_errors
+from mipo.pairs.negatives import assign_negatives
 from mipo.pairs.plan import (
     PlanConfig,
     PlanStats,
     ProgressCallback,
+    RowGroupWriter,
     StepClock,
+    check_context_column,
+    check_messages,
+    check_planned,
+    check_some_context,
+    check_usable,
+    context_swaps,
+    drop_over_length,
     encode_nocontext,
-    too_few_error,
+    encode_prompts,
+    input_columns,
+    swap_columns,
+    swap_group,
+    swap_representatives,
 )
+from mipo.prompt_format import PromptFormat
 
-__all__ = ["RayPlanReport", "block_of_rows", "build_plan_ray"]
+__all__ = [
+    "RayPlanReport",
+    "block_of_questions",
+    "block_of_rows",
+    "build_plan_ray",
+    "executor_options",
+]
 
 DEFAULT_NEGATIVE_BLOCK_ROWS = 1 << 20
 """Rows per derangement block (a fixed number, so the blocks never depend on the cluster)."""
@@ -89,6 +113,7 @@ class RayPlanReport:
     partitions: int = 0
     batches: int = 0
     negative_blocks: int = 0
+    swap_blocks: int = 0
     candidate_pairs: int = 0
     verified_edges: int = 0
     held_bytes: int = 0
@@ -101,6 +126,7 @@ class RayPlanReport:
             "partitions": self.partitions,
             "batches": self.batches,
             "negative_blocks": self.negative_blocks,
+            "swap_blocks": self.swap_blocks,
             "candidate_pairs": self.candidate_pairs,
             "verified_edges": self.verified_edges,
             "held_bytes": self.held_bytes,
@@ -192,11 +218,23 @@ def _read_slice(
         raise corpus_error([Path(path)], "parquet", exc) from exc
 
 
+def _sketch_parts(
+    texts: pl.Series, rid: pl.Series, dedup: engine.DedupConfig, parts: int
+) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+    """The engine's sketch of ``texts``: (rid, band keys, fingerprints) kept with the batch, and
+    (exact key, rid) split by exact key over the partitions."""
+    sketch = engine.sketch_rows(texts, dedup)
+    exact = pl.DataFrame([sketch["exact_hi"], sketch["exact_lo"], rid])
+    exact_parts = _split(exact, (sketch["exact_lo"].to_numpy() % parts).astype(np.int64), parts)
+    kept = pl.DataFrame([rid, sketch["band_keys"], sketch["fingerprints"]])
+    return kept, exact_parts
+
+
 def _map_batch(
     source: pl.DataFrame | tuple[Any, ...],
     tokenizer_spec: tuple[str, str | None, int, int],
     dedup: engine.DedupConfig,
-    context_drop: bool,
+    config: PlanConfig,
     parts: int,
 ) -> tuple[Any, ...]:
     """Read (a Parquet slice) or take (a batch the driver read) one batch; validate it, drop
@@ -204,30 +242,19 @@ def _map_batch(
     _maybe_die("map")
     batch = source if isinstance(source, pl.DataFrame) else _read_slice(*source)
     seen = batch.height
-    bad = batch.filter(pl.col("bad_message"))
-    if bad.height:
-        raise CorpusError(
-            f"input row {bad['row'][0]}: a chat message has no role or no content "
-            f"({bad.height} such rows in this batch); every message needs both"
-        )
+    check_messages(batch)
     empties = batch.filter(pl.col("is_empty"))["row"].to_numpy()
     # rid: the input row number, the id every shuffle carries (rows < 2**32, as the Deduper's).
     batch = batch.filter(~pl.col("is_empty")).with_columns(
         pl.col("row").cast(pl.UInt32).alias("rid")
     )
-    sketch = engine.sketch_rows(batch["dedup_text"], dedup)
-    rows = batch.drop("dedup_text", "is_empty", "bad_message")
+    kept, exact_parts = _sketch_parts(batch["dedup_text"], batch["rid"], dedup, parts)
     tokenizer = _tokenizer(tokenizer_spec)
-    encoded = tokenizer.encode_chat(rows["prompt"])
-    rows = rows.with_columns(
-        encoded["input_ids"].alias("input_ids"),
-        encoded["num_tokens"].cast(pl.UInt32).alias("num_prompt_tokens"),
-    )
-    rows = encode_nocontext(tokenizer, rows) if context_drop else rows.drop("prompt_nocontext")
-    rid = batch["rid"]
-    exact = pl.DataFrame([sketch["exact_hi"], sketch["exact_lo"], rid])
-    exact_parts = _split(exact, (sketch["exact_lo"].to_numpy() % parts).astype(np.int64), parts)
-    kept = pl.DataFrame([rid, sketch["band_keys"], sketch["fingerprints"]])
+    rows = encode_prompts(tokenizer, batch.drop("dedup_text", "is_empty", "bad_message"))
+    if config.needs_context_drop:
+        rows = encode_nocontext(tokenizer, rows)
+    elif not config.needs_context_swap:
+        rows = rows.drop("prompt_nocontext")
     meta = _meta(
         shuffle=_bytes(exact_parts),
         held=_bytes([rows, kept]),
@@ -236,6 +263,24 @@ def _map_batch(
         empties=empties,
     )
     return (rows, kept, *exact_parts, meta)
+
+
+def _question_map(
+    rows: pl.DataFrame,
+    near: pl.DataFrame,
+    dedup: engine.DedupConfig,
+    parts: int,
+    kept_only: bool,
+    *dups: pl.DataFrame,
+) -> tuple[Any, ...]:
+    """context-swap: the sketch of the question text of this batch's kept rows (every usable row
+    with ``--no-dedup``), as the local plan feeds its question ``Deduper``."""
+    _maybe_die("questions")
+    frame = _resolved(rows, near, dups)
+    if kept_only:
+        frame = frame.filter(pl.col("_keep"))
+    kept, exact_parts = _sketch_parts(frame["question_text"], frame["rid"], dedup, parts)
+    return (kept, *exact_parts, _meta(shuffle=_bytes(exact_parts)))
 
 
 def _exact_reduce(starts: np.ndarray, *frames: pl.DataFrame) -> tuple[Any, ...]:
@@ -316,23 +361,16 @@ def _resolve(*frames: pl.DataFrame) -> tuple[Any, ...]:
     return near, _meta(edges=edges.height)
 
 
-def _finalize(
-    rows: pl.DataFrame,
-    near: pl.DataFrame,
-    empties: np.ndarray,
-    config: PlanConfig,
-    has_users: bool,
-    *dups: pl.DataFrame,
-) -> tuple[Any, ...]:
-    """Cluster and keep of each row; dropped duplicates and over-long prompts; the plan's columns
-    in the local plan's order; the compact columns the negatives need."""
-    _maybe_die("finalize")
-    dup = _concat(dups)
-    frame = rows.join(dup, on="rid", how="left", maintain_order="left").with_columns(
+def _resolved(
+    rows: pl.DataFrame, near: pl.DataFrame, dups: tuple[pl.DataFrame, ...]
+) -> pl.DataFrame:
+    """``rows`` with their exact first row (``first``), cluster (its representative's input row)
+    and ``_keep`` / ``_exact`` flags, from the exact duplicates routed back and ``near``."""
+    frame = rows.join(_concat(dups), on="rid", how="left", maintain_order="left").with_columns(
         pl.col("first").is_not_null().alias("_exact"),
         pl.col("first").fill_null(pl.col("rid")),
     )
-    frame = frame.join(
+    return frame.join(
         near.rename({"row": "first", "cluster": "_near"}),
         on="first",
         how="left",
@@ -341,6 +379,24 @@ def _finalize(
         pl.col("_near").fill_null(pl.col("first")).cast(pl.UInt32).alias("cluster"),
         (~pl.col("_exact") & pl.col("_near").is_null()).alias("_keep"),
     )
+
+
+def _finalize(
+    rows: pl.DataFrame,
+    near: pl.DataFrame,
+    questions: pl.DataFrame | None,
+    empties: np.ndarray,
+    config: PlanConfig,
+    has_users: bool,
+    n_dups: int,
+    *dups: pl.DataFrame,
+) -> tuple[Any, ...]:
+    """Cluster and keep of each row; dropped duplicates and over-long prompts; the plan's columns
+    in the local plan's order; the compact columns the negatives need. ``dups``: the exact
+    duplicates of the prompts (``n_dups`` frames), then of the questions (context-swap, with
+    ``questions`` their near-duplicate clusters)."""
+    _maybe_die("finalize")
+    frame = _resolved(rows, near, dups[:n_dups])
     # Cluster ids as the local plan numbers them: a row's position among the usable rows.
     cluster = frame["cluster"].to_numpy()
     cluster = cluster - np.searchsorted(empties, cluster, side="left")
@@ -348,18 +404,27 @@ def _finalize(
     counts = {
         "exact": int((~frame["_keep"] & frame["_exact"]).sum()),
         "near": int((~frame["_keep"] & ~frame["_exact"]).sum()),
-        "over": 0,
-        "lengths": [],
     }
     if config.dedup:
         frame = frame.filter(pl.col("_keep"))
-    if config.max_prompt_tokens is not None:
-        too_long = frame["num_prompt_tokens"] > config.max_prompt_tokens
-        if too_long.any():
-            lengths = frame.filter(too_long)["num_prompt_tokens"]
-            counts["over"] = int(too_long.sum())
-            counts["lengths"] = [int(lengths.min()), int(lengths.max())]  # type: ignore[arg-type]
-            frame = frame.filter(~too_long)
+    swap_state = []
+    if questions is not None:
+        asked = _resolved(frame.select("rid"), questions, dups[n_dups:])
+        frame = frame.with_columns(
+            asked["cluster"].alias("question_cluster"),
+            swap_group(frame, has_users).alias("swap_group"),
+        )
+        swap_state = ["question_cluster", "swap_group", "context_text", "prompt_nocontext"]
+    frame, counts["over"], counts["lengths"] = drop_over_length(frame, config.max_prompt_tokens)
+    compact = frame.select(
+        "row",
+        "id",
+        "cluster",
+        "has_context",
+        "num_prompt_tokens",
+        *(["user_id"] if has_users else []),
+        *swap_state,
+    )
     order = ["row", "id", "prompt", "prompt_nocontext", "has_context", "user_id", "cluster"]
     order += [
         "input_ids",
@@ -368,45 +433,48 @@ def _finalize(
         "num_prompt_tokens_nocontext",
     ]
     frame = frame.select([c for c in order if c in frame.columns])
-    compact = frame.select(
-        "row",
-        "id",
-        "cluster",
-        "has_context",
-        "num_prompt_tokens",
-        *(["user_id"] if has_users else []),
-    )
     return frame, compact, _meta(counts=counts)
 
 
-def _route_negatives(compact: pl.DataFrame, offset: int, seed: int, blocks: int) -> tuple[Any, ...]:
-    """This batch's planned rows, with their plan index, spread over the derangement blocks."""
+def _route_rows(
+    compact: pl.DataFrame, offset: int, kind: str, seed: int, blocks: int
+) -> tuple[Any, ...]:
+    """This batch's planned rows, with their plan index, spread over the blocks of the
+    ``random`` negatives (by input row) or of ``context-swap`` (by question cluster)."""
     _maybe_die("route")
     n = compact.height
-    frame = compact.select(
+    index = (
         pl.int_range(offset, offset + n, dtype=pl.UInt32, eager=True).alias("plan_index")
         if n
-        else pl.Series("plan_index", [], dtype=pl.UInt32),
-        "id",
-        "cluster",
-        *(["user_id"] if "user_id" in compact.columns else []),
+        else pl.Series("plan_index", [], dtype=pl.UInt32)
     )
-    block = block_of_rows(compact["row"].to_numpy(), seed, blocks)
-    routed = _split(frame, block, blocks)
+    if kind == "random":
+        columns = ["id", "cluster", *(["user_id"] if "user_id" in compact.columns else [])]
+        block = block_of_rows(compact["row"].to_numpy(), seed, blocks)
+    else:
+        columns = ["id", "cluster", "has_context", "question_cluster", "swap_group"]
+        columns += ["context_text", "prompt_nocontext"]
+        block = block_of_questions(compact["question_cluster"].to_numpy(), seed, blocks)
+    routed = _split(compact.select(index, *columns), block, blocks)
     return (*routed, _meta(shuffle=_bytes(routed)))
+
+
+def _route_back(out: pl.DataFrame, starts: np.ndarray, **values: Any) -> tuple[Any, ...]:
+    """A block's results split by the batch their plan index belongs to."""
+    where = np.searchsorted(starts, out["plan_index"].to_numpy(), side="right") - 1
+    routed = _split(out, where.astype(np.int64), len(starts))
+    return (*routed, _meta(shuffle=_bytes(routed), **values))
 
 
 def _derange_block(
     block: int,
     blocks: int,
     seed: int,
-    user_constraint: bool,
     starts: np.ndarray,
+    user_constraint: bool,
     *frames: pl.DataFrame,
 ) -> tuple[Any, ...]:
     """The engine's constrained derangement within one block; results routed to the batches."""
-    from mipo.pairs.negatives import assign_negatives
-
     _maybe_die("derange")
     rows = _concat(frames).sort("plan_index")
     users = rows["user_id"] if user_constraint and "user_id" in rows.columns else None
@@ -420,9 +488,72 @@ def _derange_block(
             rows["id"].gather(sigma).alias("negative_id"),
         ]
     )
-    where = np.searchsorted(starts, out["plan_index"].to_numpy(), side="right") - 1
-    routed = _split(out, where.astype(np.int64), len(starts))
-    return (*routed, _meta(shuffle=_bytes(routed)))
+    return _route_back(out, starts)
+
+
+def _swap_block(
+    block: int,
+    blocks: int,
+    seed: int,
+    starts: np.ndarray,
+    swap: tuple[tuple[str, str | None, int, int], int | None, PromptFormat],
+    *frames: pl.DataFrame,
+) -> tuple[Any, ...]:
+    """The local plan's context swaps within one block (whole question strata): partners by
+    the stratified derangement, donors among the block's users, the generated swaps encoded.
+    ``swap``: the tokenizer spec, ``max_prompt_tokens`` and the corpus's prompt format."""
+    _maybe_die("swap")
+    rows = _concat(frames).sort("plan_index")
+    reps = swap_representatives(rows)
+    assigned = context_swaps(rows, reps, block_seed(seed, block, blocks))
+    spec, max_prompt_tokens, prompt_format = swap
+    columns, over = swap_columns(
+        rows, 0, assigned, rows["id"], reps, _tokenizer(spec), max_prompt_tokens, prompt_format
+    )
+    partner = columns[0]
+    index = pl.select(
+        pl.when(partner.is_not_null()).then(rows["plan_index"].gather(partner.fill_null(0)))
+    ).to_series()
+    out = pl.DataFrame(
+        [rows["plan_index"], index.cast(pl.UInt32).alias("swap_index"), *columns[1:]]
+    )
+    counts = {
+        "question_clusters": rows["question_cluster"].n_unique(),
+        "reused": assigned.reused,
+        "generated": assigned.generated - over,
+        "no_context": assigned.no_context,
+        "no_donor": assigned.no_donor,
+        "over": over,
+    }
+    return _route_back(out, starts, counts=counts)
+
+
+def executor_options(
+    corpus: Corpus, executor: str, block_rows: int = DEFAULT_NEGATIVE_BLOCK_ROWS
+) -> dict[str, Any]:
+    """The plan options an executor adds to a run's record (its stage hash): none where the Ray
+    plan writes the local plan's bytes (a corpus that cannot hold more rows than one derangement
+    block), else the executor and the block size: past one block the negatives differ between
+    executors, so a rerun under the other executor (or another block size) redoes the plan
+    instead of resuming on negatives it would not draw. Local runs never add a key (their hash
+    stays what it was).
+
+    Rows are bounded without reading them: Parquet footers, else the files' bytes / 2 (a JSONL
+    or CSV row takes at least one character and its newline)."""
+    if executor != "ray" or _rows_at_most(corpus) <= block_rows:
+        return {}
+    return {"plan_executor": "ray", "negative_block_rows": block_rows}
+
+
+def _rows_at_most(corpus: Corpus) -> int:
+    if corpus.format == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return sum(pq.read_metadata(p).num_rows for p in corpus.files)
+        except (OSError, ValueError):
+            pass
+    return sum(Path(p).stat().st_size for p in corpus.files) // 2
 
 
 def block_seed(seed: int, block: int, blocks: int) -> int:
@@ -442,6 +573,18 @@ def block_of_rows(rows: np.ndarray, seed: int, blocks: int) -> np.ndarray:
     [0, 0, 0, 0, 0]
     """
     return (_mix(rows.astype(np.uint64), seed ^ 0x6E_65_67) % np.uint64(blocks)).astype(np.int64)
+
+
+def block_of_questions(question_clusters: np.ndarray, seed: int, blocks: int) -> np.ndarray:
+    """The context-swap block of each row: a seeded hash of its question cluster (the input row
+    of the cluster's first question), so a question stratum lives in one block whatever the
+    partitions.
+
+    >>> block_of_questions(np.array([7, 7, 9]), seed=0, blocks=1).tolist()
+    [0, 0, 0]
+    """
+    salted = seed ^ 0x71_75_65
+    return (_mix(question_clusters.astype(np.uint64), salted) % np.uint64(blocks)).astype(np.int64)
 
 
 # --- the driver -----------------------------------------------------------------------------------
@@ -512,171 +655,230 @@ def build_plan_ray(
     ``partitions``: shuffle partitions (None: the cluster's CPUs); the keep mask, the clusters
     and the negatives never depend on it. ``negative_block_rows``: rows per derangement block.
     ``report`` (optional) receives the shuffle bytes, edges and worker peak RSS. Raises what
-    ``build_plan`` raises, :class:`ConfigError` for ``context-swap`` negatives (plan them
-    with the local executor) and :class:`PlanError` when Ray cannot run a task.
+    ``build_plan`` raises, and :class:`PlanError` when Ray cannot run a task.
 
     >>> # needs Ray, a corpus and a model's tokenizer: see tests/test_ray_plan.py
     >>> stats = build_plan_ray(corpus, tok, "model/", "out/plan.parquet", PlanConfig())  # doctest: +SKIP
     """
-    if config.needs_context_swap:
-        raise ConfigError(
-            "the Ray plan does not plan context-swap negatives yet: use --executor local for the "
-            "plan (mipo build-pairs does so by itself), or --negatives random,context-drop"
-        )
-    if config.needs_context and corpus.columns.messages is None and not corpus.has_context_column:
-        raise ConfigError(
-            f"--negatives {config.negatives} drops or swaps each prompt's context, but the input has no "
-            "context column: pass --context-col NAME (or a --messages-col with system messages), "
-            "or use --negatives random"
-        )
+    check_context_column(corpus, config)
     if negative_block_rows < 2:
         raise ConfigError(f"negative_block_rows must be >= 2, got {negative_block_rows}")
+    if partitions is not None and partitions < 1:
+        raise ConfigError(f"partitions must be >= 1, got {partitions}")
     ray = import_ray()
     target = Path(target)
     start = time.perf_counter()
     stats = PlanStats(max_prompt_tokens=config.max_prompt_tokens)
-    clock = StepClock(stats.step_seconds)
-    report = report if report is not None else RayPlanReport()
     with _session(ray, address):
+        fuel, max_bytes = tokenizer.template_limits
+        job = _Job(
+            ray=ray,
+            corpus=corpus,
+            config=config,
+            partitions=partitions or max(1, int(ray.cluster_resources().get("CPU", 1))),
+            spec=(str(tokenizer_path), tokenizer.chat_template, fuel, max_bytes),
+            stats=stats,
+            report=report if report is not None else RayPlanReport(),
+            progress=progress,
+            block_rows=negative_block_rows,
+        )
         try:
-            _run(
-                ray,
-                corpus,
-                tokenizer,
-                str(tokenizer_path),
-                target,
-                config,
-                stats,
-                clock,
-                report,
-                partitions,
-                negative_block_rows,
-                progress,
-            )
+            _run(job, target)
         except ray.exceptions.RayError as exc:
             raise _task_error(ray, exc) from exc
     stats.seconds = time.perf_counter() - start
     return stats
 
 
-def _run(
-    ray: Any,
-    corpus: Corpus,
-    tokenizer: engine.ChatTokenizer,
-    tokenizer_path: str,
-    target: Path,
-    config: PlanConfig,
-    stats: PlanStats,
-    clock: StepClock,
-    report: RayPlanReport,
-    partitions: int | None,
-    negative_block_rows: int,
-    progress: ProgressCallback | None,
-) -> None:
-    P = partitions or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    if P < 1:
-        raise ConfigError(f"partitions must be >= 1, got {P}")
-    report.partitions = P
-    dedup = engine.DedupConfig(threshold=config.near_dup_threshold)
-    fuel, max_bytes = tokenizer.template_limits
-    spec = (tokenizer_path, tokenizer.chat_template, fuel, max_bytes)
-    opts = {"max_retries": MAX_RETRIES}
-    concat_task = ray.remote(**opts)(_concat_task)
-    metas: list[Any] = []
+@dataclass
+class _Job:
+    """One Ray plan: its inputs, and the shuffle metas the stages leave for the report."""
 
-    def shuffle(stage: str, refs: list[Any]) -> None:
-        metas.append((stage, refs))
+    ray: Any
+    corpus: Corpus
+    config: PlanConfig
+    partitions: int
+    spec: tuple[str, str | None, int, int]
+    """The tokenizer as each worker loads it (path, template, template limits)."""
+    stats: PlanStats
+    report: RayPlanReport
+    progress: ProgressCallback | None
+    block_rows: int
+    """Rows per negatives block."""
+    metas: list[tuple[str, list[Any]]] = field(default_factory=list)
 
-    # 1. read + validate (driver, streamed) and map (tasks)
-    wanted = [
-        "row",
-        "id",
-        "prompt",
-        "prompt_nocontext",
-        "has_context",
-        "dedup_text",
-        "is_empty",
-        "bad_message",
-    ]
-    if corpus.has_users:
-        wanted.append("user_id")
-    map_task = ray.remote(num_returns=2 + P + 1, **opts)(_map_batch)
+    def __post_init__(self) -> None:
+        self.clock = StepClock(self.stats.step_seconds)
+        self.dedup = engine.DedupConfig(threshold=self.config.near_dup_threshold)
+        self.report.partitions = self.partitions
+
+    def task(self, function: Any, returns: int = 1) -> Any:
+        """``function`` as a Ray task with ``returns`` results, rerun when its worker dies."""
+        return self.ray.remote(num_returns=returns, max_retries=MAX_RETRIES)(function)
+
+    def shuffle(self, stage: str, refs: list[Any]) -> None:
+        """Book the metas of one shuffle stage (read once, at the end, for the report)."""
+        self.metas.append((stage, refs))
+
+    def advance(self, step: str, rows: int) -> None:
+        if self.progress:
+            self.progress(step, rows)
+
+
+def _run(job: _Job, target: Path) -> None:
+    """The plan's steps in order (module docstring), each a function of its own."""
+    config = job.config
+    mapped, starts, usable, empties = _map_stage(job)
+    with job.clock("dedup"):
+        P = job.partitions
+        dups_of, near, edges = _dedup_stage(
+            job, starts, [m[1] for m in mapped], [m[2 : 2 + P] for m in mapped], ""
+        )
+        questions = None
+        question_dups: list[list[Any]] = [[] for _ in mapped]
+        if config.needs_context_swap:
+            questions, question_dups = _question_stage(job, starts, mapped, near, dups_of)
+        final_task = job.task(_finalize, 3)
+        finals = [
+            final_task.remote(
+                m[0],
+                near,
+                questions,
+                empties,
+                config,
+                job.corpus.has_users,
+                P,
+                *dups_of[b],
+                *question_dups[b],
+            )
+            for b, m in enumerate(mapped)
+        ]
+        final_metas = job.ray.get([f[2] for f in finals])
+        job.report.verified_edges = int(job.ray.get(edges)["edges"])
+    del mapped, dups_of
+    job.advance("tokenize", job.stats.rows_in)
+    compacts = [f[1] for f in finals]
+    offsets = _tally(job, compacts, final_metas, usable)
+    negatives_of: list[list[Any]] = [[] for _ in finals]
+    if config.needs_random:
+        with job.clock("derange"):
+            job.report.negative_blocks, _ = _blocks(
+                job,
+                "random",
+                compacts,
+                offsets,
+                negatives_of,
+                _derange_block,
+                config.user_constraint,
+            )
+        job.advance("derange", job.stats.prompts_planned)
+    if config.needs_context_swap:
+        with job.clock("derange"):
+            swap = (job.spec, config.max_prompt_tokens, job.corpus.prompt_format)
+            job.report.swap_blocks, metas = _blocks(
+                job, "swap", compacts, offsets, negatives_of, _swap_block, swap
+            )
+            _count_swaps(job.stats, job.ray.get(metas))
+    with job.clock("write"):
+        _write(job.ray, [f[0] for f in finals], negatives_of, offsets, target, config)
+    job.advance("write", job.stats.prompts_planned)
+    _collect_report(job, final_metas)
+
+
+def _map_stage(job: _Job) -> tuple[list[list[Any]], np.ndarray, int, Any]:
+    """Step 1: read + validate (Parquet: by the tasks; else streamed by the driver) and map.
+    Returns the map tasks' results per batch, the first input row of each batch, the number
+    of usable rows, and the (object store) input rows of the empty prompts."""
+    ray, stats, P = job.ray, job.stats, job.partitions
+    map_task = job.task(_map_batch, 2 + P + 1)
     mapped: list[list[Any]] = []
     starts: list[int] = []
-    with clock("read"):
-        for source, row_start in _sources(corpus, wanted, config.batch_rows, progress):
+    wanted = input_columns(job.corpus, job.config)
+    with job.clock("read"):
+        for source, row_start in _sources(job.corpus, wanted, job.config.batch_rows, job.progress):
             starts.append(row_start)
-            mapped.append(map_task.remote(source, spec, dedup, config.needs_context_drop, P))
+            mapped.append(map_task.remote(source, job.spec, job.dedup, job.config, P))
             del source
             # Backpressure: the driver reads ahead of the map tasks by at most 2 P batches.
             in_flight = [m[-1] for m in mapped[-4 * P :]]
             if len(in_flight) > 2 * P:
                 ray.wait(in_flight, num_returns=len(in_flight) - 2 * P)
-    with clock("tokenize"):  # the map tasks: read (Parquet), validate, sketch, tokenize
+    with job.clock("tokenize"):  # the map tasks: read (Parquet), validate, sketch, tokenize
         map_metas = ray.get([m[-1] for m in mapped])
     stats.rows_in = sum(int(m["seen"]) for m in map_metas)
     usable = sum(int(m["usable"]) for m in map_metas)
     stats.empty_dropped = stats.rows_in - usable
-    if corpus.format == "parquet" and progress:
-        progress("read", stats.rows_in)
-    if stats.rows_in == 0:
-        raise CorpusError(f"input '{corpus.spec}' has no rows")
-    if usable == 0:
-        prompt_col = corpus.columns.prompt or corpus.columns.messages
-        raise CorpusError(
-            f"no usable prompts: all {stats.rows_in} rows have a null or empty prompt "
-            f"(column {prompt_col!r}); fill them or pick another column"
-        )
+    if job.corpus.format == "parquet":
+        job.advance("read", stats.rows_in)
+    check_usable(job.corpus, stats)
     empties = ray.put(
         np.concatenate([m["empties"] for m in map_metas]).astype(np.uint64)
         if map_metas
         else np.zeros(0, dtype=np.uint64)
     )
-    B = len(mapped)
-    report.batches = B
-    starts_arr = np.array(starts, dtype=np.int64)
-    shuffle("exact", [m[-1] for m in mapped])
+    job.report.batches = len(mapped)
+    job.shuffle("exact", [m[-1] for m in mapped])
+    return mapped, np.array(starts, dtype=np.int64), usable, empties
 
-    with clock("dedup"):
-        # 2. exact duplicates
-        exact_task = ray.remote(num_returns=B + 1, **opts)(_exact_reduce)
-        exact = [exact_task.remote(starts_arr, *[m[2 + p] for m in mapped]) for p in range(P)]
-        shuffle("exact_back", [e[-1] for e in exact])
-        dups_of = [[e[b] for e in exact] for b in range(B)]
-        # 3. band records and fingerprints of first occurrences; buckets -> pairs
-        bands_task = ray.remote(num_returns=2 * P + 1, **opts)(_emit_bands)
-        emitted = [bands_task.remote(mapped[b][1], dedup.bands, P, *dups_of[b]) for b in range(B)]
-        shuffle("bands+fingerprints", [e[-1] for e in emitted])
-        bucket_task = ray.remote(num_returns=P + 1, **opts)(_bucket_reduce)
-        pairs = [bucket_task.remote(P, *[e[p] for e in emitted]) for p in range(P)]
-        shuffle("pairs", [x[-1] for x in pairs])
-        # 4. verify: each partition's fingerprints gathered once, used by both joins
-        fps_of = [concat_task.remote(*[e[P + p] for e in emitted]) for p in range(P)]
-        attach_task = ray.remote(num_returns=P + 1, **opts)(_attach_earlier)
-        attached = [attach_task.remote(fps_of[p], P, *[x[p] for x in pairs]) for p in range(P)]
-        shuffle("pairs+fingerprints", [x[-1] for x in attached])
-        verify_task = ray.remote(num_returns=2, **opts)(_verify)
-        verified = [
-            verify_task.remote(fps_of[p], config.near_dup_threshold, *[x[p] for x in attached])
-            for p in range(P)
-        ]
-        # 5. resolve
-        resolve_task = ray.remote(num_returns=2, **opts)(_resolve)
-        near, resolve_meta = resolve_task.remote(*[v[0] for v in verified])
-        # 6. finalize
-        final_task = ray.remote(num_returns=3, **opts)(_finalize)
-        finals = [
-            final_task.remote(mapped[b][0], near, empties, config, corpus.has_users, *dups_of[b])
-            for b in range(B)
-        ]
-        final_metas = ray.get([f[2] for f in finals])
-        report.verified_edges = int(ray.get(resolve_meta)["edges"])
-    del mapped, exact, emitted, pairs, attached, verified, fps_of
-    if progress:
-        progress("tokenize", stats.rows_in)
 
+def _dedup_stage(
+    job: _Job, starts: np.ndarray, sketches: list[Any], exact_parts: list[Any], what: str
+) -> tuple[list[list[Any]], Any, Any]:
+    """Steps 2-5 over one text (the prompts; for context-swap the questions again): exact
+    duplicates routed back per batch, the near-duplicate representatives, the resolve meta."""
+    P, B = job.partitions, len(sketches)
+    # 2. exact duplicates
+    exact_task = job.task(_exact_reduce, B + 1)
+    exact = [exact_task.remote(starts, *[e[p] for e in exact_parts]) for p in range(P)]
+    job.shuffle(f"{what}exact_back", [e[-1] for e in exact])
+    dups_of = [[e[b] for e in exact] for b in range(B)]
+    # 3. band records and fingerprints of first occurrences; buckets -> pairs
+    bands_task = job.task(_emit_bands, 2 * P + 1)
+    emitted = [bands_task.remote(sketches[b], job.dedup.bands, P, *dups_of[b]) for b in range(B)]
+    job.shuffle(f"{what}bands+fingerprints", [e[-1] for e in emitted])
+    bucket_task = job.task(_bucket_reduce, P + 1)
+    pairs = [bucket_task.remote(P, *[e[p] for e in emitted]) for p in range(P)]
+    job.shuffle(f"{what}pairs", [x[-1] for x in pairs])
+    # 4. verify: each partition's fingerprints gathered once, used by both joins
+    fps_of = [job.task(_concat_task).remote(*[e[P + p] for e in emitted]) for p in range(P)]
+    attach_task = job.task(_attach_earlier, P + 1)
+    attached = [attach_task.remote(fps_of[p], P, *[x[p] for x in pairs]) for p in range(P)]
+    job.shuffle(f"{what}pairs+fingerprints", [x[-1] for x in attached])
+    verify_task = job.task(_verify, 2)
+    threshold = job.config.near_dup_threshold
+    verified = [
+        verify_task.remote(fps_of[p], threshold, *[x[p] for x in attached]) for p in range(P)
+    ]
+    # 5. resolve
+    near, resolve_meta = job.task(_resolve, 2).remote(*[v[0] for v in verified])
+    return dups_of, near, resolve_meta
+
+
+def _question_stage(
+    job: _Job, starts: np.ndarray, mapped: list[list[Any]], near: Any, dups_of: list[list[Any]]
+) -> tuple[Any, list[list[Any]]]:
+    """context-swap: the question text of the kept rows deduplicated as the prompts were (the
+    local plan's second ``Deduper``): the question clusters, and the exact duplicates per batch."""
+    P = job.partitions
+    question_task = job.task(_question_map, 1 + P + 1)
+    sketched = [
+        question_task.remote(m[0], near, job.dedup, P, job.config.dedup, *dups_of[b])
+        for b, m in enumerate(mapped)
+    ]
+    job.shuffle("question exact", [q[-1] for q in sketched])
+    question_dups, questions, _ = _dedup_stage(
+        job, starts, [q[0] for q in sketched], [q[1 : 1 + P] for q in sketched], "question "
+    )
+    return questions, question_dups
+
+
+def _tally(
+    job: _Job, compacts: list[Any], final_metas: list[dict[str, Any]], usable: int
+) -> np.ndarray:
+    """The plan's counts (duplicates, over-long, planned, context, tokens, users) and their
+    checks, as the local plan makes them; returns the plan index of each batch's first row."""
+    config, stats, P = job.config, job.stats, job.partitions
     lengths_dropped: list[int] = []
-    counts = []
     for m in final_metas:
         c = m["counts"]
         if config.dedup:
@@ -684,76 +886,74 @@ def _run(
             stats.near_duplicates += c["near"]
         stats.over_length += c["over"]
         lengths_dropped += c["lengths"]
-    compacts = [f[1] for f in finals]
     # Per-batch planned counts and the small summaries (one pass over the compact columns).
-    summary_task = ray.remote(num_returns=P + 1, **opts)(_summary)
-    summarized = [summary_task.remote(c, P) for c in compacts]
-    summaries = ray.get([s[0] for s in summarized])
+    summarized = [job.task(_summary, P + 1).remote(c, P) for c in compacts]
+    summaries = job.ray.get([s[0] for s in summarized])
     counts = [s["rows"] for s in summaries]
     planned = sum(counts)
     # The local plan's count: clusters (= representatives) with dedup, else every usable row.
     removed = sum(m["counts"]["exact"] + m["counts"]["near"] for m in final_metas)
-    distinct = usable - removed if config.dedup else usable
-    if config.needs_random and distinct < 2:
-        raise too_few_error(stats, distinct)
-    if planned == 0 or (config.needs_random and planned < 2):
-        raise CorpusError(
-            f"{'no' if planned == 0 else 'only 1'} prompt left after dropping "
-            f"{stats.over_length} over --max-prompt-tokens={config.max_prompt_tokens} (the "
-            f"shortest of those has {min(lengths_dropped, default=0)} tokens, the longest "
-            f"{max(lengths_dropped, default=0)}): raise --max-prompt-tokens"
-            + ("" if planned == 0 else " (random negatives need at least 2 prompts)")
-        )
+    check_planned(
+        config, stats, usable - removed if config.dedup else usable, planned, lengths_dropped
+    )
     stats.prompts_planned = planned
     stats.with_context = sum(s["with_context"] for s in summaries)
     stats.without_context = planned - stats.with_context
     stats.prompt_tokens_total = sum(s["tokens"] for s in summaries)
     stats.prompt_tokens_max = max(s["tokens_max"] for s in summaries if s["rows"])
-    if corpus.has_users:
-        count_task = ray.remote(**opts)(_count_distinct)
+    if job.corpus.has_users:
+        count_task = job.task(_count_distinct)
         counted = [count_task.remote(*[s[1 + p] for s in summarized]) for p in range(P)]
-        stats.users = sum(ray.get(counted))
-    del summarized
-    if config.needs_context and stats.with_context == 0:
-        raise ConfigError(
-            f"--negatives {config.negatives} drops or swaps each prompt's context, but none of the "
-            f"{stats.prompts_planned} prompts has one (empty context column or no system "
-            "message): fill the context, or use --negatives random"
-        )
+        stats.users = sum(job.ray.get(counted))
+    check_some_context(config, stats)
+    return np.concatenate([[0], np.cumsum(counts)])[:-1].astype(np.int64)
 
-    # 7. negatives
-    offsets = np.concatenate([[0], np.cumsum(counts)])[:-1].astype(np.int64)
-    negatives_of: list[list[Any]] = [[] for _ in range(B)]
-    if config.needs_random:
-        with clock("derange"):
-            NB = max(1, math.ceil(planned / negative_block_rows))
-            report.negative_blocks = NB
-            route_task = ray.remote(num_returns=NB + 1, **opts)(_route_negatives)
-            routed = [
-                route_task.remote(compacts[b], int(offsets[b]), config.seed, NB) for b in range(B)
-            ]
-            shuffle("negatives", [r[-1] for r in routed])
-            derange_task = ray.remote(num_returns=B + 1, **opts)(_derange_block)
-            deranged = [
-                derange_task.remote(
-                    j, NB, config.seed, config.user_constraint, offsets, *[r[j] for r in routed]
-                )
-                for j in range(NB)
-            ]
-            shuffle("negatives_back", [d[-1] for d in deranged])
-            ray.wait([d[-1] for d in deranged], num_returns=len(deranged))
-            negatives_of = [[d[b] for d in deranged] for b in range(B)]
-        if progress:
-            progress("derange", planned)
 
-    # 8. write
-    with clock("write"):
-        _write(ray, [f[0] for f in finals], negatives_of, offsets, target, config)
-    if progress:
-        progress("write", planned)
+def _blocks(
+    job: _Job,
+    kind: str,
+    compacts: list[Any],
+    offsets: np.ndarray,
+    negatives_of: list[list[Any]],
+    block_task: Any,
+    *args: Any,
+) -> tuple[int, list[Any]]:
+    """Step 7: route every planned row to its block (``kind``: random or swap), run
+    ``block_task`` (block, blocks, seed, offsets, *args, *the block's frames) on each block and
+    add its results to ``negatives_of`` (per batch); returns the block count and the metas."""
+    B = len(compacts)
+    NB = max(1, math.ceil(job.stats.prompts_planned / job.block_rows))
+    seed = job.config.seed
+    route_task = job.task(_route_rows, NB + 1)
+    routed = [route_task.remote(compacts[b], int(offsets[b]), kind, seed, NB) for b in range(B)]
+    stage = "negatives" if kind == "random" else "swaps"
+    job.shuffle(stage, [r[-1] for r in routed])
+    task = job.task(block_task, B + 1)
+    done = [task.remote(j, NB, seed, offsets, *args, *[r[j] for r in routed]) for j in range(NB)]
+    metas = [d[-1] for d in done]
+    job.shuffle(f"{stage}_back", metas)
+    job.ray.wait(metas, num_returns=len(metas))
+    for b in range(B):
+        negatives_of[b].append([d[b] for d in done])
+    return NB, metas
 
-    for stage, refs in metas:
-        values = ray.get(refs)
+
+def _count_swaps(stats: PlanStats, metas: list[dict[str, Any]]) -> None:
+    """The context-swap counts of the plan: sums over the blocks (a question in one block)."""
+    counts = [m["counts"] for m in metas]
+    stats.question_clusters = sum(c["question_clusters"] for c in counts)
+    stats.swaps_reused = sum(c["reused"] for c in counts)
+    stats.swaps_generated = sum(c["generated"] for c in counts)
+    stats.swaps_no_context = sum(c["no_context"] for c in counts)
+    stats.swaps_no_donor = sum(c["no_donor"] for c in counts)
+    stats.swaps_over_length = sum(c["over"] for c in counts)
+
+
+def _collect_report(job: _Job, final_metas: list[dict[str, Any]]) -> None:
+    """Shuffle bytes, held bytes, candidate pairs and worker memory, from the stages' metas."""
+    report = job.report
+    for stage, refs in job.metas:
+        values = job.ray.get(refs)
         report.shuffle_bytes[stage] = report.shuffle_bytes.get(stage, 0) + sum(
             int(v.get("shuffle", 0)) for v in values
         )
@@ -854,57 +1054,26 @@ def _count_distinct(*frames: pl.DataFrame) -> int:
 def _write(
     ray: Any,
     finals: list[Any],
-    negatives_of: list[list[Any]],
+    negatives_of: list[list[list[Any]]],
     offsets: np.ndarray,
     target: Path,
     config: PlanConfig,
 ) -> None:
     """Stream the batches into ``target`` in fixed-size row groups (as the local plan does),
-    one batch in the driver's memory at a time; temporary file + rename."""
-    import pyarrow.parquet as pq
-
-    from mipo.io import write_errors
-
+    one batch in the driver's memory at a time, each joined with its negatives (random, then
+    context-swap); temporary file + rename."""
     with write_errors(target):
         target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        writer: pq.ParquetWriter | None = None
-        pending: list[pl.DataFrame] = []
-        pending_rows = 0
-
-        def flush(frame: pl.DataFrame) -> None:
-            nonlocal writer
-            table = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
-            writer.write_table(table, row_group_size=config.row_group_rows)
-
-        try:
-            for b, ref in enumerate(finals):
-                frame = ray.get(ref)
-                n = frame.height
-                if n == 0:
-                    continue
-                offset = int(offsets[b])
-                columns = [
-                    pl.int_range(offset, offset + n, dtype=pl.UInt32, eager=True).alias(
-                        "plan_index"
-                    )
-                ]
-                frame = frame.with_columns(columns)
-                if negatives_of[b]:
-                    neg = _concat(ray.get(negatives_of[b])).sort("plan_index")
-                    frame = frame.join(neg, on="plan_index", how="left", maintain_order="left")
-                frame = frame.select("plan_index", pl.exclude("plan_index"))
-                pending.append(frame)
-                pending_rows += n
-                while pending_rows >= config.row_group_rows:
-                    merged = pl.concat(pending)
-                    flush(merged.slice(0, config.row_group_rows))
-                    rest = merged.slice(config.row_group_rows)
-                    pending, pending_rows = [rest], rest.height
-            if pending_rows:
-                flush(pl.concat(pending))
-        finally:
-            if writer is not None:
-                writer.close()
+    with atomic_path(target) as tmp, RowGroupWriter(tmp, config.row_group_rows) as out:
+        for b, ref in enumerate(finals):
+            frame = ray.get(ref)
+            n = frame.height
+            if n == 0:
+                continue
+            offset = int(offsets[b])
+            index = pl.int_range(offset, offset + n, dtype=pl.UInt32, eager=True)
+            frame = frame.with_columns(index.alias("plan_index"))
+            for refs in negatives_of[b]:
+                neg = _concat(ray.get(refs)).sort("plan_index")
+                frame = frame.join(neg, on="plan_index", how="left", maintain_order="left")
+            out.add(frame.select("plan_index", pl.exclude("plan_index")))
