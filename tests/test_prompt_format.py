@@ -38,6 +38,21 @@ def test_raw_system_is_the_context_verbatim() -> None:
     ]
 
 
+def test_paper_puts_the_papers_instruction_and_the_requirements_around_the_question() -> None:
+    """The paper's wording, reconstructed from the fragments issue 22 quotes: one user turn."""
+    fmt = PromptFormat("paper")
+    assert fmt.in_user_turn
+    assert fmt.messages(CONTEXT, QUESTION) == [
+        {
+            "role": "user",
+            "content": "Give me short 2-3 sentence answers.\n\nWhat hobby could I pick up?\n\n"
+            f"Please respect the following requirements made by the user: {CONTEXT}",
+        }
+    ]
+    with pytest.raises(ConfigError, match="about-user, raw-system, paper"):
+        PromptFormat("papr")
+
+
 def test_custom_templates_place_the_context_where_they_say() -> None:
     user = PromptFormat("{question} Please respect these requirements: {context} {braces}")
     assert user.in_user_turn

@@ -20,7 +20,31 @@ from mipo.run.recipes import load_recipe, recipe_names
 from mipo.synth import SAMPLE_CORPUS_PATH, load_sample_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER = ("paper-multiple-choice", "paper-personalization")
+PAPER = ("paper-math", "paper-multiple-choice", "paper-personalization")
+NEGATIVES = {
+    "paper-math": "sentence-drop",
+    "paper-multiple-choice": "random",
+    "paper-personalization": "context-drop",
+}
+# GSM8K-style word problems of several sentences (the paper-math recipe drops one of them).
+MATH = [
+    "Ann has 3.5 kg of rice. She cooks 0.5 kg a day. How many days does the rice last?",
+    "Mr. Lee buys 4 pens at $2 each. He pays with a $10 note. How much change does he get?",
+    "A train covers 60 km in 1.5 hours. What is its average speed in km per hour?",
+    "Dr. Ng reads 20 pages a day. Her novel has 300 pages. How many days will it take?",
+    "A farmer plants 7 rows of corn. Each row holds 12 plants. How many plants are there?",
+    "Sam saves $15 every week. He wants a bike that costs $120. How many weeks must he save?",
+    "A baker makes 48 muffins. She sells three quarters of them. How many are left over?",
+    "Tia swims 25 laps on Monday. On Tuesday she swims twice as many. How many in total?",
+    "A box holds 6 eggs. Grandma needs 40 eggs for a party. How many boxes should she buy?",
+    "Leo is 9 years old. His sister is 4 years older. How old will she be in 5 years?",
+    "A tank holds 200 litres. It leaks 2.5 litres an hour. How long until it is half empty?",
+    "Mia knits 3 scarves a week. Each scarf uses 2 balls of wool. How much wool for 6 weeks?",
+    "A bus seats 52 people. 130 pupils go on a school trip. How many buses are needed?",
+    "Omar runs 5 km each morning. He rests on Sundays. How far does he run in two weeks?",
+    "A pizza is cut into 8 slices. Four friends share 3 pizzas. How many slices each?",
+    "Ivy earns $12.50 an hour. She works 6 hours on Saturday. What does she earn that day?",
+]
 
 
 def test_the_shipped_recipes() -> None:
@@ -49,7 +73,8 @@ def test_every_recipe_loads_and_validates(name: str) -> None:
 def test_paper_recipes_have_the_papers_training_and_decoding(name: str) -> None:
     """DESIGN.md's facts from the paper: full fine-tuning, lr 5e-7, beta 0.1, one epoch, batch 4,
     cosine to 10% with 3% warmup, Adam (0.9, 0.95); top-p 0.9, temperature 0.1 (1.0 for multiple
-    choice), 512 new tokens."""
+    choice), 512 new tokens (1024 for math); the negatives of each setup; personalization with
+    the paper's prompt."""
     config = from_mapping(RunConfig, {"corpus": "c", "out_dir": "o", **load_recipe(name).config})
     train = config.train
     assert (train.lora, train.learning_rate, train.beta, train.epochs, train.batch_size) == (
@@ -60,11 +85,16 @@ def test_paper_recipes_have_the_papers_training_and_decoding(name: str) -> None:
     )  # fmt: skip
     assert (train.adam_beta1, train.adam_beta2, train.loss_type) == (0.9, 0.95, "sigmoid")
     temperature = 1.0 if name == "paper-multiple-choice" else 0.1
+    new_tokens = 1024 if name == "paper-math" else 512
     for generation in (config.generation, config.eval_generation):
         assert (generation.top_p, generation.temperature) == (0.9, temperature)
-        assert generation.max_new_tokens == 512
+        assert generation.max_new_tokens == new_tokens
+    if name == "paper-math":
+        assert config.math_max_new_tokens == 1024
+    if name == "paper-personalization":
+        assert config.columns.context_format == "paper"
     assert config.model and "/" in config.model  # a hub model
-    assert config.negatives == ("random" if name == "paper-multiple-choice" else "context-drop")
+    assert config.negatives == NEGATIVES[name]
 
 
 def test_the_demo_recipe_is_the_demo() -> None:
@@ -101,10 +131,15 @@ def test_unknown_recipes_are_one_line() -> None:
 def test_each_recipe_runs_scaled_down(name: str, tmp_path: Path, tiny_model_dir: Path) -> None:
     """Each recipe end to end on the tiny model, its sizes scaled down by flags (which override
     the recipe): the recipe's negatives, training type and decoding are what run."""
-    frame = load_sample_corpus()
-    users = frame["user_id"].unique(maintain_order=True)[:6].to_list()
     corpus = tmp_path / "corpus.jsonl"
-    frame.filter(pl.col("user_id").is_in(users)).write_ndjson(corpus)
+    if name == "paper-math":
+        pl.DataFrame({"id": [f"m{i}" for i in range(len(MATH))], "question": MATH}).write_ndjson(
+            corpus
+        )
+    else:
+        frame = load_sample_corpus()
+        users = frame["user_id"].unique(maintain_order=True)[:6].to_list()
+        frame.filter(pl.col("user_id").is_in(users)).write_ndjson(corpus)
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, [
         "run", "--recipe", name, str(corpus), "-o", str(out), "--model", str(tiny_model_dir),
@@ -121,6 +156,8 @@ def test_each_recipe_runs_scaled_down(name: str, tmp_path: Path, tiny_model_dir:
         "temperature", 0.1
     )
     assert (out / "report.md").is_file()
+    pairs = pl.read_parquet(out / "round-1" / "pairs" / "pairs.parquet")
+    assert pairs.height and set(pairs["strategy"]) == {recipe["negatives"]}
     if name == "demo":
         # The run's record repeats it: the same pairs, byte for byte, in another folder.
         again = tmp_path / "again"

@@ -12,6 +12,12 @@ How the two are put into chat messages changes what the model does with the cont
 - ``raw-system``: the context verbatim as the system message (mipo's format before 0.1). Small
   instruct models read a system message as their own persona, and a first-person context there
   makes them speak *as* the user ("I'm a retired teacher, 71, ...") instead of *to* them.
+- ``paper``: the personalization prompt of the paper (arXiv 2603.19294), one user turn: "Give me
+  short 2-3 sentence answers.", the question, then "Please respect the following requirements
+  made by the user: " and the context. *Reconstructed* from the two fragments of it that issue 22
+  quotes ("Give me short 2-3 sentence answers …" and "Please respect the following requirements
+  made by the user: …"), not copied from the paper's released code: the order of the parts, the
+  blank lines and any words between the fragments are guesses.
 - any text holding ``{context}``: a template of your own. With ``{question}`` too, the text is
   the first user turn; without it, the text is a system message and the question stays the user
   turn. Only those two placeholders are replaced; other braces are kept as they are.
@@ -28,6 +34,12 @@ reformatted the same way (``raw-system`` leaves them as they are).
 >>> fmt = PromptFormat("user-turn")
 >>> fmt.messages("I'm vegan.", [{"role": "user", "content": "Dinner ideas?"}])
 [{'role': 'user', 'content': "I'm vegan.\\n\\nDinner ideas?"}]
+>>> print(PromptFormat("paper").messages("No jargon.", [{"role": "user", "content": "Why?"}])[0]["content"])
+Give me short 2-3 sentence answers.
+<BLANKLINE>
+Why?
+<BLANKLINE>
+Please respect the following requirements made by the user: No jargon.
 >>> PromptFormat("Requirements: {context}").messages("be brief", [{"role": "user", "content": "Hi"}])[0]
 {'role': 'system', 'content': 'Requirements: be brief'}
 """
@@ -53,6 +65,11 @@ CONTEXT_FORMATS: dict[str, str] = {
         "details, not yours."
     ),
     "raw-system": "{context}",
+    # Reconstructed from the fragments issue 22 quotes, not copied from the released code.
+    "paper": (
+        "Give me short 2-3 sentence answers.\n\n{question}\n\n"
+        "Please respect the following requirements made by the user: {context}"
+    ),
 }
 """The named formats and their templates (see the module docstring)."""
 
