@@ -101,8 +101,8 @@ def build_pairs(folder: Path) -> Path:
     corpus.write_text("".join(lines[:CORPUS_PROMPTS]), encoding="utf-8")
     print(f"building pairs in {folder} (once)", file=sys.stderr)
     cmd = [sys.executable, "-m", "mipo", "build-pairs", str(corpus), "-o", str(folder)]
-    cmd += ["--max-new-tokens", "64", "--negatives", "context-swap", "--keep-truncated"]
-    subprocess.run([*cmd, "--backend", "hf", "--no-progress"], check=True)
+    cmd += ["--generation-max-new-tokens", "64", "--negatives", "context-swap", "--keep-truncated"]
+    subprocess.run([*cmd, "--generation-backend", "hf", "--no-progress"], check=True)
     return folder
 
 

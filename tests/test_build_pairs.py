@@ -32,7 +32,10 @@ CONTEXTS = [
     "My budget is tight and I cook for four.",
     None,
 ]
-FAST = ["--backend", "hf", "--max-new-tokens", "6", "--chunk-size", "2", "--batch-size", "2"]
+FAST = [
+    "--generation-backend", "hf", "--generation-max-new-tokens", "6",
+    "--generation-chunk-size", "2", "--generation-batch-size", "2",
+]  # fmt: skip
 
 
 def _corpus(path: Path) -> Path:
@@ -147,7 +150,7 @@ def test_changed_options_are_refused_unless_overwrite(
     before = _mtimes(out / "generations")
     base = [corpus, "-o", out, "--model", tiny_model_dir, *FAST]
 
-    result = _run(*base, "--keep-truncated", "--temperature", "0.7")
+    result = _run(*base, "--keep-truncated", "--generation-temperature", "0.7")
     assert result.exit_code != 0  # type: ignore[attr-defined]
     assert "holds a run with different generate options" in result.stderr  # type: ignore[attr-defined]
     assert "temperature" in result.stderr and "--overwrite" in result.stderr  # type: ignore[attr-defined]
@@ -230,7 +233,8 @@ def test_both_strategies_with_independent_negatives(
             tiny_model_dir,
             "--negatives",
             "both",
-            "--independent-negatives",
+            "--set",
+            "independent_negatives=true",
             "--keep-truncated",
             *FAST,
         )
@@ -302,7 +306,15 @@ def test_ray_executor_writes_the_same_pairs_as_the_local_one(
     monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a local Ray runtime for this run only
     # Sampling (temperature 1) so the per-row seeds matter, and a 1-thread local reference:
     # each 1-CPU Ray actor runs torch on one thread.
-    args = [corpus, "--model", tiny_model_dir, "--keep-truncated", "--temperature", "1", *FAST]
+    args = [
+        corpus,
+        "--model",
+        tiny_model_dir,
+        "--keep-truncated",
+        "--generation-temperature",
+        "1",
+        *FAST,
+    ]
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -338,7 +350,7 @@ def test_executor_options_are_checked_before_anything_is_written(
     result = _run(*base, "--num-workers", "2")
     assert result.exit_code != 0  # type: ignore[attr-defined]
     assert "--num-workers applies to Ray workers only" in result.stderr  # type: ignore[attr-defined]
-    result = _run(*base, "--ray-address", "auto")
+    result = _run(*base, "--set", "ray_address=auto")
     assert "--ray-address applies to Ray workers only" in result.stderr  # type: ignore[attr-defined]
 
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
@@ -397,9 +409,9 @@ def test_builtin_model_on_the_sample_corpus(tmp_path: Path, smollm2_dir: Path) -
         smollm2_dir,
         "--negatives",
         "both",
-        "--backend",
+        "--generation-backend",
         "hf",
-        "--max-new-tokens",
+        "--generation-max-new-tokens",
         "32",
         "--keep-truncated",
     )

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 from mipo.cli import cli
 
-FAST = ["--backend", "hf", "--max-new-tokens", "4", "--no-progress"]
+FAST = ["--generation-backend", "hf", "--generation-max-new-tokens", "4", "--no-progress"]
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:
@@ -109,7 +109,7 @@ def test_truncated_last_jsonl_line(tmp_path: Path, tiny_model_dir: Path) -> None
 
 def test_wrong_column_name(tmp_path: Path, tiny_model_dir: Path) -> None:
     source = _jsonl(tmp_path / "c.jsonl", _rows(4))
-    result, out = _build(tmp_path, tiny_model_dir, source, "--prompt-col", "body")
+    result, out = _build(tmp_path, tiny_model_dir, source, "--set", "columns.prompt=body")
     _refused(result, out, "column 'body' (--prompt-col) not found", "id, user_id, question")
 
 
@@ -172,7 +172,7 @@ def test_prompt_over_the_token_limit_is_dropped_and_counted(
 
 def test_every_prompt_over_the_token_limit(tmp_path: Path, tiny_model_dir: Path) -> None:
     source = _jsonl(tmp_path / "c.jsonl", _rows(4))
-    result, out = _build(tmp_path, tiny_model_dir, source, "--max-prompt-tokens", "5")
+    result, out = _build(tmp_path, tiny_model_dir, source, "--set", "max_prompt_tokens=5")
     _refused(result, out, "no prompt left after dropping 4 over --max-prompt-tokens=5")
 
 
@@ -218,7 +218,7 @@ def test_bad_shard_and_contradicting_options(tmp_path: Path, tiny_model_dir: Pat
     source = _jsonl(tmp_path / "c.jsonl", _rows(4))
     result, out = _build(tmp_path, tiny_model_dir, source, "--shard", "2/2")
     _refused(result, out, "--shard 2/2 is invalid")
-    result, out = _build(tmp_path, tiny_model_dir, source, "--min-margin", "1")
+    result, out = _build(tmp_path, tiny_model_dir, source, "--set", "min_margin=1")
     _refused(result, out, "--min-margin needs --score")
 
 

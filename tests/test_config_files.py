@@ -30,9 +30,9 @@ COMMANDS: dict[str, tuple[list[str], str, str]] = {
 }
 # A flag of each command that sets a nested field, and where it lands.
 FLAGS: dict[str, tuple[list[str], tuple[str, ...], Any]] = {
-    "build-pairs": (["--top-p", "0.5"], ("generation", "top_p"), 0.5),
+    "build-pairs": (["--generation-temperature", "0.5"], ("generation", "temperature"), 0.5),
     "train": (["--beta", "0.25"], ("beta",), 0.25),
-    "eval": (["--batch-size", "3"], ("generation", "batch_size"), 3),
+    "eval": (["--eval-batch-size", "3"], ("generation", "batch_size"), 3),
     "run": (["--eval-batch-size", "5"], ("eval_generation", "batch_size"), 5),
 }
 

@@ -20,7 +20,8 @@ import pytest
 
 SAMPLE_CORPUS = Path(__file__).parents[1] / "python" / "mipo" / "data" / "sample_corpus.jsonl"
 FAST = [
-    "--backend", "hf", "--max-new-tokens", "4", "--chunk-size", "8", "--batch-size", "4",
+    "--generation-backend", "hf", "--generation-max-new-tokens", "4",
+    "--generation-chunk-size", "8", "--generation-batch-size", "4",
     "--keep-truncated", "--no-progress", "--seed", "7",
 ]  # fmt: skip
 

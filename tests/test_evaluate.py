@@ -421,8 +421,8 @@ def test_eval_cli_full_report(trained: Path, tiny_model_dir: Path, tmp_path: Pat
     args = [
         "eval", "--model", str(trained), "--compare", str(tiny_model_dir),
         "--judge", str(tiny_model_dir), str(heldout), str(DATA / "choice_sample.jsonl"),
-        str(DATA / "math_sample.jsonl"), "--limit", "4", "--max-new-tokens", "8",
-        "--math-max-new-tokens", "8", "--n-bootstrap", "200", "-k", "2", "-o", str(out),
+        str(DATA / "math_sample.jsonl"), "--limit", "4", "--eval-max-new-tokens", "8",
+        "--set", "math_max_new_tokens=8", "--n-bootstrap", "200", "-k", "2", "-o", str(out),
     ]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output

@@ -391,7 +391,7 @@ def test_accelerate_launch_on_one_gpu(tiny_model_dir: Path, tmp_path: Path, devi
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(accelerate_config_path("ddp")), "--num_processes", "1",
         "-m", "mipo", "train", str(pairs), "-o", str(out), "--lora", "--max-steps", "2",
-        "--batch-size", "2",
+        "--train-batch-size", "2",
     ]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -421,11 +421,13 @@ def test_mipo_run_end_to_end(tiny_model_dir: Path, tmp_path: Path, device: str) 
     frame.filter(pl.col("user_id").is_in(users)).write_ndjson(corpus)
     out = tmp_path / "out"
     args = [
-        "run", str(corpus), "-o", str(out), "--model", str(tiny_model_dir), "--backend", "hf",
-        "--max-new-tokens", "16", "--keep-truncated", "--generation-batch-size", "8", "--lora",
-        "--max-steps", "2", "--batch-size", "2", "--lr", "1e-3", "-k", "2",
-        "--judge", str(tiny_model_dir), "--n-bootstrap", "200", "--eval-batch-size", "8",
-        "--eval-fraction", "0.25", "--max-prompts", "16", "--no-progress",
+        "run", str(corpus), "-o", str(out), "--model", str(tiny_model_dir),
+        "--set", "generation.backend=hf", "--set", "eval_generation.backend=hf",
+        "--generation-max-new-tokens", "16", "--set", "eval_generation.max_new_tokens=16",
+        "--keep-truncated", "--generation-batch-size", "8", "--lora", "--max-steps", "2",
+        "--train-batch-size", "2", "--lr", "1e-3", "-k", "2", "--set", f"judge={tiny_model_dir}",
+        "--set", "n_bootstrap=200", "--eval-batch-size", "8", "--eval-fraction", "0.25",
+        "--max-prompts", "16", "--set", "progress=false",
     ]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, (result.output, result.exception)

@@ -207,7 +207,7 @@ def test_eval_with_a_judge_server(
     args = [
         "eval", "--model", str(tiny_model_dir), "--compare", str(tiny_model_dir),
         "--judge-url", server.url, "--judge-model", "served-judge", str(heldout),
-        "--max-new-tokens", "6", "-k", "2", "--n-bootstrap", "100", "-o", str(out),
+        "--eval-max-new-tokens", "6", "-k", "2", "--n-bootstrap", "100", "-o", str(out),
     ]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output

@@ -200,7 +200,7 @@ def test_cli_train_writes_progress_lines_to_a_log_file(
     log = tmp_path / "log"
     args = ["train", str(pairs), "-o", str(tmp_path / "out"), "--lora", "--max-steps", "2"]
     with stderr_to(log):
-        cli.main(args=[*args, "--batch-size", "2"], prog_name="mipo", standalone_mode=False)
+        cli.main(args=[*args, "--train-batch-size", "2"], prog_name="mipo", standalone_mode=False)
     lines = log.read_text().splitlines()
     progress = [re.sub(STAMP, "", line) for line in lines if re.match(STAMP, line)]
     assert progress[0].startswith("loading: model and pairs")
@@ -272,7 +272,10 @@ def test_cli_build_pairs_writes_plan_and_generation_lines(
     monkeypatch.setenv(INTERVAL_ENV, "0")
     log = tmp_path / "log"
     args = ["build-pairs", str(corpus), "-o", str(tmp_path / "out"), "--model", str(tiny_model_dir)]
-    fast = ["--backend", "hf", "--max-new-tokens", "4", "--chunk-size", "2", "--batch-size", "2"]
+    fast = [
+        "--generation-backend", "hf", "--generation-max-new-tokens", "4",
+        "--generation-chunk-size", "2", "--generation-batch-size", "2",
+    ]  # fmt: skip
     with stderr_to(log):
         cli.main(args=[*args, *fast, "--keep-truncated"], prog_name="mipo", standalone_mode=False)
     body = [

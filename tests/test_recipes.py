@@ -143,9 +143,11 @@ def test_each_recipe_runs_scaled_down(name: str, tmp_path: Path, tiny_model_dir:
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, [
         "run", "--recipe", name, str(corpus), "-o", str(out), "--model", str(tiny_model_dir),
-        "--backend", "hf", "--max-new-tokens", "8", "--keep-truncated", "--max-steps", "1",
-        "--batch-size", "2", "-k", "1", "--n-bootstrap", "50", "--max-prompts", "12",
-        "--eval-fraction", "0.25", "--no-progress",
+        "--set", "generation.backend=hf", "--set", "eval_generation.backend=hf",
+        "--generation-max-new-tokens", "8", "--set", "eval_generation.max_new_tokens=8",
+        "--keep-truncated", "--max-steps", "1", "--train-batch-size", "2", "-k", "1",
+        "--set", "n_bootstrap=50", "--max-prompts", "12", "--eval-fraction", "0.25",
+        "--set", "progress=false",
     ])  # fmt: skip
     assert result.exit_code == 0, (result.output, result.stderr)
     record = json.loads((out / "run.json").read_text())

@@ -26,11 +26,13 @@ def _tiny_args(tiny_model_dir: Path) -> list[str]:
     """Sizes that keep a whole round to seconds on the tiny model (it never stops: keep
     truncated pairs)."""
     return [
-        "--model", str(tiny_model_dir), "--backend", "hf", "--max-new-tokens", "8",
-        "--keep-truncated", "--generation-batch-size", "8", "--lora", "--max-steps", "2",
-        "--batch-size", "2", "--lr", "1e-3", "-k", "2", "--judge", str(tiny_model_dir),
-        "--n-bootstrap", "200", "--eval-batch-size", "8", "--eval-fraction", "0.25",
-        "--max-prompts", "16", "--no-progress",
+        "--model", str(tiny_model_dir), "--set", "generation.backend=hf",
+        "--set", "eval_generation.backend=hf", "--generation-max-new-tokens", "8",
+        "--set", "eval_generation.max_new_tokens=8", "--keep-truncated",
+        "--generation-batch-size", "8", "--lora", "--max-steps", "2", "--train-batch-size", "2",
+        "--lr", "1e-3", "-k", "2", "--set", f"judge={tiny_model_dir}", "--set", "n_bootstrap=200",
+        "--eval-batch-size", "8", "--eval-fraction", "0.25", "--max-prompts", "16",
+        "--set", "progress=false",
     ]  # fmt: skip
 
 
@@ -197,7 +199,7 @@ def test_reused_pairs_are_checked_and_copied(
     source = finished_run[0] / "round-1" / "pairs"
     # Other training options: the pairs are copied, not generated, and trained on.
     out = tmp_path / "beta"
-    args = (small_corpus, "-o", out, *_tiny_args(tiny_model_dir), "--reuse-pairs", source)
+    args = (small_corpus, "-o", out, *_tiny_args(tiny_model_dir), "--set", f"reuse_pairs={source}")
     result = _invoke(*args, "--beta", "0.5")
     _ok(result)
     assert "round 1/1: reusing the pairs of" in result.output  # type: ignore[attr-defined]
@@ -209,8 +211,8 @@ def test_reused_pairs_are_checked_and_copied(
     assert record["num_pairs"] == copied.height
     # Other generation options: build-pairs refuses the copy, and nothing of it stays behind.
     out = tmp_path / "hot"
-    args = (small_corpus, "-o", out, *_tiny_args(tiny_model_dir), "--reuse-pairs", source)
-    result = _invoke(*args, "--temperature", "0.7")
+    args = (small_corpus, "-o", out, *_tiny_args(tiny_model_dir), "--set", f"reuse_pairs={source}")
+    result = _invoke(*args, "--set", "generation.temperature=0.7")
     assert result.exit_code == 2, result.output  # type: ignore[attr-defined]
     assert "different generate options" in result.output  # type: ignore[attr-defined]
     assert not (out / "round-1" / "pairs").exists()
@@ -322,9 +324,11 @@ def test_demo_configuration_on_the_builtin_model(tmp_path: Path, smollm2_dir: Pa
     """`mipo run --demo`, shrunk: the real model through every stage."""
     out = tmp_path / "demo"
     result = _invoke(
-        "--demo", "-o", out, "--max-prompts", "12", "--max-eval-prompts", "8",
-        "--max-new-tokens", "24", "--max-steps", "3", "-k", "1", "--n-bootstrap", "200",
-        "--backend", "hf", "--no-progress",
+        "--demo", "-o", out, "--max-prompts", "12", "--set", "max_eval_prompts=8",
+        "--generation-max-new-tokens", "24", "--set", "eval_generation.max_new_tokens=24",
+        "--max-steps", "3", "-k", "1", "--set", "n_bootstrap=200",
+        "--set", "generation.backend=hf", "--set", "eval_generation.backend=hf",
+        "--set", "progress=false",
     )  # fmt: skip
     _ok(result)
     metrics = json.loads((out / "metrics.json").read_text())

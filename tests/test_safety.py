@@ -34,7 +34,8 @@ QUESTIONS = [
     "Suggest a cheap dinner plan for the week.",
 ]
 FAST = [
-    "--backend", "hf", "--max-new-tokens", "4", "--chunk-size", "2", "--batch-size", "2",
+    "--generation-backend", "hf", "--generation-max-new-tokens", "4",
+    "--generation-chunk-size", "2", "--generation-batch-size", "2",
     "--keep-truncated", "--no-progress",
 ]  # fmt: skip
 
@@ -205,7 +206,7 @@ def test_pickle_weights_load_with_the_flag(
 ) -> None:
     model = pickle_only_model(tiny_model_dir, tmp_path / "model")
     out = tmp_path / "out"
-    result = build_pairs(corpus, "-o", out, "--model", model, "--allow-pickle", *FAST)
+    result = build_pairs(corpus, "-o", out, "--model", model, "--set", "allow_pickle=true", *FAST)
     assert result.exit_code == 0, (result.output, result.exception)
     assert pl.read_parquet(out / "pairs.parquet").height > 0
 
@@ -308,7 +309,15 @@ def test_overwrite_never_deletes_outside_the_output_folder(
     (out / "generations").symlink_to(outside / "gen", target_is_directory=True)
     before = _tree(outside)
     result = build_pairs(
-        corpus, "-o", out, "--model", tiny_model_dir, *FAST, "--temperature", "0.5", "--overwrite"
+        corpus,
+        "-o",
+        out,
+        "--model",
+        tiny_model_dir,
+        *FAST,
+        "--generation-temperature",
+        "0.5",
+        "--overwrite",
     )
     assert result.exit_code == 0, (result.output, result.exception)
     assert _tree(outside) == before
@@ -511,7 +520,7 @@ def test_full_disk_during_the_plan_is_one_line_and_leaves_nothing(
     out = tmp_path / "out"
     command = [
         sys.executable, "-m", "mipo", "build-pairs", big_corpus, "-o", out,
-        "--model", tiny_model_dir, "--plan-only", "--no-progress", "--max-new-tokens", "4",
+        "--model", tiny_model_dir, "--plan-only", "--no-progress", "--generation-max-new-tokens", "4",
     ]  # fmt: skip
     done = _under_file_size_limit(command, limit_kib)
     _assert_one_error_line(done, f"cannot write {failing_file} in '{out}'", "df -h", "rerun")

@@ -102,7 +102,7 @@ def _corpus(path: Path, n: int = 8) -> Path:
 def _args(corpus: Path, out: Path, model: Path) -> list[str]:
     return [
         "build-pairs", str(corpus), "-o", str(out), "--model", str(model), "--plan-only",
-        "--backend", "hf", "--max-new-tokens", "4", "--no-progress",
+        "--generation-backend", "hf", "--generation-max-new-tokens", "4", "--no-progress",
     ]  # fmt: skip
 
 

@@ -344,7 +344,7 @@ def test_cli_train_with_config_file_and_errors(tiny_model_dir: Path, tmp_path: P
     assert result.exit_code == 2
     assert "error: loss_type nope is not a TRL DPO loss" in result.output
 
-    result = runner.invoke(cli, ["train", "x", "-o", "y", "--print-accelerate-config", "zero3"])
+    result = runner.invoke(cli, ["accelerate-config", "zero3"])
     assert result.exit_code == 0 and result.output.strip().endswith("deepspeed_zero3.yaml")
 
 
@@ -366,7 +366,7 @@ def test_ddp_two_cpu_processes(tiny_model_dir: Path, tmp_path: Path) -> None:
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "-m", "mipo", "train", str(pairs), "-o", str(out), "--lora", "--max-steps", "2",
-        "--batch-size", "2",
+        "--train-batch-size", "2",
     ]  # fmt: skip
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -67,11 +67,11 @@ def _env() -> dict[str, str]:
 def _pairs_args(corpus: Path, out: Path, model: Path, *extra: str) -> list[str]:
     return [
         "build-pairs", str(corpus), "-o", str(out), "--model", str(model),
-        "--negatives", "random,context-drop", "--max-new-tokens", str(TOKENS),
-        "--keep-truncated", "--backend", "vllm", "--no-progress",
+        "--negatives", "random,context-drop", "--generation-max-new-tokens", str(TOKENS),
+        "--keep-truncated", "--generation-backend", "vllm", "--no-progress",
         # float32: in bfloat16 a row's rounding depends on what else is batched with it, so the
         # text may change with chunking and caching; in float32 per-row seeds fix it.
-        "--dtype", "float32", *extra,
+        "--generation-dtype", "float32", *extra,
     ]  # fmt: skip
 
 
@@ -94,7 +94,8 @@ def runs(
     root = tmp_path_factory.mktemp("vllm-runs")
     a = root / "a"
     command = [vllm_python, "-m", "mipo", *_pairs_args(
-        corpus, a, smollm2_dir, "--chunk-size", "4", "--vllm-window-rows", "4"
+        corpus, a, smollm2_dir, "--generation-chunk-size", "4",
+        "--set", "generation.vllm_window_rows=4",
     )]  # fmt: skip
     log = root / "a.log"
     with log.open("w") as sink:
@@ -119,17 +120,18 @@ def runs(
     manifest = json.loads((gen / "manifest.json").read_text())
     assert killed_with < manifest["num_chunks"], "the run finished before it could be killed"
     (root / "killed_with.txt").write_text(f"{killed_with} of {manifest['num_chunks']}")
-    _in_vllm_env(vllm_python, _pairs_args(corpus, a, smollm2_dir, "--chunk-size", "4",
-                                          "--vllm-window-rows", "4"))  # fmt: skip
+    _in_vllm_env(vllm_python, _pairs_args(corpus, a, smollm2_dir, "--generation-chunk-size", "4",
+                                          "--set", "generation.vllm_window_rows=4"))  # fmt: skip
 
     b = root / "b"
     result = CliRunner().invoke(cli, _pairs_args(
-        corpus, b, smollm2_dir, "--chunk-size", "16", "--no-enable-prefix-caching",
-        "--vllm-python", vllm_python,
+        corpus, b, smollm2_dir, "--generation-chunk-size", "16",
+        "--set", "generation.enable_prefix_caching=false",
+        "--set", f"generation.vllm_python={vllm_python}",
     ))  # fmt: skip
     assert result.exit_code == 0, result.output
     c = root / "c"
-    hf_args = _pairs_args(corpus, c, smollm2_dir, "--chunk-size", "4")
+    hf_args = _pairs_args(corpus, c, smollm2_dir, "--generation-chunk-size", "4")
     hf_args[hf_args.index("vllm")] = "hf"
     result = CliRunner().invoke(cli, hf_args)
     assert result.exit_code == 0, result.output
@@ -202,7 +204,7 @@ def test_train_and_eval_here_on_the_vllm_folder(
     trained = tmp_path / "trained"
     result = CliRunner().invoke(cli, [
         "train", str(pairs), "-o", str(trained), "--lora", "--max-steps", "2",
-        "--batch-size", "2", "--learning-rate", "1e-4",
+        "--train-batch-size", "2", "--learning-rate", "1e-4",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     heldout = tmp_path / "heldout.jsonl"
@@ -214,7 +216,8 @@ def test_train_and_eval_here_on_the_vllm_folder(
     out = tmp_path / "eval"
     result = CliRunner().invoke(cli, [
         "eval", "--model", str(trained), "--compare", str(smollm2_dir), str(heldout),
-        "--backend", "vllm", "--vllm-python", vllm_python, "--max-new-tokens", "16",
+        "--eval-backend", "vllm", "--set", f"generation.vllm_python={vllm_python}",
+        "--eval-max-new-tokens", "16",
         "-k", "2", "--n-bootstrap", "100", "-o", str(out),
     ])  # fmt: skip
     assert result.exit_code == 0, result.output

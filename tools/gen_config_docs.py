@@ -10,15 +10,14 @@ tests/test_config_files.py runs ``--check``, so a config changed without rerunni
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import inspect
 import json
-import re
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
+
+from mipo.configfile import field_docs
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "docs" / "configuration.md"
@@ -66,36 +65,6 @@ def _load(spec: str) -> type:
 
     module, _, name = spec.partition(":")
     return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """Each field's docstring: the string under its annotation, else its entry in the class
-    docstring's ``Attributes:`` section."""
-    docs: dict[str, str] = {}
-    source = textwrap.dedent(inspect.getsource(cls))
-    node = ast.parse(source).body[0]
-    assert isinstance(node, ast.ClassDef)
-    body = node.body
-    for item, after in zip(body, [*body[1:], None], strict=True):
-        if (
-            isinstance(item, ast.AnnAssign)
-            and isinstance(item.target, ast.Name)
-            and isinstance(after, ast.Expr)
-            and isinstance(after.value, ast.Constant)
-            and isinstance(after.value.value, str)
-        ):
-            docs[item.target.id] = inspect.cleandoc(after.value.value)
-    doc = inspect.getdoc(cls) or ""
-    if "Attributes:" in doc:
-        current = None
-        for line in doc.split("Attributes:", 1)[1].splitlines():
-            entry = re.match(r"^    (\w+): (.*)$", line)
-            if entry:
-                current = entry[1]
-                docs.setdefault(current, entry[2])
-            elif current and line.startswith("        ") and docs[current].strip():
-                docs[current] += " " + line.strip()
-    return {k: " ".join(v.split()) for k, v in docs.items()}
 
 
 def _show(value: Any) -> str:

@@ -21,12 +21,17 @@ mipo.errors.ConfigError: g.yaml: unknown key 'max_tokens' (GenerationConfig has 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
 import json
 import math
+import re
+import textwrap
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
@@ -34,9 +39,11 @@ from mipo.errors import ConfigError
 
 __all__ = [
     "dump_yaml",
+    "field_docs",
     "from_mapping",
     "load_config_file",
     "merge_mappings",
+    "set_items",
     "to_mapping",
 ]
 
@@ -148,6 +155,78 @@ def dump_yaml(mapping: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(mapping), sort_keys=False, allow_unicode=True, width=100)
 
 
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's docstring, whitespace joined: the string under its annotation, else its
+    entry in the class docstring's ``Attributes:`` section. What docs/configuration.md and the
+    commands' ``--help`` say of a field.
+
+    >>> from mipo.train.config import TrainConfig
+    >>> field_docs(TrainConfig)["lora_r"]
+    'LoRA rank.'
+    """
+    docs: dict[str, str] = {}
+    node = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    assert isinstance(node, ast.ClassDef)
+    body = node.body
+    for item, after in zip(body, [*body[1:], None], strict=True):
+        if (
+            isinstance(item, ast.AnnAssign)
+            and isinstance(item.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[item.target.id] = inspect.cleandoc(after.value.value)
+    doc = inspect.getdoc(cls) or ""
+    if "Attributes:" in doc:
+        current = None
+        for line in doc.split("Attributes:", 1)[1].splitlines():
+            entry = re.match(r"^    (\w+): (.*)$", line)
+            if entry:
+                current = entry[1]
+                docs.setdefault(current, entry[2])
+            elif current and line.startswith("        ") and docs[current].strip():
+                docs[current] += " " + line.strip()
+    return {k: " ".join(v.split()) for k, v in docs.items()}
+
+
+def set_items(cls: type, items: Iterable[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as a mapping in ``cls``'s schema: dotted keys reach into nested
+    configs (``train.lora_r=32``), values are read as YAML (``true``, ``0.9``, ``[1, 2]``, a
+    string otherwise). Each key is checked against the config's fields and each value against
+    the field's type here, so a mistake is one line naming the item.
+
+    >>> from mipo.run.config import RunConfig
+    >>> set_items(RunConfig, ["train.lora_r=32", "generation.top-p=0.5", "judge=none"])
+    {'train': {'lora_r': 32}, 'generation': {'top_p': 0.5}, 'judge': 'none'}
+    >>> set_items(RunConfig, ["train.lora_rank=32"])
+    Traceback (most recent call last):
+    mipo.errors.ConfigError: --set train.lora_rank=32: unknown key 'train.lora_rank' (TrainConfig has model, beta, loss_type, loss_weights, epochs, max_steps, learning_rate, lr_scheduler, min_lr_ratio, warmup_ratio, adam_beta1, adam_beta2, weight_decay, max_grad_norm, batch_size, gradient_accumulation_steps, max_length, lora, lora_r, lora_alpha, lora_dropout, lora_target_modules, merge, precompute_ref_log_probs, gradient_checkpointing, chunked_logprobs, bf16, model_dtype, report_to, logging_steps, save_steps, save_total_limit, keep_checkpoints, seed, resume, overwrite, allow_foreign_pairs, trust_remote_code, extra_dpo_args)
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        raw_key, sep, text = item.partition("=")
+        key = _key(raw_key.strip())
+        if not sep or not key:
+            raise ConfigError(f"--set {item}: pass KEY=VALUE (e.g. --set train.lora_r=32)")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        try:
+            path, checked = _check_path(cls, key.split("."), value)
+        except ConfigError as e:
+            raise ConfigError(f"--set {item}: {e}") from None
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = checked
+    return out
+
+
 # --- internals -----------------------------------------------------------------------------------
 
 
@@ -215,6 +294,30 @@ def _build(cls: type[T], data: Any, where: str) -> T:
         if where:
             raise ConfigError(f"{where.rstrip('.')}: {e}") from None
         raise
+
+
+def _check_path(cls: type, parts: list[str], value: Any) -> tuple[list[str], Any]:
+    """The field ``parts`` (a dotted key, split) names in ``cls`` and ``value`` checked against
+    its type; a ConfigError naming the key when there is no such field or the value does not fit."""
+    where, outer, blocked = "", "", ()
+    for depth, part in enumerate(parts):
+        if part in blocked:
+            raise ConfigError(f"'{where}{part}' is set from '{outer}{part}': set that key instead")
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+        if part not in fields:
+            raise ConfigError(
+                f"unknown key '{where}{part}' ({cls.__name__} has {', '.join(fields)})"
+            )
+        hint = typing.get_type_hints(cls)[part]
+        nested = _dataclass_in(hint)
+        if depth == len(parts) - 1:
+            # A whole nested mapping is checked by from_mapping, with the rest.
+            return parts, value if nested is not None else _check(value, hint, where + part)
+        if nested is None:
+            raise ConfigError(f"'{where}{part}' is not a nested config: set '{where}{part}'")
+        blocked = getattr(cls, DERIVED, {}).get(part, ())
+        outer, where, cls = where, where + part + ".", nested
+    raise ConfigError("an empty key")
 
 
 def _dataclass_in(hint: Any) -> type | None:

@@ -2,7 +2,8 @@
 
 This package holds the click group and its error handling; each command is a module of its own
 (:mod:`mipo.cli.build_pairs`, ``train``, ``eval``, ``run``, ``synth``) and the option decorators
-they share are in :mod:`mipo.cli._options`.
+they share are in :mod:`mipo.cli._options`; the options derived from the configs in
+:mod:`mipo.cli.fields`.
 
 Heavy imports (polars, torch, transformers, trl, vllm) happen inside the commands so that
 ``mipo --help`` is instant. Every :class:`~mipo.errors.MipoError` becomes one line on stderr and a
@@ -37,7 +38,10 @@ class _Group(click.Group):
             ctx.exit(130)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, "-V", "--version", prog_name="mipo")
 def cli() -> None:
     """mipo: Mutual Information Preference Optimization.
