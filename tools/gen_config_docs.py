@@ -41,8 +41,11 @@ HEADER = """# Configuration
 
 Every command that runs a stage reads its options from a file as well as from flags:
 `--config FILE` (YAML, or JSON) holds the command's config in the schema below, nested configs as
-nested mappings; flags given on the command line override the file; `--print-config` writes the
-resolved config (file, then flags, then defaults) as YAML and exits. Each output folder records
+nested mappings; `--set KEY=VALUE` (repeatable; dotted keys such as `train.lora_r=32`, YAML values)
+sets any key on the command line, over the file; the flags a command's `--help` lists (each one
+key, named as here, a nested stage's with its stage: `--generation-batch-size`,
+`--train-batch-size`, `--eval-batch-size`) win over both; `--print-config` writes the resolved
+config as YAML and exits. Each output folder records
 the resolved config in this schema, so a run is repeated from its record:
 
 ```sh
