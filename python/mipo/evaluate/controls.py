@@ -469,13 +469,8 @@ def explain_gain(
     import numpy as np
 
     names = list(covariates)
-    columns = [gain, *(covariates[name] for name in names)]
     n = len(gain)
-    keep = [
-        i
-        for i in range(n)
-        if all(c[i] is not None and math.isfinite(float(c[i])) for c in columns)  # type: ignore[arg-type]
-    ]
+    keep = _complete_rows([gain, *(covariates[name] for name in names)])
     y = np.asarray([float(gain[i]) for i in keep])  # type: ignore[arg-type]
     x_all = np.asarray([[float(covariates[c][i]) for c in names] for i in keep])  # type: ignore[arg-type]
     first = None if clusters is None else [clusters[i] for i in keep]
@@ -510,20 +505,31 @@ def explain_gain(
     if len(names) > 1:
         models["all"] = list(range(len(names)))
     for label, cols in models.items():
-        x = x_all[:, cols]
-        point = _intercepts(y, x, np.ones((1, len(y))))[0]
-        replicates = _intercepts(y, x, weights)
-        replicates = replicates[np.isfinite(replicates)]
-        if not math.isfinite(point) or replicates.size == 0:
-            out["adjusted"][label] = {"mean": math.nan, "low": math.nan, "high": math.nan}
-            continue
-        low, high = np.percentile(replicates, [tail, 100 - tail])
-        out["adjusted"][label] = {
-            "mean": float(point),
-            "low": float(low),
-            "high": float(high),
-            "n": len(keep),
-        }
-        if complete["low"] > 0 and not low > 0:
+        adjusted = _adjusted_gain(y, x_all[:, cols], weights, tail)
+        out["adjusted"][label] = adjusted
+        if "n" in adjusted and complete["low"] > 0 and not adjusted["low"] > 0:
             out["explained_by"].append(label)
     return out
+
+
+def _complete_rows(columns: Sequence[Sequence[float | None]]) -> list[int]:
+    """The rows where every column has a finite value."""
+    return [
+        i
+        for i in range(len(columns[0]))
+        if all(c[i] is not None and math.isfinite(float(c[i])) for c in columns)  # type: ignore[arg-type]
+    ]
+
+
+def _adjusted_gain(y: Any, x: Any, weights: Any, tail: float) -> dict[str, Any]:
+    """The intercept of ``y`` regressed on ``x`` (the gain adjusted for ``x``) with its
+    percentile interval over the bootstrap ``weights``; NaNs where it cannot be fitted."""
+    import numpy as np
+
+    point = _intercepts(y, x, np.ones((1, len(y))))[0]
+    replicates = _intercepts(y, x, weights)
+    replicates = replicates[np.isfinite(replicates)]
+    if not math.isfinite(point) or replicates.size == 0:
+        return {"mean": math.nan, "low": math.nan, "high": math.nan}
+    low, high = np.percentile(replicates, [tail, 100 - tail])
+    return {"mean": float(point), "low": float(low), "high": float(high), "n": len(y)}

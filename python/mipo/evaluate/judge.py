@@ -64,6 +64,7 @@ def _judge_messages(context: str, question: str, response: str) -> list[dict[str
 
 
 def _digit_token_ids(tokenizer: Any) -> list[int] | None:
+    """The token ids of the digits 1-5, or None when a digit is not a single token."""
     ids = []
     for digit in "12345":
         encoded = tokenizer.encode(digit, add_special_tokens=False)
@@ -90,12 +91,9 @@ def judge_scores(
     >>> # needs a judge model: see tests/test_evaluate.py
     >>> judge_scores(load_model("judge"), ["vegan"], ["Dinner?"], ["Tofu stir-fry."])  # doctest: +SKIP
     """
-    import torch
-
     if not len(contexts) == len(questions) == len(responses):
         raise InvalidInputError("contexts, questions and responses must have equal lengths")
     model, tokenizer = judge
-    device = next(model.parameters()).device
     prompts = [
         tokenizer.apply_chat_template(
             _judge_messages(c or "", q or "", r or ""),
@@ -112,49 +110,88 @@ def judge_scores(
     with track(progress or "", total=len(prompts), unit="response", enabled=bool(progress)) as task:
         for start in range(0, len(prompts), batch_size):
             rows = [list(p) for p in prompts[start : start + batch_size]]
-            width = max(len(r) for r in rows)
-            # Left padding with explicit position ids: the next-token logits of every row sit in the
-            # last column, and positions match an unpadded run.
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, row in enumerate(rows):
-                ids[i, width - len(row) :] = torch.tensor(row)
-                mask[i, width - len(row) :] = 1
-            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-            with torch.inference_mode():
-                if digit_ids is not None:
-                    logits = (
-                        model(
-                            input_ids=ids.to(device),
-                            attention_mask=mask.to(device),
-                            position_ids=positions.to(device),
-                            use_cache=False,
-                            logits_to_keep=1,
-                        )
-                        .logits[:, -1, :]
-                        .float()
-                    )
-                    probs = torch.softmax(logits[:, digit_ids], dim=-1)
-                    values = torch.arange(1, 6, dtype=probs.dtype, device=probs.device)
-                    scores.extend((probs.argmax(dim=-1) + 1).tolist())
-                    expected.extend((probs * values).sum(dim=-1).tolist())
-                else:
-                    out = model.generate(
-                        input_ids=ids.to(device),
-                        attention_mask=mask.to(device),
-                        max_new_tokens=8,
-                        do_sample=False,
-                        pad_token_id=pad,
-                    )
-                    for tokens in out[:, width:].tolist():
-                        value = parse_score(tokenizer.decode(tokens, skip_special_tokens=True))
-                        scores.append(value)
-                        expected.append(None if value is None else float(value))
+            batch = _left_padded(rows, pad)
+            if digit_ids is not None:
+                batch_scores, batch_expected = _digit_scores(model, batch, digit_ids)
+            else:
+                batch_scores, batch_expected = _generated_scores(model, tokenizer, batch, pad)
+            scores.extend(batch_scores)
+            expected.extend(batch_expected)
             task.advance(len(rows))
     return pl.DataFrame(
         {"score": scores, "expected_score": expected},
         schema={"score": pl.Int64, "expected_score": pl.Float64},
     )
+
+
+def _left_padded(rows: list[list[int]], pad: int) -> tuple[Any, Any, Any]:
+    """``rows`` as one left-padded batch: token ids, attention mask and position ids.
+
+    Left padding with explicit position ids: the next-token logits of every row sit in the last
+    column, and positions match an unpadded run.
+    """
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row)
+        mask[i, width - len(row) :] = 1
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    return ids, mask, positions
+
+
+def _digit_scores(
+    model: Any, batch: tuple[Any, Any, Any], digit_ids: list[int]
+) -> tuple[list[int], list[float]]:
+    """Each row's most probable digit 1-5 as the next token, and the probability-weighted
+    digit."""
+    import torch
+
+    ids, mask, positions = batch
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        logits = (
+            model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                use_cache=False,
+                logits_to_keep=1,
+            )
+            .logits[:, -1, :]
+            .float()
+        )
+        probs = torch.softmax(logits[:, digit_ids], dim=-1)
+        values = torch.arange(1, 6, dtype=probs.dtype, device=probs.device)
+        return (probs.argmax(dim=-1) + 1).tolist(), (probs * values).sum(dim=-1).tolist()
+
+
+def _generated_scores(
+    model: Any, tokenizer: Any, batch: tuple[Any, Any, Any], pad: int
+) -> tuple[list[int | None], list[float | None]]:
+    """Each row's score parsed from a short greedy reply (for tokenizers whose digits are not
+    single tokens); None where the reply holds no score."""
+    import torch
+
+    ids, mask, _ = batch
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=8,
+            do_sample=False,
+            pad_token_id=pad,
+        )
+    scores: list[int | None] = []
+    expected: list[float | None] = []
+    for tokens in out[:, ids.shape[1] :].tolist():
+        value = parse_score(tokenizer.decode(tokens, skip_special_tokens=True))
+        scores.append(value)
+        expected.append(None if value is None else float(value))
+    return scores, expected
 
 
 def win_rates(

@@ -89,6 +89,7 @@ class BuildPairsResult:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB."""
     # ru_maxrss is in KiB on Linux and bytes on macOS; it is the peak of the whole process so far.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
@@ -123,6 +124,7 @@ class StageTimes:
 
 
 def _remove(out: Path, names: tuple[str, ...]) -> None:
+    """Remove the named files or folders of ``out`` (a link itself, never its target)."""
     for name in names:
         target = out / name
         if target.is_dir() and not target.is_symlink():
@@ -136,6 +138,7 @@ def _remove(out: Path, names: tuple[str, ...]) -> None:
 
 def _context_length(model_path: Path) -> int | None:
     # resolve_model checked config.json already; a file damaged since is an error, not "no limit".
+    """The model's context length from its config.json (None when it names none)."""
     config = read_json_record(
         model_path / "config.json",
         what="model config",
@@ -152,6 +155,8 @@ def _context_length(model_path: Path) -> int | None:
 def _effective_max_prompt_tokens(
     config: BuildPairsConfig, model_path: Path, gen: Any
 ) -> int | None:
+    """The longest prompt the plan keeps: ``max_prompt_tokens``, else the model's
+    context less the new tokens (None when the context is unknown)."""
     if config.max_prompt_tokens is not None:
         return config.max_prompt_tokens
     context = _context_length(model_path)
@@ -230,6 +235,7 @@ def _count_rows(corpus: Any) -> int | None:
 
 
 def _load_tokenizer(model_path: Path) -> Any:
+    """The engine's chat tokenizer of the model (it must have a chat template)."""
     from mipo import engine
 
     try:
@@ -279,13 +285,7 @@ def build_pairs(config: BuildPairsConfig) -> BuildPairsResult:
     from mipo.models import resolve_model
 
     out = Path(config.out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output path '{out}' exists and is not a folder: choose another -o")
-    if out.is_symlink() and not out.exists():
-        raise OutputError(
-            f"output path '{out}' is a broken symbolic link (to '{os.readlink(out)}'): create "
-            "its target, remove the link, or choose another -o"
-        )
+    _refuse_unusable_output(out)
     if config.executor == "ray" and not config.plan_only:
         # A missing Ray is refused before the plan is built, not after it.
         from mipo.generate.executors import check_executor
@@ -316,6 +316,52 @@ def build_pairs(config: BuildPairsConfig) -> BuildPairsResult:
 
     fresh = not out.exists() or not any(out.iterdir())
     old = None if fresh else read_json_record(out / RUN_FILE)
+    changed = _stage_to_redo(out, config, record, fresh=fresh, old=old)
+
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    shard_index, num_shards = config.shard
+    locked = False
+    try:
+        with output_lock(out / f".mipo-build-shard-{shard_index}-of-{num_shards}.lock"):
+            locked = True
+            if old is None or changed is not None:
+                _clear_stages_from("plan" if old is None else changed, out, record)
+            return _run_stages(config, out, model, tokenizer, corpus, gen, plan_config, record)
+    except BaseException:
+        if locked and (created or fresh) and not (out / PLAN_FILE).exists():
+            # Nothing usable was made (the plan failed before plan.parquet existed): leave the
+            # folder as it was.
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                for child in out.iterdir():
+                    _remove(out, (child.name,))
+        raise
+
+
+def _refuse_unusable_output(out: Path) -> None:
+    """Refuse an output path that is a file or a broken symbolic link."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output path '{out}' exists and is not a folder: choose another -o")
+    if out.is_symlink() and not out.exists():
+        raise OutputError(
+            f"output path '{out}' is a broken symbolic link (to '{os.readlink(out)}'): create "
+            "its target, remove the link, or choose another -o"
+        )
+
+
+def _stage_to_redo(
+    out: Path,
+    config: BuildPairsConfig,
+    record: dict[str, Any],
+    *,
+    fresh: bool,
+    old: dict[str, Any] | None,
+) -> str | None:
+    """The first stage whose options differ from the run already in ``out`` (None when none
+    does); without ``overwrite``, a folder holding something else or a run with other options
+    is refused."""
     if not fresh and old is None:
         leftovers = [p.name for p in out.iterdir() if not p.name.startswith(".")]
         if leftovers and not config.overwrite:
@@ -332,33 +378,17 @@ def build_pairs(config: BuildPairsConfig) -> BuildPairsResult:
             "rerun with the same options to continue it, pass --overwrite to redo it from the "
             f"{changed} stage, or choose another -o"
         )
+    return changed
 
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    shard_index, num_shards = config.shard
-    locked = False
-    try:
-        with output_lock(out / f".mipo-build-shard-{shard_index}-of-{num_shards}.lock"):
-            locked = True
-            if old is None or changed is not None:
-                start = "plan" if old is None else changed
-                for name in STAGES[STAGES.index(start) :]:  # type: ignore[arg-type]
-                    _remove(out, STAGE_OUTPUTS[name])
-                if start == "plan":
-                    _remove(out, (STATS_FILE, RUN_FILE))
-                else:  # the kept plan's record, with the new options of the redone stages
-                    write_json_atomic(record, out / RUN_FILE)
-            return _run_stages(config, out, model, tokenizer, corpus, gen, plan_config, record)
-    except BaseException:
-        if locked and (created or fresh) and not (out / PLAN_FILE).exists():
-            # Nothing usable was made (the plan failed before plan.parquet existed): leave the
-            # folder as it was.
-            if created:
-                shutil.rmtree(out, ignore_errors=True)
-            else:
-                for child in out.iterdir():
-                    _remove(out, (child.name,))
-        raise
+
+def _clear_stages_from(start: str, out: Path, record: dict[str, Any]) -> None:
+    """Remove the outputs of stage ``start`` and every later one, so they are redone."""
+    for name in STAGES[STAGES.index(start) :]:  # type: ignore[arg-type]
+        _remove(out, STAGE_OUTPUTS[name])
+    if start == "plan":
+        _remove(out, (STATS_FILE, RUN_FILE))
+    else:  # the kept plan's record, with the new options of the redone stages
+        write_json_atomic(record, out / RUN_FILE)
 
 
 def _run_stages(
@@ -371,7 +401,9 @@ def _run_stages(
     plan_config: PlanConfig,
     record: dict[str, Any],
 ) -> BuildPairsResult:
-    from mipo.generate import load_results, run_generation
+    """Run the stages not yet done: plan, generate, pairs (each skipped when its output is
+    there)."""
+    from mipo.generate import load_results
 
     stats = read_json_record(out / STATS_FILE) or {}
     stats.setdefault(
@@ -381,36 +413,7 @@ def _run_stages(
 
     # 1. plan
     if not (out / PLAN_FILE).is_file():
-        stats.pop("plan", None)
-        # run.json first: a crash right after the plan's rename must leave a folder a rerun
-        # recognises as this run (not "a folder holding plan.parquet and no mipo run").
-        write_json_atomic(record, out / RUN_FILE)
-        with stages.run("plan") as rec:
-            with _PlanProgress(config.progress, _count_rows(corpus)) as bar:
-                if config.executor == "ray":
-                    from mipo.pairs.ray_plan import build_plan_ray
-
-                    # Same rows, keep mask and clusters as the local plan, with the dedup state
-                    # spread over the cluster (mipo.pairs.ray_plan), every negative strategy
-                    # included. The stage record says where the plan ran.
-                    plan_stats = build_plan_ray(
-                        corpus,
-                        tokenizer,
-                        model.path,
-                        out / PLAN_FILE,
-                        plan_config,
-                        partitions=config.num_workers,
-                        address=config.ray_address,
-                        progress=bar,
-                    )
-                    rec["plan_executor"] = "ray"
-                else:
-                    plan_stats = build_plan(
-                        corpus, tokenizer, out / PLAN_FILE, plan_config, progress=bar
-                    )
-                    rec["plan_executor"] = "local"
-            rec["step_seconds"] = {k: round(v, 3) for k, v in plan_stats.step_seconds.items()}
-            stats["plan"] = plan_stats.as_dict()
+        _plan_stage(config, out, model, tokenizer, corpus, plan_config, record, stages)
     elif not (out / RUN_FILE).is_file():
         write_json_atomic(record, out / RUN_FILE)
     if config.plan_only:
@@ -418,6 +421,81 @@ def _run_stages(
 
     # 2. generate
     plan = read_plan(out / PLAN_FILE)
+    gen_dir = out / GENERATIONS_DIR
+    _generate_stage(config, out, model, tokenizer, gen, plan, stages)
+
+    # 3. pairs (every shard tries; the last one to finish finds all chunks)
+    try:
+        responses = load_results(gen_dir, require_complete=True)
+    except OutputError as exc:
+        if config.shard[1] > 1:
+            message = (
+                f"shard {config.shard[0]}/{config.shard[1]} finished its chunks; {exc}. When every "
+                f"shard is done, run `mipo merge {out}` (adding the other shards' folders if they "
+                "ran elsewhere)"
+            )
+            return BuildPairsResult(out, "generate", stats, message)
+        raise
+    return pairs_stage(config, out, model, plan, responses, stats, stages)
+
+
+def _plan_stage(
+    config: BuildPairsConfig,
+    out: Path,
+    model: Any,
+    tokenizer: Any,
+    corpus: Any,
+    plan_config: PlanConfig,
+    record: dict[str, Any],
+    stages: StageTimes,
+) -> None:
+    """Stage 1: write plan.parquet (locally, or over a Ray cluster) and its statistics."""
+    stats = stages.stats
+    stats.pop("plan", None)
+    # run.json first: a crash right after the plan's rename must leave a folder a rerun
+    # recognises as this run (not "a folder holding plan.parquet and no mipo run").
+    write_json_atomic(record, out / RUN_FILE)
+    with stages.run("plan") as rec:
+        with _PlanProgress(config.progress, _count_rows(corpus)) as bar:
+            if config.executor == "ray":
+                from mipo.pairs.ray_plan import build_plan_ray
+
+                # Same rows, keep mask and clusters as the local plan, with the dedup state
+                # spread over the cluster (mipo.pairs.ray_plan), every negative strategy
+                # included. The stage record says where the plan ran.
+                plan_stats = build_plan_ray(
+                    corpus,
+                    tokenizer,
+                    model.path,
+                    out / PLAN_FILE,
+                    plan_config,
+                    partitions=config.num_workers,
+                    address=config.ray_address,
+                    progress=bar,
+                )
+                rec["plan_executor"] = "ray"
+            else:
+                plan_stats = build_plan(
+                    corpus, tokenizer, out / PLAN_FILE, plan_config, progress=bar
+                )
+                rec["plan_executor"] = "local"
+        rec["step_seconds"] = {k: round(v, 3) for k, v in plan_stats.step_seconds.items()}
+        stats["plan"] = plan_stats.as_dict()
+
+
+def _generate_stage(
+    config: BuildPairsConfig,
+    out: Path,
+    model: Any,
+    tokenizer: Any,
+    gen: Any,
+    plan: Any,
+    stages: StageTimes,
+) -> None:
+    """Stage 2: this shard's chosen and rejected responses to the plan's requests, as chunk
+    files under generations/, and their statistics."""
+    from mipo.generate import run_generation
+
     requests = build_requests(
         plan,
         strategy=config.negatives,
@@ -447,26 +525,15 @@ def _run_stages(
         rec["requests"] = requests.height
         rec["shard"] = f"{config.shard[0]}/{config.shard[1]}"
         rec["responses_this_shard"] = mine.height
-    stats["generate"] = _generation_stats(mine, requests.height, stats["stages"]["generate"])
+    stages.stats["generate"] = _generation_stats(
+        mine, requests.height, stages.stats["stages"]["generate"]
+    )
     stages.save()
-    del mine
-
-    # 3. pairs (every shard tries; the last one to finish finds all chunks)
-    try:
-        responses = load_results(gen_dir, require_complete=True)
-    except OutputError as exc:
-        if config.shard[1] > 1:
-            message = (
-                f"shard {config.shard[0]}/{config.shard[1]} finished its chunks; {exc}. When every "
-                f"shard is done, run `mipo merge {out}` (adding the other shards' folders if they "
-                "ran elsewhere)"
-            )
-            return BuildPairsResult(out, "generate", stats, message)
-        raise
-    return pairs_stage(config, out, model, plan, responses, stats, stages)
 
 
 def _generation_stats(results: Any, num_requests: int, stage: dict[str, Any]) -> dict[str, Any]:
+    """The generate stage's statistics for stats.json: requests, responses, new tokens, finish
+    reasons, mean length, throughput and empty responses."""
     tokens = int(results["num_response_tokens"].sum()) if results.height else 0
     reasons = (
         {str(k): int(v) for k, v in results["finish_reason"].value_counts(sort=True).iter_rows()}
@@ -496,6 +563,8 @@ def pairs_stage(
     stats: dict[str, Any],
     stages: StageTimes,
 ) -> BuildPairsResult:
+    """Stage 3: pair each prompt's chosen and rejected responses, apply the filters, and write
+    pairs.parquet with its statistics (nothing to do when the pairs are already built)."""
     if (out / PAIRS_FILE).is_file() and "pairs" in stats:
         return BuildPairsResult(out, "pairs", stats, f"pairs already built: {out / PAIRS_FILE}")
     filters = PairFilterConfig(

@@ -70,6 +70,8 @@ class TrainResult:
 
 
 def _prepare_output_dir(outdir: Path, config: TrainConfig) -> None:
+    """Make the output folder ready: cleared with ``overwrite``; otherwise a finished run, or
+    unfinished checkpoints without ``resume``, is refused."""
     checkpoints = outdir / "checkpoints"
     finished = (outdir / "train_config.json").is_file()
     partial = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
@@ -97,6 +99,7 @@ def _prepare_output_dir(outdir: Path, config: TrainConfig) -> None:
 
 
 def _cuda_available() -> bool:
+    """Whether a CUDA device is available."""
     import torch
 
     return bool(torch.cuda.is_available())
@@ -135,6 +138,7 @@ def _train_dataset(df: Any, outdir: Path, args: Any) -> Any:
 
 
 def _dpo_args(config: TrainConfig, outdir: Path) -> Any:
+    """TRL's ``DPOConfig`` for ``config`` (checkpoints under ``OUTDIR/checkpoints``)."""
     from trl import DPOConfig
 
     kwargs: dict[str, Any] = {
@@ -193,6 +197,7 @@ def _checkpointing_option(dpo_config: type) -> str:
 
 
 def _lora_config(config: TrainConfig) -> Any:
+    """PEFT's ``LoraConfig`` for ``config``'s LoRA options."""
     from peft import LoraConfig
 
     targets: str | list[str] = config.lora_target_modules.strip()
@@ -254,6 +259,7 @@ def _logprob_head(trainer: Any, args: Any) -> str:
 
 
 def _jsonl_log_callback(path: Path) -> Any:
+    """A callback appending each log entry to ``path`` as it happens."""
     from transformers import TrainerCallback
 
     class JsonlLog(TrainerCallback):  # type: ignore[misc]
@@ -268,6 +274,7 @@ def _jsonl_log_callback(path: Path) -> Any:
 
 
 def _last_checkpoint(outdir: Path) -> Path | None:
+    """The newest ``checkpoint-N`` folder of the output's checkpoints, if any."""
     found = []
     for p in (outdir / "checkpoints").glob("checkpoint-*"):
         suffix = p.name.rsplit("-", 1)[-1]
@@ -333,53 +340,20 @@ def _train(
     progress: bool,
     verbose: bool,
 ) -> TrainResult:
-    from transformers import AutoTokenizer
-
+    """Build TRL's DPO trainer, train, save the model and write its record. Every process of a
+    distributed run comes here; only the main one touches OUTDIR's own files."""
     model_path = model_to_train(config, run_info)
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_path, trust_remote_code=config.trust_remote_code
-    )
-    if tokenizer.chat_template is None:
-        raise ModelError(f"{model_path} has no chat template; MIPO trains instruct (chat) models")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = _chat_tokenizer(model_path, config)
     generator_check = check_generator(run_info, model_path, tokenizer, config)
 
-    # Distributed runs: every process builds the trainer; only the main one touches OUTDIR's
-    # own files. DPOConfig creation initialises the distributed state.
+    # DPOConfig creation initialises the distributed state.
     args = _dpo_args(config, outdir)
     is_main = args.process_index == 0
-    if is_main:
-        outdir.mkdir(parents=True, exist_ok=True)
-        _prepare_output_dir(outdir, config)
-        if not config.resume:
-            (outdir / "train_log.jsonl").unlink(missing_ok=True)
-    checkpoint = _last_checkpoint(outdir) if config.resume else None
-    if config.resume and checkpoint is None:
-        warnings.warn(
-            f"--resume: no checkpoint in {outdir / 'checkpoints'}, starting from the beginning",
-            UserWarning,
-            stacklevel=3,
-        )
+    checkpoint = _start_output(outdir, config, is_main)
     options_file = outdir / "checkpoints" / "mipo_train_options.json"
     pairs_sha = pairs_sha256(source)
-    saved = (
-        read_json_record(options_file, what="options of the interrupted training")
-        if config.resume and checkpoint is not None
-        else None
-    )
-    if saved is not None:
-        now = json.loads(json.dumps(asdict(config), default=str))
-        changed = [
-            k for k in now if k not in _RESUME_FREE_OPTIONS and saved["options"].get(k) != now[k]
-        ]
-        if saved.get("pairs_sha256") != pairs_sha:
-            changed.append("pairs file contents")
-        if changed:
-            raise ConfigError(
-                f"--resume with different options ({', '.join(changed)}) than the interrupted "
-                "run: rerun with the same options, or --overwrite to start over"
-            )
+    if config.resume and checkpoint is not None:
+        _check_resume_options(options_file, config, pairs_sha)
 
     console = TrainConsole(enabled=progress and is_main, stages=not verbose)
     with console:
@@ -389,13 +363,7 @@ def _train(
             + (", reference log-probs" if config.precompute_ref_log_probs else ""),
         )
         dataset = _train_dataset(df, outdir, args)
-        callbacks = [_jsonl_log_callback(outdir / "train_log.jsonl"), console.callback()]
-        if config.report_to == "tensorboard" and is_main:
-            from torch.utils.tensorboard import SummaryWriter
-            from transformers.integrations import TensorBoardCallback
-
-            callbacks.append(TensorBoardCallback(SummaryWriter(str(outdir / "tensorboard"))))
-
+        callbacks = _callbacks(outdir, config, console, is_main)
         provenance = {
             "pairs": str(source.path.resolve()),
             "pairs_format": source.format,
@@ -423,53 +391,11 @@ def _train(
         console.stage(
             "saving", "model" + (", merged model" if config.lora and config.merge else "")
         )
-
         model_dir = outdir / "model"
-        tmp_model = outdir / ".model.tmp"
+        merged_dir = _save_model(trainer, tokenizer, outdir, model_path, config, is_main)
         if is_main:
-            shutil.rmtree(tmp_model, ignore_errors=True)
-        trainer.accelerator.wait_for_everyone()
-        trainer.save_model(str(tmp_model))  # every rank: ZeRO-3 / FSDP gather the weights here
-        trainer.accelerator.wait_for_everyone()
-        merged_dir: Path | None = None
-        if is_main:
-            tokenizer.save_pretrained(tmp_model)  # chat template included
-            # Trainer pickles its arguments here; train_config.json records them as JSON instead,
-            # and a pickle in a model folder is something mipo.models refuses to load by default.
-            (tmp_model / "training_args.bin").unlink(missing_ok=True)
-            replace_dir(tmp_model, model_dir)
-            if config.lora:
-                _fix_adapter_base(model_dir, model_path)
-            if config.lora and config.merge:
-                merged_dir = _save_merged(model_dir, outdir / "merged", config)
-            history = trainer.state.log_history
-            write_text_atomic(
-                "".join(json.dumps(entry) + "\n" for entry in history), outdir / "train_log.jsonl"
-            )
-            record = {
-                "status": "complete",
-                "options": asdict(config),
-                "resolved": {
-                    "model": str(model_path),
-                    "reference_model": str(model_path),
-                    "learning_rate": config.resolved_learning_rate(),
-                    "bf16": args.bf16,
-                    "malloc_tuned": malloc_tuned,
-                    "logprob_head": _logprob_head(trainer, args),
-                    "world_size": args.world_size,
-                    "effective_batch_size": config.batch_size
-                    * config.gradient_accumulation_steps
-                    * args.world_size,
-                    "global_steps": trainer.state.global_step,
-                },
-                **provenance,
-                "metrics": output.metrics,
-                "train_runtime_s": runtime,
-                "versions": versions(),
-            }
-            write_json_atomic(record, outdir / "train_config.json", default=str)
-            if not config.keep_checkpoints:
-                shutil.rmtree(outdir / "checkpoints", ignore_errors=True)
+            resolved = _resolved(config, args, trainer, model_path, malloc_tuned=malloc_tuned)
+            _write_record(trainer, outdir, config, resolved, provenance, output, runtime)
         trainer.accelerator.wait_for_everyone()
         return TrainResult(
             output_dir=outdir,
@@ -482,6 +408,148 @@ def _train(
             train_runtime_s=runtime,
             metrics=dict(output.metrics),
         )
+
+
+def _chat_tokenizer(model_path: Path, config: TrainConfig) -> Any:
+    """The tokenizer of the model to train (it must have a chat template; EOS pads when it has
+    no pad token)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_path, trust_remote_code=config.trust_remote_code
+    )
+    if tokenizer.chat_template is None:
+        raise ModelError(f"{model_path} has no chat template; MIPO trains instruct (chat) models")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _start_output(outdir: Path, config: TrainConfig, is_main: bool) -> Path | None:
+    """Prepare the output folder (main process only) and return the checkpoint to resume from
+    (with ``resume``; a warning when there is none)."""
+    if is_main:
+        outdir.mkdir(parents=True, exist_ok=True)
+        _prepare_output_dir(outdir, config)
+        if not config.resume:
+            (outdir / "train_log.jsonl").unlink(missing_ok=True)
+    checkpoint = _last_checkpoint(outdir) if config.resume else None
+    if config.resume and checkpoint is None:
+        warnings.warn(
+            f"--resume: no checkpoint in {outdir / 'checkpoints'}, starting from the beginning",
+            UserWarning,
+            stacklevel=4,
+        )
+    return checkpoint
+
+
+def _check_resume_options(options_file: Path, config: TrainConfig, pairs_sha: str) -> None:
+    """Refuse to resume an interrupted training with other options or other pairs."""
+    saved = read_json_record(options_file, what="options of the interrupted training")
+    if saved is None:
+        return
+    now = json.loads(json.dumps(asdict(config), default=str))
+    changed = [
+        k for k in now if k not in _RESUME_FREE_OPTIONS and saved["options"].get(k) != now[k]
+    ]
+    if saved.get("pairs_sha256") != pairs_sha:
+        changed.append("pairs file contents")
+    if changed:
+        raise ConfigError(
+            f"--resume with different options ({', '.join(changed)}) than the interrupted "
+            "run: rerun with the same options, or --overwrite to start over"
+        )
+
+
+def _callbacks(outdir: Path, config: TrainConfig, console: Any, is_main: bool) -> list[Any]:
+    """The trainer's callbacks: train_log.jsonl, the console and, when asked, TensorBoard."""
+    callbacks = [_jsonl_log_callback(outdir / "train_log.jsonl"), console.callback()]
+    if config.report_to == "tensorboard" and is_main:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(SummaryWriter(str(outdir / "tensorboard"))))
+    return callbacks
+
+
+def _save_model(
+    trainer: Any,
+    tokenizer: Any,
+    outdir: Path,
+    model_path: Path,
+    config: TrainConfig,
+    is_main: bool,
+) -> Path | None:
+    """Save the trained model (or adapter) with its tokenizer to ``OUTDIR/model``, and a merged
+    copy when asked; returns the merged folder, if any."""
+    model_dir = outdir / "model"
+    tmp_model = outdir / ".model.tmp"
+    if is_main:
+        shutil.rmtree(tmp_model, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp_model))  # every rank: ZeRO-3 / FSDP gather the weights here
+    trainer.accelerator.wait_for_everyone()
+    if not is_main:
+        return None
+    tokenizer.save_pretrained(tmp_model)  # chat template included
+    # Trainer pickles its arguments here; train_config.json records them as JSON instead,
+    # and a pickle in a model folder is something mipo.models refuses to load by default.
+    (tmp_model / "training_args.bin").unlink(missing_ok=True)
+    replace_dir(tmp_model, model_dir)
+    if config.lora:
+        _fix_adapter_base(model_dir, model_path)
+    if config.lora and config.merge:
+        return _save_merged(model_dir, outdir / "merged", config)
+    return None
+
+
+def _resolved(
+    config: TrainConfig, args: Any, trainer: Any, model_path: Path, *, malloc_tuned: Any
+) -> dict[str, Any]:
+    """What the training resolved to (train_config.json ``resolved``): model and reference,
+    learning rate, precision, log-prob head, world and effective batch size, steps."""
+    return {
+        "model": str(model_path),
+        "reference_model": str(model_path),
+        "learning_rate": config.resolved_learning_rate(),
+        "bf16": args.bf16,
+        "malloc_tuned": malloc_tuned,
+        "logprob_head": _logprob_head(trainer, args),
+        "world_size": args.world_size,
+        "effective_batch_size": config.batch_size
+        * config.gradient_accumulation_steps
+        * args.world_size,
+        "global_steps": trainer.state.global_step,
+    }
+
+
+def _write_record(
+    trainer: Any,
+    outdir: Path,
+    config: TrainConfig,
+    resolved: dict[str, Any],
+    provenance: dict[str, Any],
+    output: Any,
+    runtime: float,
+) -> None:
+    """Write the full train_log.jsonl and train_config.json (options, resolved settings,
+    provenance, metrics, versions); drop the checkpoints unless kept."""
+    history = trainer.state.log_history
+    write_text_atomic(
+        "".join(json.dumps(entry) + "\n" for entry in history), outdir / "train_log.jsonl"
+    )
+    record = {
+        "status": "complete",
+        "options": asdict(config),
+        "resolved": resolved,
+        **provenance,
+        "metrics": output.metrics,
+        "train_runtime_s": runtime,
+        "versions": versions(),
+    }
+    write_json_atomic(record, outdir / "train_config.json", default=str)
+    if not config.keep_checkpoints:
+        shutil.rmtree(outdir / "checkpoints", ignore_errors=True)
 
 
 def _fix_adapter_base(adapter_dir: Path, base_path: Path) -> None:
