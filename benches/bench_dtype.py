@@ -17,7 +17,9 @@ flips at each repeat), on the first ``prompts`` users' prompts of the bundled sa
   picked differently.
 - **train**: ``mipo train`` steps with the demo's training options, ``bf16`` autocast on or off,
   on pairs made of those prompts (chosen: the fp32 response to the prompt; rejected: the fp32
-  response to the next prompt). Drift: the per-step DPO loss difference.
+  response to the next prompt), 8 steps of 8 (two passes over the 32 pairs, so that the one-time
+  costs at the start of training, reference log-probs included, do not dominate). Drift: the
+  per-step DPO loss difference.
 
 Speed ratios are fp32 time / bf16 time (best run of each). The section goes into
 ``benches/RESULTS.md`` between ``<!-- dtype:begin -->`` and ``<!-- dtype:end -->``.
@@ -43,7 +45,7 @@ from typing import Any
 from results_md import cpu_name, load_note, replace_section
 
 QUICK = {"prompts": 8, "k": 2, "train_steps": 1, "repeats": 1}
-FULL = {"prompts": 32, "k": 4, "train_steps": 3, "repeats": 1}
+FULL = {"prompts": 32, "k": 4, "train_steps": 8, "repeats": 1}
 DTYPES = ("float32", "bfloat16")
 WORKLOADS = ("generate", "score", "train")
 BEGIN, END = "<!-- dtype:begin -->", "<!-- dtype:end -->"
