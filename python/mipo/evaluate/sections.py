@@ -154,8 +154,45 @@ class ReportSections:
     def judge(self, ds: EvalDataset, frame: pl.DataFrame, report: Any) -> dict[str, Any]:
         """The judged win-rate section of one prompt file: wins, ties and losses, the win rates
         and mean scores with intervals, and how the judge scored."""
-        from mipo.evaluate.judge import win_rates
         from mipo.evaluate.report import fmt_ci
+
+        stats = self._judge_statistics(ds, frame)
+        report.heading(f"Judged personalization — {ds.name}")
+        name = self.config.judge_name
+        if self.config.judge_url:
+            self._judge_server_counts(frame, stats, report)
+        else:
+            report.paragraph(
+                f"Judge {name} rates each response 1–5 against the user's stated context "
+                "(its most probable digit as the next token; expected score = probability-"
+                "weighted digit). Win rate: model vs baseline per prompt."
+            )
+        if stats["single_score"] is not None:  # listed under the report's Notes
+            self.notes.append(
+                f"the judge {name} gave every response the same score "
+                f"({stats['single_score']}), so every comparison is a tie and the win rate says "
+                "nothing about the models: pass a stronger judge with --judge MODEL"
+            )
+        report.table(
+            ["measure", "value"],
+            [
+                [
+                    "wins / ties / losses",
+                    f"{stats['wins']} / {stats['ties']} / {stats['losses']}",
+                ],
+                ["win rate, ties as wins (paper)", fmt_ci(stats["win_rate_ties_as_wins_ci"])],
+                ["win rate, ties as half", fmt_ci(stats["win_rate_ties_as_half_ci"])],
+                ["mean score, model", fmt_ci(stats["model_score"])],
+                ["mean score, baseline", fmt_ci(stats["baseline_score"])],
+                ["expected score, model − baseline", fmt_ci(stats["expected_score_difference"])],
+            ],
+        )
+        return stats
+
+    def _judge_statistics(self, ds: EvalDataset, frame: pl.DataFrame) -> dict[str, Any]:
+        """Wins, ties and losses, the win rates (ties as wins, ties as half) and each model's
+        scores with their intervals, and whether the judge gave one score to everything."""
+        from mipo.evaluate.judge import win_rates
         from mipo.evaluate.stats import bootstrap_ci, paired_bootstrap_ci
 
         model = frame["judge_score_model"].to_list()
@@ -168,7 +205,7 @@ class ReportSections:
         as_wins = [None if h is None else float(h >= 0.5) for h in half]
         ci = {**self.ci, **self._clusters(ds, frame)}
         given = {score for score in (*model, *baseline) if score is not None}
-        stats = {
+        return {
             **rates,
             # One score for every response: the judge cannot separate the models, so the win
             # rate is all ties by construction (typical of a judge as small as the built-in model).
@@ -187,50 +224,28 @@ class ReportSections:
                 **ci,
             ),
         }
-        report.heading(f"Judged personalization — {ds.name}")
+
+    def _judge_server_counts(self, frame: pl.DataFrame, stats: dict[str, Any], report: Any) -> None:
+        """For a judge server: the ratings asked and left unparsed (into ``stats``), the
+        paragraph on how it rated, and a note when some replies were not a score."""
         name = self.config.judge_name
-        if self.config.judge_url:
-            unparsed = {role: int(frame[f"judge_unparsed_{role}"].sum()) for role in self.roles}
-            asked = {role: int(frame[f"judge_preferences_{role}"].sum()) for role in self.roles}
-            stats["unparsed"] = unparsed
-            stats["ratings_asked"] = asked
-            stats["requests_made"] = self.server_calls
-            report.paragraph(
-                f"Judge {name} rates each response 1–5 against each sentence of the user's "
-                "context (one stated preference each), the ratings averaged (the paper's "
-                "metric); a reply that is not a single digit 1–5 is not scored. Unparsed "
-                + ", ".join(f"{role}: {unparsed[role]} of {asked[role]}" for role in self.roles)
-                + ". Win rate: model vs baseline per prompt."
-            )
-            if any(unparsed.values()):
-                self.notes.append(
-                    f"the judge {name} gave {sum(unparsed.values())} replies that are not a "
-                    "single digit 1-5; those ratings are left out (counted, never guessed)"
-                )
-        else:
-            report.paragraph(
-                f"Judge {name} rates each response 1–5 against the user's stated context "
-                "(its most probable digit as the next token; expected score = probability-"
-                "weighted digit). Win rate: model vs baseline per prompt."
-            )
-        if stats["single_score"] is not None:  # listed under the report's Notes
-            self.notes.append(
-                f"the judge {name} gave every response the same score "
-                f"({stats['single_score']}), so every comparison is a tie and the win rate says "
-                "nothing about the models: pass a stronger judge with --judge MODEL"
-            )
-        report.table(
-            ["measure", "value"],
-            [
-                ["wins / ties / losses", f"{rates['wins']} / {rates['ties']} / {rates['losses']}"],
-                ["win rate, ties as wins (paper)", fmt_ci(stats["win_rate_ties_as_wins_ci"])],
-                ["win rate, ties as half", fmt_ci(stats["win_rate_ties_as_half_ci"])],
-                ["mean score, model", fmt_ci(stats["model_score"])],
-                ["mean score, baseline", fmt_ci(stats["baseline_score"])],
-                ["expected score, model − baseline", fmt_ci(stats["expected_score_difference"])],
-            ],
+        unparsed = {role: int(frame[f"judge_unparsed_{role}"].sum()) for role in self.roles}
+        asked = {role: int(frame[f"judge_preferences_{role}"].sum()) for role in self.roles}
+        stats["unparsed"] = unparsed
+        stats["ratings_asked"] = asked
+        stats["requests_made"] = self.server_calls
+        report.paragraph(
+            f"Judge {name} rates each response 1–5 against each sentence of the user's "
+            "context (one stated preference each), the ratings averaged (the paper's "
+            "metric); a reply that is not a single digit 1–5 is not scored. Unparsed "
+            + ", ".join(f"{role}: {unparsed[role]} of {asked[role]}" for role in self.roles)
+            + ". Win rate: model vs baseline per prompt."
         )
-        return stats
+        if any(unparsed.values()):
+            self.notes.append(
+                f"the judge {name} gave {sum(unparsed.values())} replies that are not a "
+                "single digit 1-5; those ratings are left out (counted, never guessed)"
+            )
 
     def accuracy(self, ds: EvalDataset, frame: pl.DataFrame, report: Any) -> dict[str, Any]:
         """The section of one multiple-choice or math file: each role's accuracy (and, for math,
