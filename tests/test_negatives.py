@@ -235,3 +235,101 @@ def test_sentence_drop_is_a_strategy() -> None:
     assert strategy_kinds("sentence-drop, random") == ("random", "sentence-drop")
     with pytest.raises(ConfigError, match="sentence-drop"):
         strategy_kinds("sentence-dorp")
+
+
+CONTEXT = "I am a nurse. I work nights. I have two kids."
+QUESTION = "Ann has 3 apples. She buys 4 more. Then she eats 2. How many are left?"
+
+
+@pytest.mark.parametrize(
+    "spec", ["user-turn", "paper", "about-user", "Notes: {context} Q: {question}"]
+)
+def test_sentence_drops_keep_the_context_whole(spec: str) -> None:
+    """The dropped sentence is one of the question's non-final ones, never the context's, under
+    every format (in the user's turn or a system message)."""
+    from mipo.prompt_format import PromptFormat
+
+    fmt = PromptFormat(spec)
+    bare = [{"role": "user", "content": QUESTION}]
+    prompts = pl.Series([fmt.messages(CONTEXT, bare)] * 30, dtype=MESSAGE_DTYPE)
+    questions = pl.Series([bare] * 30, dtype=MESSAGE_DTYPE)
+    ids = pl.Series([f"row{k}" for k in range(30)])
+    drops = sentence_drops(prompts, ids, seed=0, questions=questions)
+    sentences = [s.strip() for s in split_sentences(QUESTION)]
+    seen = set()
+    for k, (prompt, dropped) in enumerate(drops.iter_rows()):
+        assert dropped in sentences[:-1]  # a non-final sentence of the question
+        kept = drop_sentence(QUESTION, seed=0, key=f"row{k}")
+        assert kept is not None and kept[1] == dropped
+        # The rejected prompt is the same format with the same, whole context and the question
+        # lacking exactly that sentence.
+        assert prompt == fmt.messages(CONTEXT, [{"role": "user", "content": kept[0]}])
+        seen.add(dropped)
+    assert seen == set(sentences[:-1])  # context sentences are never candidates
+    # Without the questions the context-sharing turn was split whole (the old behaviour):
+    # the questions are what keeps the context out of the choice.
+    if fmt.in_user_turn:
+        old = sentence_drops(prompts, ids, seed=0)["dropped_sentence"].to_list()
+        assert set(old) & {s.strip() for s in split_sentences(CONTEXT)}
+
+
+def test_sentence_drops_of_messages_with_system_context_and_several_turns() -> None:
+    """A messages corpus: the system messages are the context (in the first user turn under
+    user-turn); the question is the last user turn, and only it loses a sentence."""
+    from mipo.prompt_format import PromptFormat
+
+    conversation = [
+        {"role": "user", "content": "Hi there. I need help."},
+        {"role": "assistant", "content": "Sure. Ask away."},
+        {"role": "user", "content": QUESTION},
+    ]
+    single = [{"role": "user", "content": QUESTION}]
+    fmt = PromptFormat("user-turn")
+    prompts = pl.Series(
+        [fmt.messages(CONTEXT, conversation), fmt.messages(CONTEXT, single)], dtype=MESSAGE_DTYPE
+    )
+    drops = sentence_drops(
+        prompts,
+        pl.Series(["a", "b"]),
+        seed=7,
+        questions=pl.Series([conversation, single], dtype=MESSAGE_DTYPE),
+    )
+    for row, (key, bare) in enumerate([("a", conversation), ("b", single)]):
+        kept, dropped = drop_sentence(QUESTION, seed=7, key=key)  # type: ignore[misc]
+        assert drops["dropped_sentence"][row] == dropped
+        shortened = [*bare[:-1], {"role": "user", "content": kept}]
+        assert drops["prompt_sentence_drop"][row].to_list() == fmt.messages(CONTEXT, shortened)
+
+
+def test_sentence_drops_rows_without_context_and_a_context_quoting_the_question() -> None:
+    """A null question is a row without context (its prompt is the question); a context that
+    repeats the question does not move the drop into the context."""
+    from mipo.prompt_format import PromptFormat
+
+    bare = [{"role": "user", "content": QUESTION}]
+    quoting = f"My kid asked me: {QUESTION}"
+    prompts = pl.Series(
+        [bare, PromptFormat("user-turn").messages(quoting, bare),
+         PromptFormat("paper").messages(quoting, bare)],
+        dtype=MESSAGE_DTYPE,
+    )  # fmt: skip
+    questions = pl.Series([None, bare, bare], dtype=MESSAGE_DTYPE)
+    ids = pl.Series(["k", "k", "k"])
+    drops = sentence_drops(prompts, ids, seed=1, questions=questions)
+    plain = sentence_drops(prompts[:1], ids[:1], seed=1)
+    assert drops.row(0) == plain.row(0)  # as without questions
+    kept, _ = drop_sentence(QUESTION, seed=1, key="k")  # type: ignore[misc]
+    short = [{"role": "user", "content": kept}]
+    assert drops["prompt_sentence_drop"][1].to_list() == PromptFormat("user-turn").messages(
+        quoting, short
+    )
+    assert drops["prompt_sentence_drop"][2].to_list() == PromptFormat("paper").messages(
+        quoting, short
+    )
+    with pytest.raises(ValueError, match="not in the prompt"):
+        sentence_drops(
+            pl.Series([[{"role": "user", "content": "Other. Text here?"}]], dtype=MESSAGE_DTYPE),
+            ids[:1],
+            seed=1,
+            questions=pl.Series([bare], dtype=MESSAGE_DTYPE),
+        )

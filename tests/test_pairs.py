@@ -391,3 +391,150 @@ def test_no_sentence_to_drop_is_a_clear_verdict() -> None:
     error, _ = filter_verdict(stats)
     assert error is not None and error.startswith("0 pairs built: every question is a single")
     assert "--negatives random" in error
+
+
+CONTEXT = "I teach maths. I am 52. I prefer short answers."
+
+
+def _math_plan_with_context(keep_nocontext: bool = True) -> pl.DataFrame:
+    """_math_plan's prompts, the first two with a context of three sentences opening the user's
+    turn (the default user-turn format), the third without; ``prompt_nocontext`` as a
+    context-drop plan writes it (null for a prompt without context)."""
+    from mipo.prompt_format import PromptFormat
+
+    plan = _math_plan()
+    questions = [p[0]["content"] for p in plan["prompt"].to_list()]
+    bare = [[{"role": "user", "content": q}] for q in questions]
+    fmt = PromptFormat("user-turn")
+    prompts = [fmt.messages(CONTEXT, bare[0]), fmt.messages(CONTEXT, bare[1]), bare[2]]
+    plan = plan.with_columns(
+        pl.Series("prompt", prompts, MESSAGE_DTYPE),
+        pl.Series("has_context", [True, True, False]),
+    )
+    if keep_nocontext:
+        nocontext = pl.Series("prompt_nocontext", [bare[0], bare[1], None], MESSAGE_DTYPE)
+        plan = plan.with_columns(nocontext)
+    return plan
+
+
+def test_sentence_drop_keeps_the_context_whole_under_user_turn(tiny_model_dir: Path) -> None:
+    """The context shares the user's turn: the rejected prompt keeps the whole context and lacks
+    exactly one non-final sentence of the question."""
+    from mipo.engine import ChatTokenizer
+    from mipo.pairs.negatives import split_sentences
+
+    tokenizer = ChatTokenizer.from_pretrained(tiny_model_dir)
+    plan = _math_plan_with_context()
+    for seed in range(4):
+        requests = build_requests(
+            plan, strategy="sentence-drop", independent_negatives=False, seed=seed,
+            tokenizer=tokenizer,
+        )  # fmt: skip
+        drop_ids = [SENTENCE_DROP_OFFSET + 0, SENTENCE_DROP_OFFSET + 2]  # row 1: one sentence
+        assert requests["request_id"].to_list() == [0, 4, 8, *drop_ids]
+        by_id = dict(
+            zip(requests["request_id"].to_list(), requests["input_ids"].to_list(), strict=True)
+        )
+        for i, request in zip((0, 2), drop_ids, strict=True):
+            prompt = plan["prompt"][i].to_list()
+            question = _math_plan()["prompt"][i][0]["content"]
+            sentences = split_sentences(question)
+            context = f"{CONTEXT}\n\n" if i == 0 else ""
+            # Exactly one candidate: the whole context, then the question without one of its
+            # non-final sentences; never the prompt with a context sentence gone.
+            candidates = [
+                [
+                    {
+                        "role": "user",
+                        "content": context + "".join(sentences[:k] + sentences[k + 1 :]).strip(),
+                    }
+                ]
+                for k in range(len(sentences) - 1)
+            ]
+            encoded = tokenizer.encode_chat(pl.Series(candidates, dtype=MESSAGE_DTYPE))
+            matches = [
+                k for k, ids in enumerate(encoded["input_ids"].to_list()) if ids == by_id[request]
+            ]
+            assert len(matches) == 1, (seed, i, prompt)
+    stats = PairStats()
+    pairs = assemble_pairs(
+        plan, _responses(requests), strategy="sentence-drop", independent_negatives=False,
+        seed=3, stats=stats,
+    )  # fmt: skip
+    assert pairs["id"].to_list() == ["p0", "p2"] and stats.no_sentence_skipped == 1
+    # y- is scored under the full prompt, context included.
+    assert pairs["prompt"].to_list() == [plan["prompt"][0].to_list(), plan["prompt"][2].to_list()]
+
+
+def test_sentence_drop_refuses_a_plan_that_cannot_tell_question_from_context(
+    tiny_model_dir: Path,
+) -> None:
+    from mipo.engine import ChatTokenizer
+
+    tokenizer = ChatTokenizer.from_pretrained(tiny_model_dir)
+    plan = _math_plan_with_context(keep_nocontext=False)
+    with pytest.raises(ConfigError, match=r"prompt_nocontext.*sentence-drop,context-drop"):
+        build_requests(
+            plan, strategy="sentence-drop", independent_negatives=False, seed=0,
+            tokenizer=tokenizer,
+        )  # fmt: skip
+    # Without any context the plan needs no prompt_nocontext: the question is the prompt.
+    no_context = plan.with_columns(
+        pl.lit(False).alias("has_context"), prompt=_math_plan()["prompt"]
+    )
+    requests = build_requests(
+        no_context, strategy="sentence-drop", independent_negatives=False, seed=0,
+        tokenizer=tokenizer,
+    )  # fmt: skip
+    assert requests.height == 3 + 2
+
+
+def test_sentence_drop_on_a_built_plan_with_a_context_column(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A real plan (context column, user-turn format, sentence-drop with context-drop, which
+    keeps prompt_nocontext): every sentence-drop prompt holds the whole context."""
+    import json
+
+    from mipo.engine import ChatTokenizer
+    from mipo.generate import GenerationConfig
+    from mipo.pairs.build import build_pairs
+    from mipo.pairs.config import BuildPairsConfig
+    from mipo.pairs.negatives import sentence_drops, split_sentences
+    from mipo.pairs.plan import read_plan
+
+    questions = [p[0]["content"] for p in _math_plan()["prompt"].to_list()]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(
+        "".join(
+            json.dumps({"id": f"m{i}", "question": q, "context": CONTEXT if i < 2 else ""}) + "\n"
+            for i, q in enumerate(questions)
+        )
+    )
+    config = BuildPairsConfig(
+        str(corpus), tmp_path / "out", model=str(tiny_model_dir),
+        negatives="sentence-drop,context-drop", plan_only=True, progress=False,
+        generation=GenerationConfig(backend="hf", max_new_tokens=6),
+    )  # fmt: skip
+    assert build_pairs(config).completed == "plan"
+    plan = read_plan(tmp_path / "out" / "plan.parquet")
+    assert plan["prompt"][0][0]["content"].startswith(CONTEXT)  # the context opens the turn
+    drops = sentence_drops(plan["prompt"], plan["id"], seed=0, questions=plan["prompt_nocontext"])
+    index = {k: row for row, k in enumerate(plan["id"].to_list())}
+    for key, question in (("m0", questions[0]), ("m2", questions[2])):
+        row = index[key]
+        content = drops["prompt_sentence_drop"][row][0]["content"]
+        if key == "m0":
+            assert content.startswith(f"{CONTEXT}\n\n")
+            content = content.removeprefix(f"{CONTEXT}\n\n")
+        sentences = split_sentences(question)
+        dropped = drops["dropped_sentence"][row]
+        assert dropped in [s.strip() for s in sentences[:-1]]
+        k = [s.strip() for s in sentences].index(dropped)
+        assert content == "".join(sentences[:k] + sentences[k + 1 :]).strip()
+    assert drops["prompt_sentence_drop"][index["m1"]] is None  # one sentence
+    requests = build_requests(
+        plan, strategy="sentence-drop,context-drop", independent_negatives=False, seed=0,
+        tokenizer=ChatTokenizer.from_pretrained(tiny_model_dir),
+    )  # fmt: skip
+    assert (requests["request_id"] >= SENTENCE_DROP_OFFSET).sum() == 2

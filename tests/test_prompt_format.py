@@ -203,3 +203,24 @@ def test_persona_control_needs_a_context() -> None:
 
 def test_curly_apostrophes_count_as_first_person() -> None:
     assert speaks_as_user("I\u2019m a retired teacher in Chicago.", TEACHER) == 1.0
+
+
+def test_question_start_finds_the_question_where_the_format_put_it() -> None:
+    from mipo.prompt_format import question_start
+
+    question = "Ann has 3. How many?"
+    bare = [{"role": "user", "content": question}]
+    for spec in ("user-turn", "paper", "Notes: {context}\n{question} Thanks."):
+        for context in ("I am 9.", f"My kid asked: {question}", f"{question} Help!"):
+            turn = PromptFormat(spec).messages(context, bare)[0]["content"]
+            start = question_start(turn, question)
+            assert start is not None and turn[start : start + len(question)] == question
+            # Replacing it there rebuilds the turn with the same context around another question.
+            edited = turn[:start] + "Q?" + turn[start + len(question) :]
+            expected = PromptFormat(spec).messages(context, [{"role": "user", "content": "Q?"}])
+            # A template of one's own whose context repeats the question is ambiguous (the
+            # first occurrence is taken); the named formats and unambiguous turns are exact.
+            ambiguous = spec.startswith("Notes") and question in context
+            assert (edited == expected[0]["content"]) != ambiguous, (spec, context)
+    assert question_start(question, question) == 0
+    assert question_start("I am 9.\n\nSomething else?", question) is None

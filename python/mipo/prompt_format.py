@@ -55,7 +55,7 @@ from mipo.errors import ConfigError
 if TYPE_CHECKING:
     import polars as pl
 
-__all__ = ["CONTEXT_FORMATS", "DEFAULT_CONTEXT_FORMAT", "PromptFormat"]
+__all__ = ["CONTEXT_FORMATS", "DEFAULT_CONTEXT_FORMAT", "PromptFormat", "question_start"]
 
 CONTEXT_FORMATS: dict[str, str] = {
     "user-turn": "{context}\n\n{question}",
@@ -176,3 +176,32 @@ class PromptFormat:
             if p
         ]
         return pl.concat_str(pieces)
+
+
+def question_start(turn: str, question: str) -> int | None:
+    """Where ``question`` starts in ``turn``, a user turn rendered from it (alone, or with a
+    context by a format holding ``{question}``); None when the turn does not hold it.
+
+    The turn itself, or the question's only occurrence. Where the context repeats the question,
+    the occurrence a named format anchors: after the fixed text a format opens with (``paper``),
+    else at the end (``user-turn``, and any template ending in ``{question}``); else the first.
+
+    >>> question_start("I'm 9.\\n\\nWhy? Say it.", "Why? Say it.")
+    8
+    >>> turn = PromptFormat("paper").messages("Ask: Why?", [{"role": "user", "content": "Why?"}])
+    >>> question_start(turn[0]["content"], "Why?") == turn[0]["content"].index("Why?")
+    True
+    """
+    if turn == question:
+        return 0
+    first = turn.find(question)
+    if first < 0 or first == turn.rfind(question):
+        return None if first < 0 else first
+    templates = [_PLACEHOLDER.split(t) for t in CONTEXT_FORMATS.values()]
+    for parts in templates:  # literal, placeholder, literal, ...: a fixed opening first
+        if len(parts) > 1 and parts[1] == "{question}" and turn.startswith(parts[0] + question):
+            return len(parts[0])
+    for parts in templates:
+        if len(parts) > 1 and parts[-2] == "{question}" and turn.endswith(question + parts[-1]):
+            return len(turn) - len(parts[-1]) - len(question)
+    return first

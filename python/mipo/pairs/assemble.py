@@ -10,9 +10,9 @@ Every response the pipeline generates is one *request*, identified by ``request_
 - kind 3 (:data:`KIND_SWAP`): i's question asked with another user's context (``context-swap``
   where no other user asked it; with ``--independent-negatives`` also the partner's prompt,
   sampled again for i);
-- :data:`KIND_SENTENCE_DROP`: prompt i with one non-final sentence of its last user turn removed
-  (``sentence-drop``, :func:`mipo.pairs.negatives.sentence_drops`). Its ids are
-  ``SENTENCE_DROP_OFFSET + plan_index`` (2**62 and up), so the ids of the first four kinds, and
+- :data:`KIND_SENTENCE_DROP`: prompt i with one non-final sentence of its question removed, its
+  context kept whole (``sentence-drop``, :func:`mipo.pairs.negatives.sentence_drops`). Its ids
+  are ``SENTENCE_DROP_OFFSET + plan_index`` (2**62 and up), so the ids of the first four kinds, and
   the sampling seeds derived from them, are those of runs without it.
 
 Seeds are derived per request from the run seed and the request id
@@ -177,8 +177,18 @@ def _swap_requests(plan: pl.DataFrame, independent_negatives: bool) -> pl.DataFr
 
 
 def _sentence_drops(plan: pl.DataFrame, seed: int) -> pl.DataFrame:
-    """``plan_index`` and the sentence-dropped prompt of each plan row that has one."""
-    drops = sentence_drops(plan["prompt"], plan["id"], seed=seed)
+    """``plan_index`` and the sentence-dropped prompt of each plan row that has one: a sentence
+    of its question only, told from its context by the plan's ``prompt_nocontext``."""
+    questions = plan["prompt_nocontext"] if "prompt_nocontext" in plan.columns else None
+    if questions is None and "has_context" in plan.columns and plan["has_context"].any():
+        raise ConfigError(
+            "--negatives sentence-drop drops a sentence of each question, but this plan's "
+            f"{int(plan['has_context'].sum())} prompts with a context lack the prompt without "
+            "it (prompt_nocontext), so their question cannot be told from their context: "
+            "rebuild the plan (--overwrite) with --negatives sentence-drop,context-drop, which "
+            "keeps it, or without the context column"
+        )
+    drops = sentence_drops(plan["prompt"], plan["id"], seed=seed, questions=questions)
     return pl.DataFrame([plan["plan_index"], drops["prompt_sentence_drop"]]).filter(
         pl.col("prompt_sentence_drop").is_not_null()
     )
@@ -187,7 +197,8 @@ def _sentence_drops(plan: pl.DataFrame, seed: int) -> pl.DataFrame:
 def _sentence_drop_requests(
     plan: pl.DataFrame, tokenizer: ChatTokenizer, seed: int
 ) -> pl.DataFrame:
-    """The ``sentence-drop`` requests: prompt i without one non-final sentence."""
+    """The ``sentence-drop`` requests: prompt i without one non-final sentence of its
+    question."""
     drops = _sentence_drops(plan, seed)
     if drops.height:
         input_ids = tokenizer.encode_chat(drops["prompt_sentence_drop"])["input_ids"]
@@ -234,7 +245,7 @@ class PairStats:
     no_context_skipped: int = 0
     no_swap_skipped: int = 0
     no_sentence_skipped: int = 0
-    """Prompts whose last user turn has one sentence: no ``sentence-drop`` pair."""
+    """Prompts whose question has one sentence: no ``sentence-drop`` pair."""
     swap_sources: dict[str, int] = field(default_factory=dict)
     length_ratio: dict[str, dict[str, float]] = field(default_factory=dict)
     filtered: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FILTERS, 0))

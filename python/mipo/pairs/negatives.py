@@ -12,7 +12,8 @@
   removed (the paper's context drop for math problems, whose "context" is the givens stated
   before the question): the sentence is picked by a seeded hash of the row's id
   (:func:`drop_sentence`), so it does not depend on batching or partitioning; a question of one
-  sentence has no sentence-drop negative. Sentences are split by :func:`split_sentences`;
+  sentence has no sentence-drop negative. Only the question loses a sentence: a context, in
+  whatever format, stays whole (:func:`sentence_drops`). Sentences are split by :func:`split_sentences`;
 - any combination, comma-separated (``random,context-swap``): one pair of each kind per prompt;
   ``both`` is ``random,context-drop``.
 
@@ -36,6 +37,7 @@ import polars as pl
 from mipo import engine
 from mipo.corpus import MESSAGE_DTYPE
 from mipo.errors import ConfigError, CorpusError, DerangementError, MipoError
+from mipo.prompt_format import question_start
 
 __all__ = [
     "ABBREVIATIONS",
@@ -358,33 +360,79 @@ def drop_sentence(text: str, *, seed: int, key: str) -> tuple[str, str] | None:
     return "".join(kept).strip(), sentences[drop].strip()
 
 
-def sentence_drops(prompts: pl.Series, ids: pl.Series, *, seed: int) -> pl.DataFrame:
-    """The ``sentence-drop`` prompt of each row: its messages with one non-final sentence
-    removed from the last user turn (:func:`drop_sentence`, keyed by the row's id).
+def sentence_drops(
+    prompts: pl.Series, ids: pl.Series, *, seed: int, questions: pl.Series | None = None
+) -> pl.DataFrame:
+    """The ``sentence-drop`` prompt of each row: its messages with one non-final sentence of the
+    *question* removed (:func:`drop_sentence`, keyed by the row's id); the context stays whole.
 
-    Returns ``prompt_sentence_drop`` (messages; null where the last user turn has one sentence,
-    or there is none) and ``dropped_sentence`` (String), aligned with ``prompts``.
+    The question is the last user turn of ``questions`` (each row's messages without their
+    context: the plan's ``prompt_nocontext``), or of the prompt itself where ``questions`` is
+    None or null (a row without context). The shortened question takes the question's place in
+    the prompt's last user turn: the whole turn when the context is elsewhere (a system message),
+    or the question's part of the turn the context shares (``user-turn``, ``paper``, a template
+    holding ``{question}``; see :func:`mipo.prompt_format.question_start`).
+
+    Returns ``prompt_sentence_drop`` (messages; null where the question has one sentence, or
+    there is none) and ``dropped_sentence`` (String), aligned with ``prompts``.
+
+    >>> prompt = [{"role": "user", "content": "I am 9. I like cats.\\n\\nAnn has 3. How many?"}]
+    >>> question = [{"role": "user", "content": "Ann has 3. How many?"}]
+    >>> drops = sentence_drops(
+    ...     pl.Series([prompt]), pl.Series(["q1"]), seed=0, questions=pl.Series([question]))
+    >>> drops["prompt_sentence_drop"][0][0]["content"], drops["dropped_sentence"][0]
+    ('I am 9. I like cats.\\n\\nHow many?', 'Ann has 3.')
     """
     if len(ids) != len(prompts):
         raise ValueError(f"ids has {len(ids)} rows, expected {len(prompts)}")
+    if questions is not None and len(questions) != len(prompts):
+        raise ValueError(f"questions has {len(questions)} rows, expected {len(prompts)}")
+    question_rows = questions.to_list() if questions is not None else [None] * len(prompts)
     dropped_prompts: list[list[dict[str, str]] | None] = []
     dropped: list[str | None] = []
-    for messages, key in zip(prompts.to_list(), ids.cast(pl.String).to_list(), strict=True):
-        messages = [dict(m) for m in messages or []]
-        last = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
-        result = None
-        if last is not None:
-            result = drop_sentence(messages[last].get("content") or "", seed=seed, key=key)
-        if result is None:
-            dropped_prompts.append(None)
-            dropped.append(None)
-            continue
-        messages[last]["content"] = result[0]
-        dropped_prompts.append(messages)
-        dropped.append(result[1])
+    for messages, question, key in zip(
+        prompts.to_list(), question_rows, ids.cast(pl.String).to_list(), strict=True
+    ):
+        result = _drop_question_sentence(messages or [], question, seed=seed, key=key)
+        dropped_prompts.append(result[0] if result else None)
+        dropped.append(result[1] if result else None)
     return pl.DataFrame(
         [
             pl.Series("prompt_sentence_drop", dropped_prompts, dtype=MESSAGE_DTYPE),
             pl.Series("dropped_sentence", dropped, dtype=pl.String),
         ]
     )
+
+
+def _last_user_turn(messages: list[dict[str, str]]) -> int | None:
+    return max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
+
+
+def _drop_question_sentence(
+    prompt: list[dict[str, str]],
+    question: list[dict[str, str]] | None,
+    *,
+    seed: int,
+    key: str,
+) -> tuple[list[dict[str, str]], str] | None:
+    """One row of :func:`sentence_drops`: the prompt without one non-final sentence of its
+    question (the last user turn of ``question``, or of ``prompt`` when None), and that
+    sentence; None when the question has fewer than two sentences or there is no user turn."""
+    messages = [dict(m) for m in prompt]
+    turn = _last_user_turn(messages)
+    question_turn = _last_user_turn(question) if question is not None else turn
+    if turn is None or question_turn is None:
+        return None
+    content = messages[turn].get("content") or ""
+    text = (question[question_turn] if question is not None else messages[turn]).get("content")
+    result = drop_sentence(text or "", seed=seed, key=key)
+    if result is None:
+        return None
+    start = question_start(content, text or "")
+    if start is None:
+        raise ValueError(
+            f"row {key!r}: its question is not in the prompt's last user turn; the questions "
+            "must be the prompts without their contexts (the plan's prompt_nocontext)"
+        )
+    messages[turn]["content"] = content[:start] + result[0] + content[start + len(text or "") :]
+    return messages, result[1]
