@@ -94,7 +94,7 @@ class ColumnOptions:
     """Row id carried into the plan and the pairs (``--id-col``)."""
     context_format: str = DEFAULT_CONTEXT_FORMAT
     """How the context enters the prompt (``--context-format``): ``user-turn``, ``about-user``,
-    ``raw-system`` or a template holding ``{context}`` (:mod:`mipo.prompt_format`)."""
+    ``raw-system``, ``paper`` or a template holding ``{context}`` (:mod:`mipo.prompt_format`)."""
 
     def __post_init__(self) -> None:
         PromptFormat(self.context_format)  # a bad format fails here, naming the choices

@@ -71,7 +71,7 @@ class EvalConfig:
     """Seconds a judge request may take before it is retried (with ``judge_url``)."""
     context_format: str = DEFAULT_CONTEXT_FORMAT
     """How a pmi file's user context enters its prompts and contrasts: ``user-turn``,
-    ``about-user``, ``raw-system`` or a template holding ``{context}``
+    ``about-user``, ``raw-system``, ``paper`` or a template holding ``{context}``
     (:mod:`mipo.prompt_format`); use the format the model was trained with."""
     k: int = 8
     """Contrast prompts per prompt (per contrast set) for the PMI's estimate of log π_ref(y)."""

@@ -99,8 +99,9 @@ class RunConfig:
     columns: ColumnOptions = field(default_factory=ColumnOptions)
     """Corpus column names; None fields are detected."""
     negatives: str = AUTO_NEGATIVES
-    """Negative strategies of build-pairs: ``random``, ``context-drop``, ``context-swap`` or a
-    comma-separated list of them. ``auto``: ``context-swap`` when the corpus has user contexts
+    """Negative strategies of build-pairs: ``random``, ``context-drop``, ``context-swap``,
+    ``sentence-drop`` (one non-final sentence of the question removed: the paper's negative for
+    math) or a comma-separated list of them. ``auto``: ``context-swap`` when the corpus has user contexts
     (a context column, or system messages, that is not blank everywhere), else ``random``.
     Measured on the built-in model (benches/RESULTS.md, mini reproduction), random negatives
     never raised the same-question PMI (personalization); context-swap did."""
