@@ -29,7 +29,7 @@ def build_pairs_fields() -> list[click.Option]:
     return [
         *BUILD.options(
             "model plan_only negatives executor num_workers seed shard keep_truncated "
-            "drop_persona overwrite progress",
+            "drop_persona overwrite trust_remote_code progress",
         ),
         *COLUMNS.options("context_format", at="columns"),
         *GENERATION.options(
