@@ -166,9 +166,10 @@ class Group:
     def options(
         self, names: str, *, at: str = "", also: Mapping[str, Sequence[str]] | None = None
     ) -> list[FieldOption]:
-        """Options for the fields ``names`` (space-separated) of this config, which sits at the dotted path ``at`` of
-        the command's config (``"train"``; ``""``: the command's own); ``also``: further
-        config paths a field's value is written to (run's ``--seed`` is the training's too)."""
+        """Options for the fields ``names`` (space-separated) of this config, which sits at the
+        dotted path ``at`` of the command's config (``"train"``; ``""``: the command's own);
+        ``also``: further config paths a field's value is written to (run's ``--seed`` is the
+        training's too)."""
         return [self._option(name, at, (also or {}).get(name, ())) for name in names.split()]
 
     def _option(self, name: str, at: str, also: Sequence[str]) -> FieldOption:
