@@ -24,7 +24,8 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 
 use crate::dedup::{
-    band_key, exact_hash, normalize_into, shingle_fingerprints, DedupParams, MinHasher,
+    band_key, exact_hash, jaccard_at_least, normalize_into, shingle_fingerprints, DedupParams,
+    MinHasher,
 };
 use crate::error::{EngineError, Result};
 
@@ -116,30 +117,6 @@ pub fn bucket_pairs(keys: &[u64], rows: &[u32]) -> Result<Vec<(u32, u32)>> {
     pairs.par_sort_unstable();
     pairs.dedup();
     Ok(pairs)
-}
-
-/// Exact Jaccard similarity of two sorted distinct sets is `>= threshold` (the `Deduper`'s test,
-/// to the last floating-point operation).
-#[inline]
-pub fn jaccard_at_least(a: &[u32], b: &[u32], threshold: f64) -> bool {
-    let (small, big) = if a.len() <= b.len() { (a, b) } else { (b, a) };
-    if big.is_empty() || (small.len() as f64) / (big.len() as f64) < threshold {
-        return false;
-    }
-    let (mut i, mut j, mut inter) = (0, 0, 0usize);
-    while i < a.len() && j < b.len() {
-        match a[i].cmp(&b[j]) {
-            std::cmp::Ordering::Less => i += 1,
-            std::cmp::Ordering::Greater => j += 1,
-            std::cmp::Ordering::Equal => {
-                inter += 1;
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    let union = a.len() + b.len() - inter;
-    (inter as f64) / (union as f64) >= threshold
 }
 
 /// [`jaccard_at_least`] for each pair of sets `(a[i], b[i])`, in parallel.

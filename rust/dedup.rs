@@ -78,8 +78,10 @@ use crate::rng::Rng;
 
 mod band_index;
 mod exact_index;
-use band_index::{BandIndex, RECENT_ENTRIES};
+mod runs;
+use band_index::BandIndex;
 use exact_index::ExactIndex;
+use runs::RECENT_ENTRIES;
 
 /// The whitespace set of normalization: exactly the characters for which Python's
 /// `str.isspace()` is true (Unicode 14), written out so Rust and the reference agree whatever
@@ -403,12 +405,13 @@ struct Scratch {
     signature: Vec<u32>,
 }
 
-/// Exact Jaccard similarity of two sorted distinct sets is `>= threshold`.
+/// Exact Jaccard similarity of two sorted distinct sets is `>= threshold`: the `Deduper`'s test,
+/// and the split plan's (`components::verify_pairs`), to the last floating-point operation.
 #[inline]
-fn jaccard_at_least(a: &[u32], b: &[u32], threshold: f64) -> bool {
+pub fn jaccard_at_least(a: &[u32], b: &[u32], threshold: f64) -> bool {
     let (small, big) = if a.len() <= b.len() { (a, b) } else { (b, a) };
     // J <= |small| / |big|: skip the merge when even a full overlap cannot reach the threshold.
-    if (small.len() as f64) / (big.len() as f64) < threshold {
+    if big.is_empty() || (small.len() as f64) / (big.len() as f64) < threshold {
         return false;
     }
     let (mut i, mut j, mut inter) = (0, 0, 0usize);

@@ -23,22 +23,15 @@
 
 use std::collections::HashMap;
 
+#[cfg(test)]
+use super::runs::RECENT_ENTRIES;
+use super::runs::{cascade, directory_bits, open_slots, SortedRun};
 use super::Prehashed;
 
 /// End-of-chain marker of the `recent` lists.
 const NONE: u32 = u32::MAX;
-/// Representatives whose entries stay in the `recent` table before it is merged into the runs.
-#[cfg(not(test))]
-pub(super) const RECENT_ENTRIES: usize = 1 << 17;
-/// Small in tests, so a few thousand rows go through many merges.
-#[cfg(test)]
-pub(super) const RECENT_ENTRIES: usize = 64;
 /// Fewest directory bits of a run: at least 16, so the low key bits left fit a `u16`.
 const MIN_DIR_BITS: u32 = 16;
-/// Entries per directory slot (on average) a run aims for.
-const ENTRIES_PER_SLOT: usize = 8;
-/// `mid` is merged into `base` once `mid.len() * MID_RATIO > base.len()`.
-const MID_RATIO: usize = 4;
 
 /// A sorted run of `(key, ordinal)` entries (sorted by key, then ordinal).
 #[derive(Default)]
@@ -52,21 +45,19 @@ struct Run {
     ord: Vec<u32>,
 }
 
-impl Run {
+impl SortedRun for Run {
+    /// `key << 32 | ordinal`.
+    type Entry = u64;
+
     fn len(&self) -> usize {
         self.ord.len()
     }
 
-    /// Build a run of `n` entries from `(key << 32 | ordinal)` values in ascending order.
     fn build(n: usize, sorted: impl Iterator<Item = u64>) -> Run {
         if n == 0 {
             return Run::default();
         }
-        let wanted = n
-            .div_ceil(ENTRIES_PER_SLOT)
-            .next_power_of_two()
-            .trailing_zeros();
-        let bits = wanted.clamp(MIN_DIR_BITS, 31);
+        let bits = directory_bits(n, MIN_DIR_BITS, 31);
         let shift = 32 - bits;
         let slots = 1usize << bits;
         let mask = (1u32 << shift) - 1;
@@ -75,17 +66,12 @@ impl Run {
         let mut ord = Vec::with_capacity(n);
         for e in sorted {
             let key = (e >> 32) as u32;
-            let slot = (key >> shift) as usize;
-            while dir.len() <= slot {
-                dir.push(ord.len() as u32);
-            }
+            open_slots(&mut dir, (key >> shift) as usize, ord.len());
             lo.push((key & mask) as u16);
             ord.push(e as u32);
         }
         debug_assert_eq!(ord.len(), n);
-        while dir.len() <= slots {
-            dir.push(ord.len() as u32);
-        }
+        open_slots(&mut dir, slots, ord.len());
         Run {
             shift,
             dir,
@@ -94,6 +80,17 @@ impl Run {
         }
     }
 
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        let slots = self.dir.len().saturating_sub(1);
+        (0..slots).flat_map(move |t| {
+            let high = (t as u32) << self.shift;
+            (self.dir[t] as usize..self.dir[t + 1] as usize)
+                .map(move |i| (((high | self.lo[i] as u32) as u64) << 32) | self.ord[i] as u64)
+        })
+    }
+}
+
+impl Run {
     /// Push the ordinals stored under `key`.
     #[inline]
     fn lookup(&self, key: u32, out: &mut Vec<u32>) {
@@ -110,35 +107,9 @@ impl Run {
         }
     }
 
-    /// The entries as `(key << 32 | ordinal)`, ascending.
-    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
-        let slots = self.dir.len().saturating_sub(1);
-        (0..slots).flat_map(move |t| {
-            let high = (t as u32) << self.shift;
-            (self.dir[t] as usize..self.dir[t + 1] as usize)
-                .map(move |i| (((high | self.lo[i] as u32) as u64) << 32) | self.ord[i] as u64)
-        })
-    }
-
     fn heap_bytes(&self) -> usize {
         self.dir.capacity() * 4 + self.lo.capacity() * 2 + self.ord.capacity() * 4
     }
-}
-
-/// The merge of two ascending sequences, ascending.
-fn merge(a: impl Iterator<Item = u64>, b: impl Iterator<Item = u64>) -> impl Iterator<Item = u64> {
-    let (mut a, mut b) = (a.peekable(), b.peekable());
-    std::iter::from_fn(move || match (a.peek(), b.peek()) {
-        (Some(x), Some(y)) => {
-            if x <= y {
-                a.next()
-            } else {
-                b.next()
-            }
-        }
-        (Some(_), None) => a.next(),
-        (None, _) => b.next(),
-    })
 }
 
 /// One band's multimap bucket key -> representative ordinals (module docs).
@@ -200,19 +171,7 @@ impl BandIndex {
         self.recent_key.clear();
         self.recent_ord.clear();
         self.recent_next.clear();
-        let mid = std::mem::take(&mut self.mid);
-        self.mid = Run::build(
-            mid.len() + fresh.len(),
-            merge(mid.iter(), fresh.into_iter()),
-        );
-        drop(mid);
-        if self.mid.len() * MID_RATIO > self.base.len() {
-            let (base, mid) = (
-                std::mem::take(&mut self.base),
-                std::mem::take(&mut self.mid),
-            );
-            self.base = Run::build(base.len() + mid.len(), merge(base.iter(), mid.iter()));
-        }
+        cascade(&mut self.base, &mut self.mid, fresh);
     }
 
     /// Approximate heap bytes (allocated capacity; hashbrown: entry + control byte per slot).

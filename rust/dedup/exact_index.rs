@@ -10,18 +10,10 @@
 
 use std::collections::HashMap;
 
+use super::runs::{cascade, directory_bits, open_slots, SortedRun, RECENT_ENTRIES};
 use super::{ExactKey, Prehashed};
 
-/// Texts whose entries stay in the `recent` table before it is merged into the runs.
-#[cfg(not(test))]
-pub(super) const RECENT_ENTRIES: usize = 1 << 17;
-/// Small in tests, so a few thousand rows go through many merges.
-#[cfg(test)]
-pub(super) const RECENT_ENTRIES: usize = 64;
 const MIN_DIR_BITS: u32 = 10;
-const ENTRIES_PER_SLOT: usize = 8;
-/// `mid` is merged into `base` once `mid.len() * MID_RATIO > base.len()`.
-const MID_RATIO: usize = 4;
 
 /// Entries sorted by key; the top bits of `key.0` index the directory.
 #[derive(Default)]
@@ -36,21 +28,19 @@ struct Run {
 
 type Entry = (u64, u64, u32);
 
-impl Run {
+impl SortedRun for Run {
+    /// `(key.0, key.1, cluster)`; keys are distinct, so this is the order of the keys.
+    type Entry = Entry;
+
     fn len(&self) -> usize {
         self.cluster.len()
     }
 
-    /// Build a run of `n` entries given in ascending key order (keys distinct).
     fn build(n: usize, sorted: impl Iterator<Item = Entry>) -> Run {
         if n == 0 {
             return Run::default();
         }
-        let wanted = n
-            .div_ceil(ENTRIES_PER_SLOT)
-            .next_power_of_two()
-            .trailing_zeros();
-        let bits = wanted.clamp(MIN_DIR_BITS, 32);
+        let bits = directory_bits(n, MIN_DIR_BITS, 32);
         let shift = 64 - bits;
         let slots = 1usize << bits;
         let mut run = Run {
@@ -61,21 +51,22 @@ impl Run {
             cluster: Vec::with_capacity(n),
         };
         for (k0, k1, c) in sorted {
-            let slot = (k0 >> shift) as usize;
-            while run.dir.len() <= slot {
-                run.dir.push(run.cluster.len() as u32);
-            }
+            open_slots(&mut run.dir, (k0 >> shift) as usize, run.cluster.len());
             run.k0.push(k0);
             run.k1.push(k1);
             run.cluster.push(c);
         }
         debug_assert_eq!(run.len(), n);
-        while run.dir.len() <= slots {
-            run.dir.push(run.cluster.len() as u32);
-        }
+        open_slots(&mut run.dir, slots, run.cluster.len());
         run
     }
 
+    fn iter(&self) -> impl Iterator<Item = Entry> + '_ {
+        (0..self.len()).map(move |i| (self.k0[i], self.k1[i], self.cluster[i]))
+    }
+}
+
+impl Run {
     #[inline]
     fn get(&self, key: ExactKey) -> Option<u32> {
         if self.dir.is_empty() {
@@ -87,34 +78,11 @@ impl Run {
             .map(|i| self.cluster[i])
     }
 
-    fn iter(&self) -> impl Iterator<Item = Entry> + '_ {
-        (0..self.len()).map(move |i| (self.k0[i], self.k1[i], self.cluster[i]))
-    }
-
     fn heap_bytes(&self) -> usize {
         self.dir.capacity() * 4
             + (self.k0.capacity() + self.k1.capacity()) * 8
             + self.cluster.capacity() * 4
     }
-}
-
-/// The merge of two ascending sequences (by key), ascending.
-fn merge(
-    a: impl Iterator<Item = Entry>,
-    b: impl Iterator<Item = Entry>,
-) -> impl Iterator<Item = Entry> {
-    let (mut a, mut b) = (a.peekable(), b.peekable());
-    std::iter::from_fn(move || match (a.peek(), b.peek()) {
-        (Some(x), Some(y)) => {
-            if (x.0, x.1) <= (y.0, y.1) {
-                a.next()
-            } else {
-                b.next()
-            }
-        }
-        (Some(_), None) => a.next(),
-        (None, _) => b.next(),
-    })
 }
 
 /// Distinct-text key -> cluster (module docs). Keys are inserted once each.
@@ -151,19 +119,7 @@ impl ExactIndex {
     fn flush(&mut self) {
         let mut fresh: Vec<Entry> = self.recent.drain().map(|(k, c)| (k.0, k.1, c)).collect();
         fresh.sort_unstable_by_key(|e| (e.0, e.1));
-        let mid = std::mem::take(&mut self.mid);
-        self.mid = Run::build(
-            mid.len() + fresh.len(),
-            merge(mid.iter(), fresh.into_iter()),
-        );
-        drop(mid);
-        if self.mid.len() * MID_RATIO > self.base.len() {
-            let (base, mid) = (
-                std::mem::take(&mut self.base),
-                std::mem::take(&mut self.mid),
-            );
-            self.base = Run::build(base.len() + mid.len(), merge(base.iter(), mid.iter()));
-        }
+        cascade(&mut self.base, &mut self.mid, fresh);
     }
 
     /// Approximate heap bytes (allocated capacity; hashbrown: entry + control byte per slot).
