@@ -331,6 +331,29 @@ def test_context_swap_in_one_block_equals_the_local_plan(
             assert getattr(stats, name) == getattr(local_stats, name), name
 
 
+@needs_ray
+def test_a_killed_question_or_swap_worker_is_rerun_by_ray(
+    ray_runtime: Any,
+    corpus_path: Path,
+    tokenizer: engine.ChatTokenizer,
+    tiny_model_dir: Path,
+    kill_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """The context-swap steps are pure tasks too: a worker killed while sketching the questions
+    and one killed while drawing a block's swaps are rerun, and the plan is the local one."""
+    local = tmp_path / "local.parquet"
+    build_plan(open_corpus(corpus_path, CONTEXT), tokenizer, local, SWAP)
+    for stage in ("questions", "swap"):
+        (kill_dir / stage).write_text("")
+    target = tmp_path / "ray.parquet"
+    _ray_plan(corpus_path, tokenizer, tiny_model_dir, target, 2, config=SWAP, columns=CONTEXT)
+    for stage in ("questions", "swap"):
+        assert (kill_dir / f"{stage}.killed").exists(), f"no {stage} worker was killed"
+        assert not (kill_dir / stage).exists()
+    assert target.read_bytes() == local.read_bytes()
+
+
 def _question_clusters(corpus_path: Path, plan: pl.DataFrame) -> np.ndarray:
     """The question cluster of each planned row, as the local plan draws them: the streaming
     Deduper over the question text of the kept rows (no prompt dropped for its length here)."""
