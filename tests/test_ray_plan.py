@@ -10,6 +10,7 @@ streaming ``Deduper`` directly.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import math
 import os
@@ -351,6 +352,70 @@ def test_a_killed_question_or_swap_worker_is_rerun_by_ray(
     for stage in ("questions", "swap"):
         assert (kill_dir / f"{stage}.killed").exists(), f"no {stage} worker was killed"
         assert not (kill_dir / stage).exists()
+    assert target.read_bytes() == local.read_bytes()
+
+
+@needs_ray
+def test_connected_components_by_star_contraction_equal_union_find(ray_runtime: Any) -> None:
+    """Iterated star contraction over partitions: every node labelled with the smallest node of
+    its component, as a union-find gives it, on long chains (many rounds), stars and random
+    edges."""
+    from mipo.pairs.ray_plan import connected_components
+
+    rng = np.random.default_rng(4)
+    chain = np.arange(300, dtype=np.uint32)  # a path in shuffled order: 300 nodes, 1 component
+    order = rng.permutation(chain) + 1000
+    pairs = [(int(a), int(b)) for a, b in itertools.pairwise(order)]
+    pairs += [(5000, 5000 + k) for k in range(1, 40)]  # a star
+    pairs += [(int(a), int(b)) for a, b in rng.integers(6000, 6400, size=(150, 2)) if a != b]
+    s = np.array([min(p) for p in pairs], dtype=np.uint32)
+    r = np.array([max(p) for p in pairs], dtype=np.uint32)
+    edges = pl.DataFrame({"s": s, "r": r})
+    frames = [ray_runtime.put(edges[i::3]) for i in range(3)]
+    labels, rounds = connected_components(ray_runtime, frames, 2)
+    got = pl.concat(ray_runtime.get(labels))
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        parent[max(ra, rb)] = min(ra, rb)
+    want = {x: find(x) for x in parent}
+    assert dict(zip(got["r"].to_list(), got["component"].to_list(), strict=True)) == want
+    assert got.height == len(want) and rounds > 2
+
+
+@needs_ray
+def test_resolve_split_by_component_gives_the_local_plan(
+    ray_runtime: Any,
+    corpus_path: Path,
+    tokenizer: engine.ChatTokenizer,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """Past max_resolve_edges the verified edges (of the prompts and of the questions) are
+    resolved per connected component over the partitions: the same plan, byte for byte."""
+    local = tmp_path / "local.parquet"
+    build_plan(open_corpus(corpus_path, CONTEXT), tokenizer, local, SWAP)
+    target = tmp_path / "ray.parquet"
+    _, report = _ray_plan(
+        corpus_path,
+        tokenizer,
+        tiny_model_dir,
+        target,
+        3,
+        config=SWAP,
+        columns=CONTEXT,
+        max_resolve_edges=0,
+    )
+    assert report.verified_edges > 0 and report.star_rounds >= 1
+    assert "edges by component" in report.shuffle_bytes
     assert target.read_bytes() == local.read_bytes()
 
 

@@ -21,7 +21,10 @@ per-row Python objects (the engine takes whole Arrow columns):
    and kept where the exact Jaccard similarity reaches the threshold;
 5. *resolve*: the verified edges (only near-duplicate pairs: small) go to one task, where the
    engine applies the ``Deduper``'s rule (a row joins the earliest representative it verified
-   with) — not connected components, which would merge chains the local plan keeps apart;
+   with) — not connected components, which would merge chains the local plan keeps apart. Past
+   ``max_resolve_edges`` the rule runs per connected component instead (a row's answer depends
+   on its component only): components by iterated star contraction, edges routed by component,
+   one resolve task per partition;
 6. *finalize* (per batch): keep mask and clusters joined back, over-long prompts dropped; the
    distinct users counted by a shuffle of user ids (no set of every user in the driver);
 7. *negatives*: ``random``: rows spread over ``ceil(n / negative_block_rows)`` blocks by a
@@ -90,11 +93,16 @@ __all__ = [
     "block_of_questions",
     "block_of_rows",
     "build_plan_ray",
+    "connected_components",
     "executor_options",
 ]
 
 DEFAULT_NEGATIVE_BLOCK_ROWS = 1 << 20
 """Rows per derangement block (a fixed number, so the blocks never depend on the cluster)."""
+
+MAX_RESOLVE_EDGES = 1 << 26
+"""Verified edges one resolve task takes (8 B each, 512 MiB); past it the edges are resolved
+per connected component, over the partitions."""
 
 MAX_RETRIES = 3
 """Ray reruns a task whose worker process died up to this many times."""
@@ -114,6 +122,7 @@ class RayPlanReport:
     batches: int = 0
     negative_blocks: int = 0
     swap_blocks: int = 0
+    star_rounds: int = 0
     candidate_pairs: int = 0
     verified_edges: int = 0
     held_bytes: int = 0
@@ -127,6 +136,7 @@ class RayPlanReport:
             "batches": self.batches,
             "negative_blocks": self.negative_blocks,
             "swap_blocks": self.swap_blocks,
+            "star_rounds": self.star_rounds,
             "candidate_pairs": self.candidate_pairs,
             "verified_edges": self.verified_edges,
             "held_bytes": self.held_bytes,
@@ -350,7 +360,7 @@ def _verify(fps: pl.DataFrame, threshold: float, *frames: pl.DataFrame) -> tuple
         edges = joined.filter(ok).select("s", "r")
     else:
         edges = joined.select("s", "r")
-    return edges, _meta(shuffle=_bytes([edges]))
+    return edges, _meta(shuffle=_bytes([edges]), edges=edges.height)
 
 
 def _resolve(*frames: pl.DataFrame) -> tuple[Any, ...]:
@@ -379,6 +389,87 @@ def _resolved(
         pl.col("_near").fill_null(pl.col("first")).cast(pl.UInt32).alias("cluster"),
         (~pl.col("_exact") & pl.col("_near").is_null()).alias("_keep"),
     )
+
+
+def _digest(edges: pl.DataFrame) -> int:
+    """An order-free digest of an edge set (sum of mixed ``a << 32 | b``, mod 2**64)."""
+    if edges.height == 0:
+        return 0
+    keys = (edges["a"].to_numpy().astype(np.uint64) << np.uint64(32)) | edges["b"].to_numpy()
+    with np.errstate(over="ignore"):
+        return int(_mix(keys, 0).sum(dtype=np.uint64))
+
+
+def _star(kind: str, parts: int, *frames: pl.DataFrame) -> tuple[Any, ...]:
+    """One step of iterated star contraction over undirected edges ``(a, b)`` stored in both
+    directions, partitioned by ``a`` (Kiveris et al., "Connected components in MapReduce and
+    beyond", 2014). ``large``: every neighbour ``b > a`` of ``a`` is linked to the smallest of
+    ``a`` and its neighbours; ``small``: every neighbour ``b < a``, and ``a`` itself, to the
+    smallest of them; ``edges``: verified edges ``(s, r)`` taken as they are. Returns the new
+    edges (both directions, by ``a``) and a meta with their count and digest."""
+    _maybe_die("star")
+    e = _concat(frames)
+    if kind == "edges":
+        out = e.select(pl.col("s").alias("a"), pl.col("r").alias("b"))
+    elif kind == "large":
+        m = e.group_by("a").agg(pl.col("b").min().alias("m"))
+        m = m.with_columns(pl.min_horizontal("a", "m").alias("m"))
+        out = (
+            e.join(m, on="a")
+            .filter(pl.col("b") > pl.col("a"))
+            .select(pl.col("b").alias("a"), pl.col("m").alias("b"))
+        )
+    else:
+        low = e.filter(pl.col("b") < pl.col("a"))
+        m = low.group_by("a").agg(pl.col("b").min().alias("m"))
+        leaves = low.join(m, on="a").filter(pl.col("b") != pl.col("m"))
+        out = pl.concat(
+            [
+                leaves.select(pl.col("b").alias("a"), pl.col("m").alias("b")),
+                m.select("a", pl.col("m").alias("b")),
+            ]
+        )
+    both = pl.concat([out, out.select(pl.col("b").alias("a"), pl.col("a").alias("b"))]).unique()
+    routed = _split(both, (both["a"].to_numpy() % parts).astype(np.int64), parts)
+    return (*routed, _meta(edges=both.height, digest=_digest(both)))
+
+
+def _labels(*frames: pl.DataFrame) -> pl.DataFrame:
+    """Per node of a converged star graph (stars centred on each component's smallest row) its
+    component: the smallest of the node and its neighbours."""
+    e = _concat(frames)
+    m = e.group_by("a").agg(pl.col("b").min().alias("m"))
+    return m.select(pl.col("a").alias("r"), pl.min_horizontal("a", "m").alias("component"))
+
+
+def connected_components(ray: Any, edges: list[Any], parts: int) -> tuple[list[Any], int]:
+    """Connected components of the graph whose edges ``(s, r)`` are the frames ``edges`` (Ray
+    object refs), by iterated star contraction: large-star and small-star steps alternate until
+    a round leaves the edge set unchanged (O(log n) rounds). Returns refs of ``parts`` frames
+    ``(r, component)`` (node ``r`` in frame ``r % parts``; component: its smallest node) and the
+    number of rounds."""
+    star = ray.remote(num_returns=parts + 1, max_retries=MAX_RETRIES)(_star)
+    current = [star.remote("edges", parts, e) for e in edges]
+    before = None
+    rounds = 0
+    while True:
+        rounds += 1
+        for kind in ("large", "small"):
+            current = [star.remote(kind, parts, *[c[p] for c in current]) for p in range(parts)]
+        metas = ray.get([c[-1] for c in current])
+        after = (sum(m["edges"] for m in metas), sum(m["digest"] for m in metas) % 2**64)
+        if after == before:
+            break
+        before = after
+    labels = ray.remote(max_retries=MAX_RETRIES)(_labels)
+    return [labels.remote(*[c[p] for c in current]) for p in range(parts)], rounds
+
+
+def _by_component(labels: pl.DataFrame, parts: int, *frames: pl.DataFrame) -> tuple[Any, ...]:
+    """Verified edges (partitioned by ``r``) given their component and routed by it."""
+    edges = _concat(frames).join(labels, on="r", how="left")
+    routed = _split(edges, (edges["component"].to_numpy() % parts).astype(np.int64), parts)
+    return (*routed, _meta(shuffle=_bytes(routed)))
 
 
 def _finalize(
@@ -647,6 +738,7 @@ def build_plan_ray(
     partitions: int | None = None,
     address: str | None = None,
     negative_block_rows: int = DEFAULT_NEGATIVE_BLOCK_ROWS,
+    max_resolve_edges: int = MAX_RESOLVE_EDGES,
     progress: ProgressCallback | None = None,
     report: RayPlanReport | None = None,
 ) -> PlanStats:
@@ -654,6 +746,8 @@ def build_plan_ray(
 
     ``partitions``: shuffle partitions (None: the cluster's CPUs); the keep mask, the clusters
     and the negatives never depend on it. ``negative_block_rows``: rows per derangement block.
+    ``max_resolve_edges``: verified edges resolved in one task; past it the edges are split by
+    connected component (iterated star contraction) and resolved per partition, same answer.
     ``report`` (optional) receives the shuffle bytes, edges and worker peak RSS. Raises what
     ``build_plan`` raises, and :class:`PlanError` when Ray cannot run a task.
 
@@ -663,6 +757,8 @@ def build_plan_ray(
     check_context_column(corpus, config)
     if negative_block_rows < 2:
         raise ConfigError(f"negative_block_rows must be >= 2, got {negative_block_rows}")
+    if max_resolve_edges < 0:
+        raise ConfigError(f"max_resolve_edges must be >= 0, got {max_resolve_edges}")
     if partitions is not None and partitions < 1:
         raise ConfigError(f"partitions must be >= 1, got {partitions}")
     ray = import_ray()
@@ -681,6 +777,7 @@ def build_plan_ray(
             report=report if report is not None else RayPlanReport(),
             progress=progress,
             block_rows=negative_block_rows,
+            max_resolve_edges=max_resolve_edges,
         )
         try:
             _run(job, target)
@@ -705,6 +802,8 @@ class _Job:
     progress: ProgressCallback | None
     block_rows: int
     """Rows per negatives block."""
+    max_resolve_edges: int
+    """Verified edges one resolve task takes before the split by connected component."""
     metas: list[tuple[str, list[Any]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -754,7 +853,7 @@ def _run(job: _Job, target: Path) -> None:
             for b, m in enumerate(mapped)
         ]
         final_metas = job.ray.get([f[2] for f in finals])
-        job.report.verified_edges = int(job.ray.get(edges)["edges"])
+        job.report.verified_edges = edges
     del mapped, dups_of
     job.advance("tokenize", job.stats.rows_in)
     compacts = [f[1] for f in finals]
@@ -823,9 +922,9 @@ def _map_stage(job: _Job) -> tuple[list[list[Any]], np.ndarray, int, Any]:
 
 def _dedup_stage(
     job: _Job, starts: np.ndarray, sketches: list[Any], exact_parts: list[Any], what: str
-) -> tuple[list[list[Any]], Any, Any]:
+) -> tuple[list[list[Any]], Any, int]:
     """Steps 2-5 over one text (the prompts; for context-swap the questions again): exact
-    duplicates routed back per batch, the near-duplicate representatives, the resolve meta."""
+    duplicates routed back per batch, the near-duplicate representatives, the verified edges."""
     P, B = job.partitions, len(sketches)
     # 2. exact duplicates
     exact_task = job.task(_exact_reduce, B + 1)
@@ -850,8 +949,26 @@ def _dedup_stage(
         verify_task.remote(fps_of[p], threshold, *[x[p] for x in attached]) for p in range(P)
     ]
     # 5. resolve
-    near, resolve_meta = job.task(_resolve, 2).remote(*[v[0] for v in verified])
-    return dups_of, near, resolve_meta
+    near, edges = _resolve_stage(job, [v[0] for v in verified], [v[1] for v in verified], what)
+    return dups_of, near, edges
+
+
+def _resolve_stage(job: _Job, edges: list[Any], metas: list[Any], what: str) -> tuple[Any, int]:
+    """Step 5: the near-duplicate representatives from the verified edges: in one task while
+    they fit ``max_resolve_edges``; past it per connected component (iterated star contraction),
+    each partition's components in a task of its own. A row's answer depends only on the edges
+    of its component, so both give the same answer. Returns the representatives (a ref) and
+    the number of edges."""
+    count = sum(int(m["edges"]) for m in job.ray.get(metas))
+    if count <= job.max_resolve_edges:
+        return job.task(_resolve, 2).remote(*edges)[0], count
+    P = job.partitions
+    labels, rounds = connected_components(job.ray, edges, P)
+    job.report.star_rounds = max(job.report.star_rounds, rounds)
+    routed = [job.task(_by_component, P + 1).remote(labels[p], P, edges[p]) for p in range(P)]
+    job.shuffle(f"{what}edges by component", [r[-1] for r in routed])
+    resolved = [job.task(_resolve, 2).remote(*[r[p] for r in routed]) for p in range(P)]
+    return job.task(_concat_task).remote(*[x[0] for x in resolved]), count
 
 
 def _question_stage(
