@@ -473,7 +473,7 @@ def test_sentence_drop_refuses_a_plan_that_cannot_tell_question_from_context(
 
     tokenizer = ChatTokenizer.from_pretrained(tiny_model_dir)
     plan = _math_plan_with_context(keep_nocontext=False)
-    with pytest.raises(ConfigError, match=r"prompt_nocontext.*sentence-drop,context-drop"):
+    with pytest.raises(ConfigError, match=r"prompt_nocontext.*--overwrite"):
         build_requests(
             plan, strategy="sentence-drop", independent_negatives=False, seed=0,
             tokenizer=tokenizer,
@@ -492,8 +492,8 @@ def test_sentence_drop_refuses_a_plan_that_cannot_tell_question_from_context(
 def test_sentence_drop_on_a_built_plan_with_a_context_column(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    """A real plan (context column, user-turn format, sentence-drop with context-drop, which
-    keeps prompt_nocontext): every sentence-drop prompt holds the whole context."""
+    """A real plan (context column, user-turn format, sentence-drop alone: the plan keeps
+    prompt_nocontext for it): every sentence-drop prompt holds the whole context."""
     import json
 
     from mipo.engine import ChatTokenizer
@@ -513,7 +513,7 @@ def test_sentence_drop_on_a_built_plan_with_a_context_column(
     )
     config = BuildPairsConfig(
         str(corpus), tmp_path / "out", model=str(tiny_model_dir),
-        negatives="sentence-drop,context-drop", plan_only=True, progress=False,
+        negatives="sentence-drop", plan_only=True, progress=False,
         generation=GenerationConfig(backend="hf", max_new_tokens=6),
     )  # fmt: skip
     assert build_pairs(config).completed == "plan"

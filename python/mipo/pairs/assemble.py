@@ -185,8 +185,7 @@ def _sentence_drops(plan: pl.DataFrame, seed: int) -> pl.DataFrame:
             "--negatives sentence-drop drops a sentence of each question, but this plan's "
             f"{int(plan['has_context'].sum())} prompts with a context lack the prompt without "
             "it (prompt_nocontext), so their question cannot be told from their context: "
-            "rebuild the plan (--overwrite) with --negatives sentence-drop,context-drop, which "
-            "keeps it, or without the context column"
+            "rebuild the plan with --overwrite (a plan built for sentence-drop keeps it)"
         )
     drops = sentence_drops(plan["prompt"], plan["id"], seed=seed, questions=questions)
     return pl.DataFrame([plan["plan_index"], drops["prompt_sentence_drop"]]).filter(

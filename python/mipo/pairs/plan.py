@@ -106,6 +106,12 @@ class PlanConfig:
         return "context-drop" in strategy_kinds(self.negatives)
 
     @property
+    def needs_sentence_drop(self) -> bool:
+        """``sentence-drop`` shortens the question of the context-free prompt, so the plan keeps
+        ``prompt_nocontext`` (and its tokens, as for context-drop) for it."""
+        return "sentence-drop" in strategy_kinds(self.negatives)
+
+    @property
     def needs_context_swap(self) -> bool:
         return "context-swap" in strategy_kinds(self.negatives)
 
@@ -434,7 +440,7 @@ def _tokenize_batch(
             batch, over, extremes = drop_over_length(batch, config.max_prompt_tokens)
             stats.over_length += over
             state.lengths_dropped += extremes
-        if config.needs_context_drop and batch.height:
+        if (config.needs_context_drop or config.needs_sentence_drop) and batch.height:
             batch = encode_nocontext(tokenizer, batch)
         elif not swap:
             batch = batch.drop("prompt_nocontext")

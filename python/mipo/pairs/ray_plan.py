@@ -261,7 +261,7 @@ def _map_batch(
     kept, exact_parts = _sketch_parts(batch["dedup_text"], batch["rid"], dedup, parts)
     tokenizer = _tokenizer(tokenizer_spec)
     rows = encode_prompts(tokenizer, batch.drop("dedup_text", "is_empty", "bad_message"))
-    if config.needs_context_drop:
+    if config.needs_context_drop or config.needs_sentence_drop:
         rows = encode_nocontext(tokenizer, rows)
     elif not config.needs_context_swap:
         rows = rows.drop("prompt_nocontext")
