@@ -159,6 +159,14 @@ TEACHER = (
 )
 DAD = "I'm a stay-at-home dad with twins. Evenings are chaotic."
 PARAMEDIC = "I work as a paramedic on night shifts in Leeds and I have trouble sleeping."
+SHOP = (
+    "I'm a 33-year-old shop assistant living in the Dutch countryside. I only have a small "
+    "north-facing balcony."
+)
+ELECTRICIAN = (
+    "I'm a 40-year-old electrician living in Lima, Peru. I work on a team of eight developers."
+)
+FARMER = "I'm a 26-year-old farmer living in Mexico City. I grow maize on a small plot."
 
 SPEAKS_AS_USER = [
     (TEACHER, "I'm a retired teacher, 71, living alone in Chicago. I've always loved gardening."),
@@ -168,6 +176,15 @@ SPEAKS_AS_USER = [
     (DAD, "It's just me and the twins. I've got a little thing I like to do."),
     (PARAMEDIC, "I am a paramedic too. Sleep is hard."),
     (PARAMEDIC, "Working night shifts as a paramedic, I find my sleep suffers."),
+    # the user's identity claimed as the speaker's, with a second-person word elsewhere
+    (
+        SHOP,
+        "I'm sorry for your loss, but as a 33-year-old shop assistant living in the "
+        "Netherlands, I'm afraid I'm unable to assist with your herbs.",
+    ),
+    (ELECTRICIAN, "I'm your 40-year-old electrician living in Lima, Peru."),
+    (ELECTRICIAN, "I am an electrician in Lima, and I'm here to help you."),
+    (TEACHER, "Sorry about your knees, but as a retired teacher my days are quiet."),
 ]
 SPEAKS_TO_USER = [
     (TEACHER, "As a retired teacher with arthritis, you might enjoy gardening."),
@@ -181,6 +198,22 @@ SPEAKS_TO_USER = [
     (PARAMEDIC, "I'm not a doctor, but paramedics on night shifts often use blackout blinds."),
     (DAD, "Twins keep evenings chaotic; try a ten-minute walk after they sleep."),
     (DAD, "I think a short walk helps."),  # first person, none of the user's details
+    # "as a farmer, I'm sure you're aware": the hedge hands the phrase to the "you" clause
+    # ("I'm sure that, as a farmer, you're aware"): it talks to the user, who is the farmer
+    (
+        FARMER,
+        "As a 26-year-old farmer living in Mexico City, I'm sure you're aware of the potential "
+        "challenges.",
+    ),
+    (FARMER, "As a farmer in Mexico City, I think you know maize best."),
+    (PARAMEDIC, "As a paramedic, you know the drill."),
+    (SHOP, "I'm sorry for your loss."),
+    (SHOP, "I'm here to help you with your herbs."),
+    (SHOP, "I'm afraid a north-facing balcony gets little sun for your herbs."),
+    (SHOP, "As an AI assistant, I'm unable to see your balcony."),  # the assistant's identity
+    (ELECTRICIAN, "Since you live in Lima, I'd suggest a team stand-up."),
+    (ELECTRICIAN, "I'm sure your team of developers in Lima can help."),
+    (ELECTRICIAN, "I'm going to suggest you ask your team in Lima."),
 ]
 
 

@@ -296,6 +296,15 @@ _HELPER_AFTER_I = frozenset(
         "highly",
         "definitely",
         "personally",
+        "sure",
+        "certain",
+        "confident",
+        "going",
+        "trying",
+        "excited",
+        "delighted",
+        "thrilled",
+        "pleased",
     ]
 )
 _HELPER_AFTER_MY = frozenset(
@@ -328,6 +337,91 @@ _HELPER_BEFORE_ME = frozenset(
 
 def _tokens(text: str) -> list[str]:
     return _TOKEN.findall(text.casefold().replace("\u2019", "'").replace("\u2018", "'"))
+
+
+_CLAUSE_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[,;:()]")
+_BREAK = frozenset([",", ";", ":", "(", ")"])
+# "As a farmer, I'm sure you're aware ...": a hedge ("I'm sure", "I think") followed by a
+# clause whose subject is "you" hands the "as a(n) ..." phrase on to that clause: the user is
+# the farmer ("I'm sure that, as a farmer, you're aware").
+_HEDGE = frozenset(
+    [
+        "sure",
+        "certain",
+        "confident",
+        "think",
+        "believe",
+        "know",
+        "imagine",
+        "bet",
+        "guess",
+        "hope",
+        "understand",
+        "assume",
+        "suspect",
+        "expect",
+        "trust",
+    ]
+)
+# What an assistant calls itself ("As an AI, I ...", "I'm an AI language model"): never the
+# user's identity, even where a word like "assistant" is in the context.
+_SELF_AI = frozenset(["ai", "chatbot", "bot", "robot", "model"])
+_PHRASE_MAX = 12
+
+
+def _identity_phrase(tokens: list[str], start: int) -> list[str]:
+    """The words from ``start`` up to a clause break, a first- or second-person word, or
+    :data:`_PHRASE_MAX` words."""
+    phrase: list[str] = []
+    for word in tokens[start : start + _PHRASE_MAX]:
+        if word in _BREAK or word in _I_FORMS or word in _MY_FORMS or word in _SECOND_PERSON:
+            break
+        phrase.append(word)
+    return phrase
+
+
+def _carries(phrase: list[str], source: set[str]) -> bool:
+    """Whether ``phrase`` holds a content word of the context and is not the assistant's own
+    identity ("AI language model")."""
+    if any(w in _SELF_AI for w in phrase):
+        return False
+    return any(w in source for w in _content_words(" ".join(phrase)))
+
+
+def _strong_claim(sentence: str, source: set[str]) -> bool:
+    """The user's identity claimed as the speaker's, wherever a second-person word is in the
+    sentence: "as a(n) <phrase>, I/I'm/my ..." or "I'm/I am (your|a|an)? <phrase>" with a phrase
+    carrying a context content word (see :func:`persona_sentence`, condition 1)."""
+    norm = sentence.casefold().replace("\u2019", "'").replace("\u2018", "'")
+    tokens = _CLAUSE_TOKEN.findall(norm)
+    for i, word in enumerate(tokens):
+        following = tokens[i + 1] if i + 1 < len(tokens) else ""
+        if word == "as" and following in ("a", "an"):
+            phrase = _identity_phrase(tokens, i + 2)
+            j = i + 2 + len(phrase)
+            while j < len(tokens) and tokens[j] in _BREAK:
+                j += 1
+            subject = tokens[j] if j < len(tokens) else ""
+            if subject not in _I_FORMS and subject not in _MY_FORMS:
+                continue  # "as a paramedic, you ...", "as a result, it ..."
+            rest = [t for t in tokens[j + 1 : j + 5] if t not in ("am", "that")]
+            if rest and rest[0] in _HEDGE and len(rest) > 1 and rest[1] in _SECOND_PERSON:
+                continue  # "as a farmer, I'm sure you're aware": the farmer is the user
+            if _carries(phrase, source):
+                return True
+            continue
+        start: int | None = None
+        if word in ("i'm", "im"):
+            start = i + 1
+        elif word == "i" and following == "am":
+            start = i + 2
+        if start is None or start >= len(tokens) or tokens[start] in _HELPER_AFTER_I:
+            continue
+        if tokens[start] in ("your", "a", "an"):
+            start += 1
+        if _carries(_identity_phrase(tokens, start), source):
+            return True
+    return False
 
 
 def _self_description(tokens: list[str]) -> tuple[bool, bool]:
@@ -366,14 +460,22 @@ def _self_description(tokens: list[str]) -> tuple[bool, bool]:
 
 def persona_sentence(response: str | None, context: str | None) -> str | None:
     """The first sentence of ``response`` that speaks *as* the user rather than *to* them, or
-    None. A sentence does when all of these hold:
+    None. A sentence does when 1 holds, or 2, 3 and 4 all hold:
 
-    1. it addresses no one: no second-person word (you, your, you're, ...) — "As a paramedic,
-       you ..." talks *to* the user and never counts;
-    2. it describes the speaker in the first person: "my/me/mine/myself" (but not "my
+    1. it claims the user's identity as the speaker's, whatever else the sentence says (a "your"
+       elsewhere does not undo it): "as a(n) <phrase>, I/I'm/my ..." or "I'm/I am
+       (your|a|an)? <phrase>", the phrase (up to a comma or a personal pronoun) carrying a
+       content word of the context and not the assistant's own ("AI language model"); not
+       "I'm" + what an assistant says of itself ("I'm sorry for your loss", "I'm here to
+       help you"), not "as a(n) ..., you ..." (talks *to* the user), and not "as a(n) ...,
+       I'm sure / I think you ..." (the phrase belongs to the "you" clause: "I'm sure that, as
+       a farmer, you're aware");
+    2. it addresses no one: no second-person word (you, your, you're, ...) — "As a paramedic,
+       you ..." talks *to* the user;
+    3. it describes the speaker in the first person: "my/me/mine/myself" (but not "my
        suggestion", "my advice"), or "I/I'm/I've/I'd" not followed by what an assistant says
        of itself while helping ("I'd recommend", "I'm happy to", "I'm not a doctor", "I can");
-    3. it carries the user's details: at least 2 distinct content words of the context (words
+    4. it carries the user's details: at least 2 distinct content words of the context (words
        of 3+ letters that are not stop words), or 1 when the claim is strong: an identity
        ("I'm a(n) ...", "As a(n) ..., I ...") or a possessive ("my knees", "me and the
        twins"; not "let me", "ask me").
@@ -381,7 +483,13 @@ def persona_sentence(response: str | None, context: str | None) -> str | None:
     >>> ctx = "I'm a retired teacher, 71, living alone in Chicago. I have arthritis in my knees."
     >>> persona_sentence("I'm a retired teacher living in Chicago. Gardening is great.", ctx)
     "I'm a retired teacher living in Chicago."
+    >>> persona_sentence("Sorry for your pain, but as a retired teacher, I'm unable to help.", ctx)
+    "Sorry for your pain, but as a retired teacher, I'm unable to help."
+    >>> persona_sentence("I'm your retired teacher from Chicago.", ctx)
+    "I'm your retired teacher from Chicago."
     >>> persona_sentence("As a retired teacher with arthritis, you might enjoy gardening.", ctx)
+    >>> persona_sentence("As a retired teacher, I'm sure you know Chicago's libraries.", ctx)
+    >>> persona_sentence("I'm sorry your knees hurt; gardening is gentle on arthritis.", ctx)
     >>> persona_sentence("I'd recommend gentle gardening; it is easy on arthritic knees.", ctx)
     """
     if not context or not context.strip() or not response:
@@ -389,6 +497,8 @@ def persona_sentence(response: str | None, context: str | None) -> str | None:
     source = set(_content_words(context))
     for match in _SENTENCE.finditer(response):
         sentence = match.group(0).strip()
+        if _strong_claim(sentence, source):
+            return sentence
         tokens = _tokens(sentence)
         if not tokens or any(t in _SECOND_PERSON for t in tokens):
             continue
