@@ -165,7 +165,7 @@ def test_changed_options_are_refused_unless_overwrite(
     message = result.stderr  # type: ignore[attr-defined]
     assert message.count("\n") == 1 and "Traceback" not in message
     assert "0 pairs left: the truncated filter dropped" in message
-    assert "--max-new-tokens" in message and "--keep-truncated" in message
+    assert "--generation-max-new-tokens" in message and "--keep-truncated" in message
     assert _mtimes(out / "generations") == before
     stats = json.loads((out / "stats.json").read_text())
     assert (
@@ -351,7 +351,7 @@ def test_executor_options_are_checked_before_anything_is_written(
     assert result.exit_code != 0  # type: ignore[attr-defined]
     assert "--num-workers applies to Ray workers only" in result.stderr  # type: ignore[attr-defined]
     result = _run(*base, "--set", "ray_address=auto")
-    assert "--ray-address applies to Ray workers only" in result.stderr  # type: ignore[attr-defined]
+    assert "ray_address applies to Ray workers only" in result.stderr  # type: ignore[attr-defined]
 
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
     result = _run(*base, "--executor", "ray")

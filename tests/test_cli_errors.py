@@ -110,13 +110,15 @@ def test_truncated_last_jsonl_line(tmp_path: Path, tiny_model_dir: Path) -> None
 def test_wrong_column_name(tmp_path: Path, tiny_model_dir: Path) -> None:
     source = _jsonl(tmp_path / "c.jsonl", _rows(4))
     result, out = _build(tmp_path, tiny_model_dir, source, "--set", "columns.prompt=body")
-    _refused(result, out, "column 'body' (--prompt-col) not found", "id, user_id, question")
+    _refused(result, out, "column 'body' (columns.prompt) not found", "id, user_id, question")
 
 
 def test_no_prompt_column_detected(tmp_path: Path, tiny_model_dir: Path) -> None:
     source = _jsonl(tmp_path / "c.jsonl", [{"body": "x", "who": "a"}, {"body": "y", "who": "b"}])
     result, out = _build(tmp_path, tiny_model_dir, source)
-    _refused(result, out, "no prompt column found", "columns: body, who", "--prompt-col")
+    _refused(
+        result, out, "no prompt column found", "columns: body, who", "--set columns.prompt=NAME"
+    )
 
 
 def test_null_and_empty_prompts_are_dropped_and_counted(
@@ -166,14 +168,14 @@ def test_prompt_over_the_token_limit_is_dropped_and_counted(
     assert result.exit_code == 0, result.stderr
     plan = json.loads((out / "stats.json").read_text())["plan"]
     assert (plan["over_length"], plan["prompts_planned"]) == (1, 4)
-    assert plan["max_prompt_tokens"] == 512 - 4  # the model's context minus --max-new-tokens
+    assert plan["max_prompt_tokens"] == 512 - 4  # the model's context minus max_new_tokens
     assert "long" not in pl.read_parquet(out / "plan.parquet")["id"].to_list()
 
 
 def test_every_prompt_over_the_token_limit(tmp_path: Path, tiny_model_dir: Path) -> None:
     source = _jsonl(tmp_path / "c.jsonl", _rows(4))
     result, out = _build(tmp_path, tiny_model_dir, source, "--set", "max_prompt_tokens=5")
-    _refused(result, out, "no prompt left after dropping 4 over --max-prompt-tokens=5")
+    _refused(result, out, "no prompt left after dropping 4 over max_prompt_tokens=5")
 
 
 def test_all_duplicates(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -187,7 +189,7 @@ def test_one_user_holds_more_than_half(tmp_path: Path, tiny_model_dir: Path) -> 
     for row in rows[:7]:
         row["user_id"] = "alice"
     result, out = _build(tmp_path, tiny_model_dir, _jsonl(tmp_path / "c.jsonl", rows))
-    _refused(result, out, "user 'alice' holds 7 of 10 prompts", "--no-user-constraint")
+    _refused(result, out, "user 'alice' holds 7 of 10 prompts", "--set user_constraint=false")
 
 
 def test_unknown_model_path(tmp_path: Path) -> None:
@@ -211,7 +213,7 @@ def test_tokenizer_without_chat_template(tmp_path: Path, tiny_model_dir: Path) -
 def test_context_drop_without_context(tmp_path: Path, tiny_model_dir: Path) -> None:
     source = _jsonl(tmp_path / "c.jsonl", _rows(4))
     result, out = _build(tmp_path, tiny_model_dir, source, "--negatives", "context-drop")
-    _refused(result, out, "has no context column", "--context-col")
+    _refused(result, out, "has no context column", "--set columns.context=NAME")
 
 
 def test_bad_shard_and_contradicting_options(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -219,7 +221,7 @@ def test_bad_shard_and_contradicting_options(tmp_path: Path, tiny_model_dir: Pat
     result, out = _build(tmp_path, tiny_model_dir, source, "--shard", "2/2")
     _refused(result, out, "--shard 2/2 is invalid")
     result, out = _build(tmp_path, tiny_model_dir, source, "--set", "min_margin=1")
-    _refused(result, out, "--min-margin needs --score")
+    _refused(result, out, "min_margin needs --set score=true")
 
 
 def test_failed_plan_leaves_an_existing_empty_folder_empty(

@@ -115,7 +115,7 @@ def test_detection_prefers_common_names_and_explicit_options_win() -> None:
 
 
 def test_wrong_column_names_list_the_columns_that_exist() -> None:
-    with pytest.raises(CorpusError, match=r"column 'qq' \(--prompt-col\) not found.*: a, b"):
+    with pytest.raises(CorpusError, match=r"column 'qq' \(columns\.prompt\) not found.*: a, b"):
         detect_columns(["a", "b"], ColumnOptions(prompt="qq"))
     with pytest.raises(CorpusError, match=r"no prompt column found.*the input has columns: a, b"):
         detect_columns(["a", "b"], ColumnOptions())

@@ -215,7 +215,7 @@ def test_constrained_is_valid_or_explained(
             engine.constrained_derangement(n, groups=groups, clusters=clusters, seed=seed)
         message = str(err.value)
         assert f"of the {n} rows" in message or "add rows" in message
-        assert "--no-user-constraint" in message or "deduplicate" in message or n < 2
+        assert "--set user_constraint=false" in message or "deduplicate" in message or n < 2
 
 
 @given(instance=instances(max_n=7))
@@ -307,7 +307,9 @@ def test_string_ids_and_frames_are_accepted() -> None:
 
 
 def test_infeasible_groups_message() -> None:
-    with pytest.raises(DerangementError, match=r"holds 4 of the 6 rows.*--no-user-constraint"):
+    with pytest.raises(
+        DerangementError, match=r"holds 4 of the 6 rows.*--set user_constraint=false"
+    ):
         engine.constrained_derangement(6, groups=["u", "u", "u", "u", "v", "w"], seed=0)
     with pytest.raises(DerangementError, match=r"holds 3 of the 5 rows.*deduplicate"):
         engine.constrained_derangement(5, clusters=[7, 7, 7, 8, 9], seed=0)

@@ -375,7 +375,7 @@ def test_math_eval_uses_the_fewshot_prompt(tiny_model_dir: Path, tmp_path: Path)
     assert rows["response_model"].to_list() == [r.text for r in again]
     # The tiny model's 512-token context is too short for 8 shots, and the report says so.
     assert context == 512 and len(fewshot_ids[0]) > context
-    assert any("lower --math-shots" in note for note in result.metrics["notes"])
+    assert any("lower --set math_shots=N" in note for note in result.metrics["notes"])
 
 
 # --- the full evaluation -------------------------------------------------------------------------

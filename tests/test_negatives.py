@@ -67,7 +67,9 @@ def test_near_duplicate_clusters_are_never_paired() -> None:
 
 def test_one_user_with_more_than_half_the_rows_suggests_dropping_the_constraint() -> None:
     users = pl.Series(["big"] * 6 + ["a", "b", "c"])
-    with pytest.raises(DerangementError, match=r"user 'big' holds 6 of 9.*--no-user-constraint"):
+    with pytest.raises(
+        DerangementError, match=r"user 'big' holds 6 of 9.*--set user_constraint=false"
+    ):
         assign_negatives(9, seed=0, users=users)
     # Exactly half is still feasible: every 'big' prompt takes another user's response.
     half = pl.Series(["big"] * 5 + ["a", "b", "c", "d", "e"])

@@ -156,7 +156,9 @@ def test_one_user_with_most_rows(tmp_path: Path, tokenizer: engine.ChatTokenizer
     for row in rows[:6]:
         row["user_id"] = "alice"
     corpus = _corpus(tmp_path, rows)
-    with pytest.raises(DerangementError, match=r"'alice' holds 6 of 10.*--no-user-constraint"):
+    with pytest.raises(
+        DerangementError, match=r"'alice' holds 6 of 10.*--set user_constraint=false"
+    ):
         build_plan(corpus, tokenizer, tmp_path / "p.parquet", PlanConfig())
     assert not (tmp_path / "p.parquet").exists()
     stats = build_plan(corpus, tokenizer, tmp_path / "p.parquet", PlanConfig(user_constraint=False))
@@ -176,7 +178,7 @@ def test_over_length_prompts_are_dropped_and_counted(
     assert (stats.over_length, stats.prompts_planned) == (1, 5)
     assert read_plan(tmp_path / "p.parquet")["num_prompt_tokens"].max() <= 120  # type: ignore[operator]
     with pytest.raises(
-        CorpusError, match=r"no prompt left after dropping 6 over --max-prompt-tokens=3"
+        CorpusError, match=r"no prompt left after dropping 6 over max_prompt_tokens=3"
     ):
         build_plan(
             _corpus(tmp_path, rows),
@@ -364,9 +366,9 @@ def test_messages_column_plan(tmp_path: Path, tokenizer: engine.ChatTokenizer) -
 
 
 def test_config_rejects_bad_values() -> None:
-    with pytest.raises(ConfigError, match="--max-prompt-tokens must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match="max_prompt_tokens must be >= 1, got 0"):
         PlanConfig(max_prompt_tokens=0)
-    with pytest.raises(ConfigError, match="--near-dup-threshold"):
+    with pytest.raises(ConfigError, match="near_dup_threshold"):
         PlanConfig(near_dup_threshold=1.5)
     with pytest.raises(ConfigError, match="--seed"):
         PlanConfig(seed=-1)

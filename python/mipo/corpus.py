@@ -80,18 +80,18 @@ _TEXT_CASTABLE = (pl.Categorical, pl.Enum, pl.Null)
 
 @dataclass(frozen=True)
 class ColumnOptions:
-    """Column names given on the command line; ``None`` means "detect from common names"."""
+    """Column names (``--set columns.prompt=NAME``, ...); ``None``: detect from common names."""
 
     prompt: str | None = None
-    """Plain-text question column (``--prompt-col``)."""
+    """Plain-text question column."""
     messages: str | None = None
-    """Chat messages column, ``[{role, content}, ...]`` (``--messages-col``)."""
+    """Chat messages column, ``[{role, content}, ...]``."""
     context: str | None = None
-    """The user's context; ``context_format`` says where it goes (``--context-col``)."""
+    """The user's context; ``context_format`` says where it goes."""
     user: str | None = None
-    """User id, used to keep negatives from the same user (``--user-col``)."""
+    """User id, used to keep negatives from the same user."""
     id: str | None = None
-    """Row id carried into the plan and the pairs (``--id-col``)."""
+    """Row id carried into the plan and the pairs."""
     context_format: str = DEFAULT_CONTEXT_FORMAT
     """How the context enters the prompt (``--context-format``): ``user-turn``, ``about-user``,
     ``raw-system``, ``paper`` or a template holding ``{context}`` (:mod:`mipo.prompt_format`)."""
@@ -100,13 +100,13 @@ class ColumnOptions:
         PromptFormat(self.context_format)  # a bad format fails here, naming the choices
         if self.prompt is not None and self.messages is not None:
             raise ConfigError(
-                f"--prompt-col ({self.prompt!r}) and --messages-col ({self.messages!r}) both given: "
-                "pass only one of them"
+                f"columns.prompt ({self.prompt!r}) and columns.messages ({self.messages!r}) both "
+                "given: set only one of them"
             )
         for role in ("prompt", "messages", "context", "user", "id"):
             value = getattr(self, role)
             if value is not None and not value.strip():
-                raise ConfigError(f"--{role}-col must name a column, got an empty string")
+                raise ConfigError(f"columns.{role} must name a column, got an empty string")
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ def detect_columns(names: list[str], options: ColumnOptions) -> ColumnMap:
     for role in ("prompt", "messages", "context", "user", "id"):
         name = getattr(options, role)
         if name is not None and name not in names:
-            raise CorpusError(f"column {name!r} (--{role}-col) not found; {_columns_hint(names)}")
+            raise CorpusError(f"column {name!r} (columns.{role}) not found; {_columns_hint(names)}")
     explicit = {r: getattr(options, r) for r in ("prompt", "messages", "context", "user", "id")}
     taken = {n for n in explicit.values() if n is not None}
 
@@ -171,7 +171,7 @@ def detect_columns(names: list[str], options: ColumnOptions) -> ColumnMap:
             raise CorpusError(
                 f"no prompt column found (looked for {', '.join(PROMPT_NAMES)} or a messages "
                 f"column {', '.join(MESSAGES_NAMES)}); {_columns_hint(names)}; "
-                "pass --prompt-col NAME or --messages-col NAME"
+                "pass --set columns.prompt=NAME or --set columns.messages=NAME"
             )
         taken.add(prompt or messages)  # type: ignore[arg-type]
 
@@ -412,7 +412,7 @@ def _text_column(name: str, dtype: pl.DataType, role: str) -> pl.Expr:
         return pl.col(name).cast(pl.String)
     raise CorpusError(
         f"column {name!r} ({role}) holds {dtype} values, not text; "
-        f"pass --{role}-col with a text column"
+        f"pass --set columns.{role}=NAME with a text column"
     )
 
 
@@ -480,7 +480,8 @@ class Corpus:
         if dtype != pl.String and not isinstance(dtype, _TEXT_CASTABLE):
             raise CorpusError(
                 f"prompt column {column!r} holds {dtype} values, not text; "
-                "pass --prompt-col with a text column (or --messages-col for chat messages)"
+                "pass --set columns.prompt=NAME with a text column (or columns.messages for chat "
+                "messages)"
             )
         question = pl.col(column).cast(pl.String)
         user_msg = pl.struct(pl.lit("user").alias("role"), question.alias("content"))
@@ -559,7 +560,7 @@ class Corpus:
         elif not (isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)):
             raise CorpusError(
                 f"messages column {name!r} holds {dtype} values; expected a list of "
-                "{role, content} objects (or pass --prompt-col for plain text)"
+                "{role, content} objects (or pass --set columns.prompt=NAME for plain text)"
             )
         else:
             fields = {f.name for f in dtype.inner.fields}  # type: ignore[union-attr]

@@ -181,8 +181,8 @@ def _check_adapter_weights(path: Path, *, allow_pickle: bool) -> None:
     if not allow_pickle:
         raise ModelError(
             f"adapter '{path}' has only pickle weights ({pickles[0].name}); loading pickle can "
-            "execute arbitrary code: convert them to safetensors, or pass --allow-pickle if you "
-            "trust the source"
+            "execute arbitrary code: convert them to safetensors, or if you trust the source pass "
+            "--set allow_pickle=true (mipo merge: --allow-pickle)"
         )
 
 
@@ -467,8 +467,8 @@ def _checked(
         if pickles and not allow_pickle:
             raise ModelError(
                 f"model '{name}' has only pickle weights ({pickles[0].name}); loading pickle can "
-                "execute arbitrary code: convert them to safetensors, or pass --allow-pickle if "
-                "you trust the source"
+                "execute arbitrary code: convert them to safetensors, or if you trust the source "
+                "pass --set allow_pickle=true (mipo merge: --allow-pickle)"
             )
         if not pickles:
             raise ModelError(

@@ -28,7 +28,7 @@ model under each format) is in ``benches/RESULTS.md`` (*Prompt formats*, written
 prompts (context-drop drops the context, context-swap puts another user's context in the same
 place), and the evaluation prompts and contrasts; ``run.json`` and ``metrics.json`` record it.
 
-With a messages corpus (``--messages-col``), the system messages are the context: they are
+With a messages corpus (``columns.messages``), the system messages are the context: they are
 reformatted the same way (``raw-system`` leaves them as they are).
 
 >>> fmt = PromptFormat("user-turn")

@@ -1,4 +1,4 @@
-"""Per-model evaluation results kept across runs (``mipo eval --cache-dir``).
+"""Per-model evaluation results kept across runs (``mipo eval --eval-cache DIR``).
 
 An evaluation's per-row results for one model — its responses, their scores under the
 reference, multiple-choice picks — depend only on that model's weights, the data file and the
@@ -82,7 +82,7 @@ class ResultCache:
         except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
             raise OutputError(
                 f"evaluation cache entry {table} is unreadable ({exc}); delete it (or the "
-                "--cache-dir folder) and rerun"
+                "--eval-cache folder) and rerun"
             ) from exc
         renamed = {c: c.removesuffix(self.SUFFIX) + f"_{role}" for c in frame.columns}
         return frame.rename(renamed), list(meta.get("notes", []))

@@ -228,7 +228,7 @@ def load_fewshot(path: str | Path | None, shots: int) -> list[tuple[str, str]]:
     if frame.height < shots:
         raise CorpusError(
             f"few-shot file {path} holds {frame.height} examples, fewer than the {shots} shots "
-            "asked for: lower --math-shots or add examples"
+            "asked for: lower math_shots (--set math_shots=N) or add examples"
         )
     examples = list(zip(frame["question"].to_list(), frame["answer"].to_list(), strict=True))
     no_marker = [i for i, (_, a) in enumerate(examples[:shots]) if "####" not in a]

@@ -116,7 +116,7 @@ class ServerJudge:
             if not isinstance(value, int) or value < (0 if name == "retries" else 1):
                 raise ConfigError(f"judge {name} must be a positive integer, got {value!r}")
         if not self.timeout_s > 0:
-            raise ConfigError(f"--judge-timeout must be > 0 seconds, got {self.timeout_s!r}")
+            raise ConfigError(f"judge_timeout_s must be > 0 seconds, got {self.timeout_s!r}")
         self.url = self.url.rstrip("/")
         self._key = next((os.environ[k] for k in API_KEY_ENV if os.environ.get(k)), None)
         self._calls = 0
@@ -180,7 +180,7 @@ class ServerJudge:
                 wait *= 2
         raise JudgeServerError(
             f"judge server {self.endpoint} failed {self.retries + 1} times (last: {last}); "
-            "raise --judge-timeout, lower --judge-concurrency, or check the server"
+            "raise --set judge_timeout_s=S, lower --set judge_concurrency=N, or check the server"
         )
 
     def _messages(self, preference: str, question: str, response: str) -> list[dict[str, str]]:

@@ -296,7 +296,7 @@ def _generate_answers(run: _Evaluation, role: str, resolved: Any, ds: EvalDatase
             ds,
             f"{ds.name}, {role}: {too_long} prompt(s) plus {limit} new tokens exceed "
             f"the model's context of {context} tokens"
-            + (" (lower --math-shots)" if ds.kind == "math" else ""),
+            + (" (lower --set math_shots=N)" if ds.kind == "math" else ""),
         )
     results = generate_responses(
         resolved,
@@ -570,7 +570,7 @@ def _judge_skipped(run: _Evaluation, pmi_sets: list[EvalDataset]) -> str | None:
     if not run.config.judge and not run.config.judge_url:
         return (
             "judged win rate skipped: no judge (pass --judge MODEL, or --judge-url URL "
-            "--judge-model NAME for a server)"
+            "--judge-model NAME for a server; mipo run: --set judge=MODEL)"
         )
     if not run.has_baseline:
         return "judged win rate skipped: it compares two models, pass --compare"

@@ -171,7 +171,8 @@ class ReportSections:
             self.notes.append(
                 f"the judge {name} gave every response the same score "
                 f"({stats['single_score']}), so every comparison is a tie and the win rate says "
-                "nothing about the models: pass a stronger judge with --judge MODEL"
+                "nothing about the models: pass a stronger judge with --judge MODEL "
+                "(mipo run: --set judge=MODEL)"
             )
         report.table(
             ["measure", "value"],

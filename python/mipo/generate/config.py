@@ -110,9 +110,9 @@ class GenerationConfig:
         enable_prefix_caching: let vLLM reuse the KV cache of shared prompt prefixes (a user's
             context shared by their prompts); requests are submitted sorted by token ids so
             shared prefixes run together.
-        vllm_args: further ``vllm.LLM`` engine arguments, passed as they are (``--vllm-arg
-            key=value``); on a CPU ``enforce_eager`` defaults to True (engine start 20-30 s
-            instead of 80-110 s with compilation).
+        vllm_args: further ``vllm.LLM`` engine arguments, passed as they are
+            (``--set 'generation.vllm_args={key: value}'``); on a CPU ``enforce_eager`` defaults
+            to True (engine start 20-30 s instead of 80-110 s with compilation).
         vllm_python: a Python interpreter whose environment has vLLM (e.g. ``.venv-vllm/bin/
             python``), used when vLLM cannot be imported here: the generation then runs in a
             subprocess there, writing the same chunk files. ``None``: ``$MIPO_VLLM_PYTHON``.
@@ -254,8 +254,8 @@ def resolve_backend_name(backend: str, vllm_python: str | None = None) -> Litera
             raise DependencyError(
                 f"the vllm backend needs vLLM, which is not installed here{where}: pip install "
                 "'mipo[vllm]' with a GPU, `make vllm-env` for the CPU build, then pass "
-                "--vllm-python .venv-vllm/bin/python (or run mipo from that environment), or "
-                "use --backend hf"
+                "--set generation.vllm_python=.venv-vllm/bin/python (or run mipo from that "
+                "environment), or use the hf backend (--set generation.backend=hf)"
             )
         return "vllm"
     if backend != "auto":

@@ -18,7 +18,7 @@ Parallelism:
 vLLM pins its own torch and transformers; when they clash with the training stack, install it in
 its own environment (``make vllm-env`` builds ``.venv-vllm``, with the CPU build where there is
 no GPU): stages exchange Parquet files, so generation can run there, and from the main
-environment ``--vllm-python .venv-vllm/bin/python`` runs it there as a subprocess
+environment ``--set generation.vllm_python=.venv-vllm/bin/python`` runs it there as a subprocess
 (:mod:`mipo.generate.executors.remote`). ``vllm`` is imported only inside this module's functions.
 
 Example:
@@ -49,7 +49,8 @@ def import_vllm() -> Any:
     except ImportError as exc:
         raise DependencyError(
             "the vllm backend needs vLLM, which is not installed: pip install 'mipo[vllm]' "
-            "(in its own environment if its torch pin clashes), or use --backend hf"
+            "(in its own environment if its torch pin clashes), or use the hf backend "
+            "(--set generation.backend=hf)"
         ) from exc
     return vllm
 

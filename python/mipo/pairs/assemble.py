@@ -6,9 +6,9 @@ Every response the pipeline generates is one *request*, identified by ``request_
 - kind 0 (:data:`KIND_FULL`): prompt i as written (context included) — i's chosen answer, and
   with reused random negatives also the rejected answer of the prompt j with σ(j) = i;
 - kind 1 (:data:`KIND_NOCONTEXT`): prompt i with its context removed (``context-drop``);
-- kind 2 (:data:`KIND_NEGATIVE`): prompt σ(i), sampled again for i (``--independent-negatives``);
+- kind 2 (:data:`KIND_NEGATIVE`): prompt σ(i), sampled again for i (``independent_negatives``);
 - kind 3 (:data:`KIND_SWAP`): i's question asked with another user's context (``context-swap``
-  where no other user asked it; with ``--independent-negatives`` also the partner's prompt,
+  where no other user asked it; with ``independent_negatives`` also the partner's prompt,
   sampled again for i);
 - :data:`KIND_SENTENCE_DROP`: prompt i with one non-final sentence of its question removed, its
   context kept whole (``sentence-drop``, :func:`mipo.pairs.negatives.sentence_drops`). Its ids
@@ -88,13 +88,14 @@ FILTER_REMEDIES = {
     "empty_response": "the model wrote empty responses: check its chat template, or use an "
     "instruct model",
     "identical": "chosen and rejected responses were the same text: sample with a higher "
-    "--temperature, or choose other --negatives",
+    "temperature (--set generation.temperature=T), or choose other --negatives",
     "near_identical": "chosen and rejected responses were nearly the same: choose other "
-    "--negatives (context-swap or random), or sample with a higher --temperature",
-    "truncated": "responses hit the token limit: raise --max-new-tokens, or pass "
+    "--negatives (context-swap or random), or sample with a higher temperature "
+    "(--set generation.temperature=T)",
+    "truncated": "responses hit the token limit: raise --generation-max-new-tokens, or pass "
     "--keep-truncated to keep truncated pairs",
-    "persona": "chosen answers spoke as the user: drop --drop-persona",
-    "low_margin": "margins were below --min-margin: lower --min-margin, or drop --score",
+    "persona": "chosen answers spoke as the user: drop --drop-persona (--set drop_persona=false)",
+    "low_margin": "margins were below min_margin: lower --set min_margin=M, or --set score=false",
 }
 """What each filter's drops mean and the option that changes it (for :func:`filter_verdict`)."""
 
@@ -119,7 +120,7 @@ def build_requests(
 
     One request per prompt; with ``context-drop``, one more per prompt that has a context; with
     ``context-swap``, one more per prompt whose swap is generated (every swapped prompt with
-    ``--independent-negatives``); with ``--independent-negatives`` and ``random``, one more per
+    ``independent_negatives``); with ``independent_negatives`` and ``random``, one more per
     prompt for σ(i)'s prompt; with ``sentence-drop``, one more per prompt of two or more
     sentences, whose prompt ``tokenizer`` (the model's chat tokenizer, needed for it) encodes.
     """
@@ -159,7 +160,7 @@ def build_requests(
 
 
 def _swap_requests(plan: pl.DataFrame, independent_negatives: bool) -> pl.DataFrame:
-    """The ``context-swap`` requests: generated swaps, and with ``--independent-negatives``
+    """The ``context-swap`` requests: generated swaps, and with ``independent_negatives``
     the partner's prompt sampled again for reused ones."""
     partner_ids = plan["input_ids"].gather(plan["swap_index"].fill_null(0))
     swapped = plan.with_columns(
@@ -216,7 +217,8 @@ class PairFilterConfig:
     """Which pairs to drop after assembly."""
 
     keep_truncated: bool = False
-    """Keep pairs whose chosen or rejected response hit ``--max-new-tokens`` (finish_reason length)."""
+    """Keep pairs whose chosen or rejected response hit ``generation.max_new_tokens``
+    (finish_reason length)."""
     score: bool = False
     """Score both responses under the reference model and drop pairs below ``min_margin``."""
     min_margin: float = 0.0
@@ -232,7 +234,7 @@ class PairFilterConfig:
         if self.score_batch_size < 1:
             raise ConfigError(f"score batch size must be >= 1, got {self.score_batch_size}")
         if self.min_margin != self.min_margin:  # NaN
-            raise ConfigError("--min-margin must be a number, got nan")
+            raise ConfigError("min_margin must be a number, got nan")
 
 
 @dataclass
@@ -455,7 +457,7 @@ def filter_pairs(
         pairs = drop(pairs, "persona", _chosen_speaks_as_user(pairs, plan))
     if config.score and pairs.height:
         if model_path is None:
-            raise ConfigError("--score needs the reference model's path")
+            raise ConfigError("score=true needs the reference model's path")
         pairs = _add_margins(pairs, model_path, config.score_batch_size)
         stats.margin_mean = float(pairs["margin"].mean())  # type: ignore[arg-type]
         pairs = drop(pairs, "low_margin", pl.col("margin") < config.min_margin)
@@ -475,7 +477,7 @@ def filter_verdict(stats: PairStats) -> tuple[str | None, list[str]]:
     >>> stats = PairStats(pairs_built={"random": 24})
     >>> stats.filtered["truncated"] = 24
     >>> print(filter_verdict(stats)[0])
-    0 pairs left: the truncated filter dropped 24 of 24 pairs (responses hit the token limit: raise --max-new-tokens, or pass --keep-truncated to keep truncated pairs)
+    0 pairs left: the truncated filter dropped 24 of 24 pairs (responses hit the token limit: raise --generation-max-new-tokens, or pass --keep-truncated to keep truncated pairs)
     """
     built = sum(stats.pairs_built.values())
     warnings = [
@@ -499,7 +501,7 @@ def filter_verdict(stats: PairStats) -> tuple[str | None, list[str]]:
         )
         return (
             f"0 pairs built: {skipped}; choose --negatives random, or check the corpus columns "
-            "(--context-col, --user-col)"
+            "(--set columns.context=NAME, --set columns.user=NAME)"
         ), []
     name, count = max(stats.filtered.items(), key=lambda item: item[1])
     return (

@@ -11,7 +11,7 @@ Layout of an output folder::
 
 A rerun with the same options skips finished stages (and finished generation chunks). With
 changed options the run is refused unless ``overwrite``; then the outputs of the first changed
-stage and of every later one are discarded (so changing only ``--min-margin`` keeps the
+stage and of every later one are discarded (so changing only ``min_margin`` keeps the
 generations). A plan that fails leaves nothing behind in a new output folder. The records that
 decide what a rerun reuses are :mod:`mipo.pairs.manifest`; joining the shards of a ``--shard I/N``
 run is :mod:`mipo.pairs.merge`.
@@ -165,8 +165,8 @@ def _effective_max_prompt_tokens(
     room = context - gen.max_new_tokens
     if room < 1:
         raise ConfigError(
-            f"--max-new-tokens {gen.max_new_tokens} leaves no room for a prompt in the model's "
-            f"context of {context} tokens: lower --max-new-tokens"
+            f"generation.max_new_tokens {gen.max_new_tokens} leaves no room for a prompt in the "
+            f"model's context of {context} tokens: lower --generation-max-new-tokens"
         )
     return room
 

@@ -140,11 +140,14 @@ class BuildPairsConfig:
             strategy_kinds(self.negatives)
         ):
             raise ConfigError(
-                "--independent-negatives applies to random and context-swap negatives; it does "
-                f"nothing with --negatives {self.negatives}: drop it or add random/context-swap"
+                "independent_negatives applies to random and context-swap negatives; it does "
+                f"nothing with --negatives {self.negatives}: set it false or add random or "
+                "context-swap"
             )
         if self.min_margin != 0.0 and not self.score:
-            raise ConfigError("--min-margin needs --score (margins are computed only when scoring)")
+            raise ConfigError(
+                "min_margin needs --set score=true (margins are computed only when scoring)"
+            )
         PairFilterConfig(self.keep_truncated, self.score, self.min_margin)
         if self.executor not in EXECUTORS:
             raise ConfigError(
@@ -159,7 +162,7 @@ class BuildPairsConfig:
         if self.executor != "ray":
             for flag, value in (
                 ("--num-workers", self.num_workers),
-                ("--ray-address", self.ray_address),
+                ("ray_address", self.ray_address),
             ):
                 if value is not None:
                     raise ConfigError(

@@ -141,8 +141,8 @@ def assign_negatives(
         if 2 * size > n:
             raise DerangementError(
                 f"user {user!r} holds {size} of {n} prompts (more than half), so not every prompt "
-                "can take its negative from another user: pass --no-user-constraint (negatives "
-                "may then come from the same user) or add prompts from other users"
+                "can take its negative from another user: pass --set user_constraint=false "
+                "(negatives may then come from the same user) or add prompts from other users"
             )
         groups = _group_codes(users)
     cluster_codes = None
@@ -153,7 +153,7 @@ def assign_negatives(
             raise CorpusError(
                 f"{largest} of {n} prompts are near duplicates of one another (more than half), "
                 "so they cannot all take a non-duplicate negative: deduplicate the corpus (drop "
-                "--no-dedup) or add distinct prompts"
+                "--set dedup=false) or add distinct prompts"
             )
 
     if groups is None and cluster_codes is None:

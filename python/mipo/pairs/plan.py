@@ -87,10 +87,10 @@ class PlanConfig:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
         object.__setattr__(self, "negatives", parse_strategy(self.negatives))
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
-            raise ConfigError(f"--max-prompt-tokens must be >= 1, got {self.max_prompt_tokens}")
+            raise ConfigError(f"max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
         if not 0.0 < self.near_dup_threshold <= 1.0:
             raise ConfigError(
-                f"--near-dup-threshold must be in (0, 1], got {self.near_dup_threshold}"
+                f"near_dup_threshold must be in (0, 1], got {self.near_dup_threshold}"
             )
         if self.batch_rows < 1:
             raise ConfigError(f"batch_rows must be >= 1, got {self.batch_rows}")
@@ -245,7 +245,8 @@ def check_context_column(corpus: Corpus, config: PlanConfig) -> None:
     if config.needs_context and corpus.columns.messages is None and not corpus.has_context_column:
         raise ConfigError(
             f"--negatives {config.negatives} drops or swaps each prompt's context, but the input has no "
-            "context column: pass --context-col NAME (or a --messages-col with system messages), "
+            "context column: pass --set columns.context=NAME (or columns.messages with system "
+            "messages), "
             "or use --negatives random"
         )
 
@@ -282,9 +283,10 @@ def check_planned(
     if planned == 0 or (config.needs_random and planned < 2):
         raise CorpusError(
             f"{'no' if planned == 0 else 'only 1'} prompt left after dropping "
-            f"{stats.over_length} over --max-prompt-tokens={config.max_prompt_tokens} (the "
+            f"{stats.over_length} over max_prompt_tokens={config.max_prompt_tokens} (the "
             f"shortest of those has {min(lengths_dropped, default=0)} tokens, the longest "
-            f"{max(lengths_dropped, default=0)}): raise --max-prompt-tokens"
+            f"{max(lengths_dropped, default=0)}): raise it (--set max_prompt_tokens=N) or lower "
+            "--generation-max-new-tokens"
             + ("" if planned == 0 else " (random negatives need at least 2 prompts)")
         )
 
@@ -402,7 +404,7 @@ def _dedup_batch(
     clock: StepClock,
 ) -> pl.DataFrame:
     """The batch's cluster ids (and its question clusters, for context-swap); duplicates
-    dropped and counted unless ``--no-dedup``."""
+    dropped and counted unless ``dedup`` is off."""
     with clock("dedup"):
         # Cluster ids are global (positions among all usable rows), so they stay comparable
         # across batches for the near-duplicate constraint of the derangement.

@@ -284,7 +284,7 @@ def _question_map(
     *dups: pl.DataFrame,
 ) -> tuple[Any, ...]:
     """context-swap: the sketch of the question text of this batch's kept rows (every usable row
-    with ``--no-dedup``), as the local plan feeds its question ``Deduper``."""
+    with ``dedup`` off), as the local plan feeds its question ``Deduper``."""
     _maybe_die("questions")
     frame = _resolved(rows, near, dups)
     if kept_only:

@@ -1,6 +1,6 @@
 """``mipo run``: build-pairs -> train -> eval in one command, for one or several rounds.
 
-- :mod:`mipo.run.split`: the held-out users (or ``--eval-data``), ``OUTDIR/data/``;
+- :mod:`mipo.run.split`: the held-out users (or ``eval_data``), ``OUTDIR/data/``;
 - :mod:`mipo.run.config`: :class:`RunConfig` (nesting its stages' configs) and the demo's settings;
 - :mod:`mipo.run.pipeline`: the rounds, the run record and resume;
 - :mod:`mipo.run.report`: the cross-round metrics, report.md/html and the rounds plot.

@@ -284,7 +284,8 @@ def _build_round_pairs(config: RunConfig, out: Path, number: int, generator: Pat
     if count == 0:
         raise CorpusError(
             f"round {number} built no pairs ({pairs_dir / 'stats.json'} says which filter "
-            "dropped them); with short responses pass --keep-truncated or raise --max-new-tokens"
+            "dropped them); with short responses pass --keep-truncated or raise "
+            "--generation-max-new-tokens"
         )
     return pairs
 

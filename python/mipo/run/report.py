@@ -508,7 +508,7 @@ def _write_findings(report: Any, rounds: list[dict[str, Any]]) -> None:
         report.paragraph(
             f"The judge gave every response the same score in round(s) "
             f"{', '.join(map(str, single))}: those win rates are all ties by construction and say "
-            "nothing about the models; pass a stronger judge (--judge MODEL)."
+            "nothing about the models; pass a stronger judge (--set judge=MODEL)."
         )
     if last.get("examples"):
         from mipo.evaluate.sections import render_examples

@@ -1,5 +1,5 @@
 """The train/eval split of ``mipo run``: whole users held out for evaluation (or a separate
-``--eval-data`` file), seeded samples of both sides, written to ``OUTDIR/data/``.
+``eval_data`` file), seeded samples of both sides, written to ``OUTDIR/data/``.
 
 >>> import polars as pl
 >>> rows = pl.DataFrame({"user": ["a", "a", "b", "b", "c", "c"], "question": list("uvwxyz")})
@@ -64,7 +64,7 @@ def split_corpus(
             raise CorpusError(
                 f"the corpus has {n} prompts: too few to hold out {eval_fraction:.0%} for "
                 "evaluation (at least 2) and train on the rest (at least 2); use a larger "
-                "corpus, a smaller --eval-fraction, or a separate --eval-data file"
+                "corpus, a smaller --eval-fraction, or a separate file (--set eval_data=FILE)"
             )
         order = rng.permutation(n)
         held = np.zeros(n, dtype=bool)
@@ -85,7 +85,7 @@ def split_corpus(
                 f"the corpus has {n} prompts from {len(names)} users: too few to hold out "
                 f"{eval_fraction:.0%} of them as whole users for evaluation and train on the "
                 "rest (each side needs 2 prompts and 1 user); use a larger corpus, a smaller "
-                "--eval-fraction, or a separate --eval-data file"
+                "--eval-fraction, or a separate file (--set eval_data=FILE)"
             )
         held = users.is_in(sorted(chosen)).to_numpy()
     mask = pl.Series(held)
@@ -121,7 +121,8 @@ def compute_split(config: RunConfig) -> Split:
     if eval_rows.height < 2 or train_rows.height < 2:
         raise CorpusError(
             f"{eval_rows.height} held-out and {train_rows.height} training prompts: both sides "
-            "need at least 2; use a larger corpus or larger --max-prompts / --max-eval-prompts"
+            "need at least 2; use a larger corpus or larger --max-prompts / "
+            "--set max_eval_prompts=N"
         )
 
     def users_of(frame: pl.DataFrame) -> int | None:

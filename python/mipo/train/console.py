@@ -2,7 +2,7 @@
 
 Without ``verbose`` the display (on stderr; :mod:`mipo.progress`: live on a terminal, plain
 timestamped lines in a log file) shows the stages of a run: ``loading`` (the model, TRL's
-tokenization, the reference scores with ``--precompute-ref-log-probs``), ``training`` (steps
+tokenization, the reference scores with ``precompute_ref_log_probs``), ``training`` (steps
 done / total, s/step, time left, loss, reward margin, reward accuracy) and ``saving``.
 transformers' ``Loading weights`` / ``Writing model shards`` bars, datasets' ``Tokenizing train
 dataset`` bars, TRL's reference-scoring bar and the Trainer's printed log dicts are turned off

@@ -113,7 +113,10 @@ def _bf16(config: TrainConfig) -> bool:
     device = default_device()
     if config.bf16 is not None:
         if config.bf16 and device == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError("this GPU does not support bf16; drop --bf16 to train in fp32")
+            raise ConfigError(
+                "this GPU does not support bf16; train in fp32: --set bf16=false "
+                "(mipo run: --set train.bf16=false)"
+            )
         return config.bf16
     return bf16_is_fast(device)
 

@@ -203,8 +203,8 @@ def worker_resources(
         if fits == 0:
             raise ConfigError(
                 f"the Ray cluster has {gpus} GPU(s) but one {config.backend} worker needs "
-                f"{per_worker}: add GPU nodes, lower --tensor-parallel-size, or use --backend hf "
-                "on CPU"
+                f"{per_worker}: add GPU nodes, lower --set generation.tensor_parallel_size=N, or "
+                "use --generation-backend hf on CPU"
             )
         resources: dict[str, float] = {"num_cpus": 1, "num_gpus": per_worker}
         what = f"{per_worker} GPU(s) each of {gpus}"
