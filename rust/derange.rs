@@ -274,7 +274,7 @@ pub fn constrained_derangement(
         return Err(EngineError::Derangement(format!(
             "one group (user) holds {max_group} of the {n} rows, more than half, so some of its \
              rows would have to take a negative from the same user; drop the user constraint \
-             (--no-user-constraint) or add rows from other users"
+             (--set user_constraint=false) or add rows from other users"
         )));
     }
     if 2 * max_cluster > n {
@@ -474,7 +474,7 @@ impl PathSearch {
         Err(EngineError::Derangement(format!(
             "internal error: no valid negative found for row {root} although the group and \
              cluster sizes allow one; please report this with the input; meanwhile drop a \
-             constraint (--no-user-constraint) or deduplicate the corpus"
+             constraint (--set user_constraint=false) or deduplicate the corpus"
         )))
     }
 }
@@ -604,7 +604,8 @@ fn verify(sigma: &[u32], keys: &[u64]) -> Result<()> {
         if !ok {
             return Err(EngineError::Derangement(format!(
                 "internal error: the constrained derangement is invalid at row {i}; please \
-                 report this with the input; meanwhile drop a constraint (--no-user-constraint)"
+                 report this with the input; meanwhile drop a constraint \
+                 (--set user_constraint=false)"
             )));
         }
     }
@@ -1006,7 +1007,7 @@ mod tests {
         let e = constrained_derangement(5, Some(&groups), None, 0, 10).unwrap_err();
         let msg = e.to_string();
         assert!(
-            msg.contains("3 of the 5 rows") && msg.contains("--no-user-constraint"),
+            msg.contains("3 of the 5 rows") && msg.contains("--set user_constraint=false"),
             "{msg}"
         );
         let clusters = [4, 4, 4, 5, 6];

@@ -101,7 +101,7 @@ class ColumnOptions:
         if self.prompt is not None and self.messages is not None:
             raise ConfigError(
                 f"columns.prompt ({self.prompt!r}) and columns.messages ({self.messages!r}) both "
-                "given: set only one of them"
+                "given: pass only one of them"
             )
         for role in ("prompt", "messages", "context", "user", "id"):
             value = getattr(self, role)
