@@ -460,7 +460,10 @@ def render(
         "copying, context words, length and fluency regressed out (see docs/train-eval.md); "
         "'context words' is the change in the share of response content words found in the "
         "context; 'fluency' the change in log π_base(y|x) per token. Choice and math: accuracy "
-        "change on the bundled 20-question samples.",
+        "change on the bundled 20-question samples. 'persona' (and the adjustment for it) is "
+        "the verdict of `mipo.evaluate.controls.speaks_as_user` recorded when each run was "
+        "evaluated; `benches/recount_persona.py` re-counts the stored answers under the current "
+        "rule (section *Persona adoption under the tightened rule*).",
         "",
         "| configuration | pairs | Δ PMI same question | adjusted | Δ PMI random "
         "| Δ PMI context drop | Δ context words | Δ persona | Δ fluency | Δ choice acc "
