@@ -450,8 +450,10 @@ def render(data: dict[str, Any]) -> str:
         BEGIN,
         "## Plan-stage scaling",
         "",
-        f"`python benches/scale.py` — measured {data['date']} on {data['machine']}; the load "
-        "average when each run started is in the table (other jobs share this machine, so a "
+        f"`python benches/scale.py` — last run {data['date']} on {data['machine']}; each size "
+        "is the run kept in `scale-results.json`, which may come from an earlier invocation; "
+        "the load average when each run started is in the table (other jobs share this machine, "
+        "so a "
         "wall time under load is an upper bound; CPU time is the steadier figure).",
         "",
         "| rows | wall s | rows/s | CPU s | peak RSS GB | read | dedup | tokenize | derange | "
